@@ -1,0 +1,126 @@
+//! Running commands and installing what the project needs from the system.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+/// The workspace root (xtask lives one level below it).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Runs `program args…` in the workspace root, streaming its output; an error
+/// names the step that failed.
+pub fn run(step: &str, program: &str, args: &[&str]) -> Result<(), String> {
+    println!("==> {step}: {program} {}", args.join(" "));
+    let started = Instant::now();
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("{step}: cannot start `{program}`: {e}"))?;
+    let took = started.elapsed().as_secs_f64();
+    if status.success() {
+        println!("<== {step}: ok ({took:.1} s)");
+        Ok(())
+    } else {
+        Err(format!("{step} failed ({status}) after {took:.1} s"))
+    }
+}
+
+/// True when `program` answers `--version`.
+pub fn have(program: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs the Debian packages in `packages` that are missing. As root this
+/// uses apt-get directly, otherwise `sudo -n`; when neither works it says
+/// exactly what to run.
+pub fn ensure_packages(packages: &[&str]) -> Result<(), String> {
+    if !have("dpkg-query") {
+        println!(
+            "==> system packages: not a Debian/Ubuntu system; make sure these are installed: {}",
+            packages.join(" ")
+        );
+        return Ok(());
+    }
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        println!("==> system packages: all present");
+        return Ok(());
+    }
+    println!("==> system packages: installing {}", missing.join(" "));
+    let (program, prefix): (&str, Vec<&str>) = if is_root() {
+        ("apt-get", vec![])
+    } else if Command::new("sudo")
+        .args(["-n", "true"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+    {
+        ("sudo", vec!["-n", "apt-get"])
+    } else {
+        return Err(format!(
+            "missing system packages and no root rights to install them; run:\n  sudo apt-get install -y {}",
+            missing.join(" ")
+        ));
+    };
+    let mut update = prefix.clone();
+    update.extend(["update", "-qq"]);
+    run("apt-get update", program, &update)?;
+    let mut install = prefix;
+    install.extend(["install", "-y", "-qq", "--no-install-recommends"]);
+    install.extend(missing.iter().copied());
+    // Non-interactive: CI and scripted setups must never stop at a prompt.
+    println!("==> apt-get install {}", missing.join(" "));
+    let status = Command::new(program)
+        .args(&install)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot start apt-get: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "apt-get install {} failed ({status})",
+            missing.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+/// Adds a rustup target if it is not installed yet.
+pub fn ensure_rust_target(target: &str) -> Result<(), String> {
+    let out = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.trim() == target)
+    {
+        return Ok(());
+    }
+    run("rustup target add", "rustup", &["target", "add", target])
+}

@@ -1,0 +1,97 @@
+//! `cargo xtask test`: the README's test command and what CI runs.
+
+use std::process::Command;
+
+use crate::sys::{ensure_packages, ensure_rust_target, run};
+
+/// What the tests need from the system: swtpm and Mosquitto are started for
+/// real, tss-esapi links libtss2, the authority and collector link SQLite.
+pub const SYSTEM_PACKAGES: &[&str] = &[
+    "swtpm",
+    "swtpm-tools",
+    "tpm2-tools",
+    "libtss2-dev",
+    "mosquitto",
+    "mosquitto-clients",
+    "pkg-config",
+    "libsqlite3-dev",
+];
+
+pub const FIRMWARE_TARGET: &str = "thumbv7em-none-eabihf";
+
+pub fn test(args: &[String]) -> Result<(), String> {
+    if let Some(unknown) = args.first() {
+        return Err(format!(
+            "`cargo xtask test` takes no arguments (got `{unknown}`)"
+        ));
+    }
+    ensure_packages(SYSTEM_PACKAGES)?;
+    ensure_rust_target(FIRMWARE_TARGET)?;
+    run("format", "cargo", &["fmt", "--all", "--check"])?;
+    run(
+        "clippy",
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    cargo_deny()?;
+    // End-to-end tests start the real binaries from target/debug.
+    run(
+        "build binaries",
+        "cargo",
+        &["build", "--workspace", "--bins", "--locked"],
+    )?;
+    run("tests", "cargo", &["test", "--workspace", "--locked"])?;
+    run(
+        "no_std firmware build",
+        "cargo",
+        &[
+            "build",
+            "-p",
+            "mctc-shim",
+            "--no-default-features",
+            "--target",
+            FIRMWARE_TARGET,
+            "--locked",
+        ],
+    )?;
+    println!("all checks passed");
+    Ok(())
+}
+
+fn cargo_deny() -> Result<(), String> {
+    let installed = Command::new("cargo")
+        .args(["deny", "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !installed {
+        run(
+            "install cargo-deny",
+            "cargo",
+            &["install", "cargo-deny", "--locked", "--version", "^0.20"],
+        )?;
+    }
+    // The advisory database lives on GitHub. Where GitHub is out of reach the
+    // other checks still run, and the skipped one is said loudly.
+    if run("cargo deny fetch", "cargo", &["deny", "fetch"]).is_ok() {
+        run("cargo deny", "cargo", &["deny", "check"])
+    } else {
+        println!(
+            "!!! cargo deny: the RustSec advisory database could not be fetched (no route to github.com);\n\
+             !!! checking licenses, bans and sources only. Run `cargo deny check advisories` where GitHub is reachable."
+        );
+        run(
+            "cargo deny",
+            "cargo",
+            &["deny", "check", "bans", "licenses", "sources"],
+        )
+    }
+}
