@@ -1,0 +1,273 @@
+//! An MQTT session over mutual TLS that keeps itself up.
+//!
+//! rumqttc reconnects as soon as it is polled again after an error, with no
+//! delay; a fleet that loses its broker would hammer it. This wrapper owns the
+//! event loop in one task, sleeps a jittered exponential backoff between
+//! attempts, subscribes again on every new session (clean sessions: nothing is
+//! assumed to survive on the broker), and hands the application typed events.
+//!
+//! Delivery guarantees are the application's: rumqttc does not say which
+//! PUBACK belongs to which publish, and in-flight publishes can be lost when a
+//! session is not resumed. Lineage therefore acknowledges by sequence number,
+//! and anything queued carries its own expiry.
+
+use std::time::Duration;
+
+use rumqttc::{
+    Event, LastWill, MqttOptions, Packet, SubscribeFilter, SubscribeReasonCode, TlsConfiguration,
+    Transport,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::{BrokerConfig, ServiceError, tls};
+
+pub use rumqttc::{AsyncClient, QoS};
+
+/// How a link behaves; `client_id` is usually the certificate CN.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub client_id: String,
+    /// Subscribed on every new session, in one SUBSCRIBE.
+    pub subscriptions: Vec<(String, QoS)>,
+    /// Published by the broker if this client vanishes without DISCONNECT.
+    pub last_will: Option<LastWill>,
+    /// Largest MQTT packet sent or accepted.
+    pub max_packet_bytes: usize,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    /// Events buffered towards the application before the link waits for it.
+    pub event_capacity: usize,
+    /// Requests buffered towards the broker (publishes, subscribes).
+    pub request_capacity: usize,
+}
+
+impl LinkOptions {
+    pub fn new(client_id: impl Into<String>) -> LinkOptions {
+        LinkOptions {
+            client_id: client_id.into(),
+            subscriptions: Vec::new(),
+            last_will: None,
+            max_packet_bytes: 256 * 1024,
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(10),
+            event_capacity: 256,
+            request_capacity: 256,
+        }
+    }
+
+    pub fn subscribe(mut self, topic: impl Into<String>, qos: QoS) -> LinkOptions {
+        self.subscriptions.push((topic.into(), qos));
+        self
+    }
+
+    pub fn last_will(
+        mut self,
+        topic: impl Into<String>,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> LinkOptions {
+        self.last_will = Some(LastWill::new(topic, payload, QoS::AtLeastOnce, retain));
+        self
+    }
+}
+
+/// What the link tells the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A new session is up and the subscriptions were sent. `session` counts
+    /// sessions since the link started (1, 2, …).
+    Connected { session: u64 },
+    /// The session ended; the link is backing off before reconnecting.
+    Disconnected { reason: String },
+    /// A message arrived on a subscribed topic.
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    },
+    /// The broker refused a subscription (ACL or bad filter).
+    SubscribeRefused { topic: String },
+}
+
+/// A running link. Dropping it stops the task without a clean DISCONNECT
+/// (so the broker publishes the Last Will); [`Link::shutdown`] disconnects.
+#[derive(Debug)]
+pub struct Link {
+    client: AsyncClient,
+    events: mpsc::Receiver<LinkEvent>,
+    connected: watch::Receiver<bool>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Link {
+    /// Starts the link task on the current tokio runtime. Configuration
+    /// errors (files, URL, TLS) are returned here; network errors never are:
+    /// they become [`LinkEvent::Disconnected`] and a retry.
+    pub fn start(broker: &BrokerConfig, options: LinkOptions) -> Result<Link, ServiceError> {
+        let (host, port) = broker.endpoint()?;
+        let tls = tls::client_config(broker)?;
+        let mut mqtt = MqttOptions::new(options.client_id.clone(), host, port);
+        mqtt.set_keep_alive(Duration::from_secs(u64::from(
+            broker.keep_alive_secs.max(5),
+        )));
+        mqtt.set_clean_session(true);
+        mqtt.set_max_packet_size(options.max_packet_bytes, options.max_packet_bytes);
+        mqtt.set_request_channel_capacity(options.request_capacity);
+        mqtt.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        if let Some(will) = options.last_will.clone() {
+            mqtt.set_last_will(will);
+        }
+        let (client, eventloop) = AsyncClient::new(mqtt, options.request_capacity);
+        let (tx, events) = mpsc::channel(options.event_capacity.max(1));
+        let (connected_tx, connected) = watch::channel(false);
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(drive(
+            eventloop,
+            client.clone(),
+            options,
+            tx,
+            connected_tx,
+            stop.clone(),
+        ));
+        Ok(Link {
+            client,
+            events,
+            connected,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// For publishing. On paths that must never wait (the gate), use
+    /// `try_publish`: a full queue means "not sent", not "block".
+    pub fn client(&self) -> &AsyncClient {
+        &self.client
+    }
+
+    /// The next event; `None` once the link has stopped.
+    pub async fn recv(&mut self) -> Option<LinkEvent> {
+        self.events.recv().await
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.connected.borrow()
+    }
+
+    /// A receiver that follows the connected state.
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
+    /// Sends DISCONNECT (so no Last Will is published), waits up to `grace`
+    /// for queued publishes to go out, then stops the task.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.client.try_disconnect();
+        if let Some(task) = self.task.take() {
+            let stop = self.stop.clone();
+            let abort = task.abort_handle();
+            if tokio::time::timeout(grace, task).await.is_err() {
+                stop.cancel();
+                abort.abort();
+            }
+        }
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    client: AsyncClient,
+    options: LinkOptions,
+    tx: mpsc::Sender<LinkEvent>,
+    connected: watch::Sender<bool>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Backoff::new(options.backoff_base, options.backoff_cap);
+    let mut session = 0u64;
+    let mut disconnecting = false;
+    loop {
+        let polled = tokio::select! {
+            () = stop.cancelled() => return,
+            polled = eventloop.poll() => polled,
+        };
+        let event = match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                session += 1;
+                backoff.reset();
+                if !options.subscriptions.is_empty() {
+                    let filters = options
+                        .subscriptions
+                        .iter()
+                        .map(|(topic, qos)| SubscribeFilter::new(topic.clone(), *qos));
+                    if let Err(e) = client.try_subscribe_many(filters) {
+                        tracing::error!(error = %e, "could not queue subscriptions");
+                    }
+                }
+                let _ = connected.send(true);
+                tracing::info!(session, "broker session up");
+                Some(LinkEvent::Connected { session })
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => Some(LinkEvent::Message {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+                retain: p.retain,
+            }),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                for (code, (topic, _)) in ack.return_codes.iter().zip(&options.subscriptions) {
+                    if matches!(code, SubscribeReasonCode::Failure) {
+                        tracing::error!(topic, "broker refused subscription");
+                        if tx
+                            .send(LinkEvent::SubscribeRefused {
+                                topic: topic.clone(),
+                            })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                None
+            }
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
+                disconnecting = true;
+                None
+            }
+            Ok(_) => None,
+            Err(e) => {
+                let _ = connected.send(false);
+                if disconnecting {
+                    return;
+                }
+                let reason = e.to_string();
+                tracing::warn!(%reason, "broker session down");
+                if tx.send(LinkEvent::Disconnected { reason }).await.is_err() {
+                    return;
+                }
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                None
+            }
+        };
+        if let Some(event) = event
+            && tx.send(event).await.is_err()
+        {
+            return;
+        }
+    }
+}
