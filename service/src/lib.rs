@@ -12,6 +12,7 @@
 //! - [`files`]: secret files written 0600, atomically and durably.
 //! - [`clock`]: CLOCK_BOOTTIME milliseconds (deadlines keep running across a
 //!   suspend, unlike `Instant`).
+//! - [`keys`]: the authority's Ed25519 keys as PEM (PKCS#8, SPKI) and fingerprints.
 //! - [`logging`]: one tracing setup for every binary.
 #![forbid(unsafe_code)]
 
@@ -19,6 +20,7 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod files;
+pub mod keys;
 pub mod link;
 pub mod logging;
 pub mod tls;
