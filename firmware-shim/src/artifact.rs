@@ -92,14 +92,14 @@ wire_map! {
     /// One operation the artifact authorizes.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct ScopeEntry<'a> {
-        /// [0] operation name (token, ≤ 32 bytes), compared exactly.
+        /// Key `0`: operation name (token, ≤ 32 bytes), compared exactly.
         0 => op: Token<'a, MAX_OP_LEN>,
-        /// [1] largest amount per operation, in minor units; absent: the
+        /// Key `1`: largest amount per operation, in minor units; absent: the
         /// operation is not amount-limited.
         1 => max_amount: Option<u64>,
-        /// [2] the only currency allowed; absent: any.
+        /// Key `2`: the only currency allowed; absent: any.
         2 => currency: Option<Currency>,
-        /// [3] each operation needs its own fresh attestation.
+        /// Key `3`: each operation needs its own fresh attestation.
         3 => fresh_attestation: bool,
     }
 }
@@ -108,43 +108,43 @@ wire_map! {
     /// The artifact's claims (the COSE_Sign1 payload).
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Claims<'a> {
-        /// [1] `iss`: the authority's id (token, ≤ 64 bytes).
+        /// Key `1`: `iss`: the authority's id (token, ≤ 64 bytes).
         1 => iss: Token<'a, MAX_AUTHORITY_ID_LEN>,
-        /// [2] `sub`: the device id.
+        /// Key `2`: `sub`: the device id.
         2 => sub: DeviceId,
-        /// [4] `exp`: Unix seconds after which the artifact is void (checked
+        /// Key `4`: `exp`: Unix seconds after which the artifact is void (checked
         /// when the device's wall clock is trusted).
         4 => exp: u64,
-        /// [6] `iat`: Unix seconds of issue (`iat < exp`).
+        /// Key `6`: `iat`: Unix seconds of issue (`iat < exp`).
         6 => iat: u64,
-        /// [7] `cti`: 16-byte artifact id.
+        /// Key `7`: `cti`: 16-byte artifact id.
         7 => cti: Bytes<16>,
-        /// [-65537] wire version (1).
+        /// Key `-65537`: wire version (1).
         -65537 => v: Version,
-        /// [-65538] validity in ms on the device's monotonic clock, from
+        /// Key `-65538`: validity in ms on the device's monotonic clock, from
         /// receipt (1 – 86 400 000).
         -65538 => ttl_ms: u32,
-        /// [-65539] the nonce of the evidence this answers.
+        /// Key `-65539`: the nonce of the evidence this answers.
         -65539 => nonce: Bytes<32>,
-        /// [-65540] PCR bank of the attested digest: 0x000B (SHA-256).
+        /// Key `-65540`: PCR bank of the attested digest: 0x000B (SHA-256).
         -65540 => pcr_alg: u16,
-        /// [-65541] PCRs the digest covers, bit `i` = PCR `i`.
+        /// Key `-65541`: PCRs the digest covers, bit `i` = PCR `i`.
         -65541 => pcr_mask: u32,
-        /// [-65542] the attested composite PCR digest (SHA-256 over the
+        /// Key `-65542`: the attested composite PCR digest (SHA-256 over the
         /// selected values in ascending order, as in `TPMS_QUOTE_INFO`).
         -65542 => pcr_digest: Digest,
-        /// [-65543] the TPM boot counters of the attested boot.
+        /// Key `-65543`: the TPM boot counters of the attested boot.
         -65543 => boot: BootCounters,
-        /// [-65544] authorized operations (≤ 8, distinct `op`s).
+        /// Key `-65544`: authorized operations (≤ 8, distinct `op`s).
         -65544 => scope: List<ScopeEntry<'a>, MAX_SCOPE_ENTRIES>,
-        /// [-65545] nonce to quote for the next renewal.
+        /// Key `-65545`: nonce to quote for the next renewal.
         -65545 => next_nonce: Bytes<32>,
-        /// [-65546] heartbeat window, ms (1 000 – 3 600 000).
+        /// Key `-65546`: heartbeat window, ms (1 000 – 3 600 000).
         -65546 => hb_ms: u32,
-        /// [-65547] the last heartbeat seq published before issue: older
+        /// Key `-65547`: the last heartbeat seq published before issue: older
         /// heartbeats do not count as liveness.
         -65547 => hb_seq: u64,
-        /// [-65548] the revocation epoch at issue (the device was not
+        /// Key `-65548`: the revocation epoch at issue (the device was not
         /// revoked up to it).
         -65548 => epoch: u64,
     }

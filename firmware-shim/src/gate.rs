@@ -528,6 +528,10 @@ pub struct Gate {
     epoch: u64,
     control_seq: Option<u64>,
     last_now: u64,
+    /// The last fresh artifact a permit consumed: the same one never
+    /// permits twice in a row (the agent's nonce rotation is the primary
+    /// guard; this catches a second verification of the same bytes).
+    fresh_used: Option<[u8; 16]>,
 }
 
 impl Gate {
@@ -546,6 +550,7 @@ impl Gate {
             epoch: 0,
             control_seq: persisted.control_seq,
             last_now: 0,
+            fresh_used: None,
         }
     }
 
@@ -793,7 +798,8 @@ impl Gate {
     /// fresh attestation). Permits only if the gate is open and would
     /// permit the request but for freshness, and the fresh artifact is for
     /// this device and boot, received at most `max_fresh_age_ms` ago, within
-    /// its own deadline, and authorizes the request too.
+    /// its own deadline, authorizes the request too, and did not permit the
+    /// previous fresh operation.
     pub fn decide_fresh(
         &mut self,
         request: &OpRequest<'_>,
@@ -820,11 +826,15 @@ impl Gate {
             };
         }
         let fresh_ok = *fresh.sub() == self.config.device
+            && self.fresh_used != Some(*fresh.cti())
             && fresh.boot() == artifact.boot()
             && fresh.received_ms() <= now
             && now - fresh.received_ms() <= self.config.max_fresh_age_ms
             && now < fresh.deadline_ms()
             && check_scope(&fresh, request).is_ok();
+        if fresh_ok {
+            self.fresh_used = Some(*fresh.cti());
+        }
         Decision {
             verdict: if fresh_ok {
                 Verdict::Permit

@@ -124,8 +124,8 @@ wire_code! {
 }
 
 wire_code! {
-    /// Why a decision was denied (lineage code of
-    /// [`crate::gate::DenyReason`]).
+    /// Why a decision was denied ([`crate::gate::Verdict::Deny`] carries
+    /// it).
     pub enum DenyCode: u8 {
         /// The gate is closed.
         Closed = 1,
@@ -165,7 +165,7 @@ wire_map! {
     /// Body of [`RecordKind::AgentStart`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct AgentStart<'a> {
-        /// [0] agent software version (token, ≤ 32 bytes).
+        /// Key `0`: agent software version (token, ≤ 32 bytes).
         0 => sw_version: Token<'a, MAX_SW_VERSION_LEN>,
     }
 }
@@ -174,7 +174,7 @@ wire_map! {
     /// Body of [`RecordKind::AgentStop`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct AgentStop<'a> {
-        /// [0] why (≤ 64 bytes UTF-8).
+        /// Key `0`: why (≤ 64 bytes UTF-8).
         0 => reason: Text<'a, MAX_REASON_LEN>,
     }
 }
@@ -183,9 +183,9 @@ wire_map! {
     /// Body of [`RecordKind::Enrolled`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Enrolled<'a> {
-        /// [0] the enrolled AK's TPM name.
+        /// Key `0`: the enrolled AK's TPM name.
         0 => ak_name: Bstr<'a, MAX_AK_NAME_LEN>,
-        /// [1] SHA-256 of the EK's marshalled `TPM2B_PUBLIC`.
+        /// Key `1`: SHA-256 of the EK's marshalled `TPM2B_PUBLIC`.
         1 => ek_sha256: Digest,
     }
 }
@@ -194,13 +194,13 @@ wire_map! {
     /// Body of [`RecordKind::Attested`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Attested {
-        /// [0] [`crate::crypto::nonce_hash`] of the quoted nonce.
+        /// Key `0`: [`crate::crypto::nonce_hash`] of the quoted nonce.
         0 => nonce_hash: Digest,
-        /// [1] how it ended.
+        /// Key `1`: how it ended.
         1 => verdict: AttestVerdict,
-        /// [2] the refusal's code, when refused.
+        /// Key `2`: the refusal's code, when refused.
         2 => refusal: Option<RefusalCode>,
-        /// [3] the artifact id, when affirmed.
+        /// Key `3`: the artifact id, when affirmed.
         3 => cti: Option<Bytes<16>>,
     }
 }
@@ -209,11 +209,11 @@ wire_map! {
     /// Body of [`RecordKind::ArtifactInstalled`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct ArtifactInstalled {
-        /// [0] the artifact id.
+        /// Key `0`: the artifact id.
         0 => cti: Bytes<16>,
-        /// [1] its deadline, CLOCK_BOOTTIME ms.
+        /// Key `1`: its deadline, CLOCK_BOOTTIME ms.
         1 => deadline_ms: u64,
-        /// [2] its `exp`, Unix seconds.
+        /// Key `2`: its `exp`, Unix seconds.
         2 => exp: u64,
     }
 }
@@ -222,9 +222,9 @@ wire_map! {
     /// Body of [`RecordKind::GateOpened`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct GateOpened {
-        /// [0] the artifact that opened it.
+        /// Key `0`: the artifact that opened it.
         0 => cti: Bytes<16>,
-        /// [1] its deadline, CLOCK_BOOTTIME ms.
+        /// Key `1`: its deadline, CLOCK_BOOTTIME ms.
         1 => deadline_ms: u64,
     }
 }
@@ -233,9 +233,9 @@ wire_map! {
     /// Body of [`RecordKind::GateClosed`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct GateClosed {
-        /// [0] why.
+        /// Key `0`: why.
         0 => reason: CloseCode,
-        /// [1] detail: the drift kind or refusal code, when there is one.
+        /// Key `1`: detail: the drift kind or refusal code, when there is one.
         1 => detail: Option<u16>,
     }
 }
@@ -244,13 +244,13 @@ wire_map! {
     /// Body of [`RecordKind::GateContained`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct GateContained<'a> {
-        /// [0] who contained it (control or refusal).
+        /// Key `0`: who contained it (control or refusal).
         0 => source: Source,
-        /// [1] the control message's seq, when by control.
+        /// Key `1`: the control message's seq, when by control.
         1 => control_seq: Option<u64>,
-        /// [2] the refusal's code, when by refusal.
+        /// Key `2`: the refusal's code, when by refusal.
         2 => refusal: Option<RefusalCode>,
-        /// [3] the operator's reason (empty when by refusal).
+        /// Key `3`: the operator's reason (empty when by refusal).
         3 => reason: Text<'a, MAX_REASON_LEN>,
     }
 }
@@ -259,7 +259,7 @@ wire_map! {
     /// Body of [`RecordKind::GateRestored`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct GateRestored {
-        /// [0] the restoring control message's seq.
+        /// Key `0`: the restoring control message's seq.
         0 => control_seq: u64,
     }
 }
@@ -268,11 +268,11 @@ wire_map! {
     /// Body of [`RecordKind::GateRevoked`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct GateRevoked<'a> {
-        /// [0] who revoked it.
+        /// Key `0`: who revoked it.
         0 => source: Source,
-        /// [1] the control or heartbeat seq, when by one of them.
+        /// Key `1`: the control or heartbeat seq, when by one of them.
         1 => seq: Option<u64>,
-        /// [2] the operator's reason (empty when none was given).
+        /// Key `2`: the operator's reason (empty when none was given).
         2 => reason: Text<'a, MAX_REASON_LEN>,
     }
 }
@@ -282,19 +282,19 @@ wire_map! {
     /// before the answer is given.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Decision<'a> {
-        /// [0] the operation asked for.
+        /// Key `0`: the operation asked for.
         0 => op: Token<'a, MAX_OP_LEN>,
-        /// [1] its amount in minor units, if any.
+        /// Key `1`: its amount in minor units, if any.
         1 => amount: Option<u64>,
-        /// [2] its currency, if any.
+        /// Key `2`: its currency, if any.
         2 => currency: Option<Currency>,
-        /// [3] the caller's reference (≤ 64 bytes UTF-8), if any.
+        /// Key `3`: the caller's reference (≤ 64 bytes UTF-8), if any.
         3 => reference: Option<Text<'a, MAX_REF_LEN>>,
-        /// [4] the verdict.
+        /// Key `4`: the verdict.
         4 => verdict: VerdictCode,
-        /// [5] why denied, when denied.
+        /// Key `5`: why denied, when denied.
         5 => deny: Option<DenyCode>,
-        /// [6] the artifact it was decided under, when the gate was open.
+        /// Key `6`: the artifact it was decided under, when the gate was open.
         6 => cti: Option<Bytes<16>>,
     }
 }
@@ -303,9 +303,9 @@ wire_map! {
     /// Body of [`RecordKind::Drift`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Drift<'a> {
-        /// [0] what drifted.
+        /// Key `0`: what drifted.
         0 => what: DriftKind,
-        /// [1] detail: PCR indices, a path (≤ 128 bytes UTF-8).
+        /// Key `1`: detail: PCR indices, a path (≤ 128 bytes UTF-8).
         1 => detail: Text<'a, MAX_DRIFT_DETAIL_LEN>,
     }
 }
@@ -314,9 +314,9 @@ wire_map! {
     /// Body of [`RecordKind::HeartbeatLapse`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct HeartbeatLapse {
-        /// [0] the last heartbeat seq heard, if any.
+        /// Key `0`: the last heartbeat seq heard, if any.
         0 => last_seq: Option<u64>,
-        /// [1] the window that lapsed, ms.
+        /// Key `1`: the window that lapsed, ms.
         1 => window_ms: u32,
     }
 }
@@ -325,9 +325,9 @@ wire_map! {
     /// Body of [`RecordKind::ControlReceived`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct ControlReceived {
-        /// [0] the control message's seq.
+        /// Key `0`: the control message's seq.
         0 => seq: u64,
-        /// [1] its action.
+        /// Key `1`: its action.
         1 => action: ControlAction,
     }
 }
@@ -336,13 +336,13 @@ wire_map! {
     /// Body of [`RecordKind::Checkpoint`].
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Checkpoint<'a> {
-        /// [0] the seq committed to (this record's seq − 1).
+        /// Key `0`: the seq committed to (this record's seq − 1).
         0 => seq: u64,
-        /// [1] that record's hash.
+        /// Key `1`: that record's hash.
         1 => head: Digest,
-        /// [2] raw `TPMS_ATTEST` of the quote (≤ 1024 bytes).
+        /// Key `2`: raw `TPMS_ATTEST` of the quote (≤ 1024 bytes).
         2 => attest: Bstr<'a, MAX_ATTEST_LEN>,
-        /// [3] marshalled `TPMT_SIGNATURE` by the AK (≤ 512 bytes).
+        /// Key `3`: marshalled `TPMT_SIGNATURE` by the AK (≤ 512 bytes).
         3 => signature: Bstr<'a, MAX_TPM_SIGNATURE_LEN>,
     }
 }

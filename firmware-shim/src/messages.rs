@@ -1,6 +1,6 @@
 //! Every MQTT payload of mctc except the artifact ([`crate::artifact`]) and
 //! the lineage record ([`crate::lineage`]). Field docs start with the CBOR
-//! map key in brackets; the crate README has the same tables.
+//! map key; the crate README has the same tables.
 //!
 //! Unsigned messages travel as their canonical CBOR. Signed ones
 //! ([`EnrollResult`], [`Refusal`], [`Heartbeat`], [`Control`],
@@ -37,19 +37,19 @@ wire_map! {
     /// vendor).
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct EnrollRequest<'a> {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the attempt's id.
+        /// Key `1`: the attempt's id.
         1 => request_id: RequestId,
-        /// [2] the device id (must equal the topic's).
+        /// Key `2`: the device id (must equal the topic's).
         2 => device: DeviceId,
-        /// [3] marshalled `TPM2B_PUBLIC` of the EK (≤ 1024 bytes).
+        /// Key `3`: marshalled `TPM2B_PUBLIC` of the EK (≤ 1024 bytes).
         3 => ek_public: Bstr<'a, MAX_EK_PUBLIC_LEN>,
-        /// [4] DER EK certificate, when the TPM has one (≤ 4096 bytes).
+        /// Key `4`: DER EK certificate, when the TPM has one (≤ 4096 bytes).
         4 => ek_cert: Option<Bstr<'a, MAX_EK_CERT_LEN>>,
-        /// [5] marshalled `TPM2B_PUBLIC` of the AK (≤ 1024 bytes).
+        /// Key `5`: marshalled `TPM2B_PUBLIC` of the AK (≤ 1024 bytes).
         5 => ak_public: Bstr<'a, MAX_AK_PUBLIC_LEN>,
-        /// [6] the AK's TPM name (≤ 68 bytes).
+        /// Key `6`: the AK's TPM name (≤ 68 bytes).
         6 => ak_name: Bstr<'a, MAX_AK_NAME_LEN>,
     }
 }
@@ -60,13 +60,13 @@ wire_map! {
     /// output for the EK and the AK name.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct EnrollChallenge<'a> {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] echo of the request id.
+        /// Key `1`: echo of the request id.
         1 => request_id: RequestId,
-        /// [2] `TPM2B_ID_OBJECT` credential blob (≤ 256 bytes).
+        /// Key `2`: `TPM2B_ID_OBJECT` credential blob (≤ 256 bytes).
         2 => credential_blob: Bstr<'a, MAX_CREDENTIAL_BLOB_LEN>,
-        /// [3] `TPM2B_ENCRYPTED_SECRET` (≤ 512 bytes).
+        /// Key `3`: `TPM2B_ENCRYPTED_SECRET` (≤ 512 bytes).
         3 => encrypted_secret: Bstr<'a, MAX_ENCRYPTED_SECRET_LEN>,
     }
 }
@@ -77,11 +77,11 @@ wire_map! {
     /// activated the credential. The secret itself never travels.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct EnrollProof {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] echo of the request id.
+        /// Key `1`: echo of the request id.
         1 => request_id: RequestId,
-        /// [2] [`enroll_proof`] over the activated secret.
+        /// Key `2`: [`enroll_proof`] over the activated secret.
         2 => proof: Digest,
     }
 }
@@ -140,15 +140,15 @@ wire_map! {
     /// Authority → agent on `enroll/{dev}/result` (signed).
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct EnrollResult {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] echo of the request id.
+        /// Key `1`: echo of the request id.
         1 => request_id: RequestId,
-        /// [2] the device.
+        /// Key `2`: the device.
         2 => sub: DeviceId,
-        /// [3] outcome.
+        /// Key `3`: outcome.
         3 => status: EnrollStatus,
-        /// [4] issue time, Unix seconds.
+        /// Key `4`: issue time, Unix seconds.
         4 => iat: u64,
     }
 }
@@ -169,11 +169,11 @@ wire_map! {
     /// Agent → authority on `dev/{dev}/nonce/req`.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct NonceRequest {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the device (must equal the topic's).
+        /// Key `1`: the device (must equal the topic's).
         1 => device: DeviceId,
-        /// [2] what the nonce is for.
+        /// Key `2`: what the nonce is for.
         2 => purpose: NoncePurpose,
     }
 }
@@ -185,13 +185,13 @@ wire_map! {
     /// the nonce against those it issued.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Nonce {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the nonce (qualifying data of the quote).
+        /// Key `1`: the nonce (qualifying data of the quote).
         1 => nonce: NonceBytes,
-        /// [2] echo of the request's purpose.
+        /// Key `2`: echo of the request's purpose.
         2 => purpose: NoncePurpose,
-        /// [3] how long the authority accepts evidence for it.
+        /// Key `3`: how long the authority accepts evidence for it.
         3 => expires_in_ms: u32,
     }
 }
@@ -203,21 +203,21 @@ wire_map! {
     /// covers.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Evidence<'a> {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the device (must equal the topic's).
+        /// Key `1`: the device (must equal the topic's).
         1 => device: DeviceId,
-        /// [2] the nonce the quote answers.
+        /// Key `2`: the nonce the quote answers.
         2 => nonce: NonceBytes,
-        /// [3] raw `TPMS_ATTEST` the AK signed (≤ 1024 bytes).
+        /// Key `3`: raw `TPMS_ATTEST` the AK signed (≤ 1024 bytes).
         3 => attest: Bstr<'a, MAX_ATTEST_LEN>,
-        /// [4] marshalled `TPMT_SIGNATURE` (≤ 512 bytes).
+        /// Key `4`: marshalled `TPMT_SIGNATURE` (≤ 512 bytes).
         4 => signature: Bstr<'a, MAX_TPM_SIGNATURE_LEN>,
-        /// [5] PCR bank: `TPM_ALG_SHA256` (0x000B).
+        /// Key `5`: PCR bank: `TPM_ALG_SHA256` (0x000B).
         5 => pcr_alg: u16,
-        /// [6] selected PCRs, bit `i` = PCR `i` (bits 0–23, at least one).
+        /// Key `6`: selected PCRs, bit `i` = PCR `i` (bits 0–23, at least one).
         6 => pcr_mask: u32,
-        /// [7] the selected PCRs' values in ascending PCR order; exactly as
+        /// Key `7`: the selected PCRs' values in ascending PCR order; exactly as
         /// many as bits in `pcr_mask`.
         7 => pcr_values: List<Digest, MAX_PCRS>,
     }
@@ -274,18 +274,18 @@ wire_map! {
     /// artifact): the evidence answering `nonce` was not affirmed.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Refusal {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the device.
+        /// Key `1`: the device.
         1 => sub: DeviceId,
-        /// [2] the nonce of the refused evidence (binds the refusal to one
+        /// Key `2`: the nonce of the refused evidence (binds the refusal to one
         /// attempt, so an old refusal cannot be replayed).
         2 => nonce: NonceBytes,
-        /// [3] why.
+        /// Key `3`: why.
         3 => reason: RefusalCode,
-        /// [4] whether the authority now holds the device contained.
+        /// Key `4`: whether the authority now holds the device contained.
         4 => contained: bool,
-        /// [5] issue time, Unix seconds.
+        /// Key `5`: issue time, Unix seconds.
         5 => iat: u64,
     }
 }
@@ -303,21 +303,21 @@ wire_map! {
     /// missed a revocation and closes its gate until it re-attests.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Heartbeat {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] strictly increasing across the fleet's heartbeats.
+        /// Key `1`: strictly increasing across the fleet's heartbeats.
         1 => seq: u64,
-        /// [2] revocation epoch: raised by one for every revocation.
+        /// Key `2`: revocation epoch: raised by one for every revocation.
         2 => epoch: u64,
-        /// [3] the list covers revocations after this epoch (≤ `epoch`).
+        /// Key `3`: the list covers revocations after this epoch (≤ `epoch`).
         3 => since_epoch: u64,
-        /// [4] issue time, Unix seconds.
+        /// Key `4`: issue time, Unix seconds.
         4 => iat: u64,
-        /// [5] the heartbeat window the authority currently applies
+        /// Key `5`: the heartbeat window the authority currently applies
         /// (1 000 – 3 600 000 ms); devices use the smaller of this and the
         /// artifact's.
         5 => hb_ms: u32,
-        /// [6] devices revoked in `since_epoch + 1 ..= epoch` (≤ 16).
+        /// Key `6`: devices revoked in `since_epoch + 1 ..= epoch` (≤ 16).
         6 => revoked: List<DeviceId, MAX_REVOKED_PER_HEARTBEAT>,
     }
     check = check_heartbeat;
@@ -357,18 +357,18 @@ wire_map! {
     /// Authority → agent on `dev/{dev}/control` (signed).
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct Control<'a> {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the device.
+        /// Key `1`: the device.
         1 => sub: DeviceId,
-        /// [2] strictly increasing per device; a device rejects a seq not
+        /// Key `2`: strictly increasing per device; a device rejects a seq not
         /// above the last it accepted (and persists that seq).
         2 => seq: u64,
-        /// [3] the order.
+        /// Key `3`: the order.
         3 => action: ControlAction,
-        /// [4] operator's reason (≤ 64 bytes UTF-8).
+        /// Key `4`: operator's reason (≤ 64 bytes UTF-8).
         4 => reason: Text<'a, MAX_REASON_LEN>,
-        /// [5] issue time, Unix seconds.
+        /// Key `5`: issue time, Unix seconds.
         5 => iat: u64,
     }
 }
@@ -392,24 +392,24 @@ wire_map! {
     /// a collector needs to verify a device's checkpoints offline.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct RegistryRecord<'a> {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the device.
+        /// Key `1`: the device.
         1 => sub: DeviceId,
-        /// [2] device class (token, ≤ 32 bytes): selects the PCR policy.
+        /// Key `2`: device class (token, ≤ 32 bytes): selects the PCR policy.
         2 => class: Token<'a, MAX_CLASS_LEN>,
-        /// [3] marshalled `TPM2B_PUBLIC` of the enrolled AK (≤ 1024 bytes).
+        /// Key `3`: marshalled `TPM2B_PUBLIC` of the enrolled AK (≤ 1024 bytes).
         3 => ak_public: Bstr<'a, MAX_AK_PUBLIC_LEN>,
-        /// [4] the AK's TPM name (≤ 68 bytes).
+        /// Key `4`: the AK's TPM name (≤ 68 bytes).
         4 => ak_name: Bstr<'a, MAX_AK_NAME_LEN>,
-        /// [5] SHA-256 of the EK's marshalled `TPM2B_PUBLIC`.
+        /// Key `5`: SHA-256 of the EK's marshalled `TPM2B_PUBLIC`.
         5 => ek_sha256: Digest,
-        /// [6] standing.
+        /// Key `6`: standing.
         6 => status: DeviceStatus,
-        /// [7] record version, strictly increasing per device: a collector
+        /// Key `7`: record version, strictly increasing per device: a collector
         /// keeps the highest it has seen.
         7 => version: u64,
-        /// [8] issue time, Unix seconds.
+        /// Key `8`: issue time, Unix seconds.
         8 => iat: u64,
     }
 }
@@ -423,11 +423,11 @@ wire_map! {
     /// allocating.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct LineageBatch<'a> {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the device (must equal the topic's and every record's).
+        /// Key `1`: the device (must equal the topic's and every record's).
         1 => device: DeviceId,
-        /// [2] 1 to 64 encoded records (each ≤ 2048 bytes), ascending seq;
+        /// Key `2`: 1 to 64 encoded records (each ≤ 2048 bytes), ascending seq;
         /// the whole batch is at most 65 536 bytes.
         2 => records: List<Bstr<'a, MAX_RECORD_LEN>, MAX_BATCH_RECORDS>,
     }
@@ -482,16 +482,16 @@ wire_map! {
     /// raises an alarm.
     #[derive(Debug, Clone, PartialEq, Eq)]
     pub struct LineageAck {
-        /// [0] wire version (1).
+        /// Key `0`: wire version (1).
         0 => v: Version,
-        /// [1] the device.
+        /// Key `1`: the device.
         1 => device: DeviceId,
-        /// [2] highest seq up to which the collector holds a verified,
+        /// Key `2`: highest seq up to which the collector holds a verified,
         /// contiguous chain from seq 0 (absent: none yet).
         2 => through_seq: Option<u64>,
-        /// [3] what is wrong, if anything.
+        /// Key `3`: what is wrong, if anything.
         3 => anomaly: Option<AckAnomaly>,
-        /// [4] the seq the anomaly was found at.
+        /// Key `4`: the seq the anomaly was found at.
         4 => at_seq: Option<u64>,
     }
 }

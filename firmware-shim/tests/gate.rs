@@ -528,6 +528,15 @@ fn an_operation_demanding_fresh_attestation_needs_one_and_then_permits() {
     let d = g.decide_fresh(&refund, fresh.clone(), R + 200);
     assert_eq!(d.verdict, Verdict::Permit);
     assert_eq!(d.cti, Some([0xf0; 16]));
+    // One fresh attestation, one operation.
+    let d = g.decide_fresh(&refund, fresh.clone(), R + 210);
+    assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
+    let mut second = fresh_claims();
+    second.cti = Bytes([0xf1; 16]);
+    assert!(
+        g.decide_fresh(&refund, verified(&second, R + 215), R + 220)
+            .is_permit()
+    );
 
     // Limits of the gate's artifact still apply.
     let big = OpRequest {
@@ -540,11 +549,13 @@ fn an_operation_demanding_fresh_attestation_needs_one_and_then_permits() {
     );
     // A fresh artifact that does not authorize the operation.
     let mut narrow = fresh_claims();
+    narrow.cti = Bytes([0xf3; 16]);
     narrow.scope = List::from_slice(&narrow.scope[..1]).unwrap();
     let d = g.decide_fresh(&refund, verified(&narrow, R + 300), R + 300);
     assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
     // A fresh artifact from another boot.
     let mut reboot = fresh_claims();
+    reboot.cti = Bytes([0xf4; 16]);
     reboot.boot.reset += 1;
     let bytes = sign(&reboot);
     let dev = device();
@@ -559,11 +570,16 @@ fn an_operation_demanding_fresh_attestation_needs_one_and_then_permits() {
     let d = g.decide_fresh(&refund, other_boot, R + 300);
     assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
     // Too old (time only moves forward: the gate closes if it goes back).
-    let d = g.decide_fresh(
-        &refund,
-        fresh.clone(),
-        R + 100 + DEFAULT_MAX_FRESH_AGE_MS + 1,
+    let mut old = fresh_claims();
+    old.cti = Bytes([0xf2; 16]);
+    let old = verified(&old, R + 100);
+    let mut probe = g.clone();
+    assert!(
+        probe
+            .decide_fresh(&refund, old.clone(), R + 100 + DEFAULT_MAX_FRESH_AGE_MS)
+            .is_permit()
     );
+    let d = g.decide_fresh(&refund, old, R + 100 + DEFAULT_MAX_FRESH_AGE_MS + 1);
     assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
     assert!(d.events.is_empty());
     // Not while closed.
