@@ -1,9 +1,204 @@
-//! mctc-collector: lineage collection and offline verification.
+//! `mctc-collector`: `run --config FILE` (the daemon) and
+//! `verify BUNDLE --authority-key FILE [--json]` (offline).
+//!
+//! Exit codes: 0 success (a bundle verified); 1 verification failed; 2 usage,
+//! configuration or IO error. Every error is one line on stderr.
 #![forbid(unsafe_code)]
 
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+use mctc_collector::bundle::MAX_BUNDLE_LEN;
+use mctc_collector::config::Config;
+use mctc_collector::verify::{Report, verify_bundle};
+use mctc_collector::{Error, service};
+use mctc_shim::{AuthorityKey, RingCrypto};
+
+/// mctc lineage collector.
+#[derive(Debug, Parser)]
+#[command(name = "mctc-collector", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Collect, verify, store and acknowledge device lineage (the daemon).
+    Run {
+        /// The configuration file (TOML).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Verify an exported lineage bundle offline (no database, no network).
+    /// Exit 0 only if every record chains and every quote verifies.
+    Verify {
+        /// The bundle file.
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+        /// The authority's public key (PEM SubjectPublicKeyInfo, authority.pub);
+        /// repeat for a key rotation.
+        #[arg(long = "authority-key", value_name = "FILE", required = true)]
+        authority_keys: Vec<PathBuf>,
+        /// Print the report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+const USAGE: u8 = 2;
+const FAILED: u8 = 1;
+
 fn main() -> ExitCode {
-    eprintln!("mctc-collector: not built yet in this version (see issue: lineage)");
-    ExitCode::from(2)
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("mctc-collector: {first} (see --help)");
+            return ExitCode::from(USAGE);
+        }
+    };
+    match cli.command {
+        Command::Run { config } => run(&config),
+        Command::Verify {
+            bundle,
+            authority_keys,
+            json,
+        } => verify(&bundle, &authority_keys, json),
+    }
+}
+
+fn fail(error: &Error) -> ExitCode {
+    eprintln!("mctc-collector: {error}");
+    ExitCode::from(USAGE)
+}
+
+fn run(config: &Path) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    mctc_service::logging::init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&Error::Runtime(e)),
+    };
+    let result = runtime.block_on(async {
+        let shutdown = async {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                }
+                // Without signal handlers the default action (exit) applies.
+                _ => std::future::pending::<()>().await,
+            }
+        };
+        service::run(config, shutdown).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+fn read_bundle(path: &Path) -> Result<Vec<u8>, Error> {
+    let bad = |reason: String| Error::BundleRead {
+        path: path.to_owned(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    let mut bytes = Vec::new();
+    // Read one byte past the limit to tell "at the limit" from "over it"
+    // without trusting the file's reported size.
+    file.take(MAX_BUNDLE_LEN + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| bad(e.to_string()))?;
+    if bytes.len() as u64 > MAX_BUNDLE_LEN {
+        return Err(bad(format!("larger than {MAX_BUNDLE_LEN} bytes")));
+    }
+    Ok(bytes)
+}
+
+fn verify(bundle: &Path, key_files: &[PathBuf], json: bool) -> ExitCode {
+    let mut keys = Vec::with_capacity(key_files.len());
+    for path in key_files {
+        match mctc_service::keys::read_public_key(path) {
+            Ok(key) => keys.push(AuthorityKey::new(&RingCrypto, key)),
+            Err(e) => return fail(&Error::Service(e)),
+        }
+    }
+    let bytes = match read_bundle(bundle) {
+        Ok(bytes) => bytes,
+        Err(e) => return fail(&e),
+    };
+    let report = verify_bundle(&bytes, &keys);
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("mctc-collector: could not write the report: {e}");
+                return ExitCode::from(USAGE);
+            }
+        }
+    } else {
+        print_report(&report);
+    }
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(FAILED)
+    }
+}
+
+fn print_report(report: &Report) {
+    for warning in &report.warnings {
+        eprintln!("mctc-collector: warning: {warning}");
+    }
+    let device = report.device.as_deref().unwrap_or("?");
+    match &report.failure {
+        None => {
+            let registry = report.registry.as_ref().map_or_else(String::new, |r| {
+                format!(
+                    "; registry v{} ({}, class {})",
+                    r.version, r.status, r.class
+                )
+            });
+            println!(
+                "OK {device}: {} records (seq {}..={}), {} checkpoints, sealed{registry}",
+                report.records,
+                report.from_seq.unwrap_or(0),
+                report.last_seq.unwrap_or(0),
+                report.checkpoints,
+            );
+        }
+        Some(failure) => {
+            let at = failure.seq.map_or_else(
+                || "before the first record".to_owned(),
+                |s| format!("seq {s}"),
+            );
+            eprintln!(
+                "mctc-collector: FAILED {device} at {at}: {}: {}",
+                failure.reason, failure.detail
+            );
+        }
+    }
 }

@@ -1,0 +1,206 @@
+//! `collector.toml`: typed, every field documented in `collector/README.md`
+//! and in the commented example `configs/collector.toml`. Unknown keys are
+//! errors (a typo must not silently fall back to a default).
+
+use std::path::{Path, PathBuf};
+
+use mctc_service::BrokerConfig;
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::ingest::IngestConfig;
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[broker]`: the MQTT broker and this collector's TLS identity
+    /// (certificate CN `mctc-collector`).
+    pub broker: BrokerConfig,
+    /// `[authority]`: whose registry records are trusted.
+    pub authority: AuthorityConfig,
+    /// `[store]`: where lineage is kept.
+    pub store: StoreConfig,
+    /// `[ingest]`: tuning, all optional.
+    #[serde(default)]
+    pub ingest: IngestSettings,
+}
+
+/// `[authority]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    /// PEM SubjectPublicKeyInfo files of the authority's Ed25519 keys
+    /// (`authority.pub`); more than one during a key rotation.
+    pub public_keys: Vec<PathBuf>,
+}
+
+/// Which database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// SQLite through the system libsqlite3.
+    #[default]
+    Sqlite,
+}
+
+/// `[store]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The backend (`sqlite`).
+    #[serde(default)]
+    pub backend: Backend,
+    /// The SQLite database file.
+    pub path: PathBuf,
+}
+
+/// `[ingest]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IngestSettings {
+    /// MQTT client id; must be unique per instance (default
+    /// `mctc-collector-` and 8 random hex digits).
+    pub client_id: Option<String>,
+    /// The shared-subscription group all instances join for lineage.
+    pub share_group: String,
+    /// How long records may wait above a hole before it is a gap (ms).
+    pub gap_grace_ms: u64,
+    /// How far above the head a record may arrive and still wait.
+    pub pending_window: u64,
+    /// Batches held for devices without a registry record, at most.
+    pub held_batches: usize,
+    /// Bytes held for devices without a registry record, at most.
+    pub held_bytes: usize,
+    /// How long a held batch is kept (ms).
+    pub held_ttl_ms: u64,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        let ingest = IngestConfig::default();
+        Self {
+            client_id: None,
+            share_group: "mctc-collector".to_owned(),
+            gap_grace_ms: ingest.gap_grace_ms,
+            pending_window: ingest.pending_window,
+            held_batches: ingest.held_batches,
+            held_bytes: ingest.held_bytes,
+            held_ttl_ms: ingest.held_ttl_ms,
+        }
+    }
+}
+
+impl IngestSettings {
+    /// The ingest core's part.
+    pub fn ingest_config(&self) -> IngestConfig {
+        IngestConfig {
+            gap_grace_ms: self.gap_grace_ms,
+            pending_window: self.pending_window,
+            held_batches: self.held_batches,
+            held_bytes: self.held_bytes,
+            held_ttl_ms: self.held_ttl_ms,
+        }
+    }
+}
+
+/// The largest `pending_window` accepted: 64 full batches per device is
+/// already far more reordering than one broker produces.
+pub const MAX_PENDING_WINDOW: u64 = 1 << 20;
+
+impl Config {
+    /// Parses TOML text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, Error> {
+        let bad = |reason: String| Error::Config {
+            path: path.to_owned(),
+            reason,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| {
+            bad(e
+                .message()
+                .lines()
+                .next()
+                .unwrap_or("invalid TOML")
+                .to_owned())
+        })?;
+        if config.authority.public_keys.is_empty() {
+            return Err(bad(
+                "[authority] public_keys: at least one key is required".into()
+            ));
+        }
+        let group = &config.ingest.share_group;
+        if group.is_empty() || group.contains(['/', '+', '#']) {
+            return Err(bad(format!(
+                "[ingest] share_group {group:?}: must be non-empty without '/', '+' or '#'"
+            )));
+        }
+        if !(1..=MAX_PENDING_WINDOW).contains(&config.ingest.pending_window) {
+            return Err(bad(format!(
+                "[ingest] pending_window must be 1..={MAX_PENDING_WINDOW}"
+            )));
+        }
+        if let Some(id) = &config.ingest.client_id {
+            if id.is_empty() || id.len() > 64 {
+                return Err(bad("[ingest] client_id must be 1-64 bytes".into()));
+            }
+        }
+        Ok(config)
+    }
+
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../configs/collector.toml"
+        ));
+        let config = Config::load(path).unwrap();
+        assert_eq!(config.store.backend, Backend::Sqlite);
+        assert_eq!(config.authority.public_keys.len(), 1);
+        assert_eq!(config.ingest.share_group, "mctc-collector");
+        assert_eq!(config.broker.url, "mqtts://broker.fleet.example:8883");
+    }
+
+    fn minimal() -> String {
+        "[broker]\nurl = \"mqtts://h:1\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
+         [authority]\npublic_keys = [\"a.pub\"]\n[store]\npath = \"db\"\n"
+            .to_owned()
+    }
+
+    #[test]
+    fn defaults_fill_the_ingest_section() {
+        let config = Config::parse(&minimal(), Path::new("t")).unwrap();
+        assert_eq!(config.ingest, IngestSettings::default());
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_one_line_errors() {
+        for (extra, needle) in [
+            ("[ingest]\ngap_grace = 1\n", "unknown field"),
+            ("[ingest]\nshare_group = \"a/b\"\n", "share_group"),
+            ("[ingest]\npending_window = 0\n", "pending_window"),
+        ] {
+            let text = minimal() + extra;
+            let err = Config::parse(&text, Path::new("t"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let no_keys = minimal().replace("[\"a.pub\"]", "[]");
+        assert!(Config::parse(&no_keys, Path::new("t")).is_err());
+    }
+}

@@ -1,0 +1,767 @@
+//! The ingest core, sans IO: MQTT messages in (registry records, lineage
+//! batches), publications out (acks, alerts), the store in between.
+//!
+//! Rules (the README's "Verification rules" section is the full list):
+//!
+//! - A registry record counts only if it verifies with a configured
+//!   authority key and names the device of its topic; a higher version
+//!   replaces the stored one, a revoked device stays stored with its status
+//!   (its lineage is still collected: it is the proof of what it did).
+//! - A batch is bounded before it is decoded; each record extends the
+//!   device's verified head only if the shim's chain verifier accepts it and,
+//!   for a checkpoint, the quote verifies against the registry's AK.
+//! - A record below the head is compared with the stored one: identical is a
+//!   harmless resend, different is a fork. A record above the head waits in
+//!   `pending` (within `pending_window`) until the hole fills; a hole that
+//!   stays longer than `gap_grace_ms` is a gap.
+//! - The ack names the highest seq of the verified chain from seq 0, and the
+//!   anomaly that stopped the batch, if any. Nothing unverified is acked.
+//! - A batch from a device without a registry record is not acked; the last
+//!   few are held in memory (bounded) and replayed when the record arrives.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use mctc_attest::verifier::AkPublic;
+use mctc_shim::limits::MAX_BATCH_LEN;
+use mctc_shim::lineage::{BreakKind, ChainVerifier, Record};
+use mctc_shim::messages::{LineageAck, LineageBatch};
+use mctc_shim::topics::{self, DeviceTopic};
+use mctc_shim::wire::Version;
+use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
+
+use crate::alert::{self, ALERT_TOPIC};
+use crate::chain::{Fault, check_next};
+use crate::checkpoint::clock_regression;
+use crate::registry::{status_name, verify_registry};
+use crate::store::{
+    Anomaly, AnomalyKind, Changes, Head, NewAnomaly, NewCheckpoint, NewRecord, RegistryChange,
+    Store, StoreError,
+};
+
+/// How many times a batch is re-decided when another writer moved the head.
+const HEAD_MOVED_RETRIES: usize = 3;
+/// Held batches per unknown device at most.
+const HELD_PER_DEVICE: usize = 64;
+
+/// Ingest tuning (the `[ingest]` section of the configuration).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngestConfig {
+    /// How long records may wait above a hole before it is a gap.
+    pub gap_grace_ms: u64,
+    /// How far above the head a record may be and still wait in `pending`.
+    pub pending_window: u64,
+    /// Batches held for devices without a registry record, at most.
+    pub held_batches: usize,
+    /// Bytes held for devices without a registry record, at most.
+    pub held_bytes: usize,
+    /// How long a held batch is kept.
+    pub held_ttl_ms: u64,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            gap_grace_ms: 5_000,
+            pending_window: 4_096,
+            held_batches: 256,
+            held_bytes: 8 * 1024 * 1024,
+            held_ttl_ms: 600_000,
+        }
+    }
+}
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    /// The topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// Whether the broker retains it.
+    pub retain: bool,
+}
+
+#[derive(Debug)]
+struct HeldBatch {
+    device: DeviceId,
+    payload: Vec<u8>,
+    at_ms: u64,
+}
+
+/// Batches of devices the collector has no registry record for yet,
+/// bounded in count, bytes and age; oldest dropped first.
+#[derive(Debug, Default)]
+struct Held {
+    queue: VecDeque<HeldBatch>,
+    bytes: usize,
+}
+
+impl Held {
+    fn hold(&mut self, config: &IngestConfig, device: &DeviceId, payload: &[u8], now_ms: u64) {
+        if payload.len() > config.held_bytes || config.held_batches == 0 {
+            return;
+        }
+        let of_device = self.queue.iter().filter(|h| h.device == *device).count();
+        if of_device >= HELD_PER_DEVICE {
+            if let Some(i) = self.queue.iter().position(|h| h.device == *device) {
+                self.remove(i);
+            }
+        }
+        self.bytes = self.bytes.saturating_add(payload.len());
+        self.queue.push_back(HeldBatch {
+            device: device.clone(),
+            payload: payload.to_vec(),
+            at_ms: now_ms,
+        });
+        while self.bytes > config.held_bytes || self.queue.len() > config.held_batches {
+            if self.remove(0).is_none() {
+                break;
+            }
+        }
+    }
+
+    fn remove(&mut self, index: usize) -> Option<HeldBatch> {
+        let held = self.queue.remove(index)?;
+        self.bytes = self.bytes.saturating_sub(held.payload.len());
+        Some(held)
+    }
+
+    fn take(&mut self, device: &DeviceId) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.queue.len() {
+            if self.queue.get(i).is_some_and(|h| h.device == *device) {
+                if let Some(held) = self.remove(i) {
+                    out.push(held.payload);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    fn expire(&mut self, config: &IngestConfig, now_ms: u64) {
+        while self
+            .queue
+            .front()
+            .is_some_and(|h| now_ms.saturating_sub(h.at_ms) > config.held_ttl_ms)
+        {
+            self.remove(0);
+        }
+    }
+}
+
+/// One pass over a batch for one device: the running head and everything
+/// the batch will change.
+struct Pass {
+    device: DeviceId,
+    head: Head,
+    verifier: ChainVerifier,
+    changes: Changes,
+    new_pending: BTreeMap<u64, Vec<u8>>,
+    /// The anomaly that stopped the batch.
+    stopped: Option<(AnomalyKind, u64)>,
+}
+
+impl Pass {
+    fn new(device: DeviceId, head: Head) -> Self {
+        let verifier = match head.through_seq() {
+            None => ChainVerifier::genesis(device.clone()),
+            Some(last) => ChainVerifier::resume(device.clone(), last, head.hash),
+        };
+        Self {
+            changes: Changes {
+                expected_next: head.next_seq,
+                ..Changes::default()
+            },
+            device,
+            head,
+            verifier,
+            new_pending: BTreeMap::new(),
+            stopped: None,
+        }
+    }
+
+    fn note(&mut self, kind: AnomalyKind, seq: Option<u64>, detail: String, evidence: &[u8]) {
+        self.changes.anomalies.push(NewAnomaly {
+            kind,
+            seq,
+            detail,
+            evidence: (!evidence.is_empty()).then(|| evidence.to_vec()),
+        });
+    }
+
+    fn stop(&mut self, kind: AnomalyKind, seq: u64, detail: String, evidence: &[u8]) {
+        self.note(kind, Some(seq), detail, evidence);
+        self.stopped = Some((kind, seq));
+    }
+
+    /// The bytes of a record this pass already appended.
+    fn appended(&self, seq: u64) -> Option<&[u8]> {
+        let index = seq.checked_sub(self.changes.expected_next)?;
+        let index = usize::try_from(index).ok()?;
+        self.changes.records.get(index).map(|r| r.bytes.as_slice())
+    }
+}
+
+fn break_kind(kind: BreakKind) -> AnomalyKind {
+    match kind {
+        BreakKind::Undecodable => AnomalyKind::Undecodable,
+        BreakKind::WrongDevice => AnomalyKind::WrongDevice,
+        BreakKind::Gap { .. } | BreakKind::Reordered { .. } => AnomalyKind::Gap,
+        BreakKind::Conflict => AnomalyKind::Fork,
+        BreakKind::LinkMismatch | BreakKind::HeadMismatch => AnomalyKind::LinkMismatch,
+        BreakKind::BadCheckpoint => AnomalyKind::BadCheckpoint,
+        BreakKind::ClockRegression => AnomalyKind::ClockRegression,
+    }
+}
+
+fn short_hash(bytes: &[u8]) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
+    hex::encode(digest.as_ref().get(..8).unwrap_or_default())
+}
+
+/// The collector's ingest state machine over a [`Store`].
+#[derive(Debug)]
+pub struct Ingest<S: Store> {
+    store: S,
+    crypto: RingCrypto,
+    keys: Vec<AuthorityKey>,
+    config: IngestConfig,
+    instance: String,
+    aks: HashMap<DeviceId, AkPublic>,
+    held: Held,
+    /// The next seq at which a gap was last flagged, per device (so a
+    /// persisting gap is alerted once, not every tick).
+    gaps_flagged: HashMap<DeviceId, u64>,
+}
+
+impl<S: Store> Ingest<S> {
+    /// An ingest core trusting the authority `keys`; `instance` names this
+    /// collector in alerts.
+    pub fn new(store: S, keys: Vec<AuthorityKey>, config: IngestConfig, instance: String) -> Self {
+        Self {
+            store,
+            crypto: RingCrypto,
+            keys,
+            config,
+            instance,
+            aks: HashMap::new(),
+            held: Held::default(),
+            gaps_flagged: HashMap::new(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Handles one MQTT message; returns what to publish. Store failures are
+    /// logged and produce no ack (the device will resend).
+    pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Vec<Publish> {
+        let mut out = Vec::new();
+        let result = match topics::parse(topic) {
+            Some((DeviceTopic::Lineage, device)) => {
+                self.on_batch(&device, payload, now_ms, &mut out)
+            }
+            Some((DeviceTopic::Registry, device)) => {
+                self.on_registry(&device, payload, now_ms, &mut out)
+            }
+            _ => {
+                tracing::debug!(topic, "ignoring a message on an unexpected topic");
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            tracing::error!(topic, %error, "store failed; nothing acknowledged");
+        }
+        out
+    }
+
+    /// Periodic work: expire held batches, flag gaps older than the grace.
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Publish> {
+        self.held.expire(&self.config, now_ms);
+        let mut out = Vec::new();
+        if let Err(error) = self.flag_gaps(now_ms, &mut out) {
+            tracing::error!(%error, "store failed while looking for gaps");
+        }
+        out
+    }
+
+    fn on_registry(
+        &mut self,
+        device: &DeviceId,
+        payload: &[u8],
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        if payload.is_empty() {
+            // A cleared retained message: nothing to learn.
+            return Ok(());
+        }
+        let (entry, ak) = match verify_registry(payload, device, &self.keys, &self.crypto) {
+            Ok(verified) => verified,
+            Err(error) => {
+                tracing::warn!(device = %device, %error, "registry record rejected");
+                return Ok(());
+            }
+        };
+        match self.store.put_registry(&entry, now_ms)? {
+            change @ (RegistryChange::New | RegistryChange::Replaced) => {
+                tracing::info!(
+                    device = %device,
+                    version = entry.version,
+                    status = status_name(entry.status),
+                    new = change == RegistryChange::New,
+                    "registry record accepted"
+                );
+                self.aks.insert(device.clone(), ak);
+                for held in self.held.take(device) {
+                    self.on_batch(device, &held, now_ms, out)?;
+                }
+            }
+            RegistryChange::Unchanged => {}
+            RegistryChange::Stale => {
+                tracing::debug!(device = %device, version = entry.version, "older registry record ignored");
+            }
+        }
+        Ok(())
+    }
+
+    /// The device's AK, from the cache or the store's registry record.
+    fn ak(&mut self, device: &DeviceId) -> Result<Option<AkPublic>, StoreError> {
+        if let Some(ak) = self.aks.get(device) {
+            return Ok(Some(ak.clone()));
+        }
+        let Some(entry) = self.store.registry(device)? else {
+            return Ok(None);
+        };
+        match AkPublic::parse(&entry.ak_public) {
+            Ok(ak) => {
+                self.aks.insert(device.clone(), ak.clone());
+                Ok(Some(ak))
+            }
+            Err(e) => Err(StoreError::Corrupt(format!(
+                "stored AK of {device} does not parse: {e}"
+            ))),
+        }
+    }
+
+    fn on_batch(
+        &mut self,
+        device: &DeviceId,
+        payload: &[u8],
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        let known = self.ak(device)?;
+        if payload.len() > MAX_BATCH_LEN {
+            tracing::warn!(device = %device, len = payload.len(), "oversized lineage batch dropped");
+            if known.is_some() {
+                let detail = format!("batch of {} bytes exceeds {MAX_BATCH_LEN}", payload.len());
+                self.stop_batch(device, AnomalyKind::Undecodable, detail, now_ms, out)?;
+            }
+            return Ok(());
+        }
+        let batch = LineageBatch::decode(payload);
+        let Some(ak) = known else {
+            if batch.as_ref().is_ok_and(|b| b.device == *device) {
+                self.held.hold(&self.config, device, payload, now_ms);
+                let anomaly = NewAnomaly {
+                    kind: AnomalyKind::UnknownDevice,
+                    seq: None,
+                    detail: "lineage from a device without a registry record (held, not acked)"
+                        .to_owned(),
+                    evidence: None,
+                };
+                self.record_anomalies(device, vec![anomaly], now_ms, out)?;
+            } else {
+                tracing::warn!(device = %device, "undecodable lineage from an unknown device dropped");
+            }
+            return Ok(());
+        };
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                let detail = format!("batch does not decode: {error}");
+                return self.stop_batch(device, AnomalyKind::Undecodable, detail, now_ms, out);
+            }
+        };
+        if batch.device != *device {
+            let detail = format!("batch names device {} on this device's topic", batch.device);
+            return self.stop_batch(device, AnomalyKind::WrongDevice, detail, now_ms, out);
+        }
+        let records: Vec<&[u8]> = batch.records.iter().map(|b| b.as_bytes()).collect();
+        let mut attempt = 0;
+        loop {
+            match self.ingest_records(device, &ak, &records, now_ms, out) {
+                Err(StoreError::HeadMoved { .. }) if attempt < HEAD_MOVED_RETRIES => {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A batch rejected as a whole: record the anomaly, ack the unchanged
+    /// head with it.
+    fn stop_batch(
+        &mut self,
+        device: &DeviceId,
+        kind: AnomalyKind,
+        detail: String,
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        let head = self.store.head(device)?.unwrap_or_else(Head::genesis);
+        let anomaly = NewAnomaly {
+            kind,
+            seq: Some(head.next_seq),
+            detail,
+            evidence: None,
+        };
+        self.record_anomalies(device, vec![anomaly], now_ms, out)?;
+        out.push(self.ack(device, &head, Some((kind, head.next_seq))));
+        Ok(())
+    }
+
+    fn record_anomalies(
+        &mut self,
+        device: &DeviceId,
+        anomalies: Vec<NewAnomaly>,
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        let expected_next = self.store.head(device)?.map_or(0, |h| h.next_seq);
+        let changes = Changes {
+            expected_next,
+            anomalies,
+            ..Changes::default()
+        };
+        let recorded = self.store.apply(device, &changes, now_ms)?;
+        self.publish_alerts(&changes, &recorded, out);
+        Ok(())
+    }
+
+    fn publish_alerts(
+        &self,
+        changes: &Changes,
+        recorded: &[Option<Anomaly>],
+        out: &mut Vec<Publish>,
+    ) {
+        for (new, row) in changes.anomalies.iter().zip(recorded) {
+            match row {
+                Some(row) => {
+                    tracing::warn!(
+                        device = %row.device,
+                        kind = row.kind.name(),
+                        seq = row.seq,
+                        detail = %row.detail,
+                        "lineage anomaly"
+                    );
+                    out.push(Publish {
+                        topic: ALERT_TOPIC.to_owned(),
+                        payload: alert::payload(&self.instance, row),
+                        retain: true,
+                    });
+                }
+                None => tracing::debug!(
+                    kind = new.kind.name(),
+                    seq = new.seq,
+                    "lineage anomaly seen again"
+                ),
+            }
+        }
+    }
+
+    fn ack(&self, device: &DeviceId, head: &Head, anomaly: Option<(AnomalyKind, u64)>) -> Publish {
+        let code = anomaly.and_then(|(kind, seq)| kind.ack_code().map(|code| (code, seq)));
+        let ack = LineageAck {
+            v: Version::CURRENT,
+            device: device.clone(),
+            through_seq: head.through_seq(),
+            anomaly: code.map(|(c, _)| c),
+            at_seq: code.map(|(_, seq)| seq),
+        };
+        let mut buf = [0u8; 256];
+        let payload = match ack.encode(&mut buf) {
+            Ok(bytes) => bytes.to_vec(),
+            Err(error) => {
+                // An ack of a valid device id and integers always fits 256
+                // bytes; should it not, an empty ack is refused by the agent
+                // (fail closed: nothing is pruned).
+                tracing::error!(device = %device, %error, "could not encode an ack");
+                Vec::new()
+            }
+        };
+        Publish {
+            topic: DeviceTopic::LineageAck.topic(device).as_str().to_owned(),
+            payload,
+            retain: false,
+        }
+    }
+
+    fn ingest_records(
+        &mut self,
+        device: &DeviceId,
+        ak: &AkPublic,
+        records: &[&[u8]],
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        let head = self.store.head(device)?.unwrap_or_else(Head::genesis);
+        let mut pass = Pass::new(device.clone(), head);
+        for bytes in records {
+            self.offer(&mut pass, ak, bytes)?;
+            if pass.stopped.is_some() {
+                break;
+            }
+        }
+        if pass.stopped.is_none() {
+            self.drain_pending(&mut pass, ak)?;
+        }
+        pass.changes.pending_add = std::mem::take(&mut pass.new_pending).into_iter().collect();
+        if pass.head.next_seq != pass.changes.expected_next {
+            pass.changes.head = Some(pass.head.clone());
+        }
+        let recorded = self.store.apply(device, &pass.changes, now_ms)?;
+        self.publish_alerts(&pass.changes, &recorded, out);
+        if !pass.changes.records.is_empty() {
+            tracing::debug!(
+                device = %device,
+                appended = pass.changes.records.len(),
+                through = pass.head.through_seq(),
+                "lineage stored"
+            );
+        }
+        out.push(self.ack(device, &pass.head, pass.stopped));
+        Ok(())
+    }
+
+    /// Offers one record of a batch.
+    fn offer(&self, pass: &mut Pass, ak: &AkPublic, bytes: &[u8]) -> Result<(), StoreError> {
+        let next = pass.head.next_seq;
+        let record = match Record::decode(bytes) {
+            Ok(record) => record,
+            Err(error) => {
+                let detail = format!("record does not decode: {error}");
+                pass.stop(AnomalyKind::Undecodable, next, detail, bytes);
+                return Ok(());
+            }
+        };
+        if record.device != pass.device {
+            let detail = format!("record names device {}", record.device);
+            pass.stop(AnomalyKind::WrongDevice, next, detail, bytes);
+            return Ok(());
+        }
+        let seq = record.seq;
+        if seq < next {
+            let stored = match pass.appended(seq) {
+                Some(bytes) => Some(bytes.to_vec()),
+                None => self.store.record(&pass.device, seq)?,
+            };
+            match stored {
+                Some(stored) if stored == bytes => {}
+                Some(stored) => {
+                    let detail = format!(
+                        "record {seq} differs from the stored one (stored {}, received {})",
+                        short_hash(&stored),
+                        short_hash(bytes)
+                    );
+                    pass.stop(AnomalyKind::Fork, seq, detail, bytes);
+                }
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "{}: head is at {next} but record {seq} is missing",
+                        pass.device
+                    )));
+                }
+            }
+            return Ok(());
+        }
+        if seq > next {
+            let ahead = seq - next;
+            if ahead >= self.config.pending_window {
+                let detail = format!(
+                    "record {seq} is {ahead} records ahead of the verified head; records from {next} are missing"
+                );
+                pass.stop(AnomalyKind::Gap, next, detail, bytes);
+                return Ok(());
+            }
+            let existing = match pass.new_pending.get(&seq) {
+                Some(bytes) => Some(bytes.clone()),
+                None => self.store.pending(&pass.device, seq)?,
+            };
+            match existing {
+                Some(existing) if existing == bytes => {}
+                Some(existing) => {
+                    let detail = format!(
+                        "two different records {seq} received (first {}, then {})",
+                        short_hash(&existing),
+                        short_hash(bytes)
+                    );
+                    pass.stop(AnomalyKind::Fork, seq, detail, bytes);
+                }
+                None => {
+                    pass.new_pending.insert(seq, bytes.to_vec());
+                }
+            }
+            return Ok(());
+        }
+        self.extend(pass, ak, &record, bytes)
+    }
+
+    /// Extends the chain with the record at the head's next seq.
+    fn extend(
+        &self,
+        pass: &mut Pass,
+        ak: &AkPublic,
+        record: &Record<'_>,
+        bytes: &[u8],
+    ) -> Result<(), StoreError> {
+        let seq = record.seq;
+        // The shim's verifier starts each batch fresh from the stored head,
+        // so the stored head's stamp carries the time checks across batches.
+        if let Some(last) = pass.head.last_boot {
+            if last == record.boot && record.mono_ms < pass.head.last_mono_ms {
+                let detail = format!(
+                    "mono_ms went back from {} to {} within one boot",
+                    pass.head.last_mono_ms, record.mono_ms
+                );
+                pass.stop(AnomalyKind::ClockRegression, seq, detail, bytes);
+                return Ok(());
+            }
+            if (record.boot.reset, record.boot.restart) < (last.reset, last.restart) {
+                let detail = format!(
+                    "boot counters went back from {}/{} to {}/{}",
+                    last.reset, last.restart, record.boot.reset, record.boot.restart
+                );
+                pass.note(AnomalyKind::BootRegression, Some(seq), detail, bytes);
+            }
+        }
+        let checked = match check_next(&mut pass.verifier, &self.crypto, &pass.device, ak, bytes) {
+            Ok(checked) => checked,
+            Err(Fault::Duplicate { .. }) => return Ok(()),
+            Err(Fault::Chain(b)) => {
+                pass.stop(break_kind(b.kind), b.seq, Fault::Chain(b).detail(), bytes);
+                return Ok(());
+            }
+            Err(fault @ Fault::Quote { .. }) => {
+                pass.stop(AnomalyKind::BadCheckpoint, seq, fault.detail(), bytes);
+                return Ok(());
+            }
+        };
+        if let Some(cp) = &checked.checkpoint {
+            if let Some(earlier) = &pass.head.last_quote_clock {
+                if let Some(detail) = clock_regression(earlier, &cp.clock) {
+                    pass.note(AnomalyKind::BootRegression, Some(seq), detail, bytes);
+                }
+            }
+            pass.changes.checkpoints.push(NewCheckpoint {
+                seq,
+                committed_seq: seq.saturating_sub(1),
+                clock: cp.clock,
+                pcr_digest: cp.pcr_digest.clone(),
+            });
+            pass.head.last_quote_clock = Some(cp.clock);
+        }
+        // A record that also waits in pending with other bytes: the device
+        // sent two versions of this seq. The one that chains is kept.
+        let pending = match pass.new_pending.remove(&seq) {
+            Some(bytes) => Some(bytes),
+            None => self.store.pending(&pass.device, seq)?,
+        };
+        if let Some(other) = pending.filter(|p| p != bytes) {
+            let detail = format!(
+                "two different records {seq} received; kept the one that chains ({}), not {}",
+                short_hash(bytes),
+                short_hash(&other)
+            );
+            pass.note(AnomalyKind::Fork, Some(seq), detail, &other);
+        }
+        pass.changes.records.push(NewRecord {
+            seq,
+            hash: checked.hash,
+            kind: record.body.kind().code(),
+            boot: record.boot,
+            mono_ms: record.mono_ms,
+            wall_ms: record.wall_ms,
+            bytes: bytes.to_vec(),
+        });
+        pass.head.next_seq = seq.saturating_add(1);
+        pass.head.hash = checked.hash;
+        pass.head.last_boot = Some(record.boot);
+        pass.head.last_mono_ms = record.mono_ms;
+        Ok(())
+    }
+
+    /// Extends the chain with pending records that now follow the head.
+    fn drain_pending(&self, pass: &mut Pass, ak: &AkPublic) -> Result<(), StoreError> {
+        loop {
+            let seq = pass.head.next_seq;
+            let bytes = match pass.new_pending.remove(&seq) {
+                Some(bytes) => bytes,
+                None => match self.store.pending(&pass.device, seq)? {
+                    Some(bytes) => {
+                        pass.changes.pending_remove.push(seq);
+                        bytes
+                    }
+                    None => return Ok(()),
+                },
+            };
+            match Record::decode(&bytes) {
+                Ok(record) => self.extend(pass, ak, &record, &bytes)?,
+                Err(error) => {
+                    let detail = format!("record does not decode: {error}");
+                    pass.stop(AnomalyKind::Undecodable, seq, detail, &bytes);
+                }
+            }
+            if pass.stopped.is_some() {
+                // The failing pending record is dropped, so a correct resend
+                // can take its place.
+                pass.changes.pending_remove.push(seq);
+                return Ok(());
+            }
+            if pass.head.next_seq == seq {
+                // Nothing appended (cannot happen for a record filed under
+                // its own seq, but never loop on it).
+                return Ok(());
+            }
+        }
+    }
+
+    fn flag_gaps(&mut self, now_ms: u64, out: &mut Vec<Publish>) -> Result<(), StoreError> {
+        for summary in self.store.pending_summary()? {
+            if now_ms.saturating_sub(summary.oldest_ms) < self.config.gap_grace_ms {
+                continue;
+            }
+            let Ok(device) = DeviceId::new(&summary.device) else {
+                continue;
+            };
+            let head = self.store.head(&device)?.unwrap_or_else(Head::genesis);
+            if summary.lowest_seq < head.next_seq
+                || self.gaps_flagged.get(&device) == Some(&head.next_seq)
+            {
+                continue;
+            }
+            self.gaps_flagged.insert(device.clone(), head.next_seq);
+            let detail = format!(
+                "records {}..{} missing; {} later records waiting",
+                head.next_seq,
+                summary.lowest_seq.saturating_sub(1),
+                summary.count
+            );
+            let anomaly = NewAnomaly {
+                kind: AnomalyKind::Gap,
+                seq: Some(head.next_seq),
+                detail,
+                evidence: None,
+            };
+            self.record_anomalies(&device, vec![anomaly], now_ms, out)?;
+            out.push(self.ack(&device, &head, Some((AnomalyKind::Gap, head.next_seq))));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,28 @@
+//! mctc-collector: collects device lineage over MQTT, verifies it (chain,
+//! checkpoint quotes against the AK the authority's registry vouches for),
+//! stores it, acknowledges it, and verifies exported bundles offline.
+//!
+//! - [`service`]: `run` — the MQTT edge and the worker thread that owns
+//!   the store.
+//! - [`ingest`]: the sans-IO ingest core (messages in, acks and alerts out).
+//! - [`store`]: the [`store::Store`] trait and its SQLite implementation.
+//! - [`verify`] and [`bundle`]: offline verification of a lineage bundle.
+//! - [`chain`], [`checkpoint`], [`registry`]: the checks both paths share.
+//!
+//! `collector/README.md` documents the configuration, the storage schema,
+//! the verification rules and the bundle format.
+#![forbid(unsafe_code)]
+
+pub mod alert;
+pub mod bundle;
+pub mod chain;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod ingest;
+pub mod registry;
+pub mod service;
+pub mod store;
+pub mod verify;
+
+pub use error::Error;

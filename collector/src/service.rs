@@ -1,0 +1,232 @@
+//! `mctc-collector run`: the MQTT edge around the ingest core.
+//!
+//! One worker thread owns the store and the [`Ingest`] core and takes
+//! messages over a bounded channel (so a slow disk pushes back on the broker
+//! connection instead of growing memory); the async side owns the link,
+//! publishes what the worker produces, ticks the gap sweep and pings the
+//! worker for the systemd watchdog: the watchdog is fed only while the
+//! worker actually answers.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use mctc_service::link::{Link, LinkEvent, LinkOptions, QoS};
+use mctc_service::{clock, keys};
+use mctc_shim::topics::DeviceTopic;
+use mctc_shim::{AuthorityKey, RingCrypto};
+use ring::rand::SecureRandom;
+use sd_notify::NotifyState;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{Backend, Config};
+use crate::error::Error;
+use crate::ingest::{Ingest, Publish};
+use crate::store::sqlite::SqliteStore;
+
+/// Messages queued towards the worker before the link waits.
+const INPUT_QUEUE: usize = 1024;
+/// Requests queued towards the broker (acks, alerts).
+const REQUEST_QUEUE: usize = 4096;
+/// Largest MQTT packet accepted: a full batch (64 KiB) plus headroom. A
+/// larger one is refused by the MQTT client; brokers should be configured
+/// with a matching `message_size_limit`.
+const MAX_PACKET: usize = 256 * 1024;
+
+enum Input {
+    Message { topic: String, payload: Vec<u8> },
+    Tick,
+    Ping(oneshot::Sender<()>),
+}
+
+/// Reads the trusted authority keys.
+pub fn authority_keys(config: &Config) -> Result<Vec<AuthorityKey>, Error> {
+    config
+        .authority
+        .public_keys
+        .iter()
+        .map(|path| {
+            let key = keys::read_public_key(path)?;
+            Ok(AuthorityKey::new(&RingCrypto, key))
+        })
+        .collect()
+}
+
+fn client_id(config: &Config) -> String {
+    if let Some(id) = &config.ingest.client_id {
+        return id.clone();
+    }
+    let mut random = [0u8; 4];
+    // A failed random source only makes the id predictable, not wrong;
+    // uniqueness then rests on the pid.
+    if ring::rand::SystemRandom::new().fill(&mut random).is_err() {
+        random = std::process::id().to_be_bytes();
+    }
+    format!("mctc-collector-{}", hex::encode(random))
+}
+
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(state) {
+        tracing::warn!(%error, "could not notify systemd");
+    }
+}
+
+/// Runs the collector until `shutdown` completes or a fatal error.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let keys = authority_keys(&config)?;
+    let store = match config.store.backend {
+        Backend::Sqlite => SqliteStore::open(&config.store.path)?,
+    };
+    let instance = client_id(&config);
+    let ingest = Ingest::new(store, keys, config.ingest.ingest_config(), instance.clone());
+
+    let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
+    let (output_tx, mut output_rx) = mpsc::unbounded_channel::<Publish>();
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = spawn_worker(ingest, input_rx, output_tx, stop.clone())?;
+
+    let lineage = DeviceTopic::Lineage
+        .shared_filter(&config.ingest.share_group)
+        .ok_or_else(|| Error::Config {
+            path: "[ingest] share_group".into(),
+            reason: "does not make a valid shared subscription".into(),
+        })?;
+    let mut options = LinkOptions::new(instance.clone())
+        .subscribe(lineage.as_str(), QoS::AtLeastOnce)
+        // Not shared: every instance needs every registry record, and
+        // brokers do not deliver retained messages to shared subscriptions.
+        .subscribe(DeviceTopic::Registry.filter().as_str(), QoS::AtLeastOnce);
+    options.max_packet_bytes = MAX_PACKET;
+    options.request_capacity = REQUEST_QUEUE;
+    let mut link = Link::start(&config.broker, options)?;
+    tracing::info!(
+        instance,
+        store = %config.store.path.display(),
+        "collector started"
+    );
+    notify(&[NotifyState::Ready]);
+
+    let watchdog = sd_notify::watchdog_enabled().map(|period| {
+        let input = input_tx.clone();
+        tokio::spawn(feed_watchdog(input, period / 2))
+    });
+    let tick_ms = (config.ingest.gap_grace_ms / 4).clamp(50, 1_000);
+    let mut tick = tokio::time::interval(Duration::from_millis(tick_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    tokio::pin!(shutdown);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break Ok(()),
+            publish = output_rx.recv() => match publish {
+                Some(publish) => send(&link, publish),
+                None => break Err(Error::Worker("stopped unexpectedly".into())),
+            },
+            event = link.recv() => match event {
+                Some(LinkEvent::Message { topic, payload, .. }) => {
+                    if input_tx.send(Input::Message { topic, payload }).await.is_err() {
+                        break Err(Error::Worker("stopped unexpectedly".into()));
+                    }
+                }
+                Some(LinkEvent::Connected { session }) => {
+                    tracing::info!(session, "subscribed to lineage and registry");
+                }
+                Some(LinkEvent::SubscribeRefused { topic }) => {
+                    tracing::error!(topic, "the broker refused a subscription (ACL?)");
+                }
+                Some(LinkEvent::Disconnected { .. }) => {}
+                None => break Err(Error::Worker("the broker link stopped".into())),
+            },
+            _ = tick.tick() => {
+                // A full queue already means the worker is busy; skip.
+                let _ = input_tx.try_send(Input::Tick);
+            }
+        }
+    };
+
+    notify(&[NotifyState::Stopping]);
+    tracing::info!("collector stopping");
+    if let Some(task) = watchdog {
+        task.abort();
+    }
+    stop.store(true, Ordering::SeqCst);
+    drop(input_tx);
+    let joined = tokio::task::spawn_blocking(move || worker.join()).await;
+    while let Ok(publish) = output_rx.try_recv() {
+        send(&link, publish);
+    }
+    link.shutdown(Duration::from_secs(2)).await;
+    match joined {
+        Ok(Ok(())) => outcome,
+        _ => Err(Error::Worker("panicked".into())),
+    }
+}
+
+fn send(link: &Link, publish: Publish) {
+    let topic = publish.topic;
+    if let Err(error) = link.client().try_publish(
+        topic.clone(),
+        QoS::AtLeastOnce,
+        publish.retain,
+        publish.payload,
+    ) {
+        // Acks are idempotent (the device resends and gets the same ack);
+        // alerts are persisted in the store.
+        tracing::warn!(topic, %error, "could not queue a publication; dropped");
+    }
+}
+
+fn spawn_worker(
+    mut ingest: Ingest<SqliteStore>,
+    mut input: mpsc::Receiver<Input>,
+    output: mpsc::UnboundedSender<Publish>,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    std::thread::Builder::new()
+        .name("mctc-ingest".into())
+        .spawn(move || {
+            while let Some(next) = input.blocking_recv() {
+                // Whatever is still queued at shutdown is not acked, so the
+                // devices resend it.
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let publications = match next {
+                    Input::Message { topic, payload } => {
+                        ingest.handle(&topic, &payload, clock::wall_ms())
+                    }
+                    Input::Tick => ingest.tick(clock::wall_ms()),
+                    Input::Ping(reply) => {
+                        let _ = reply.send(());
+                        Vec::new()
+                    }
+                };
+                for publish in publications {
+                    if output.send(publish).is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Worker(e.to_string()))
+}
+
+async fn feed_watchdog(input: mpsc::Sender<Input>, every: Duration) {
+    let mut interval = tokio::time::interval(every);
+    loop {
+        interval.tick().await;
+        let (reply, answered) = oneshot::channel();
+        if input.send(Input::Ping(reply)).await.is_err() {
+            return;
+        }
+        // No answer: no WATCHDOG=1, and systemd restarts a stuck worker.
+        if tokio::time::timeout(every, answered)
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            notify(&[NotifyState::Watchdog]);
+        }
+    }
+}

@@ -1,0 +1,756 @@
+//! The SQLite store: the system libsqlite3, WAL journal, `synchronous =
+//! FULL` (a batch is acknowledged only after its transaction is on disk, so
+//! an ack never covers a record a power cut could lose). One transaction per
+//! batch keeps that to one fsync per batch.
+//!
+//! The schema is documented in `collector/README.md` ("Storage"); its
+//! version is `PRAGMA user_version`.
+
+use std::path::Path;
+
+use mctc_attest::ClockInfo;
+use mctc_shim::DeviceId;
+use mctc_shim::messages::DeviceStatus;
+use mctc_shim::tpm::BootCounters;
+use ring::digest;
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::{
+    Anomaly, AnomalyKind, Changes, Head, PendingSummary, RegistryChange, Store, StoreError,
+};
+use crate::registry::RegistryEntry;
+
+/// The schema version this build writes.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS registry (
+    device      TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL,
+    status      INTEGER NOT NULL,
+    class       TEXT NOT NULL,
+    ak_public   BLOB NOT NULL,
+    ak_name     BLOB NOT NULL,
+    ek_sha256   BLOB NOT NULL,
+    iat         INTEGER NOT NULL,
+    signed      BLOB NOT NULL,
+    received_ms INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS heads (
+    device        TEXT PRIMARY KEY,
+    next_seq      INTEGER NOT NULL,
+    head          BLOB NOT NULL,
+    last_reset    INTEGER,
+    last_restart  INTEGER,
+    last_mono_ms  INTEGER NOT NULL,
+    quote_clock   INTEGER,
+    quote_reset   INTEGER,
+    quote_restart INTEGER,
+    quote_safe    INTEGER,
+    updated_ms    INTEGER NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS records (
+    device        TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    hash          BLOB NOT NULL,
+    kind          INTEGER NOT NULL,
+    reset_count   INTEGER NOT NULL,
+    restart_count INTEGER NOT NULL,
+    mono_ms       INTEGER NOT NULL,
+    wall_ms       INTEGER,
+    bytes         BLOB NOT NULL,
+    received_ms   INTEGER NOT NULL,
+    PRIMARY KEY (device, seq)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS checkpoints (
+    device        TEXT NOT NULL,
+    seq           INTEGER NOT NULL,
+    committed_seq INTEGER NOT NULL,
+    tpm_clock     INTEGER NOT NULL,
+    reset_count   INTEGER NOT NULL,
+    restart_count INTEGER NOT NULL,
+    safe          INTEGER NOT NULL,
+    pcr_digest    BLOB NOT NULL,
+    PRIMARY KEY (device, seq)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    device      TEXT NOT NULL,
+    seq         INTEGER NOT NULL,
+    bytes       BLOB NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (device, seq)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS anomalies (
+    id              INTEGER PRIMARY KEY,
+    device          TEXT NOT NULL,
+    kind            TEXT NOT NULL,
+    seq_key         INTEGER NOT NULL,
+    detail          TEXT NOT NULL,
+    evidence        BLOB,
+    evidence_sha256 BLOB NOT NULL,
+    first_seen_ms   INTEGER NOT NULL,
+    last_seen_ms    INTEGER NOT NULL,
+    count           INTEGER NOT NULL,
+    UNIQUE (device, kind, seq_key, evidence_sha256)
+) STRICT;
+CREATE INDEX IF NOT EXISTS anomalies_by_device ON anomalies (device, id);
+";
+
+/// An `anomalies` row as read: id, device, kind, seq_key, detail,
+/// evidence_sha256, first_seen_ms, last_seen_ms, count.
+type AnomalyRow = (i64, String, String, i64, String, Vec<u8>, i64, i64, i64);
+
+/// The SQLite-backed [`Store`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+fn int(what: &'static str, value: u64) -> Result<i64, StoreError> {
+    i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
+}
+
+fn uint(what: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what}: {value}")))
+}
+
+fn u32_of(what: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value).map_err(|_| StoreError::Corrupt(format!("{what} out of range: {value}")))
+}
+
+fn hash32(what: &str, bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
+    <[u8; 32]>::try_from(bytes.as_slice())
+        .map_err(|_| StoreError::Corrupt(format!("{what} is not 32 bytes")))
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::init(Connection::open(path)?)
+    }
+
+    /// A private in-memory database (unit tests).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        // journal_mode answers with the mode in effect (memory databases
+        // stay "memory"); synchronous = FULL makes each commit durable.
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.execute_batch("PRAGMA synchronous = FULL;")?;
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
+        Ok(Self { conn })
+    }
+
+    /// Number of stored records of `device`.
+    pub fn record_count(&self, device: &DeviceId) -> Result<u64, StoreError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT count(*) FROM records WHERE device = ?1",
+            [device.as_str()],
+            |r| r.get(0),
+        )?;
+        uint("count", n)
+    }
+
+    fn read_head(tx: &Connection, device: &DeviceId) -> Result<Option<Head>, StoreError> {
+        let row = tx
+            .query_row(
+                "SELECT next_seq, head, last_reset, last_restart, last_mono_ms,
+                        quote_clock, quote_reset, quote_restart, quote_safe
+                 FROM heads WHERE device = ?1",
+                [device.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, Option<i64>>(2)?,
+                        r.get::<_, Option<i64>>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<_, Option<i64>>(6)?,
+                        r.get::<_, Option<i64>>(7)?,
+                        r.get::<_, Option<i64>>(8)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((next, hash, reset, restart, mono, qclock, qreset, qrestart, qsafe)) = row else {
+            return Ok(None);
+        };
+        let last_boot = match (reset, restart) {
+            (Some(reset), Some(restart)) => Some(BootCounters {
+                reset: u32_of("last_reset", reset)?,
+                restart: u32_of("last_restart", restart)?,
+            }),
+            _ => None,
+        };
+        let last_quote_clock = match (qclock, qreset, qrestart, qsafe) {
+            (Some(clock), Some(reset), Some(restart), Some(safe)) => Some(ClockInfo {
+                clock: uint("quote_clock", clock)?,
+                reset_count: u32_of("quote_reset", reset)?,
+                restart_count: u32_of("quote_restart", restart)?,
+                safe: safe != 0,
+            }),
+            _ => None,
+        };
+        Ok(Some(Head {
+            next_seq: uint("next_seq", next)?,
+            hash: hash32("head", hash)?,
+            last_boot,
+            last_mono_ms: uint("last_mono_ms", mono)?,
+            last_quote_clock,
+        }))
+    }
+
+    fn write_head(
+        tx: &Transaction<'_>,
+        device: &DeviceId,
+        head: &Head,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let boot = head.last_boot;
+        let quote = head.last_quote_clock;
+        let quote_clock = quote.map(|q| int("quote_clock", q.clock)).transpose()?;
+        tx.execute(
+            "INSERT INTO heads (device, next_seq, head, last_reset, last_restart, last_mono_ms,
+                                quote_clock, quote_reset, quote_restart, quote_safe, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT (device) DO UPDATE SET
+                next_seq = excluded.next_seq, head = excluded.head,
+                last_reset = excluded.last_reset, last_restart = excluded.last_restart,
+                last_mono_ms = excluded.last_mono_ms, quote_clock = excluded.quote_clock,
+                quote_reset = excluded.quote_reset, quote_restart = excluded.quote_restart,
+                quote_safe = excluded.quote_safe, updated_ms = excluded.updated_ms",
+            params![
+                device.as_str(),
+                int("next_seq", head.next_seq)?,
+                &head.hash[..],
+                boot.map(|b| i64::from(b.reset)),
+                boot.map(|b| i64::from(b.restart)),
+                int("last_mono_ms", head.last_mono_ms)?,
+                quote_clock,
+                quote.map(|q| i64::from(q.reset_count)),
+                quote.map(|q| i64::from(q.restart_count)),
+                quote.map(|q| i64::from(q.safe)),
+                now_ms,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn anomaly_row(r: &Row<'_>) -> rusqlite::Result<AnomalyRow> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+            r.get(6)?,
+            r.get(7)?,
+            r.get(8)?,
+        ))
+    }
+
+    fn anomaly_from(row: AnomalyRow) -> Result<Anomaly, StoreError> {
+        let (id, device, kind, seq_key, detail, evidence_sha256, first, last, count) = row;
+        let kind = AnomalyKind::from_name(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown anomaly kind {kind:?}")))?;
+        let evidence_sha256 = if evidence_sha256.iter().all(|b| *b == 0) {
+            String::new()
+        } else {
+            hex::encode(evidence_sha256)
+        };
+        Ok(Anomaly {
+            id,
+            device,
+            kind,
+            seq: if seq_key < 0 {
+                None
+            } else {
+                Some(uint("seq", seq_key)?)
+            },
+            detail,
+            evidence_sha256,
+            first_seen_ms: uint("first_seen_ms", first)?,
+            last_seen_ms: uint("last_seen_ms", last)?,
+            count: uint("count", count)?,
+        })
+    }
+}
+
+const ANOMALY_COLUMNS: &str =
+    "id, device, kind, seq_key, detail, evidence_sha256, first_seen_ms, last_seen_ms, count";
+
+fn status_code(status: DeviceStatus) -> i64 {
+    i64::from(status.code())
+}
+
+impl Store for SqliteStore {
+    fn registry(&self, device: &DeviceId) -> Result<Option<RegistryEntry>, StoreError> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT version, status, class, ak_public, ak_name, ek_sha256, iat, signed
+                 FROM registry WHERE device = ?1",
+                [device.as_str()],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, Vec<u8>>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Vec<u8>>(7)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((version, status, class, ak_public, ak_name, ek, iat, signed)) = row else {
+            return Ok(None);
+        };
+        let status = u8::try_from(status)
+            .ok()
+            .and_then(DeviceStatus::from_code)
+            .ok_or_else(|| StoreError::Corrupt(format!("unknown device status {status}")))?;
+        Ok(Some(RegistryEntry {
+            device: device.clone(),
+            version: uint("version", version)?,
+            status,
+            class,
+            ak_public,
+            ak_name,
+            ek_sha256: hash32("ek_sha256", ek)?,
+            iat: uint("iat", iat)?,
+            signed,
+        }))
+    }
+
+    fn put_registry(
+        &mut self,
+        entry: &RegistryEntry,
+        now_ms: u64,
+    ) -> Result<RegistryChange, StoreError> {
+        let tx = self.conn.transaction()?;
+        let stored: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT version, signed FROM registry WHERE device = ?1",
+                [entry.device.as_str()],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let version = int("version", entry.version)?;
+        let change = match stored {
+            None => RegistryChange::New,
+            Some((v, _)) if v < version => RegistryChange::Replaced,
+            Some((v, signed)) if v == version && signed == entry.signed => {
+                return Ok(RegistryChange::Unchanged);
+            }
+            Some(_) => return Ok(RegistryChange::Stale),
+        };
+        tx.execute(
+            "INSERT INTO registry (device, version, status, class, ak_public, ak_name, ek_sha256,
+                                   iat, signed, received_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (device) DO UPDATE SET
+                version = excluded.version, status = excluded.status, class = excluded.class,
+                ak_public = excluded.ak_public, ak_name = excluded.ak_name,
+                ek_sha256 = excluded.ek_sha256, iat = excluded.iat, signed = excluded.signed,
+                received_ms = excluded.received_ms",
+            params![
+                entry.device.as_str(),
+                version,
+                status_code(entry.status),
+                entry.class,
+                entry.ak_public,
+                entry.ak_name,
+                &entry.ek_sha256[..],
+                int("iat", entry.iat)?,
+                entry.signed,
+                int("received_ms", now_ms)?,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(change)
+    }
+
+    fn head(&self, device: &DeviceId) -> Result<Option<Head>, StoreError> {
+        Self::read_head(&self.conn, device)
+    }
+
+    fn record(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT bytes FROM records WHERE device = ?1 AND seq = ?2",
+                params![device.as_str(), int("seq", seq)?],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn pending(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT bytes FROM pending WHERE device = ?1 AND seq = ?2",
+                params![device.as_str(), int("seq", seq)?],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    fn pending_summary(&self) -> Result<Vec<PendingSummary>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT device, count(*), min(seq), min(received_ms) FROM pending GROUP BY device",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (device, count, lowest, oldest) = row?;
+            out.push(PendingSummary {
+                device,
+                count: uint("count", count)?,
+                lowest_seq: uint("seq", lowest)?,
+                oldest_ms: uint("received_ms", oldest)?,
+            });
+        }
+        Ok(out)
+    }
+
+    fn apply(
+        &mut self,
+        device: &DeviceId,
+        changes: &Changes,
+        now_ms: u64,
+    ) -> Result<Vec<Option<Anomaly>>, StoreError> {
+        let now = int("now_ms", now_ms)?;
+        let id = device.as_str();
+        let tx = self.conn.transaction()?;
+        let found = Self::read_head(&tx, device)?.map_or(0, |h| h.next_seq);
+        if found != changes.expected_next {
+            return Err(StoreError::HeadMoved {
+                device: id.to_owned(),
+                expected: changes.expected_next,
+                found,
+            });
+        }
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (device, seq, hash, kind, reset_count, restart_count,
+                                      mono_ms, wall_ms, bytes, received_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )?;
+            for r in &changes.records {
+                insert.execute(params![
+                    id,
+                    int("seq", r.seq)?,
+                    &r.hash[..],
+                    i64::from(r.kind),
+                    i64::from(r.boot.reset),
+                    i64::from(r.boot.restart),
+                    int("mono_ms", r.mono_ms)?,
+                    r.wall_ms.map(|w| int("wall_ms", w)).transpose()?,
+                    r.bytes,
+                    now,
+                ])?;
+            }
+            let mut checkpoint = tx.prepare_cached(
+                "INSERT INTO checkpoints (device, seq, committed_seq, tpm_clock, reset_count,
+                                          restart_count, safe, pcr_digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for c in &changes.checkpoints {
+                checkpoint.execute(params![
+                    id,
+                    int("seq", c.seq)?,
+                    int("committed_seq", c.committed_seq)?,
+                    int("tpm_clock", c.clock.clock)?,
+                    i64::from(c.clock.reset_count),
+                    i64::from(c.clock.restart_count),
+                    i64::from(c.clock.safe),
+                    c.pcr_digest,
+                ])?;
+            }
+            let mut add = tx.prepare_cached(
+                "INSERT OR IGNORE INTO pending (device, seq, bytes, received_ms)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (seq, bytes) in &changes.pending_add {
+                add.execute(params![id, int("seq", *seq)?, bytes, now])?;
+            }
+            let mut remove =
+                tx.prepare_cached("DELETE FROM pending WHERE device = ?1 AND seq = ?2")?;
+            for seq in &changes.pending_remove {
+                remove.execute(params![id, int("seq", *seq)?])?;
+            }
+        }
+        if let Some(head) = &changes.head {
+            Self::write_head(&tx, device, head, now)?;
+            // Anything pending below the new head is superseded.
+            tx.execute(
+                "DELETE FROM pending WHERE device = ?1 AND seq < ?2",
+                params![id, int("next_seq", head.next_seq)?],
+            )?;
+        }
+        let mut recorded = Vec::with_capacity(changes.anomalies.len());
+        for a in &changes.anomalies {
+            let evidence_sha256 = a.evidence.as_ref().map_or([0u8; 32], |e| {
+                let mut out = [0u8; 32];
+                out.copy_from_slice(digest::digest(&digest::SHA256, e).as_ref());
+                out
+            });
+            let seq_key = a.seq.map(|s| int("seq", s)).transpose()?.unwrap_or(-1);
+            let row = tx.query_row(
+                &format!(
+                    "INSERT INTO anomalies (device, kind, seq_key, detail, evidence,
+                                            evidence_sha256, first_seen_ms, last_seen_ms, count)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1)
+                     ON CONFLICT (device, kind, seq_key, evidence_sha256) DO UPDATE SET
+                        count = count + 1, last_seen_ms = excluded.last_seen_ms
+                     RETURNING {ANOMALY_COLUMNS}"
+                ),
+                params![
+                    id,
+                    a.kind.name(),
+                    seq_key,
+                    a.detail,
+                    a.evidence,
+                    &evidence_sha256[..],
+                    now
+                ],
+                Self::anomaly_row,
+            )?;
+            let anomaly = Self::anomaly_from(row)?;
+            recorded.push((anomaly.count == 1).then_some(anomaly));
+        }
+        tx.commit()?;
+        Ok(recorded)
+    }
+
+    fn anomalies(&self, device: Option<&DeviceId>) -> Result<Vec<Anomaly>, StoreError> {
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {ANOMALY_COLUMNS} FROM anomalies
+             WHERE ?1 IS NULL OR device = ?1 ORDER BY id DESC"
+        ))?;
+        let rows = stmt.query_map([device.map(DeviceId::as_str)], Self::anomaly_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(Self::anomaly_from(row?)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewAnomaly, NewRecord};
+
+    fn device() -> DeviceId {
+        DeviceId::new("d1").unwrap()
+    }
+
+    fn entry(version: u64, signed: &[u8]) -> RegistryEntry {
+        RegistryEntry {
+            device: device(),
+            version,
+            status: DeviceStatus::Active,
+            class: "pos".into(),
+            ak_public: vec![1],
+            ak_name: vec![2],
+            ek_sha256: [3; 32],
+            iat: 10,
+            signed: signed.to_vec(),
+        }
+    }
+
+    fn record(seq: u64) -> NewRecord {
+        NewRecord {
+            seq,
+            hash: [seq as u8; 32],
+            kind: 11,
+            boot: BootCounters {
+                reset: 1,
+                restart: 0,
+            },
+            mono_ms: seq,
+            wall_ms: None,
+            bytes: vec![seq as u8],
+        }
+    }
+
+    fn head(next: u64) -> Head {
+        Head {
+            next_seq: next,
+            hash: [next as u8; 32],
+            last_boot: Some(BootCounters {
+                reset: 1,
+                restart: 0,
+            }),
+            last_mono_ms: next,
+            last_quote_clock: Some(ClockInfo {
+                clock: 99,
+                reset_count: 1,
+                restart_count: 0,
+                safe: true,
+            }),
+        }
+    }
+
+    #[test]
+    fn registry_keeps_the_highest_version() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        assert_eq!(
+            s.put_registry(&entry(2, b"a"), 1).unwrap(),
+            RegistryChange::New
+        );
+        assert_eq!(
+            s.put_registry(&entry(2, b"a"), 2).unwrap(),
+            RegistryChange::Unchanged
+        );
+        assert_eq!(
+            s.put_registry(&entry(2, b"b"), 3).unwrap(),
+            RegistryChange::Stale
+        );
+        assert_eq!(
+            s.put_registry(&entry(1, b"c"), 4).unwrap(),
+            RegistryChange::Stale
+        );
+        assert_eq!(
+            s.put_registry(&entry(3, b"d"), 5).unwrap(),
+            RegistryChange::Replaced
+        );
+        assert_eq!(s.registry(&device()).unwrap().unwrap(), entry(3, b"d"));
+    }
+
+    #[test]
+    fn apply_is_atomic_and_compare_and_swap() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let changes = Changes {
+            expected_next: 0,
+            head: Some(head(2)),
+            records: vec![record(0), record(1)],
+            pending_add: vec![(5, vec![5]), (7, vec![7])],
+            ..Changes::default()
+        };
+        s.apply(&device(), &changes, 1).unwrap();
+        assert_eq!(s.head(&device()).unwrap(), Some(head(2)));
+        assert_eq!(s.record(&device(), 1).unwrap(), Some(vec![1]));
+        assert_eq!(s.pending(&device(), 5).unwrap(), Some(vec![5]));
+        // Based on a stale head: refused, nothing written.
+        let stale = Changes {
+            expected_next: 0,
+            head: Some(head(3)),
+            records: vec![record(2)],
+            ..Changes::default()
+        };
+        assert!(matches!(
+            s.apply(&device(), &stale, 2),
+            Err(StoreError::HeadMoved {
+                expected: 0,
+                found: 2,
+                ..
+            })
+        ));
+        assert_eq!(s.record(&device(), 2).unwrap(), None);
+        // A duplicate seq violates the primary key: the whole batch rolls back.
+        let dup = Changes {
+            expected_next: 2,
+            head: Some(head(4)),
+            records: vec![record(2), record(2)],
+            ..Changes::default()
+        };
+        assert!(s.apply(&device(), &dup, 3).is_err());
+        assert_eq!(s.head(&device()).unwrap(), Some(head(2)));
+        assert_eq!(s.record_count(&device()).unwrap(), 2);
+        // Advancing past pending records drops those below the new head.
+        let forward = Changes {
+            expected_next: 2,
+            head: Some(head(6)),
+            records: (2..6).map(record).collect(),
+            ..Changes::default()
+        };
+        s.apply(&device(), &forward, 4).unwrap();
+        assert_eq!(s.pending(&device(), 5).unwrap(), None);
+        let summary = s.pending_summary().unwrap();
+        assert_eq!(summary.len(), 1);
+        assert_eq!((summary[0].count, summary[0].lowest_seq), (1, 7));
+    }
+
+    #[test]
+    fn repeated_anomalies_count_instead_of_piling_up() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let anomaly = |evidence: &[u8]| NewAnomaly {
+            kind: AnomalyKind::Fork,
+            seq: Some(4),
+            detail: "two records 4".into(),
+            evidence: Some(evidence.to_vec()),
+        };
+        let changes = Changes {
+            anomalies: vec![anomaly(b"x"), anomaly(b"x"), anomaly(b"y")],
+            ..Changes::default()
+        };
+        let recorded = s.apply(&device(), &changes, 7).unwrap();
+        assert!(recorded[0].is_some());
+        assert!(recorded[1].is_none());
+        assert!(recorded[2].is_some());
+        let all = s.anomalies(Some(&device())).unwrap();
+        assert_eq!(all.len(), 2);
+        let x = all.iter().find(|a| a.count == 2).unwrap();
+        assert_eq!(x.kind, AnomalyKind::Fork);
+        assert_eq!(x.seq, Some(4));
+        assert_eq!(x.evidence_sha256.len(), 64);
+        assert!(
+            s.anomalies(Some(&DeviceId::new("d2").unwrap()))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn reopening_keeps_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let mut s = SqliteStore::open(&path).unwrap();
+            let changes = Changes {
+                head: Some(head(1)),
+                records: vec![record(0)],
+                ..Changes::default()
+            };
+            s.apply(&device(), &changes, 1).unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.head(&device()).unwrap(), Some(head(1)));
+        let mode: String = s
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = s
+            .conn
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "synchronous = FULL");
+    }
+}

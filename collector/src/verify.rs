@@ -1,0 +1,223 @@
+//! Offline verification of a lineage bundle: no database, no network, only
+//! the bundle and the authority's public key(s).
+//!
+//! A bundle passes only if the registry record verifies with a trusted
+//! authority key and names the bundle's device, every record chains from
+//! `from_seq` (decodes, right device, consecutive seq, `prev` links, no
+//! duplicate, monotonic time within a boot, checkpoints commit to their
+//! predecessor), every checkpoint quote verifies against the registry's AK,
+//! and the seal's quote by that AK commits to the last record's hash. The
+//! first failure is reported with the seq at which the chain expected
+//! something else.
+
+use mctc_shim::lineage::{ChainVerifier, Record, checkpoint_qualifying_data};
+use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
+use serde::Serialize;
+
+use crate::bundle::{BUNDLE_VERSION, BundleReader, Item};
+use crate::chain::check_next;
+use crate::checkpoint::{clock_regression, verify_checkpoint_quote};
+use crate::registry::{status_name, verify_registry};
+
+/// What the registry record in the bundle says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RegistrySummary {
+    /// Record version.
+    pub version: u64,
+    /// The device's standing when the record was issued.
+    pub status: &'static str,
+    /// Device class.
+    pub class: String,
+    /// SHA-256 (hex) of the AK's `TPM2B_PUBLIC`.
+    pub ak_sha256: String,
+}
+
+/// The first thing that failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The seq the chain expected where it failed; `None` when the failure
+    /// is before any record (header, registry record).
+    pub seq: Option<u64>,
+    /// A stable snake_case reason (see the README's table).
+    pub reason: &'static str,
+    /// One line for operators.
+    pub detail: String,
+}
+
+/// The outcome of [`verify_bundle`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Report {
+    /// Whether the bundle verified.
+    pub ok: bool,
+    /// The device, once the header parsed.
+    pub device: Option<String>,
+    /// The registry record, once it verified.
+    pub registry: Option<RegistrySummary>,
+    /// The first seq.
+    pub from_seq: Option<u64>,
+    /// The last verified seq.
+    pub last_seq: Option<u64>,
+    /// Records verified.
+    pub records: u64,
+    /// Checkpoints verified.
+    pub checkpoints: u64,
+    /// Whether the seal verified.
+    pub sealed: bool,
+    /// Things that are not failures but deserve a look (TPM clock or boot
+    /// counters going backwards between quotes).
+    pub warnings: Vec<String>,
+    /// The first failure.
+    pub failure: Option<Failure>,
+}
+
+impl Report {
+    fn fail(mut self, seq: Option<u64>, reason: &'static str, detail: impl Into<String>) -> Self {
+        self.ok = false;
+        self.failure = Some(Failure {
+            seq,
+            reason,
+            detail: detail.into(),
+        });
+        self
+    }
+}
+
+/// Verifies `bundle` against the trusted authority `keys`.
+pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey]) -> Report {
+    let crypto = RingCrypto;
+    let report = Report::default();
+    let (header, mut items) = match BundleReader::open(bundle) {
+        Ok(opened) => opened,
+        Err(e) => return report.fail(None, "malformed", format!("bundle header: {e}")),
+    };
+    if header.version != BUNDLE_VERSION {
+        return report.fail(
+            None,
+            "unsupported_version",
+            format!(
+                "bundle version {} (this verifier reads {BUNDLE_VERSION})",
+                header.version
+            ),
+        );
+    }
+    let device = match DeviceId::new(header.device) {
+        Ok(device) => device,
+        Err(e) => return report.fail(None, "malformed", format!("bundle device id: {e}")),
+    };
+    let mut report = Report {
+        device: Some(device.to_string()),
+        from_seq: Some(header.from_seq),
+        ..report
+    };
+    let (entry, ak) = match verify_registry(header.registry, &device, keys, &crypto) {
+        Ok(verified) => verified,
+        Err(e) => return report.fail(None, "registry", e.to_string()),
+    };
+    report.registry = Some(RegistrySummary {
+        version: entry.version,
+        status: status_name(entry.status),
+        class: entry.class.clone(),
+        ak_sha256: hex::encode(ak.fingerprint()),
+    });
+
+    let mut verifier: Option<ChainVerifier> = None;
+    let mut last_clock = None;
+    loop {
+        let expected = verifier
+            .as_ref()
+            .map_or(header.from_seq, ChainVerifier::next_seq);
+        let item = match items.next_item() {
+            None => break,
+            Some(Ok(item)) => item,
+            Some(Err(e)) => return report.fail(Some(expected), "malformed", e.to_string()),
+        };
+        let seal = match item {
+            Item::Record(bytes) => {
+                let chain = match verifier.as_mut() {
+                    Some(chain) => chain,
+                    None => {
+                        let Ok(first) = Record::decode(bytes) else {
+                            return report.fail(
+                                Some(expected),
+                                "undecodable",
+                                "the first record does not decode",
+                            );
+                        };
+                        verifier.insert(match header.from_seq.checked_sub(1) {
+                            None => ChainVerifier::genesis(device.clone()),
+                            // What precedes from_seq is outside the bundle:
+                            // the first record's prev is taken as given and
+                            // covered by the checkpoints and seal after it.
+                            Some(before) => {
+                                ChainVerifier::resume(device.clone(), before, first.prev.0)
+                            }
+                        })
+                    }
+                };
+                match check_next(chain, &crypto, &device, &ak, bytes) {
+                    Ok(checked) => {
+                        report.records += 1;
+                        report.last_seq = Some(checked.record.seq);
+                        if let Some(cp) = checked.checkpoint {
+                            report.checkpoints += 1;
+                            if let Some(w) =
+                                last_clock.and_then(|c| clock_regression(&c, &cp.clock))
+                            {
+                                report
+                                    .warnings
+                                    .push(format!("checkpoint at seq {}: {w}", checked.record.seq));
+                            }
+                            last_clock = Some(cp.clock);
+                        }
+                        continue;
+                    }
+                    Err(fault) => {
+                        return report.fail(Some(fault.seq()), fault.reason(), fault.detail());
+                    }
+                }
+            }
+            Item::Seal(seal) => seal,
+        };
+        let (Some(chain), Some(last)) = (verifier.as_ref(), report.last_seq) else {
+            return report.fail(Some(expected), "empty", "the bundle has no records");
+        };
+        if seal.seq != last {
+            return report.fail(
+                Some(last),
+                "head_mismatch",
+                format!(
+                    "the seal commits to seq {}, the bundle ends at {last}",
+                    seal.seq
+                ),
+            );
+        }
+        let mut head = [0u8; 32];
+        head.copy_from_slice(seal.head);
+        if let Err(b) = chain.finish(&head) {
+            return report.fail(Some(b.seq), "head_mismatch", b.to_string());
+        }
+        let qualifying = checkpoint_qualifying_data(&crypto, &device, seal.seq, &head);
+        match verify_checkpoint_quote(&ak, seal.attest, seal.signature, &qualifying) {
+            Ok(quote) => {
+                if let Some(w) = last_clock.and_then(|c| clock_regression(&c, &quote.clock)) {
+                    report.warnings.push(format!("seal: {w}"));
+                }
+                report.sealed = true;
+            }
+            Err(e) => {
+                return report.fail(Some(last), "bad_seal", format!("seal quote rejected: {e}"));
+            }
+        }
+    }
+    if !report.sealed {
+        let at = report.last_seq.unwrap_or(header.from_seq);
+        let detail = if report.records == 0 {
+            "the bundle has no records and no seal"
+        } else {
+            "the bundle ends without a seal: its last records are not covered by a TPM quote"
+        };
+        return report.fail(Some(at), "unsealed", detail);
+    }
+    report.ok = true;
+    report
+}
