@@ -142,8 +142,11 @@ impl PcrSelection {
         PcrSelection::new(HashAlg::Sha256, pcrs)
     }
 
-    /// A selection from a bit mask (bit n = PCR n); the decoders' way in.
-    pub(crate) fn from_mask(bank: HashAlg, mask: u32) -> Result<PcrSelection, PcrError> {
+    /// A selection from a bit mask (bit n = PCR n), e.g. off the wire.
+    pub fn from_mask(bank: HashAlg, mask: u32) -> Result<PcrSelection, PcrError> {
+        if mask == 0 {
+            return Err(PcrError::EmptySelection);
+        }
         if mask >> PCR_COUNT != 0 {
             return Err(PcrError::IndexOutOfRange(
                 31u32.saturating_sub(mask.leading_zeros()),
