@@ -193,11 +193,38 @@ async fn leftover_transient_objects_are_flushed_on_open() {
             if rc.kind() == Some(tss_esapi::constants::Tss2ResponseCodeKind::ObjectMemory)),
         "expected TPM_RC_OBJECT_MEMORY, got {full}"
     );
+    // It also held an authorization session.
+    crashed
+        .start_auth_session(
+            None,
+            None,
+            None,
+            tss_esapi::constants::SessionType::Hmac,
+            tss_esapi::structures::SymmetricDefinition::AES_128_CFB,
+            tss_esapi::interface_types::algorithm::HashingAlgorithm::Sha256,
+        )
+        .unwrap()
+        .unwrap();
     // The process "crashes": nothing is flushed.
     std::mem::forget(crashed);
 
     let device = open_default(&tpm, dir.path()).await;
     device.identity().await.unwrap();
+    device.shutdown().await;
+
+    // Nothing of the crashed process (nor of ours, after shutdown) is left.
+    let mut probe = Context::new(TctiNameConf::from_str(&tpm.tcti()).unwrap()).unwrap();
+    for first in [0x8000_0000, 0x0200_0000] {
+        let (data, _) = probe
+            .get_capability(tss_esapi::constants::CapabilityType::Handles, first, 64)
+            .unwrap();
+        match data {
+            tss_esapi::structures::CapabilityData::Handles(handles) => {
+                assert!(handles.is_empty(), "left over at {first:#x}: {handles:?}")
+            }
+            other => panic!("unexpected capability data {other:?}"),
+        }
+    }
 }
 
 #[tokio::test]

@@ -41,6 +41,14 @@ const PCRS_PER_READ: usize = 8;
 /// Handles asked for per TPM2_GetCapability when flushing.
 const FLUSH_BATCH: u32 = 64;
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// TPM2_FlushContext, then free the handle.
+    Flush,
+    /// Free the handle only.
+    Forget,
+}
+
 /// A key loaded in the TPM.
 #[derive(Debug)]
 struct LoadedKey {
@@ -134,7 +142,7 @@ impl Worker {
     }
 
     pub(crate) fn close(&mut self) {
-        self.forget_keys();
+        self.release_keys(Release::Flush);
         self.ctx = None;
     }
 
@@ -152,7 +160,9 @@ impl Worker {
                 self.disconnect();
             } else if e.is_stale_handle() {
                 info!(op = %e.op, "TPM objects are gone; reloading keys on the next request");
-                self.forget_keys();
+                // Flush what is still there: without a resource manager a
+                // key left behind would take one of the TPM's few slots.
+                self.release_keys(Release::Flush);
             }
         }
         result
@@ -168,24 +178,23 @@ impl Worker {
         Ok(())
     }
 
-    /// Forgets the context. Its drop tries to flush what it loaded; when the
-    /// TPM is unreachable that fails quietly, and the next connect flushes.
+    /// Forgets the context after a failure below the TPM. Our objects are
+    /// left to the next connect's flush (the TPM may be unreachable now).
     fn disconnect(&mut self) {
-        self.ek = None;
-        self.ak = None;
-        self.clock = None;
+        self.release_keys(Release::Forget);
         self.ctx = None;
     }
 
-    /// Releases the ESAPI handles of our keys without touching the TPM (the
-    /// objects are already gone there, or will be flushed on reconnect).
-    fn forget_keys(&mut self) {
+    /// Releases our keys: flushes them from the TPM, or only frees the ESAPI
+    /// handles when the objects are already gone (reset) or the TPM cannot
+    /// be reached.
+    fn release_keys(&mut self, how: Release) {
         self.clock = None;
         let keys = [self.ak.take(), self.ek.take()];
         if let Some(ctx) = self.ctx.as_mut() {
             for key in keys.into_iter().flatten() {
                 let mut handle = ObjectHandle::from(key.handle);
-                if ctx.flush_context(handle).is_err() {
+                if how == Release::Forget || ctx.flush_context(handle).is_err() {
                     let _ = ctx.tr_close(&mut handle);
                 }
             }
@@ -277,7 +286,7 @@ impl Worker {
     fn ensure_keys(&mut self, create: bool) -> Result<(), Error> {
         if self.ak.is_some() && !self.ak_alive()? {
             info!("the attestation key is no longer loaded (TPM reset or restart?); reloading");
-            self.forget_keys();
+            self.release_keys(Release::Flush);
         }
         if self.ak.is_some() && self.ek.is_some() {
             return Ok(());
