@@ -15,8 +15,11 @@
 //! signature by the AK, qualifying data, selection) runs before the digest
 //! comparison, and the one outcome that the placeholder values provoke,
 //! `PcrDigestMismatch`, is then accepted as "verified up to the values".
-//! The tests `a_forged_signature_is_rejected` and friends pin that order: if
-//! the verifier ever compared the digest first, they would fail.
+//! Tests pin that order: a checkpoint carrying another AK's quote must fail
+//! on its signature and a quote over another head on its qualifying data
+//! (`offline_verify.rs`, `ingest.rs`), and every single-byte change of a
+//! quote must fail (`offline_verify.rs`). If the verifier ever compared the
+//! digest first, they would fail.
 
 use mctc_attest::verifier::{AkPublic, Attest, QuoteError, QuoteExpectation, verify_quote};
 use mctc_attest::{ClockInfo, Evidence, HashAlg, ParseError, PcrSelection, PcrValues};

@@ -1,0 +1,288 @@
+//! The ingest core in-process (no broker): the orderings and equivocations
+//! that are hard to provoke through MQTT, decided exactly. Checkpoints are
+//! still genuine swtpm quotes and the store is a real SQLite database.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+
+mod common;
+
+use common::{Authority, Device, batch};
+use mctc_collector::alert::ALERT_TOPIC;
+use mctc_collector::ingest::{Ingest, IngestConfig, Publish};
+use mctc_collector::store::sqlite::SqliteStore;
+use mctc_collector::store::{AnomalyKind, Store};
+use mctc_shim::lineage::{Body, ChainHead, Stamp};
+use mctc_shim::messages::{AckAnomaly, DeviceStatus, LineageAck};
+use mctc_shim::tpm::BootCounters;
+use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
+
+struct Core {
+    ingest: Ingest<SqliteStore>,
+    now: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Core {
+    fn new(authority: &Authority, config: IngestConfig) -> Core {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        let key = mctc_service::keys::read_public_key(&authority.key_path).unwrap();
+        let keys = vec![AuthorityKey::new(&RingCrypto, key)];
+        Core {
+            ingest: Ingest::new(store, keys, config, "test".into()),
+            now: 1_000_000,
+            _dir: dir,
+        }
+    }
+
+    fn register(&mut self, authority: &Authority, device: &Device) -> Vec<Publish> {
+        let record = authority.registry(device, 1, DeviceStatus::Active);
+        self.ingest.handle(
+            &format!("mctc/v1/registry/{}", device.id),
+            &record,
+            self.now,
+        )
+    }
+
+    fn send(&mut self, device: &DeviceId, records: &[Vec<u8>]) -> Vec<Publish> {
+        self.now += 10;
+        self.ingest.handle(
+            &format!("mctc/v1/dev/{device}/lineage"),
+            &batch(device, records),
+            self.now,
+        )
+    }
+
+    fn tick_after(&mut self, ms: u64) -> Vec<Publish> {
+        self.now += ms;
+        self.ingest.tick(self.now)
+    }
+
+    fn kinds(&self, device: &DeviceId) -> Vec<(AnomalyKind, Option<u64>)> {
+        let mut all: Vec<_> = self
+            .ingest
+            .store()
+            .anomalies(Some(device))
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.kind, a.seq))
+            .collect();
+        all.reverse();
+        all
+    }
+
+    fn head(&self, device: &DeviceId) -> Option<u64> {
+        self.ingest
+            .store()
+            .head(device)
+            .unwrap()
+            .and_then(|h| h.through_seq())
+    }
+}
+
+/// The ack among `out` (exactly one) as (through, anomaly, at).
+fn ack(out: &[Publish]) -> (Option<u64>, Option<AckAnomaly>, Option<u64>) {
+    let acks: Vec<_> = out
+        .iter()
+        .filter(|p| p.topic.ends_with("/lineage/ack"))
+        .map(|p| LineageAck::decode(&p.payload).unwrap())
+        .collect();
+    assert_eq!(acks.len(), 1, "{out:?}");
+    (acks[0].through_seq, acks[0].anomaly, acks[0].at_seq)
+}
+
+fn alerts(out: &[Publish]) -> Vec<String> {
+    out.iter()
+        .filter(|p| p.topic == ALERT_TOPIC)
+        .map(|p| {
+            assert!(p.retain);
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            v["kind"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+fn stamp(reset: u32, restart: u32, mono_ms: u64) -> Stamp {
+    Stamp {
+        boot: BootCounters { reset, restart },
+        mono_ms,
+        wall_ms: None,
+    }
+}
+
+fn note<'a>() -> Body<'a> {
+    Body::AgentStart(mctc_shim::lineage::AgentStart {
+        sw_version: mctc_shim::wire::Token("1.0"),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_versions_of_a_waiting_record_are_a_fork_and_the_one_that_chains_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    device.write(6, 3).await;
+    // Another record 4, built on the genuine record 3.
+    let mut alt = ChainHead::resume(
+        device.id.clone(),
+        3,
+        mctc_shim::lineage::record_hash(&RingCrypto, &device.records[3]),
+    );
+    let mut buf = [0u8; 2048];
+    let other4 = alt
+        .append(&RingCrypto, stamp(1, 0, 5_000), note(), &mut buf)
+        .unwrap()
+        .bytes
+        .to_vec();
+
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+    let out = core.send(&device.id, &device.records[4..6]);
+    assert_eq!(ack(&out), (None, None, None));
+    let out = core.send(&device.id, std::slice::from_ref(&other4));
+    assert_eq!(ack(&out), (None, Some(AckAnomaly::Conflict), Some(4)));
+    assert_eq!(alerts(&out), vec!["fork"]);
+    // The hole fills: the genuine 4 and 5 chain and are stored.
+    let out = core.send(&device.id, &device.records[0..4]);
+    assert_eq!(ack(&out), (Some(5), None, None));
+    assert_eq!(core.kinds(&device.id), vec![(AnomalyKind::Fork, Some(4))]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_record_that_does_not_link_is_dropped_so_the_real_one_can_come() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    device.write(6, 0).await;
+    let mut stray = ChainHead::resume(device.id.clone(), 4, [0x55; 32]);
+    let mut buf = [0u8; 2048];
+    let bad5 = stray
+        .append(&RingCrypto, stamp(1, 0, 9_000), note(), &mut buf)
+        .unwrap()
+        .bytes
+        .to_vec();
+
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+    core.send(&device.id, &[bad5]);
+    let out = core.send(&device.id, &device.records[0..5]);
+    assert_eq!(
+        ack(&out),
+        (Some(4), Some(AckAnomaly::LinkMismatch), Some(5))
+    );
+    assert_eq!(alerts(&out), vec!["link_mismatch"]);
+    assert!(core.ingest.store().pending_summary().unwrap().is_empty());
+    let out = core.send(&device.id, &device.records[5..6]);
+    assert_eq!(ack(&out), (Some(5), None, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_checks_carry_across_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    device.append_stamped(stamp(2, 1, 500), note());
+    device.append_stamped(stamp(2, 1, 600), note());
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+    assert_eq!(
+        ack(&core.send(&device.id, &device.records)),
+        (Some(1), None, None)
+    );
+
+    // Same boot, earlier monotonic time, in a later batch: a break.
+    let mut rewind = device.head.clone();
+    let mut buf = [0u8; 2048];
+    let back = rewind
+        .append(&RingCrypto, stamp(2, 1, 550), note(), &mut buf)
+        .unwrap()
+        .bytes
+        .to_vec();
+    let out = core.send(&device.id, &[back]);
+    assert_eq!(
+        ack(&out),
+        (Some(1), Some(AckAnomaly::ClockRegression), Some(2))
+    );
+
+    // Boot counters going backwards: alerted, but the chain is intact and
+    // the record is stored and acked.
+    let older_boot = device.append_stamped(stamp(1, 7, 10), note());
+    let out = core.send(&device.id, &[older_boot]);
+    assert_eq!(ack(&out), (Some(2), None, None));
+    assert_eq!(alerts(&out), vec!["boot_regression"]);
+    assert_eq!(
+        core.kinds(&device.id),
+        vec![
+            (AnomalyKind::ClockRegression, Some(2)),
+            (AnomalyKind::BootRegression, Some(2)),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_flagged_once_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    device.write(10, 0).await;
+    let config = IngestConfig {
+        gap_grace_ms: 1_000,
+        ..IngestConfig::default()
+    };
+    let mut core = Core::new(&authority, config);
+    core.register(&authority, &device);
+    core.send(&device.id, &device.records[0..3]);
+    core.send(&device.id, &device.records[6..10]);
+    assert!(core.tick_after(500).is_empty(), "within the grace period");
+    let out = core.tick_after(600);
+    assert_eq!(ack(&out), (Some(2), Some(AckAnomaly::Gap), Some(3)));
+    assert_eq!(alerts(&out), vec!["gap"]);
+    assert!(core.tick_after(2_000).is_empty(), "flagged once");
+    assert_eq!(core.head(&device.id), Some(2));
+    assert_eq!(
+        ack(&core.send(&device.id, &device.records[3..6])),
+        (Some(9), None, None)
+    );
+    assert!(core.tick_after(2_000).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_devices_are_held_within_bounds_and_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    device.write(12, 4).await;
+    let config = IngestConfig {
+        held_batches: 2,
+        ..IngestConfig::default()
+    };
+    let mut core = Core::new(&authority, config);
+    // Three batches held with room for two: the oldest is dropped.
+    for chunk in device.records.chunks(4) {
+        let out = core.send(&device.id, chunk);
+        assert!(
+            out.iter().all(|p| p.topic == ALERT_TOPIC),
+            "not acked: {out:?}"
+        );
+    }
+    assert_eq!(
+        core.kinds(&device.id),
+        vec![(AnomalyKind::UnknownDevice, None)]
+    );
+    let out = core.register(&authority, &device);
+    // Replayed: batches 4..8 and 8..12 wait for the dropped 0..4.
+    let acks: Vec<_> = out
+        .iter()
+        .filter(|p| p.topic.ends_with("/ack"))
+        .map(|p| LineageAck::decode(&p.payload).unwrap().through_seq)
+        .collect();
+    assert_eq!(acks, vec![None, None]);
+    assert_eq!(
+        ack(&core.send(&device.id, &device.records[0..4])),
+        (Some(11), None, None)
+    );
+}

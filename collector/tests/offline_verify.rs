@@ -1,0 +1,409 @@
+//! `mctc-collector verify`: genuine bundles (swtpm quotes, authority-signed
+//! registry record) pass; every single-byte change, truncation, dropped,
+//! duplicated or reordered record, and every foreign or misdirected
+//! checkpoint fails with the right reason at the right seq.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Authority, BundleBytes, Device, bundle, bundle_header, bundle_record, bundle_seal};
+use mctc_collector::verify::{Report, verify_bundle};
+use mctc_shim::messages::DeviceStatus;
+use mctc_shim::{AuthorityKey, RingCrypto};
+
+fn keys(authority: &Authority) -> Vec<AuthorityKey> {
+    let public = mctc_service::keys::read_public_key(&authority.key_path).unwrap();
+    vec![AuthorityKey::new(&RingCrypto, public)]
+}
+
+/// Records 0..=5 with a checkpoint at 2 and 5, sealed at 5.
+async fn small_chain(id: &str) -> Device {
+    let mut device = Device::new(id).await;
+    device.decision(0);
+    device.decision(1);
+    device.checkpoint().await;
+    device.decision(3);
+    device.decision(4);
+    device.checkpoint().await;
+    device
+}
+
+async fn sealed_bundle(device: &Device, registry: &[u8]) -> BundleBytes {
+    let (seq, head, quote) = device.seal().await;
+    bundle(
+        &device.id,
+        registry,
+        0,
+        &device.records,
+        (seq, head, &quote),
+    )
+}
+
+fn failure(report: &Report) -> (Option<u64>, &'static str) {
+    let f = report.failure.as_ref().expect("a failure");
+    assert!(!report.ok);
+    (f.seq, f.reason)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genuine_bundle_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = small_chain("locker-1").await;
+    // A longer tail after the last checkpoint: only the seal covers it.
+    device.decision(6);
+    device.decision(7);
+    let registry = authority.registry(&device, 3, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &registry).await;
+    let report = verify_bundle(&b.bytes, &keys(&authority));
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.records, 8);
+    assert_eq!(report.checkpoints, 2);
+    assert_eq!(report.last_seq, Some(7));
+    assert!(report.sealed);
+    assert_eq!(report.registry.as_ref().unwrap().version, 3);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_single_byte_change_and_every_truncation_fails_at_the_right_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let device = small_chain("locker-1").await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &registry).await;
+    let keys = keys(&authority);
+    assert!(verify_bundle(&b.bytes, &keys).ok);
+    let last = b.records.last().unwrap().0;
+
+    let mut flips = 0;
+    for i in 0..b.bytes.len() {
+        for mask in [0x01u8, 0x80, 0xff] {
+            let mut bad = b.bytes.clone();
+            bad[i] ^= mask;
+            let report = verify_bundle(&bad, &keys);
+            assert!(!report.ok, "byte {i} ^ {mask:#04x} went unnoticed");
+            let (seq, reason) = failure(&report);
+            if let Some(&(k, _, _)) = b.records.iter().find(|(_, s, e)| (*s..*e).contains(&i)) {
+                // A changed record fails at itself, or (if it still decodes
+                // and links) at its successor's link or the seal.
+                assert!(
+                    seq == Some(k) || seq == Some(k + 1) || (k == last && seq == Some(last)),
+                    "byte {i} of record {k}: reported {seq:?} {reason}"
+                );
+            } else if i >= b.seal_at {
+                // A seal that no longer parses is reported where the next
+                // item was expected; one that parses fails against the head.
+                let ok = match reason {
+                    "malformed" => seq == Some(last + 1),
+                    "head_mismatch" | "bad_seal" => seq == Some(last),
+                    _ => false,
+                };
+                assert!(ok, "seal byte {i}: reported {seq:?} {reason}");
+            }
+            flips += 1;
+        }
+    }
+    for len in 0..b.bytes.len() {
+        let report = verify_bundle(&b.bytes[..len], &keys);
+        assert!(!report.ok, "truncation to {len} bytes went unnoticed");
+        if len >= b.records[0].1 {
+            assert!(report.failure.unwrap().seq.is_some());
+        }
+    }
+    eprintln!(
+        "{flips} byte changes and {} truncations of a {}-byte bundle all rejected",
+        b.bytes.len(),
+        b.bytes.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_duplicated_and_reordered_records_fail_where_the_chain_breaks() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let device = small_chain("locker-1").await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let (seq, head, quote) = device.seal().await;
+    let keys = keys(&authority);
+    let records = &device.records;
+    let n = records.len();
+    let with = |rs: Vec<Vec<u8>>| {
+        let b = bundle(&device.id, &registry, 0, &rs, (seq, head, &quote));
+        verify_bundle(&b.bytes, &keys)
+    };
+
+    for k in 0..n {
+        let mut rs = records.clone();
+        rs.remove(k);
+        let report = with(rs);
+        let expected = if k == n - 1 {
+            (Some(k as u64 - 1), "head_mismatch")
+        } else {
+            (Some(k as u64), "gap")
+        };
+        assert_eq!(failure(&report), expected, "dropping record {k}");
+    }
+    for k in 0..n - 1 {
+        let mut rs = records.clone();
+        rs.swap(k, k + 1);
+        assert_eq!(failure(&with(rs)), (Some(k as u64), "gap"), "swapping {k}");
+    }
+    for k in 0..n {
+        let mut rs = records.clone();
+        rs.insert(k, records[k].clone());
+        assert_eq!(
+            failure(&with(rs)),
+            (Some(k as u64), "duplicate"),
+            "duplicating {k}"
+        );
+    }
+    // The seal must commit to the last record.
+    let mut rs = records.clone();
+    rs.push(records[0].clone());
+    assert_eq!(failure(&with(rs)).1, "reordered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let other = small_chain("locker-2").await;
+
+    // 1. Another device's checkpoint record spliced in.
+    let device = small_chain("locker-1").await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let (seq, head, quote) = device.seal().await;
+    let mut rs = device.records.clone();
+    rs[2] = other.records[2].clone();
+    let b = bundle(&device.id, &registry, 0, &rs, (seq, head, &quote));
+    assert_eq!(
+        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        (Some(2), "wrong_device")
+    );
+
+    // 2. This device's checkpoint carrying a quote by the other device's AK
+    //    over exactly this device's qualifying data.
+    let mut device = Device::new("locker-1").await;
+    device.decision(0);
+    device.decision(1);
+    let (cp_seq, qualifying) = device.head_qualifying_data();
+    let foreign = other.quote(qualifying).await;
+    let head_hash = *device.head.head();
+    device.checkpoint_with(cp_seq, head_hash, &foreign);
+    device.decision(3);
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &registry).await;
+    let report = verify_bundle(&b.bytes, &keys(&authority));
+    assert_eq!(failure(&report), (Some(2), "bad_checkpoint"));
+    assert!(
+        report.failure.unwrap().detail.contains("signature"),
+        "the quote's signature is what fails"
+    );
+
+    // 3. A checkpoint whose quote (by the right AK) commits to another head.
+    let mut device = Device::new("locker-1").await;
+    device.decision(0);
+    device.decision(1);
+    let (cp_seq, _) = device.head_qualifying_data();
+    let elsewhere = device.quote(common::sha256(b"some other head")).await;
+    let head_hash = *device.head.head();
+    device.checkpoint_with(cp_seq, head_hash, &elsewhere);
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &registry).await;
+    let report = verify_bundle(&b.bytes, &keys(&authority));
+    assert_eq!(failure(&report), (Some(2), "bad_checkpoint"));
+    assert!(report.failure.unwrap().detail.contains("qualifying data"));
+
+    // 4. A checkpoint record that claims to commit to a record it does not
+    //    follow (the shim's commitment check, before any quote).
+    let mut device = Device::new("locker-1").await;
+    device.decision(0);
+    let quote = device.quote([0; 32]).await;
+    device.checkpoint_with(0, [9; 32], &quote);
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &registry).await;
+    assert_eq!(
+        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        (Some(1), "bad_checkpoint")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_record_must_come_from_the_authority_and_name_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let impostor = Authority::new(dir.path(), 2);
+    let device = small_chain("locker-1").await;
+    let other = Device::new("locker-2").await;
+
+    let forged = impostor.registry(&device, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &forged).await;
+    assert_eq!(
+        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        (None, "registry")
+    );
+    // Genuine, but for another device (whose AK did not sign these quotes).
+    let misdirected = authority.registry(&other, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &misdirected).await;
+    assert_eq!(
+        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        (None, "registry")
+    );
+    // Genuine and for this device, but vouching for the other device's AK.
+    let wrong_ak = authority.registry_for(&device.id, &other.identity, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &wrong_ak).await;
+    assert_eq!(
+        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        (Some(2), "bad_checkpoint")
+    );
+    // A revoked device's lineage still verifies; the status is reported.
+    let revoked = authority.registry(&device, 9, DeviceStatus::Revoked);
+    let b = sealed_bundle(&device, &revoked).await;
+    let report = verify_bundle(&b.bytes, &keys(&authority));
+    assert!(report.ok);
+    assert_eq!(report.registry.unwrap().status, "revoked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_may_start_after_pruned_records_but_must_be_sealed() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let device = small_chain("locker-1").await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let (seq, head, quote) = device.seal().await;
+    let keys = keys(&authority);
+
+    let tail = bundle(
+        &device.id,
+        &registry,
+        3,
+        &device.records[3..],
+        (seq, head, &quote),
+    );
+    let report = verify_bundle(&tail.bytes, &keys);
+    assert!(report.ok, "{report:?}");
+    assert_eq!((report.from_seq, report.records), (Some(3), 3));
+
+    // from_seq that does not match the first record.
+    let wrong = bundle(
+        &device.id,
+        &registry,
+        2,
+        &device.records[3..],
+        (seq, head, &quote),
+    );
+    assert_eq!(
+        failure(&verify_bundle(&wrong.bytes, &keys)),
+        (Some(2), "gap")
+    );
+
+    // No seal.
+    let mut unsealed = bundle_header(device.id.as_str(), &registry, 0);
+    for r in &device.records {
+        unsealed.extend_from_slice(&bundle_record(r));
+    }
+    assert_eq!(
+        failure(&verify_bundle(&unsealed, &keys)),
+        (Some(5), "unsealed")
+    );
+    // A seal but no records.
+    let mut empty = bundle_header(device.id.as_str(), &registry, 0);
+    empty.extend_from_slice(&bundle_seal(seq, &head, &quote));
+    assert_eq!(failure(&verify_bundle(&empty, &keys)), (Some(0), "empty"));
+}
+
+fn collector(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mctc-collector"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+fn path(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_0_1_or_2_with_one_line_and_json_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let device = small_chain("locker-1").await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let b = sealed_bundle(&device, &registry).await;
+    let good = dir.path().join("good.bundle");
+    std::fs::write(&good, &b.bytes).unwrap();
+    let mut bytes = b.bytes.clone();
+    let (_, start, _) = b.records[3];
+    bytes[start + 12] ^= 0x01;
+    let bad = dir.path().join("bad.bundle");
+    std::fs::write(&bad, &bytes).unwrap();
+    let key = path(&authority.key_path);
+
+    let (code, out, err) = collector(&["verify", path(&good), "--authority-key", key]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("OK locker-1: 6 records"), "{out}");
+
+    let (code, out, _) = collector(&["verify", path(&good), "--authority-key", key, "--json"]);
+    assert_eq!(code, 0);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["ok"], true);
+    assert_eq!(json["checkpoints"], 2);
+
+    let (code, _, err) = collector(&["verify", path(&bad), "--authority-key", key]);
+    assert_eq!(code, 1);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("FAILED locker-1 at seq "), "{err}");
+
+    let (code, out, _) = collector(&["verify", path(&bad), "--authority-key", key, "--json"]);
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(json["ok"], false);
+    assert!(json["failure"]["seq"].as_u64().is_some());
+
+    let other = Authority::new(dir.path(), 2);
+    let (code, _, err) = collector(&[
+        "verify",
+        path(&good),
+        "--authority-key",
+        path(&other.key_path),
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("registry"), "{err}");
+
+    // Usage and IO errors: exit 2, one line.
+    for args in [
+        vec!["verify", "/nonexistent.bundle", "--authority-key", key],
+        vec!["verify", path(&good), "--authority-key", "/nonexistent.pub"],
+        vec!["verify", path(&good)],
+        vec!["frobnicate"],
+        vec!["run", "--config", "/nonexistent.toml"],
+    ] {
+        let (code, _, err) = collector(&args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    // Two keys (rotation): either may have signed.
+    let (code, _, _) = collector(&[
+        "verify",
+        path(&good),
+        "--authority-key",
+        path(&other.key_path),
+        "--authority-key",
+        key,
+    ]);
+    assert_eq!(code, 0);
+}
