@@ -1,0 +1,97 @@
+//! The crate's one error type. Each variant says what failed and carries the
+//! path, device or operation it concerns; [`Error::exit_code`] maps it to the
+//! CLI contract (1 refused / not found, 2 usage, configuration or
+//! environment).
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the authority.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A configuration or policy file could not be read.
+    #[error("{path}: {source}")]
+    ReadFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration or policy file does not parse or breaks a rule.
+    #[error("{path}: {reason}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+    /// A command-line argument is invalid.
+    #[error("{0}")]
+    Usage(String),
+    /// The database failed or is unusable.
+    #[error("database {path}: {reason}")]
+    Store {
+        /// The database file.
+        path: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The shared IO edge failed (keys, TLS, broker configuration).
+    #[error(transparent)]
+    Service(#[from] mctc_service::ServiceError),
+    /// A device id is unknown.
+    #[error("device {0} is not registered")]
+    UnknownDevice(String),
+    /// The request is well formed but refused in the device's current state.
+    #[error("{0}")]
+    Refused(String),
+    /// The host does not provide what the daemon needs (boot id, threads).
+    #[error("{0}")]
+    Environment(String),
+}
+
+impl Error {
+    /// The CLI exit code: 1 for refusals and unknown devices, 2 for
+    /// everything else (usage, configuration, environment).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::UnknownDevice(_) | Error::Refused(_) => 1,
+            Error::ReadFile { .. }
+            | Error::Config { .. }
+            | Error::Usage(_)
+            | Error::Store { .. }
+            | Error::Service(_)
+            | Error::Environment(_) => 2,
+        }
+    }
+
+    pub(crate) fn config(path: &std::path::Path, reason: impl Into<String>) -> Error {
+        Error::Config {
+            path: path.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_cli_contract() {
+        assert_eq!(Error::UnknownDevice("d".into()).exit_code(), 1);
+        assert_eq!(Error::Refused("no".into()).exit_code(), 1);
+        assert_eq!(Error::Usage("bad".into()).exit_code(), 2);
+        assert_eq!(
+            Error::config(std::path::Path::new("/x"), "bad key").exit_code(),
+            2
+        );
+    }
+
+    #[test]
+    fn messages_are_one_line() {
+        let e = Error::config(std::path::Path::new("/etc/a.toml"), "unknown key `x`");
+        assert_eq!(e.to_string(), "/etc/a.toml: unknown key `x`");
+        assert!(!e.to_string().contains('\n'));
+    }
+}

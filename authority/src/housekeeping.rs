@@ -1,0 +1,153 @@
+//! The second worker: the fleet heartbeat, the outbox pump (controls and
+//! registry records, whoever queued them) and the sweep of expired nonces
+//! and challenges. It has its own store connection so a long queue of
+//! evidence never delays a heartbeat.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::Duration;
+
+use mctc_shim::limits::MAX_REVOKED_PER_HEARTBEAT;
+use mctc_shim::topics::HEARTBEAT;
+
+use crate::issuer::Issuer;
+use crate::now::Now;
+use crate::outbox::{Outgoing, Publisher, pump};
+use crate::store::Store;
+
+/// How often the loop wakes.
+const TICK: Duration = Duration::from_millis(50);
+/// How often the outbox is polled (the CLI's changes arrive this way).
+const PUMP_EVERY_MS: u64 = 250;
+/// How often expired rows are deleted.
+const SWEEP_EVERY_MS: u64 = 10_000;
+
+/// What the daemon tells the housekeeper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// Stop (and give the heartbeat lease up).
+    Stop,
+}
+
+/// Heartbeat settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatSettings {
+    /// Who holds the lease (unique per process).
+    pub holder: String,
+    /// Time between heartbeats.
+    pub interval_ms: u64,
+    /// The heartbeat's `hb_ms`.
+    pub window_ms: u32,
+}
+
+impl HeartbeatSettings {
+    /// The lease lasts 1.5 intervals: the holder renews it every beat, and
+    /// if it dies another instance takes over before devices (which allow
+    /// three intervals) lapse.
+    pub fn lease_ms(&self) -> u64 {
+        self.interval_ms.saturating_mul(3) / 2
+    }
+}
+
+/// The housekeeper.
+#[derive(Debug)]
+pub struct Housekeeper<S: Store> {
+    store: S,
+    issuer: Arc<Issuer>,
+    heartbeat: HeartbeatSettings,
+    clock: Now,
+}
+
+impl<S: Store> Housekeeper<S> {
+    /// A housekeeper on its own store connection.
+    pub fn new(
+        store: S,
+        issuer: Arc<Issuer>,
+        heartbeat: HeartbeatSettings,
+        clock: Now,
+    ) -> Housekeeper<S> {
+        Housekeeper {
+            store,
+            issuer,
+            heartbeat,
+            clock,
+        }
+    }
+
+    /// Runs until told to stop (or the sender is dropped), recording in
+    /// `alive` (CLOCK_BOOTTIME ms) that it still runs.
+    pub fn run(mut self, wake: &Receiver<Wake>, publisher: &dyn Publisher, alive: &AtomicU64) {
+        let start = self.clock.refresh().boot_ms;
+        let mut next_beat = start;
+        let mut next_pump = start;
+        let mut next_sweep = start;
+        loop {
+            match wake.recv_timeout(TICK) {
+                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            let now = self.clock.refresh();
+            alive.store(now.boot_ms, Ordering::Relaxed);
+            if now.boot_ms >= next_beat {
+                self.beat(publisher, &now);
+                next_beat = next_beat.saturating_add(self.heartbeat.interval_ms);
+                if next_beat <= now.boot_ms {
+                    next_beat = now.boot_ms.saturating_add(self.heartbeat.interval_ms);
+                }
+            }
+            if now.boot_ms >= next_pump {
+                if let Err(e) = pump(&mut self.store, &self.issuer, publisher, &now) {
+                    tracing::error!(error = %e, "outbox pump failed");
+                }
+                next_pump = now.boot_ms.saturating_add(PUMP_EVERY_MS);
+            }
+            if now.boot_ms >= next_sweep {
+                match self.store.sweep(&now) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "expired nonces and challenges removed"),
+                    Err(e) => tracing::error!(error = %e, "sweep failed"),
+                }
+                next_sweep = now.boot_ms.saturating_add(SWEEP_EVERY_MS);
+            }
+        }
+        if let Err(e) = self.store.release_lease(&self.heartbeat.holder) {
+            tracing::warn!(error = %e, "heartbeat lease not released");
+        }
+    }
+
+    fn beat(&mut self, publisher: &dyn Publisher, now: &Now) {
+        // A heartbeat queued while disconnected would arrive late and still
+        // count as liveness; so none is made (and no seq spent) offline.
+        if !publisher.connected() {
+            return;
+        }
+        let state = match self.store.heartbeat(
+            &self.heartbeat.holder,
+            self.heartbeat.lease_ms(),
+            MAX_REVOKED_PER_HEARTBEAT,
+            now,
+        ) {
+            Ok(Some(state)) => state,
+            Ok(None) => return, // another instance holds the lease
+            Err(e) => {
+                tracing::error!(error = %e, "heartbeat not allocated");
+                return;
+            }
+        };
+        match self
+            .issuer
+            .heartbeat(&state, self.heartbeat.window_ms, now.wall_secs())
+        {
+            Ok(payload) => {
+                tracing::debug!(seq = state.seq, epoch = state.epoch, "heartbeat");
+                publisher.publish(Outgoing {
+                    topic: HEARTBEAT.to_owned(),
+                    payload,
+                    retain: false,
+                });
+            }
+            Err(e) => tracing::error!(seq = state.seq, error = %e, "heartbeat not signed"),
+        }
+    }
+}

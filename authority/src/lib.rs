@@ -1,0 +1,32 @@
+//! mctc-authority: the fleet-side Verifier and artifact issuer.
+//!
+//! It enrolls devices by credential activation, hands out nonces, verifies
+//! TPM evidence with `mctc-attest`, issues signed artifacts or refusals,
+//! publishes the fleet heartbeat and signed control messages, and keeps its
+//! state in SQLite behind the [`store::Store`] trait. The same binary is the
+//! fleet manager's CLI. `authority/README.md` documents the CLI, the
+//! configuration, the policy file, the database and the protocol decisions.
+//!
+//! - [`verdict`]: the sans-IO decision on one piece of evidence.
+//! - [`store`]: the state, one atomic transaction per decision.
+//! - [`engine`]: the worker answering devices; [`housekeeping`]: heartbeat,
+//!   outbox, sweep; [`daemon`]: link, dispatch, threads, systemd.
+//! - [`issuer`]: everything the authority signs.
+//! - [`config`], [`policy`]: the two files; [`cli`]: the command line.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod engine;
+pub mod error;
+pub mod housekeeping;
+pub mod issuer;
+pub mod now;
+pub mod outbox;
+pub mod policy;
+pub mod ratelimit;
+pub mod store;
+pub mod verdict;
+
+pub use error::Error;

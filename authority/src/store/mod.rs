@@ -1,0 +1,431 @@
+//! The authority's state behind one trait, so that a PostgreSQL backend can
+//! be added for fleets that outgrow one machine; [`sqlite::SqliteStore`] is
+//! the embedded default.
+//!
+//! Every method is one atomic step: an implementation must make each a
+//! single transaction that serialises with every other writer (SQLite:
+//! `BEGIN IMMEDIATE`; PostgreSQL: `SERIALIZABLE` or row locks). Several
+//! authority instances and CLI invocations use one store at once, so
+//! single use of nonces and proofs, status checks before issuance, and the
+//! heartbeat seq are decided by the store, never in memory.
+
+pub mod sqlite;
+
+use mctc_attest::ClockInfo;
+use mctc_shim::DeviceId;
+use mctc_shim::messages::{ControlAction, DeviceStatus, NoncePurpose};
+
+use crate::now::{Deadline, Now};
+use crate::policy::LearnedDigest;
+use crate::verdict::{Decision, NonceCheck, Refusal};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database engine failed (IO, lock timeout, constraint).
+    #[error("{0}")]
+    Backend(String),
+    /// The database was written by a newer version of the authority.
+    #[error("schema version {found} is newer than this binary supports ({supported})")]
+    TooNew {
+        /// Found.
+        found: i64,
+        /// Supported.
+        supported: i64,
+    },
+    /// A stored value is not what this code wrote (manual edits, bit rot).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// A device as registered by `devices add`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// The id.
+    pub id: DeviceId,
+    /// Its class (validated against the policy by the caller).
+    pub class: String,
+    /// SHA-256 of the EK `TPM2B_PUBLIC` it must enroll with.
+    pub pinned_ek_sha256: Option<[u8; 32]>,
+}
+
+/// The enrolled TPM identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    /// EK `TPM2B_PUBLIC`.
+    pub ek_public: Vec<u8>,
+    /// Its SHA-256: pinned from now on.
+    pub ek_sha256: [u8; 32],
+    /// AK `TPM2B_PUBLIC`.
+    pub ak_public: Vec<u8>,
+    /// AK name.
+    pub ak_name: Vec<u8>,
+    /// When (Unix ms).
+    pub at_ms: u64,
+}
+
+/// Last verified PCR values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PcrSnapshot {
+    /// The PCRs (bit i = PCR i).
+    pub mask: u32,
+    /// Values, ascending PCR order.
+    pub values: Vec<[u8; 32]>,
+}
+
+/// The outcome of the last attestation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// An artifact was issued.
+    Affirmed,
+    /// A refusal was sent.
+    Refused,
+}
+
+/// Everything the authority knows about a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceRecord {
+    /// The id.
+    pub id: DeviceId,
+    /// Its class.
+    pub class: String,
+    /// Standing.
+    pub status: DeviceStatus,
+    /// Why it is contained or revoked.
+    pub reason: Option<String>,
+    /// EK hash pinned at registration.
+    pub pinned_ek_sha256: Option<[u8; 32]>,
+    /// Set once enrolled.
+    pub enrolled: Option<Enrolled>,
+    /// Registered (Unix ms).
+    pub added_ms: u64,
+    /// Last control seq sent.
+    pub control_seq: u64,
+    /// Last registry record version.
+    pub registry_version: u64,
+    /// Clock info of the last verified quote (rollback detection).
+    pub last_clock: Option<ClockInfo>,
+    /// PCR values of the last verified quote.
+    pub last_pcrs: Option<PcrSnapshot>,
+    /// When the last quote verified (Unix ms).
+    pub verified_ms: Option<u64>,
+    /// When the last evidence was decided (Unix ms).
+    pub attempt_ms: Option<u64>,
+    /// Its verdict.
+    pub verdict: Option<Verdict>,
+    /// The refusal, if refused.
+    pub refusal: Option<Refusal>,
+    /// Artifacts issued so far.
+    pub artifacts_issued: u64,
+}
+
+/// A credential challenge waiting for its proof.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingEnrollment {
+    /// The device.
+    pub device: DeviceId,
+    /// The agent's attempt id.
+    pub request_id: [u8; 16],
+    /// The class it enrolls into.
+    pub class: String,
+    /// An unknown id enrolling on first use (TOFU).
+    pub first_use: bool,
+    /// The proof the agent must send (the secret itself is not stored).
+    pub proof: [u8; 32],
+    /// EK `TPM2B_PUBLIC`.
+    pub ek_public: Vec<u8>,
+    /// Its SHA-256.
+    pub ek_sha256: [u8; 32],
+    /// AK `TPM2B_PUBLIC`.
+    pub ak_public: Vec<u8>,
+    /// AK name.
+    pub ak_name: Vec<u8>,
+    /// Until when the proof is accepted.
+    pub deadline: Deadline,
+}
+
+/// What committing a proven enrollment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnrollCommit {
+    /// Enrolled (or re-enrolled); a registry record is queued.
+    Enrolled,
+    /// The id was revoked meanwhile.
+    Revoked,
+    /// The id is enrolled with another EK.
+    IdentityConflict,
+    /// The EK is not the one pinned at registration.
+    BadEk,
+    /// The id is not registered (and not enrolling on first use).
+    NotAllowed,
+}
+
+/// What a nonce request got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceGrant {
+    /// Stored; send it.
+    Issued,
+    /// Not registered.
+    Unknown,
+    /// Registered but not enrolled.
+    NotEnrolled,
+    /// Contained or revoked.
+    NotActive(DeviceStatus),
+}
+
+/// Fleet-wide counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FleetState {
+    /// Last heartbeat seq allocated.
+    pub hb_seq: u64,
+    /// Revocation epoch.
+    pub epoch: u64,
+}
+
+/// A new artifact's database side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// The nonce the device quotes for its next renewal.
+    pub next_nonce: [u8; 32],
+    /// Until when it is accepted.
+    pub next_nonce_deadline: Deadline,
+    /// The device's outstanding nonces are capped at this.
+    pub max_outstanding: u32,
+}
+
+/// What [`Store::attest`] decided and recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attested {
+    /// The decision.
+    pub decision: Decision,
+    /// The device's class.
+    pub class: String,
+    /// Fleet counters read in the same transaction.
+    pub fleet: FleetState,
+    /// The device's status after the decision.
+    pub status: DeviceStatus,
+}
+
+/// An operator's status change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    /// Active → contained.
+    Contain,
+    /// Contained → active.
+    Restore,
+    /// Any → revoked (permanent).
+    Revoke,
+}
+
+impl StatusChange {
+    /// The control action it sends.
+    pub const fn action(self) -> ControlAction {
+        match self {
+            StatusChange::Contain => ControlAction::Contain,
+            StatusChange::Restore => ControlAction::Restore,
+            StatusChange::Revoke => ControlAction::Revoke,
+        }
+    }
+}
+
+/// What a status change did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusOutcome {
+    /// Changed; a control with this seq is queued.
+    Changed {
+        /// The new status.
+        status: DeviceStatus,
+        /// The control's seq.
+        control_seq: u64,
+    },
+    /// Already in the requested state.
+    Unchanged(DeviceStatus),
+    /// Not allowed from the current state.
+    Refused(DeviceStatus),
+    /// No such device.
+    NotFound,
+}
+
+/// What the heartbeat publisher gets when it holds the lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeartbeatState {
+    /// The new seq (strictly above every earlier one).
+    pub seq: u64,
+    /// Revocation epoch.
+    pub epoch: u64,
+    /// `revoked` covers epochs `since_epoch+1 ..= epoch`.
+    pub since_epoch: u64,
+    /// The devices revoked in those epochs, newest first.
+    pub revoked: Vec<DeviceId>,
+}
+
+/// A message waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxItem {
+    /// A control message.
+    Control {
+        /// Row id (for [`Store::ack_outbox`]).
+        id: i64,
+        /// The device.
+        device: DeviceId,
+        /// Its per-device seq.
+        seq: u64,
+        /// Contain, restore or revoke.
+        action: ControlAction,
+        /// The reason.
+        reason: String,
+        /// When it was ordered (Unix ms): the control's `iat`.
+        wall_ms: u64,
+    },
+    /// The device's registry record, built from its current row.
+    Registry {
+        /// Row id.
+        id: i64,
+        /// The record's content.
+        record: RegistryRow,
+    },
+    /// A registry row for a device that has no AK (nothing to publish).
+    Skip {
+        /// Row id.
+        id: i64,
+    },
+}
+
+impl OutboxItem {
+    /// Row id.
+    pub fn id(&self) -> i64 {
+        match self {
+            OutboxItem::Control { id, .. }
+            | OutboxItem::Registry { id, .. }
+            | OutboxItem::Skip { id } => *id,
+        }
+    }
+}
+
+/// A registry record's content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryRow {
+    /// The device.
+    pub device: DeviceId,
+    /// Its class.
+    pub class: String,
+    /// Enrolled AK.
+    pub ak_public: Vec<u8>,
+    /// Its name.
+    pub ak_name: Vec<u8>,
+    /// SHA-256 of the EK.
+    pub ek_sha256: [u8; 32],
+    /// Standing.
+    pub status: DeviceStatus,
+    /// Version (strictly increasing per device).
+    pub version: u64,
+}
+
+/// The authority's storage. See the module docs for the atomicity contract.
+pub trait Store: Send {
+    /// Registers a device; `Ok(false)` if the id exists.
+    fn add_device(&mut self, device: &NewDevice, now: &Now) -> Result<bool, StoreError>;
+
+    /// One device.
+    fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+
+    /// All devices, by id.
+    fn devices(&mut self) -> Result<Vec<DeviceRecord>, StoreError>;
+
+    /// Contain, restore or revoke; queues the signed control and the
+    /// registry record; a revocation raises the epoch.
+    fn change_status(
+        &mut self,
+        id: &DeviceId,
+        change: StatusChange,
+        reason: &str,
+        now: &Now,
+    ) -> Result<StatusOutcome, StoreError>;
+
+    /// Stores a pending credential challenge (replacing the device's
+    /// previous one).
+    fn begin_enrollment(&mut self, pending: &PendingEnrollment) -> Result<(), StoreError>;
+
+    /// Removes and returns the device's pending challenge if `request_id`
+    /// matches and it has not expired (single use).
+    fn take_enrollment(
+        &mut self,
+        device: &DeviceId,
+        request_id: &[u8; 16],
+        now: &Now,
+    ) -> Result<Option<PendingEnrollment>, StoreError>;
+
+    /// Records a proven enrollment after re-checking the device's state.
+    fn commit_enrollment(
+        &mut self,
+        pending: &PendingEnrollment,
+        now: &Now,
+    ) -> Result<EnrollCommit, StoreError>;
+
+    /// Stores a nonce for an enrolled, active device, dropping its oldest
+    /// beyond `max_outstanding`.
+    fn issue_nonce(
+        &mut self,
+        device: &DeviceId,
+        nonce: &[u8; 32],
+        purpose: NoncePurpose,
+        deadline: &Deadline,
+        max_outstanding: u32,
+        now: &Now,
+    ) -> Result<NonceGrant, StoreError>;
+
+    /// Consumes `nonce` (whatever follows), loads the device and its
+    /// class's learned baseline, runs `decide`, and records the decision:
+    /// verified facts, the next nonce (`issue`, on affirm), containment.
+    /// `None` if the device is not registered (nothing is recorded).
+    fn attest(
+        &mut self,
+        device: &DeviceId,
+        nonce: &[u8; 32],
+        issue: &Issue,
+        now: &Now,
+        decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &[LearnedDigest]) -> Decision,
+    ) -> Result<Option<Attested>, StoreError>;
+
+    /// If `holder` may publish the heartbeat (it holds or takes the lease
+    /// for `lease_ms`), allocates the next seq and reads the revocation
+    /// list (at most `max_revoked`).
+    fn heartbeat(
+        &mut self,
+        holder: &str,
+        lease_ms: u64,
+        max_revoked: usize,
+        now: &Now,
+    ) -> Result<Option<HeartbeatState>, StoreError>;
+
+    /// Gives the heartbeat lease up (clean shutdown).
+    fn release_lease(&mut self, holder: &str) -> Result<(), StoreError>;
+
+    /// Fleet counters.
+    fn fleet(&mut self) -> Result<FleetState, StoreError>;
+
+    /// Claims up to `limit` outbox rows for `claim_ms`.
+    fn claim_outbox(
+        &mut self,
+        limit: usize,
+        claim_ms: u64,
+        now: &Now,
+    ) -> Result<Vec<OutboxItem>, StoreError>;
+
+    /// Deletes published outbox rows.
+    fn ack_outbox(&mut self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// The learned baseline of `class`.
+    fn learned(&mut self, class: &str) -> Result<Vec<LearnedDigest>, StoreError>;
+
+    /// Makes `values` the learned baseline of `class` for those PCRs.
+    fn learn(
+        &mut self,
+        class: &str,
+        values: &[(u8, [u8; 32])],
+        from: &DeviceId,
+        now: &Now,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes expired nonces and challenges; returns how many.
+    fn sweep(&mut self, now: &Now) -> Result<usize, StoreError>;
+}

@@ -1,0 +1,456 @@
+//! The decision on one piece of evidence, sans IO: given the device's
+//! record, whether its nonce was valid, the class policy and the learned
+//! baseline, decide to affirm (issue an artifact) or refuse, and whether to
+//! contain the device. The store runs [`evaluate`] inside the transaction
+//! that consumed the nonce, so the status it sees is the status the
+//! decision is recorded against.
+//!
+//! Order of checks (each refusal names the first that failed):
+//!
+//! 1. revoked → `Revoked`; contained → `Contained`;
+//! 2. no enrolled AK → `NotEnrolled`;
+//! 3. nonce unknown, expired, used or another device's → `StaleNonce`;
+//! 4. class missing from the policy → `PolicyMismatch` (fail closed);
+//! 5. the quote (mctc-attest): not signed by the enrolled AK →
+//!    `NotEnrolled`; malformed, wrong nonce, wrong PCR selection, values not
+//!    matching the quoted digest → `BadEvidence`; TPM counters or clock
+//!    behind the last verified quote → `BootAnomaly`, and contain;
+//! 6. the baseline: a referenced PCR differs → `PolicyMismatch`, and
+//!    contain (drift); a PCR without reference → `NoBaseline`
+//!    (`PolicyMismatch` on the wire, not contained).
+
+use std::fmt;
+
+use mctc_attest::verifier::{AkPublic, QuoteError, QuoteExpectation, verify_quote};
+use mctc_attest::{ClockInfo, PcrSelection, PcrValues};
+use mctc_shim::messages::{DeviceStatus, Evidence, NoncePurpose, RefusalCode};
+
+use crate::policy::{ClassPolicy, LearnedDigest};
+use crate::store::DeviceRecord;
+
+/// Why evidence was not affirmed: the wire's [`RefusalCode`] plus
+/// `NoBaseline`, which the authority tells apart in its logs and records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// The quote, its signature or the PCR values do not verify.
+    BadEvidence,
+    /// The nonce is unknown, expired, used, or another device's.
+    StaleNonce,
+    /// The PCR values differ from the class's reference (drift), or the
+    /// class is not in the policy.
+    PolicyMismatch,
+    /// Some policy PCR has no reference value yet (`policy learn`).
+    NoBaseline,
+    /// No enrolled AK, or the quote is not by the enrolled AK.
+    NotEnrolled,
+    /// The device is revoked.
+    Revoked,
+    /// The device is contained.
+    Contained,
+    /// TPM counters or clock went back.
+    BootAnomaly,
+    /// The authority failed.
+    Internal,
+}
+
+impl Refusal {
+    /// Every refusal, for name lookups.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::BadEvidence,
+        Refusal::StaleNonce,
+        Refusal::PolicyMismatch,
+        Refusal::NoBaseline,
+        Refusal::NotEnrolled,
+        Refusal::Revoked,
+        Refusal::Contained,
+        Refusal::BootAnomaly,
+        Refusal::Internal,
+    ];
+
+    /// The code on the wire.
+    pub const fn code(self) -> RefusalCode {
+        match self {
+            Refusal::BadEvidence => RefusalCode::BadEvidence,
+            Refusal::StaleNonce => RefusalCode::StaleNonce,
+            Refusal::PolicyMismatch | Refusal::NoBaseline => RefusalCode::PolicyMismatch,
+            Refusal::NotEnrolled => RefusalCode::NotEnrolled,
+            Refusal::Revoked => RefusalCode::Revoked,
+            Refusal::Contained => RefusalCode::Contained,
+            Refusal::BootAnomaly => RefusalCode::BootAnomaly,
+            Refusal::Internal => RefusalCode::Internal,
+        }
+    }
+
+    /// Stable name (logs, JSON, the database).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Refusal::BadEvidence => "bad-evidence",
+            Refusal::StaleNonce => "stale-nonce",
+            Refusal::PolicyMismatch => "policy-mismatch",
+            Refusal::NoBaseline => "no-baseline",
+            Refusal::NotEnrolled => "not-enrolled",
+            Refusal::Revoked => "revoked",
+            Refusal::Contained => "contained",
+            Refusal::BootAnomaly => "boot-anomaly",
+            Refusal::Internal => "internal",
+        }
+    }
+
+    /// The refusal named `name`.
+    pub fn from_name(name: &str) -> Option<Refusal> {
+        Refusal::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether the evidence's nonce was outstanding for this device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceCheck {
+    /// Issued to this device, unexpired, now consumed.
+    Valid(NoncePurpose),
+    /// Unknown, expired, already used or another device's.
+    Invalid,
+}
+
+/// What a verified quote proved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedFacts {
+    /// The signed TPM clock and boot counters.
+    pub clock: ClockInfo,
+    /// The quoted PCRs (bit i = PCR i).
+    pub mask: u32,
+    /// Their values, ascending PCR order.
+    pub values: Vec<[u8; 32]>,
+    /// The signed composite digest.
+    pub digest: [u8; 32],
+}
+
+impl VerifiedFacts {
+    /// (PCR, value) pairs.
+    pub fn pairs(&self) -> Vec<(u8, [u8; 32])> {
+        indices(self.mask)
+            .zip(self.values.iter().copied())
+            .collect()
+    }
+}
+
+/// The PCR indices of a mask, ascending.
+pub fn indices(mask: u32) -> impl Iterator<Item = u8> {
+    (0..24u8).filter(move |i| mask & (1 << i) != 0)
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Issue an artifact.
+    Affirm {
+        /// What the quote proved.
+        facts: VerifiedFacts,
+    },
+    /// Send a signed refusal.
+    Refuse {
+        /// Why.
+        refusal: Refusal,
+        /// For the log: which check, in words (no nonces, no keys).
+        detail: String,
+        /// Set when the quote verified (stored for rollback detection and
+        /// `policy learn`).
+        facts: Option<VerifiedFacts>,
+        /// Contain the device, with this reason (≤ 64 bytes).
+        contain: Option<String>,
+    },
+}
+
+impl Decision {
+    fn refuse(refusal: Refusal, detail: impl Into<String>) -> Decision {
+        Decision::Refuse {
+            refusal,
+            detail: detail.into(),
+            facts: None,
+            contain: None,
+        }
+    }
+}
+
+/// Evaluates `evidence` (already decoded, its device equal to the topic's)
+/// for `device`. `class` is the device's class from the policy, if present.
+pub fn evaluate(
+    device: &DeviceRecord,
+    nonce: NonceCheck,
+    class: Option<&ClassPolicy>,
+    learned: &[LearnedDigest],
+    evidence: &Evidence<'_>,
+) -> Decision {
+    match device.status {
+        DeviceStatus::Revoked => return Decision::refuse(Refusal::Revoked, "device is revoked"),
+        DeviceStatus::Contained => {
+            return Decision::refuse(Refusal::Contained, "device is contained");
+        }
+        DeviceStatus::Active => {}
+    }
+    let Some(enrolled) = &device.enrolled else {
+        return Decision::refuse(Refusal::NotEnrolled, "device has not enrolled");
+    };
+    if nonce == NonceCheck::Invalid {
+        return Decision::refuse(
+            Refusal::StaleNonce,
+            "nonce unknown, expired or already used",
+        );
+    }
+    let Some(class) = class else {
+        return Decision::refuse(
+            Refusal::PolicyMismatch,
+            format!("class {} is not in the policy", device.class),
+        );
+    };
+    let ak = match AkPublic::parse(&enrolled.ak_public) {
+        Ok(ak) => ak,
+        Err(e) => {
+            return Decision::refuse(Refusal::Internal, format!("stored AK does not parse: {e}"));
+        }
+    };
+    let Ok(expected) = PcrSelection::sha256(&class.pcrs) else {
+        return Decision::refuse(Refusal::Internal, "class PCR selection is invalid");
+    };
+    let reported: Vec<u8> = indices(evidence.pcr_mask).collect();
+    let pcrs = PcrSelection::sha256(&reported)
+        .and_then(|sel| {
+            PcrValues::new(
+                sel,
+                evidence.pcr_values.iter().map(|v| v.0.to_vec()).collect(),
+            )
+        })
+        .map_err(|e| e.to_string());
+    let pcrs = match pcrs {
+        Ok(pcrs) => pcrs,
+        Err(e) => return Decision::refuse(Refusal::BadEvidence, format!("PCR values: {e}")),
+    };
+    let quote = mctc_attest::Evidence {
+        attest: evidence.attest.0.to_vec(),
+        signature: evidence.signature.0.to_vec(),
+        pcrs,
+        // Ignored by the verifier, which reads the signed copy in `attest`.
+        clock: ClockInfo {
+            clock: 0,
+            reset_count: 0,
+            restart_count: 0,
+            safe: false,
+        },
+    };
+    let expectation = QuoteExpectation {
+        qualifying_data: &evidence.nonce.0,
+        selection: &expected,
+        last_accepted: device.last_clock.as_ref(),
+    };
+    let verified = match verify_quote(&ak, &quote, &expectation) {
+        Ok(verified) => verified,
+        Err(e) => {
+            let refusal = quote_refusal(&e);
+            let contain = (refusal == Refusal::BootAnomaly).then(|| "tpm rollback".to_owned());
+            return Decision::Refuse {
+                refusal,
+                detail: e.to_string(),
+                facts: None,
+                contain,
+            };
+        }
+    };
+    let mut values = Vec::with_capacity(verified.pcrs().values().len());
+    for value in verified.pcrs().values() {
+        match <[u8; 32]>::try_from(value.as_slice()) {
+            Ok(v) => values.push(v),
+            Err(_) => return Decision::refuse(Refusal::BadEvidence, "PCR value is not 32 bytes"),
+        }
+    }
+    let facts = VerifiedFacts {
+        clock: *verified.clock(),
+        mask: class.mask(),
+        values,
+        digest: *verified.pcr_digest(),
+    };
+    let judgement = class.judge(&facts.pairs(), learned);
+    if !judgement.drift.is_empty() {
+        let list = pcr_list(&judgement.drift);
+        return Decision::Refuse {
+            refusal: Refusal::PolicyMismatch,
+            detail: format!("PCR drift from the class baseline: PCR {list}"),
+            facts: Some(facts),
+            contain: Some(truncate(format!("pcr drift: PCR {list}"))),
+        };
+    }
+    if !judgement.missing.is_empty() {
+        return Decision::Refuse {
+            refusal: Refusal::NoBaseline,
+            detail: format!(
+                "no baseline for PCR {} of class {}",
+                pcr_list(&judgement.missing),
+                class.name
+            ),
+            facts: Some(facts),
+            contain: None,
+        };
+    }
+    Decision::Affirm { facts }
+}
+
+fn quote_refusal(e: &QuoteError) -> Refusal {
+    match e {
+        QuoteError::BadSignature | QuoteError::SignatureScheme => Refusal::NotEnrolled,
+        QuoteError::ResetCountWentBack { .. }
+        | QuoteError::RestartCountWentBack { .. }
+        | QuoteError::ClockWentBack { .. } => Refusal::BootAnomaly,
+        QuoteError::QualifyingDataTooLong(_)
+        | QuoteError::Sha1Bank
+        | QuoteError::Malformed(_)
+        | QuoteError::BadMagic(_)
+        | QuoteError::NotAQuote(_)
+        | QuoteError::MalformedSignature(_)
+        | QuoteError::QualifyingDataMismatch
+        | QuoteError::SelectionMismatch { .. }
+        | QuoteError::PcrDigestMismatch => Refusal::BadEvidence,
+    }
+}
+
+fn pcr_list(pcrs: &[u8]) -> String {
+    pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
+}
+
+/// Control reasons are at most 64 bytes (shim limit); ASCII here, so a
+/// byte cut is a character cut.
+fn truncate(mut reason: String) -> String {
+    reason.truncate(mctc_shim::limits::MAX_REASON_LEN);
+    reason
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Enrolled;
+    use mctc_shim::DeviceId;
+    use mctc_shim::wire::{Bstr, Bytes, List, Version};
+
+    fn device(status: DeviceStatus, enrolled: bool) -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId::new("d1").unwrap(),
+            class: "c".into(),
+            status,
+            reason: None,
+            pinned_ek_sha256: None,
+            enrolled: enrolled.then(|| Enrolled {
+                ek_public: vec![],
+                ek_sha256: [0; 32],
+                ak_public: vec![1, 2, 3],
+                ak_name: vec![],
+                at_ms: 0,
+            }),
+            added_ms: 0,
+            control_seq: 0,
+            registry_version: 0,
+            last_clock: None,
+            last_pcrs: None,
+            verified_ms: None,
+            attempt_ms: None,
+            verdict: None,
+            refusal: None,
+            artifacts_issued: 0,
+        }
+    }
+
+    fn evidence() -> Evidence<'static> {
+        Evidence {
+            v: Version::default(),
+            device: DeviceId::new("d1").unwrap(),
+            nonce: Bytes([1; 32]),
+            attest: Bstr(&[0; 8]),
+            signature: Bstr(&[0; 8]),
+            pcr_alg: 0x000b,
+            pcr_mask: 1,
+            pcr_values: List::from_slice(&[Bytes([0; 32])]).unwrap(),
+        }
+    }
+
+    fn class() -> ClassPolicy {
+        ClassPolicy {
+            name: "c".into(),
+            pcrs: vec![0],
+            artifact_ttl_ms: 1000,
+            heartbeat_ms: 3000,
+            allow_first_use: false,
+            reference: Default::default(),
+            scope: vec![],
+        }
+    }
+
+    fn refusal_of(d: Decision) -> Refusal {
+        match d {
+            Decision::Refuse { refusal, .. } => refusal,
+            Decision::Affirm { .. } => panic!("affirmed"),
+        }
+    }
+
+    #[test]
+    fn standing_is_checked_before_anything_else() {
+        let valid = NonceCheck::Valid(NoncePurpose::Renew);
+        let e = evidence();
+        for (status, expected) in [
+            (DeviceStatus::Revoked, Refusal::Revoked),
+            (DeviceStatus::Contained, Refusal::Contained),
+        ] {
+            let d = evaluate(&device(status, true), NonceCheck::Invalid, None, &[], &e);
+            assert_eq!(refusal_of(d), expected);
+        }
+        let d = evaluate(&device(DeviceStatus::Active, false), valid, None, &[], &e);
+        assert_eq!(refusal_of(d), Refusal::NotEnrolled);
+        let d = evaluate(
+            &device(DeviceStatus::Active, true),
+            NonceCheck::Invalid,
+            Some(&class()),
+            &[],
+            &e,
+        );
+        assert_eq!(refusal_of(d), Refusal::StaleNonce);
+        let d = evaluate(&device(DeviceStatus::Active, true), valid, None, &[], &e);
+        assert_eq!(refusal_of(d), Refusal::PolicyMismatch);
+        // A stored AK that no longer parses is the authority's fault.
+        let d = evaluate(
+            &device(DeviceStatus::Active, true),
+            valid,
+            Some(&class()),
+            &[],
+            &e,
+        );
+        assert_eq!(refusal_of(d), Refusal::Internal);
+    }
+
+    #[test]
+    fn names_round_trip_and_no_baseline_is_policy_mismatch_on_the_wire() {
+        for r in Refusal::ALL {
+            assert_eq!(Refusal::from_name(r.name()), Some(r));
+        }
+        assert_eq!(Refusal::NoBaseline.code(), RefusalCode::PolicyMismatch);
+        assert_eq!(Refusal::from_name("nope"), None);
+        assert_eq!(truncate("x".repeat(80)).len(), 64);
+        assert_eq!(indices(0b1000_0101).collect::<Vec<_>>(), vec![0, 2, 7]);
+    }
+
+    #[test]
+    fn quote_errors_map_to_refusals() {
+        assert_eq!(
+            quote_refusal(&QuoteError::BadSignature),
+            Refusal::NotEnrolled
+        );
+        assert_eq!(
+            quote_refusal(&QuoteError::ClockWentBack { last: 2, now: 1 }),
+            Refusal::BootAnomaly
+        );
+        assert_eq!(
+            quote_refusal(&QuoteError::PcrDigestMismatch),
+            Refusal::BadEvidence
+        );
+    }
+}
