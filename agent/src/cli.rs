@@ -1,0 +1,449 @@
+//! The command line (DESIGN.md "Command line"): `run`, `enroll`,
+//! `identity`, `status`, `authorize`, `lineage export`.
+//!
+//! Exit codes: 0 success (for `authorize`: permit; for `status`: the gate
+//! is open), 1 refused (deny; gate not open; enrollment refused), 2 usage,
+//! configuration or unreachable agent — which a caller must treat as deny.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Value, json};
+
+use crate::config::{self, Validated};
+use crate::error::AgentError;
+use crate::lineage::bundle;
+use crate::state::StateDir;
+use crate::{daemon, enroll, socket};
+
+/// The mctc device agent: TPM attestation and the fail-closed gate.
+#[derive(Debug, Parser)]
+#[command(name = "mctc-agent", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The agent configuration file (TOML; see configs/agent.toml).
+    #[arg(long, value_name = "FILE", default_value = "/etc/mctc/agent.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The gate socket (default: `gate.socket` from the configuration).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (systemd Type=notify; SIGTERM stops it cleanly).
+    Run(ConfigArg),
+    /// Create or load the TPM keys and enroll with the authority (idempotent).
+    Enroll {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Replace the attestation key and enroll anew; clears a persisted
+        /// revocation once the authority accepts the device again.
+        #[arg(long)]
+        reprovision: bool,
+        /// Give up after this many seconds without an answer.
+        #[arg(long, value_name = "SECS", default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Print the device id and the EK/AK fingerprints (for the fleet manager).
+    Identity {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the running agent for its status (exit 0 only if the gate is open).
+    Status(SocketArgs),
+    /// Ask the gate whether an operation may proceed (exit 0 permit, 1 deny,
+    /// 2 error or agent unreachable: deny).
+    Authorize {
+        #[command(flatten)]
+        socket: SocketArgs,
+        /// The operation (as named in the artifact's scope).
+        #[arg(long)]
+        op: String,
+        /// The amount in the currency's minor units.
+        #[arg(long)]
+        amount: Option<u64>,
+        /// ISO 4217 currency code.
+        #[arg(long)]
+        currency: Option<String>,
+        /// The caller's reference (recorded in lineage).
+        #[arg(long = "ref", value_name = "REF")]
+        reference: Option<String>,
+    },
+    /// Lineage tools.
+    #[command(subcommand)]
+    Lineage(LineageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LineageCommand {
+    /// Write a self-contained bundle for offline verification
+    /// (`mctc-collector verify`); see agent/README.md "Bundle format".
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Where to write the bundle.
+        #[arg(long, value_name = "BUNDLE")]
+        out: PathBuf,
+        /// First seq to include (default: the oldest record on disk).
+        #[arg(long, value_name = "SEQ")]
+        from: Option<u64>,
+        /// The authority's signed registry record for this device (default:
+        /// the one received at enrollment).
+        #[arg(long, value_name = "FILE")]
+        registry: Option<PathBuf>,
+    },
+}
+
+/// An outcome: what to print and the exit code.
+#[derive(Debug)]
+pub struct Outcome {
+    pub stdout: String,
+    pub code: u8,
+}
+
+fn load(config: &ConfigArg) -> Result<Validated, AgentError> {
+    config::load(&config.config)
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| AgentError::Startup(format!("tokio runtime: {e}")))
+}
+
+fn socket_path(args: &SocketArgs) -> Result<PathBuf, AgentError> {
+    match &args.socket {
+        Some(path) => Ok(path.clone()),
+        None => Ok(load(&args.config)?.raw.gate.socket),
+    }
+}
+
+/// Runs a parsed command.
+pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
+    match cli.command {
+        Command::Run(config) => {
+            let config = load(&config)?;
+            runtime()?.block_on(daemon::run(config, daemon::signals()))?;
+            Ok(Outcome {
+                stdout: String::new(),
+                code: 0,
+            })
+        }
+        Command::Enroll {
+            config,
+            reprovision,
+            timeout,
+        } => {
+            let config = load(&config)?;
+            let report = runtime()?.block_on(enroll::enroll(
+                &config,
+                reprovision,
+                Duration::from_secs(timeout),
+            ))?;
+            let mut stdout = format!(
+                "enrolled {}\n  ak sha256 {}\n  ek sha256 {}\n",
+                report.device, report.ak_sha256, report.ek_sha256
+            );
+            if !report.registry_record {
+                stdout
+                    .push_str("  (no registry record received: lineage export needs --registry)\n");
+            }
+            Ok(Outcome { stdout, code: 0 })
+        }
+        Command::Identity { config, json } => {
+            let config = load(&config)?;
+            let report = runtime()?.block_on(enroll::identity(&config))?;
+            let stdout = if json {
+                serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
+            } else {
+                format!(
+                    "device     {}\nek sha256  {}\nak sha256  {}\nak name    {}\nek cert    {}\ntpm        {}{}\nenrolled   {}\nrevoked    {}\n",
+                    report.device,
+                    report.ek_sha256,
+                    report.ak_sha256,
+                    report.ak_name,
+                    if report.ek_certificate {
+                        "present"
+                    } else {
+                        "absent"
+                    },
+                    report.tpm_manufacturer,
+                    if report.tpm_simulator {
+                        " (SOFTWARE SIMULATOR)"
+                    } else {
+                        ""
+                    },
+                    report.enrolled,
+                    report.revoked,
+                )
+            };
+            Ok(Outcome { stdout, code: 0 })
+        }
+        Command::Status(args) => {
+            let path = socket_path(&args)?;
+            let answer = socket::request(&path, &json!({"status": {}}), Duration::from_secs(10))?;
+            if let Some(error) = answer.get("error").and_then(Value::as_str) {
+                return Err(AgentError::Socket {
+                    path,
+                    reason: error.to_owned(),
+                });
+            }
+            let open = answer.get("state").and_then(Value::as_str) == Some("open");
+            let stdout = if args.json {
+                serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n"
+            } else {
+                render_status(&answer)
+            };
+            Ok(Outcome {
+                stdout,
+                code: if open { 0 } else { 1 },
+            })
+        }
+        Command::Authorize {
+            socket: args,
+            op,
+            amount,
+            currency,
+            reference,
+        } => {
+            let path = socket_path(&args)?;
+            let mut request = serde_json::Map::new();
+            request.insert("op".into(), json!(op));
+            if let Some(amount) = amount {
+                request.insert("amount".into(), json!(amount));
+            }
+            if let Some(currency) = currency {
+                request.insert("currency".into(), json!(currency));
+            }
+            if let Some(reference) = reference {
+                request.insert("ref".into(), json!(reference));
+            }
+            let answer = socket::request(
+                &path,
+                &json!({ "authorize": request }),
+                Duration::from_secs(30),
+            )?;
+            if let Some(error) = answer.get("error").and_then(Value::as_str) {
+                return Err(AgentError::Socket {
+                    path,
+                    reason: error.to_owned(),
+                });
+            }
+            let permit = answer.get("decision").and_then(Value::as_str) == Some("permit");
+            let stdout = if args.json {
+                serde_json::to_string(&answer).unwrap_or_default() + "\n"
+            } else if permit {
+                format!(
+                    "permit (seq {}, artifact {})\n",
+                    answer.get("seq").unwrap_or(&Value::Null),
+                    answer
+                        .get("artifact")
+                        .and_then(Value::as_str)
+                        .unwrap_or("-")
+                )
+            } else {
+                format!(
+                    "deny: {}\n",
+                    answer
+                        .get("reason")
+                        .and_then(Value::as_str)
+                        .unwrap_or("unknown")
+                )
+            };
+            Ok(Outcome {
+                stdout,
+                code: if permit { 0 } else { 1 },
+            })
+        }
+        Command::Lineage(LineageCommand::Export {
+            config,
+            out,
+            from,
+            registry,
+        }) => export(&load(&config)?, &out, from, registry.as_deref()),
+    }
+}
+
+fn export(
+    config: &Validated,
+    out: &std::path::Path,
+    from: Option<u64>,
+    registry: Option<&std::path::Path>,
+) -> Result<Outcome, AgentError> {
+    let state = StateDir::open(config.state_dir())?;
+    let keys = config::authority_keys(config)?;
+    let registry = match registry {
+        Some(path) => std::fs::read(path).map_err(AgentError::io("read", path))?,
+        None => state.registry_record()?.ok_or_else(|| {
+            AgentError::Bundle(
+                "no registry record stored (the authority sends it at enrollment); pass --registry FILE"
+                    .into(),
+            )
+        })?,
+    };
+    let ak_public = bundle::registry_ak(&registry, &keys, &config.device)?;
+    // A running agent checkpoints now, so the bundle covers everything up
+    // to this moment; without one, it ends at the last checkpoint on disk.
+    let mut note = String::new();
+    match socket::request(
+        &config.raw.gate.socket,
+        &json!({"checkpoint": {}}),
+        Duration::from_secs(10),
+    ) {
+        Ok(answer) if answer.get("checkpoint").is_some() => {}
+        Ok(answer) => {
+            note = format!(
+                "  (agent did not checkpoint: {}; the bundle ends at the last checkpoint)\n",
+                answer.get("error").and_then(Value::as_str).unwrap_or("?")
+            );
+        }
+        Err(_) => {
+            note = "  (agent not running; the bundle ends at the last checkpoint)\n".into();
+        }
+    }
+    let (bundle, mut summary) = bundle::build(
+        &state.lineage_dir(),
+        &config.device,
+        from,
+        registry,
+        ak_public,
+    )?;
+    summary.bytes = bundle::write(out, &bundle)?;
+    Ok(Outcome {
+        stdout: format!(
+            "wrote {}: records {}..={} ({} records, {} checkpoints, {} bytes)\n{note}",
+            out.display(),
+            summary.from_seq,
+            summary.last_seq,
+            summary.records,
+            summary.checkpoints,
+            summary.bytes
+        ),
+        code: 0,
+    })
+}
+
+fn render_status(status: &Value) -> String {
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    };
+    let mut out = format!(
+        "device      {}\ngate        {} ({})\n",
+        text(status.get("device")),
+        text(status.get("state")),
+        text(status.get("reason")),
+    );
+    if let Some(detail) = status.get("detail").filter(|d| !d.is_null()) {
+        out.push_str(&format!("detail      {}\n", text(Some(detail))));
+    }
+    if let Some(artifact) = status.get("artifact").filter(|a| !a.is_null()) {
+        out.push_str(&format!(
+            "artifact    {} expires in {} ms\n",
+            text(artifact.get("cti")),
+            text(artifact.get("expires_in_ms"))
+        ));
+    }
+    if let Some(last) = status.get("last_attestation").filter(|a| !a.is_null()) {
+        out.push_str(&format!(
+            "attestation {} ({}) {} ms ago\n",
+            text(last.get("verdict")),
+            text(last.get("purpose")),
+            text(last.get("ago_ms"))
+        ));
+    }
+    if let Some(lineage) = status.get("lineage") {
+        out.push_str(&format!(
+            "lineage     {} next seq {} acked {} backlog {}\n",
+            text(lineage.get("health")),
+            text(lineage.get("next_seq")),
+            text(lineage.get("acked_seq")),
+            text(lineage.get("backlog"))
+        ));
+    }
+    out.push_str(&format!(
+        "broker      connected {} session {}\ntpm         {}\nversion     {}\n",
+        text(status.get("connected")),
+        text(status.get("session")),
+        text(status.get("tpm")),
+        text(status.get("version"))
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+        let help = Cli::command().render_long_help().to_string();
+        for sub in [
+            "run",
+            "enroll",
+            "identity",
+            "status",
+            "authorize",
+            "lineage",
+        ] {
+            assert!(help.contains(sub), "{sub} missing from --help");
+        }
+    }
+
+    #[test]
+    fn authorize_takes_the_design_flags() {
+        let cli = Cli::try_parse_from([
+            "mctc-agent",
+            "authorize",
+            "--config",
+            "a.toml",
+            "--op",
+            "capture",
+            "--amount",
+            "12",
+            "--ref",
+            "r1",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Authorize {
+            op,
+            amount,
+            reference,
+            socket,
+            ..
+        } = cli.command
+        else {
+            panic!("not authorize")
+        };
+        assert_eq!(
+            (op.as_str(), amount, reference.as_deref()),
+            ("capture", Some(12), Some("r1"))
+        );
+        assert!(socket.json);
+    }
+}

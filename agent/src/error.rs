@@ -1,0 +1,77 @@
+//! The agent's one error type. Every variant says what failed (file, TPM
+//! operation, message kind) and maps to an action: a CLI exit code, or for
+//! the daemon, whether the gate must close.
+
+use std::path::PathBuf;
+
+use crate::lineage::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration file is missing, unparsable or inconsistent. The
+    /// daemon does not start (exit 2).
+    #[error("config: {0}")]
+    Config(String),
+    /// A file or directory of the agent's state could not be used.
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A persisted state file exists but does not parse: refusing to guess
+    /// (a damaged revocation marker must not reopen a revoked device).
+    #[error("state file {path}: {reason}")]
+    BadState { path: PathBuf, reason: String },
+    /// Another agent holds the state directory.
+    #[error("state directory {0} is in use by another mctc-agent")]
+    Locked(PathBuf),
+    /// The shared IO edge (TLS files, broker URL, key files).
+    #[error(transparent)]
+    Service(#[from] mctc_service::ServiceError),
+    /// The TPM (through the attest worker).
+    #[error("TPM: {0}")]
+    Tpm(#[from] mctc_attest::Error),
+    /// The lineage log.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A message did not encode, decode or verify.
+    #[error("{context}: {error}")]
+    Wire {
+        context: &'static str,
+        error: mctc_shim::Error,
+    },
+    /// The authority answered enrollment with a refusal, or did not answer.
+    #[error("enrollment: {0}")]
+    Enroll(String),
+    /// The daemon's gate socket cannot be reached or answered nonsense.
+    #[error("gate socket {path}: {reason}")]
+    Socket { path: PathBuf, reason: String },
+    /// A lineage bundle could not be written or read.
+    #[error("bundle: {0}")]
+    Bundle(String),
+    /// The daemon could not set itself up (runtime, threads, signals).
+    #[error("{0}")]
+    Startup(String),
+}
+
+impl AgentError {
+    pub fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| AgentError::Io { what, path, source }
+    }
+
+    pub fn wire(context: &'static str) -> impl FnOnce(mctc_shim::Error) -> Self {
+        move |error| AgentError::Wire { context, error }
+    }
+
+    /// The CLI exit code: 2 for configuration, usage and unreachable
+    /// (operators must look), 1 for refusals by the other side.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AgentError::Enroll(_) => 1,
+            _ => 2,
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Store-and-forward of lineage to the collector.
+//!
+//! Durable records (below the writer's `next_seq`) are read back from the
+//! segment files and sent as [`LineageBatch`]es (≤ 64 records, ≤ 64 KiB,
+//! QoS 1) on `dev/{id}/lineage`, at most `window` batches ahead of the last
+//! acknowledgement. The collector answers on `dev/{id}/lineage/ack` with
+//! the highest seq through which it holds a verified chain; the agent then
+//! persists that seq and lets the writer prune fully acknowledged
+//! segments.
+//!
+//! Delivery is the application's job (rumqttc cannot match a PUBACK to its
+//! publish, and a new clean session loses what was in flight): after every
+//! reconnect, after an anomaly report, and whenever no ack arrived for
+//! `resend_after`, sending starts again from the last acknowledged seq.
+//! Resends are idempotent at the collector (same seq, same bytes).
+//!
+//! Acks are not signed, so an ack is believed only up to the highest seq
+//! this agent actually sent: a forged ack can never get unsent records
+//! pruned.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mctc_service::link::QoS;
+use mctc_shim::DeviceId;
+use mctc_shim::limits::{MAX_BATCH_LEN, MAX_BATCH_RECORDS};
+use mctc_shim::messages::{AckAnomaly, LineageAck, LineageBatch};
+use mctc_shim::topics::DeviceTopic;
+use mctc_shim::wire::{Bstr, List, Message, Version};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::store::{Frame, read_range};
+use super::writer::LineageHandle;
+use crate::outbox::Outbox;
+use crate::state::StateDir;
+
+/// Record bytes per batch, leaving room for the batch's own encoding and
+/// one record past the budget (`read_range` stops after crossing it).
+const BATCH_PAYLOAD_BYTES: usize = MAX_BATCH_LEN - 4 * 1024;
+/// The acknowledged seq is persisted at most this often (losing it only
+/// means resending; the collector deduplicates).
+const PERSIST_EVERY: Duration = Duration::from_secs(1);
+
+/// What the router hands the forwarder.
+#[derive(Debug)]
+pub enum ForwarderInput {
+    Connected,
+    Disconnected,
+    Ack(Vec<u8>),
+}
+
+/// For status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardStatus {
+    pub acked: Option<u64>,
+    pub sent: Option<u64>,
+    pub anomaly: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwarderSettings {
+    pub window: usize,
+    pub resend_after: Duration,
+}
+
+#[derive(Debug)]
+pub struct Forwarder<O: Outbox> {
+    device: DeviceId,
+    topic: String,
+    dir: PathBuf,
+    outbox: O,
+    lineage: LineageHandle,
+    state: StateDir,
+    settings: ForwarderSettings,
+    acked: Option<u64>,
+    persisted: Option<u64>,
+    last_persist: Option<Instant>,
+    /// First seq not yet sent in this round.
+    next_send: u64,
+    /// Highest seq ever sent: acks above it are not believed.
+    sent_high: Option<u64>,
+    /// Last seq of each batch in flight.
+    in_flight: VecDeque<u64>,
+    last_progress: Instant,
+    connected: bool,
+    status: watch::Sender<ForwardStatus>,
+}
+
+impl<O: Outbox> Forwarder<O> {
+    pub fn new(
+        device: DeviceId,
+        dir: PathBuf,
+        outbox: O,
+        lineage: LineageHandle,
+        state: StateDir,
+        settings: ForwarderSettings,
+    ) -> (Forwarder<O>, watch::Receiver<ForwardStatus>) {
+        let acked = state.lineage_acked();
+        let (status, rx) = watch::channel(ForwardStatus {
+            acked,
+            ..ForwardStatus::default()
+        });
+        let topic = DeviceTopic::Lineage.topic(&device).as_str().to_owned();
+        let forwarder = Forwarder {
+            device,
+            topic,
+            dir,
+            outbox,
+            lineage,
+            state,
+            settings,
+            acked,
+            persisted: acked,
+            last_persist: None,
+            next_send: 0,
+            sent_high: None,
+            in_flight: VecDeque::new(),
+            last_progress: Instant::now(),
+            connected: false,
+            status,
+        };
+        (forwarder, rx)
+    }
+
+    /// Runs until `inputs` closes; persists the acknowledged seq on the way
+    /// out.
+    pub async fn run(mut self, mut inputs: mpsc::Receiver<ForwarderInput>) {
+        let mut durable = self.lineage.status();
+        self.restart_round();
+        loop {
+            let resend_at = self.last_progress + self.settings.resend_after;
+            let waiting = !self.in_flight.is_empty() && self.connected;
+            let unpersisted = self.persisted != self.acked;
+            let persist_at = self
+                .last_persist
+                .map_or_else(Instant::now, |at| at + PERSIST_EVERY);
+            tokio::select! {
+                input = inputs.recv() => match input {
+                    Some(ForwarderInput::Connected) => {
+                        self.connected = true;
+                        self.restart_round();
+                    }
+                    Some(ForwarderInput::Disconnected) => self.connected = false,
+                    Some(ForwarderInput::Ack(bytes)) => self.on_ack(&bytes),
+                    None => break,
+                },
+                changed = durable.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                }
+                () = tokio::time::sleep_until(persist_at), if unpersisted => self.persist(false),
+                () = tokio::time::sleep_until(resend_at), if waiting => {
+                    tracing::info!(from = ?self.acked.map(|a| a + 1), "no lineage ack; resending");
+                    self.restart_round();
+                }
+            }
+            self.pump().await;
+        }
+        self.persist(true);
+    }
+
+    fn restart_round(&mut self) {
+        let first = self.lineage.current().first_seq.unwrap_or(0);
+        self.next_send = self.acked.map_or(first, |a| a.saturating_add(1)).max(first);
+        self.in_flight.clear();
+        self.last_progress = Instant::now();
+    }
+
+    /// Sends batches while connected, within the window, up to the durable
+    /// end.
+    async fn pump(&mut self) {
+        while self.connected && self.in_flight.len() < self.settings.window {
+            let end = self.lineage.current().next_seq;
+            if self.next_send >= end {
+                break;
+            }
+            let from = self.next_send;
+            let dir = self.dir.clone();
+            let frames = match tokio::task::spawn_blocking(move || {
+                read_range(&dir, from, end, MAX_BATCH_RECORDS, BATCH_PAYLOAD_BYTES)
+            })
+            .await
+            {
+                Ok(Ok(frames)) => frames,
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, from, "lineage read for forwarding failed");
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "lineage read task failed");
+                    break;
+                }
+            };
+            let Some(last) = frames.last().map(|f| f.seq) else {
+                // Pruned under us or not readable yet: wait for the next
+                // change.
+                break;
+            };
+            if frames.first().map(|f| f.seq) != Some(from) {
+                tracing::error!(from, "lineage records missing on disk; cannot forward them");
+                break;
+            }
+            let Some(payload) = self.encode(&frames) else {
+                break;
+            };
+            if !self
+                .outbox
+                .publish(&self.topic, payload, QoS::AtLeastOnce, false)
+                .await
+            {
+                break;
+            }
+            tracing::debug!(from, last, "lineage batch sent");
+            self.next_send = last + 1;
+            self.sent_high = Some(self.sent_high.map_or(last, |h| h.max(last)));
+            self.in_flight.push_back(last);
+            self.publish_status();
+        }
+    }
+
+    fn encode(&self, frames: &[Frame]) -> Option<Vec<u8>> {
+        let mut records: List<Bstr<'_, { mctc_shim::limits::MAX_RECORD_LEN }>, MAX_BATCH_RECORDS> =
+            List::new();
+        for frame in frames {
+            if records.push(Bstr(&frame.payload)).is_err() {
+                break;
+            }
+        }
+        let batch = LineageBatch {
+            v: Version::CURRENT,
+            device: self.device.clone(),
+            records,
+        };
+        let mut buf = vec![0u8; MAX_BATCH_LEN];
+        match batch.encode(&mut buf) {
+            Ok(bytes) => Some(bytes.to_vec()),
+            Err(e) => {
+                tracing::error!(error = %e, "lineage batch does not encode");
+                None
+            }
+        }
+    }
+
+    fn on_ack(&mut self, bytes: &[u8]) {
+        let ack = match LineageAck::decode(bytes) {
+            Ok(ack) => ack,
+            Err(e) => {
+                tracing::warn!(error = %e, "lineage ack dropped: does not decode");
+                return;
+            }
+        };
+        if ack.device != self.device {
+            tracing::warn!(device = %ack.device, "lineage ack for another device dropped");
+            return;
+        }
+        if let Some(anomaly) = ack.anomaly {
+            let text = format!("{} at seq {:?}", anomaly_name(anomaly), ack.at_seq);
+            tracing::error!(anomaly = %text, "collector reports a lineage anomaly");
+            self.status.send_modify(|s| s.anomaly = Some(text));
+            // Whatever the collector lacks is resent; records are kept.
+            self.restart_round();
+        }
+        let Some(through) = ack.through_seq else {
+            return;
+        };
+        if self.sent_high.is_none_or(|high| through > high) {
+            tracing::warn!(
+                through,
+                sent = ?self.sent_high,
+                "lineage ack beyond what was sent; ignored"
+            );
+            return;
+        }
+        if self.acked.is_some_and(|a| through <= a) {
+            return;
+        }
+        self.acked = Some(through);
+        self.last_progress = Instant::now();
+        while self.in_flight.front().is_some_and(|last| *last <= through) {
+            self.in_flight.pop_front();
+        }
+        if self.next_send <= through {
+            self.next_send = through + 1;
+        }
+        self.lineage.prune(through);
+        self.persist(false);
+        self.publish_status();
+    }
+
+    fn persist(&mut self, force: bool) {
+        let Some(acked) = self.acked else {
+            return;
+        };
+        if self.persisted == Some(acked) {
+            return;
+        }
+        let due = self
+            .last_persist
+            .is_none_or(|at| at.elapsed() >= PERSIST_EVERY);
+        if !force && !due {
+            return;
+        }
+        match self.state.set_lineage_acked(acked) {
+            Ok(()) => {
+                self.persisted = Some(acked);
+                self.last_persist = Some(Instant::now());
+            }
+            Err(e) => tracing::warn!(error = %e, "could not persist the lineage ack"),
+        }
+    }
+
+    fn publish_status(&self) {
+        let acked = self.acked;
+        let sent = self.sent_high;
+        self.status.send_if_modified(|s| {
+            if s.acked == acked && s.sent == sent {
+                false
+            } else {
+                s.acked = acked;
+                s.sent = sent;
+                true
+            }
+        });
+    }
+}
+
+fn anomaly_name(anomaly: AckAnomaly) -> &'static str {
+    match anomaly {
+        AckAnomaly::Undecodable => "undecodable record",
+        AckAnomaly::WrongDevice => "record of another device",
+        AckAnomaly::Gap => "gap",
+        AckAnomaly::Reordered => "reordered",
+        AckAnomaly::Conflict => "conflict",
+        AckAnomaly::LinkMismatch => "link mismatch",
+        AckAnomaly::BadCheckpoint => "bad checkpoint",
+        AckAnomaly::ClockRegression => "clock regression",
+    }
+}

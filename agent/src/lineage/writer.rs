@@ -1,0 +1,743 @@
+//! The lineage writer: one thread owns the [`Store`] and the chain head.
+//!
+//! Requests arrive on a channel in decision order. The writer takes
+//! everything pending as one batch (group commit: one write and one
+//! fdatasync for all of it), numbers and links each record with the shim's
+//! [`ChainHead`], appends, and only then answers each request with its seq.
+//! A permit is answered to the gate's client only after that answer, so
+//! every permit anyone saw is on disk.
+//!
+//! When the previous batch was bigger than what is pending now, requests are
+//! evidently on their way (the clients the previous batch answered are
+//! asking again): the writer keeps the batch open for at most
+//! `commit_window` until as many have arrived. A lone client never waits.
+//!
+//! Failure policy (fail closed, nothing dropped):
+//! - quota reached: records that could open the gate or permit something
+//!   are refused; records of the gate closing and the agent stopping use the
+//!   reserve. Health says `QuotaReached` until acknowledged segments are
+//!   pruned.
+//! - a write or fdatasync error: the store refuses everything from then on
+//!   (never retried as if it had succeeded); health says `Failed`.
+//! - the store could not be opened (corruption): health says `Failed` with
+//!   the report; nothing is written.
+//!
+//! Checkpoints: after `checkpoint_every_records` records, after
+//! `checkpoint_every` if anything was written, after every gate transition,
+//! on request, and at stop. The TPM quote is taken while the chain is
+//! held, so the checkpoint record directly follows the record it commits
+//! to.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use mctc_shim::DeviceId;
+use mctc_shim::crypto::RingCrypto;
+use mctc_shim::limits::MAX_RECORD_LEN;
+use mctc_shim::lineage::{Body, ChainHead, Record, Stamp, record_hash};
+use mctc_shim::wire::Message;
+use tokio::sync::{oneshot, watch};
+
+use super::entry::Entry;
+use super::store::{Priority, Recovery, Store, StoreError};
+use crate::clock::{Clock, CurrentBoot};
+
+/// Most records written with one fdatasync.
+const MAX_BATCH_ENTRIES: usize = 1024;
+/// Encoded bytes per store append (below the store's torn-tail bound).
+const CHUNK_BYTES: usize = 192 * 1024;
+/// After a failed checkpoint quote, the next try waits this long (a TPM
+/// that is gone must not stall every batch).
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
+
+/// Why a record was not written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("lineage quota reached")]
+    Quota,
+    #[error("lineage unavailable: {0}")]
+    Failed(String),
+    #[error("record does not encode: {0}")]
+    Encode(String),
+    #[error("nothing to checkpoint")]
+    Empty,
+    #[error("lineage writer stopped")]
+    Stopped,
+}
+
+/// The answer to an append: the record's seq once durable.
+pub type Reply = oneshot::Sender<Result<u64, Refused>>;
+
+/// What the writer is asked to do.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "appends are nearly every message; boxing would add an allocation to each"
+)]
+pub enum Command {
+    Append {
+        entry: Entry,
+        reply: Option<Reply>,
+    },
+    /// The collector acknowledged everything through this seq.
+    Prune {
+        through: u64,
+    },
+    /// Take a checkpoint now (if anything was written since the last).
+    Checkpoint {
+        reply: Option<Reply>,
+    },
+    /// Write a final checkpoint, answer, and end.
+    Stop {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// Whether records can be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    Ok,
+    QuotaReached,
+    Failed(String),
+}
+
+impl Health {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Health::Ok)
+    }
+}
+
+/// What the writer reports after every batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LineageStatus {
+    pub health: Health,
+    /// The first seq not yet durable: every record below it is on disk.
+    pub next_seq: u64,
+    /// Oldest seq still on disk.
+    pub first_seq: Option<u64>,
+    pub used_bytes: u64,
+    pub quota_bytes: u64,
+    pub last_checkpoint: Option<u64>,
+    /// Store appends (= fdatasyncs) and records since start.
+    pub syncs: u64,
+    pub records: u64,
+}
+
+/// Takes the checkpoint quote. Production: the attest worker over the
+/// attestation PCRs; tests: a real swtpm or a stand-in.
+pub trait Quoter: Send + 'static {
+    /// `TPM2_Quote` with `qualifying_data`; returns the raw `TPMS_ATTEST`
+    /// and the marshalled `TPMT_SIGNATURE`.
+    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String>;
+}
+
+/// Writer tuning.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub commit_window: Duration,
+    pub checkpoint_every_records: u64,
+    pub checkpoint_every: Duration,
+}
+
+/// The cloneable way to the writer.
+#[derive(Debug, Clone)]
+pub struct LineageHandle {
+    tx: mpsc::Sender<Command>,
+    status: watch::Receiver<LineageStatus>,
+}
+
+impl LineageHandle {
+    /// Queues `entry`; the receiver answers once it is durable (or not).
+    pub fn append(&self, entry: Entry) -> oneshot::Receiver<Result<u64, Refused>> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::SendError(Command::Append {
+            reply: Some(reply), ..
+        })) = self.tx.send(Command::Append {
+            entry,
+            reply: Some(reply),
+        }) {
+            let _ = reply.send(Err(Refused::Stopped));
+        }
+        answer
+    }
+
+    /// Queues `entry` without waiting for it (its failure shows in health).
+    pub fn record(&self, entry: Entry) {
+        let _ = self.tx.send(Command::Append { entry, reply: None });
+    }
+
+    pub fn prune(&self, through: u64) {
+        let _ = self.tx.send(Command::Prune { through });
+    }
+
+    /// Asks for a checkpoint; answers with its seq (or the last one if
+    /// nothing was written since).
+    pub fn checkpoint(&self) -> oneshot::Receiver<Result<u64, Refused>> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::SendError(Command::Checkpoint { reply: Some(reply) })) =
+            self.tx.send(Command::Checkpoint { reply: Some(reply) })
+        {
+            let _ = reply.send(Err(Refused::Stopped));
+        }
+        answer
+    }
+
+    /// Final checkpoint, then the writer ends (everything queued before is
+    /// written first).
+    pub async fn stop(&self) {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Command::Stop { reply }).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    pub fn status(&self) -> watch::Receiver<LineageStatus> {
+        self.status.clone()
+    }
+
+    pub fn current(&self) -> LineageStatus {
+        self.status.borrow().clone()
+    }
+}
+
+/// What the writer starts from.
+#[derive(Debug)]
+pub struct WriterStart {
+    pub store: Result<(Store, Recovery), StoreError>,
+    pub device: DeviceId,
+    pub clock: Arc<dyn Clock>,
+    pub boot: CurrentBoot,
+    pub quoter: Box<dyn Quoter>,
+    pub settings: WriterSettings,
+}
+
+impl std::fmt::Debug for dyn Quoter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Quoter")
+    }
+}
+
+/// Starts the writer thread.
+pub fn spawn(start: WriterStart) -> Result<(LineageHandle, std::thread::JoinHandle<()>), String> {
+    let (writer, status) = Writer::new(start);
+    let (tx, rx) = mpsc::channel();
+    let thread = std::thread::Builder::new()
+        .name("mctc-lineage".into())
+        .spawn(move || writer.run(&rx))
+        .map_err(|e| format!("start the lineage writer thread: {e}"))?;
+    Ok((LineageHandle { tx, status }, thread))
+}
+
+#[derive(Default)]
+struct Batch {
+    commands: Vec<Command>,
+    appends: usize,
+    stop: bool,
+}
+
+impl Batch {
+    fn push(&mut self, command: Command) {
+        self.appends += usize::from(matches!(command, Command::Append { .. }));
+        self.stop |= matches!(command, Command::Stop { .. });
+        self.commands.push(command);
+    }
+}
+
+struct Writer {
+    store: Option<Store>,
+    chain: ChainHead,
+    crypto: RingCrypto,
+    clock: Arc<dyn Clock>,
+    boot: CurrentBoot,
+    quoter: Box<dyn Quoter>,
+    settings: WriterSettings,
+    status: watch::Sender<LineageStatus>,
+    health: Health,
+    since_checkpoint: u64,
+    last_checkpoint: Option<u64>,
+    last_checkpoint_at: Instant,
+    checkpoint_wanted: bool,
+    checkpoint_retry_at: Option<Instant>,
+    prev_batch: usize,
+    syncs: u64,
+    records: u64,
+}
+
+/// The chain head continuing from the last recovered record, and whether
+/// that record was a checkpoint.
+fn resume(device: &DeviceId, recovery: &Recovery) -> Result<(ChainHead, Option<u64>), String> {
+    let Some(last) = &recovery.last else {
+        return Ok((ChainHead::genesis(device.clone()), None));
+    };
+    let record = Record::decode(&last.payload)
+        .map_err(|e| format!("last record (seq {}) does not decode: {e}", last.seq))?;
+    if record.device != *device {
+        return Err(format!(
+            "the lineage in this state directory belongs to device {}, not {device}",
+            record.device
+        ));
+    }
+    if record.seq != last.seq {
+        return Err(format!(
+            "frame seq {} holds record seq {}",
+            last.seq, record.seq
+        ));
+    }
+    let checkpoint = matches!(record.body, Body::Checkpoint(_)).then_some(last.seq);
+    let hash = record_hash(&RingCrypto, &last.payload);
+    Ok((
+        ChainHead::resume(device.clone(), last.seq, hash),
+        checkpoint,
+    ))
+}
+
+impl Writer {
+    fn new(start: WriterStart) -> (Writer, watch::Receiver<LineageStatus>) {
+        let (store, chain, health, last_checkpoint) = match start.store {
+            Ok((store, recovery)) => match resume(&start.device, &recovery) {
+                Ok((chain, checkpoint)) => {
+                    if recovery.truncated_bytes > 0 {
+                        tracing::warn!(
+                            truncated_bytes = recovery.truncated_bytes,
+                            last_seq = ?recovery.last.as_ref().map(|f| f.seq),
+                            "lineage: torn tail from a crash removed; the chain continues from the last intact record"
+                        );
+                    }
+                    (Some(store), chain, Health::Ok, checkpoint)
+                }
+                Err(reason) => {
+                    tracing::error!(%reason, "lineage corrupted; the gate stays closed");
+                    (
+                        Some(store),
+                        ChainHead::genesis(start.device.clone()),
+                        Health::Failed(reason),
+                        None,
+                    )
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "lineage store unusable; the gate stays closed");
+                (
+                    None,
+                    ChainHead::genesis(start.device.clone()),
+                    Health::Failed(e.to_string()),
+                    None,
+                )
+            }
+        };
+        let quota_bytes = store.as_ref().map_or(0, |s| s.config().quota_bytes);
+        let status = LineageStatus {
+            health: health.clone(),
+            next_seq: chain.next_seq(),
+            first_seq: store.as_ref().and_then(Store::first_seq),
+            used_bytes: store.as_ref().map_or(0, Store::used_bytes),
+            quota_bytes,
+            last_checkpoint,
+            syncs: 0,
+            records: 0,
+        };
+        let (tx, rx) = watch::channel(status);
+        (
+            Writer {
+                store,
+                chain,
+                crypto: RingCrypto,
+                clock: start.clock,
+                boot: start.boot,
+                quoter: start.quoter,
+                settings: start.settings,
+                status: tx,
+                health,
+                since_checkpoint: 0,
+                last_checkpoint,
+                last_checkpoint_at: Instant::now(),
+                checkpoint_wanted: false,
+                checkpoint_retry_at: None,
+                prev_batch: 0,
+                syncs: 0,
+                records: 0,
+            },
+            rx,
+        )
+    }
+
+    fn run(mut self, rx: &mpsc::Receiver<Command>) {
+        loop {
+            let first = match self.until_checkpoint_due() {
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(command) => command,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.checkpoint_if_due(Vec::new());
+                        self.publish();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                },
+                None => match rx.recv() {
+                    Ok(command) => command,
+                    Err(mpsc::RecvError) => break,
+                },
+            };
+            let batch = self.gather(first, rx);
+            let mut appends = VecDeque::new();
+            let mut waiters = Vec::new();
+            let mut prune = None;
+            let mut stop = None;
+            for command in batch {
+                match command {
+                    Command::Append { entry, reply } => appends.push_back((entry, reply)),
+                    Command::Prune { through } => {
+                        prune = Some(prune.map_or(through, |p: u64| p.max(through)));
+                    }
+                    Command::Checkpoint { reply } => {
+                        self.checkpoint_wanted = true;
+                        waiters.extend(reply);
+                    }
+                    Command::Stop { reply } => stop = Some(reply),
+                }
+            }
+            self.prev_batch = appends.len();
+            self.write(appends);
+            if let Some(through) = prune {
+                self.prune(through);
+            }
+            if stop.is_some() {
+                self.checkpoint_wanted = true;
+            }
+            self.checkpoint_if_due(waiters);
+            self.publish();
+            if let Some(reply) = stop {
+                let _ = reply.send(());
+                break;
+            }
+        }
+        tracing::debug!("lineage writer stopped");
+    }
+
+    /// Everything pending, and (group commit) what is evidently on its way.
+    fn gather(&self, first: Command, rx: &mpsc::Receiver<Command>) -> Vec<Command> {
+        let mut batch = Batch::default();
+        batch.push(first);
+        while batch.appends < MAX_BATCH_ENTRIES {
+            match rx.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        let window = self.settings.commit_window;
+        let wanted = self.prev_batch.min(MAX_BATCH_ENTRIES);
+        if window.is_zero() || batch.stop || batch.appends == 0 || batch.appends >= wanted {
+            return batch.commands;
+        }
+        let deadline = Instant::now() + window;
+        while batch.appends < wanted && !batch.stop {
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                break;
+            };
+            match rx.recv_timeout(left) {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
+            }
+        }
+        batch.commands
+    }
+
+    fn stamp(&self) -> Stamp {
+        Stamp {
+            boot: self.boot.get(),
+            mono_ms: self.clock.now_ms(),
+            wall_ms: self.clock.wall_ms(),
+        }
+    }
+
+    fn set_health(&mut self, health: Health) {
+        if self.health != health {
+            match &health {
+                Health::Ok => tracing::info!("lineage writable again"),
+                Health::QuotaReached => tracing::error!(
+                    "lineage quota reached with unacknowledged records: the gate closes until the collector catches up"
+                ),
+                Health::Failed(reason) => {
+                    tracing::error!(%reason, "lineage failed: the gate stays closed");
+                }
+            }
+            self.health = health;
+        }
+    }
+
+    /// Encodes entries from `chain` onward; entries that do not encode are
+    /// answered here and left out.
+    fn encode(
+        &self,
+        chain: &mut ChainHead,
+        entries: &mut Vec<(Entry, Option<Reply>)>,
+        stamp: Stamp,
+    ) -> Vec<Vec<u8>> {
+        let mut buf = [0u8; MAX_RECORD_LEN];
+        let mut encoded = Vec::with_capacity(entries.len());
+        let mut kept = Vec::with_capacity(entries.len());
+        for (entry, reply) in entries.drain(..) {
+            match chain.append(&self.crypto, stamp, entry.body(), &mut buf) {
+                Ok(appended) => {
+                    encoded.push(appended.bytes.to_vec());
+                    kept.push((entry, reply));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, ?entry, "lineage record does not encode; not written");
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(Refused::Encode(e.to_string())));
+                    }
+                }
+            }
+        }
+        *entries = kept;
+        encoded
+    }
+
+    fn write(&mut self, mut pending: VecDeque<(Entry, Option<Reply>)>) {
+        while !pending.is_empty() {
+            // One chunk: as many entries as fit one store append.
+            let mut chunk = Vec::new();
+            let mut bytes = 0usize;
+            while bytes < CHUNK_BYTES {
+                let Some(item) = pending.pop_front() else {
+                    break;
+                };
+                bytes += MAX_RECORD_LEN;
+                chunk.push(item);
+            }
+            self.write_chunk(chunk);
+        }
+    }
+
+    fn write_chunk(&mut self, mut chunk: Vec<(Entry, Option<Reply>)>) {
+        let refuse_all = |chunk: Vec<(Entry, Option<Reply>)>, why: &Refused| {
+            for (_, reply) in chunk {
+                if let Some(reply) = reply {
+                    let _ = reply.send(Err(why.clone()));
+                }
+            }
+        };
+        if let Health::Failed(reason) = &self.health {
+            refuse_all(chunk, &Refused::Failed(reason.clone()));
+            return;
+        }
+        let stamp = self.stamp();
+        let mut trial = self.chain.clone();
+        let encoded = self.encode(&mut trial, &mut chunk, stamp);
+        if chunk.is_empty() {
+            return;
+        }
+        let result = {
+            let Some(store) = self.store.as_mut() else {
+                refuse_all(chunk, &Refused::Failed("no store".into()));
+                return;
+            };
+            let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+            store.append(&refs, Priority::Normal)
+        };
+        match result {
+            Ok(first) => {
+                self.syncs += 1;
+                self.chain = trial;
+                if self.health == Health::QuotaReached {
+                    self.set_health(Health::Ok);
+                }
+                self.answer(chunk, first);
+            }
+            Err(StoreError::QuotaExceeded { .. }) => {
+                self.set_health(Health::QuotaReached);
+                let (essential, normal): (Vec<_>, Vec<_>) = chunk
+                    .into_iter()
+                    .partition(|(entry, _)| entry.priority() == Priority::Essential);
+                refuse_all(normal, &Refused::Quota);
+                self.write_essential(essential, stamp);
+            }
+            Err(e) => self.store_failed(&e, chunk),
+        }
+    }
+
+    fn write_essential(&mut self, mut essential: Vec<(Entry, Option<Reply>)>, stamp: Stamp) {
+        if essential.is_empty() {
+            return;
+        }
+        let mut trial = self.chain.clone();
+        let encoded = self.encode(&mut trial, &mut essential, stamp);
+        let result = match self.store.as_mut() {
+            Some(store) => {
+                let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+                store.append(&refs, Priority::Essential)
+            }
+            None => return,
+        };
+        match result {
+            Ok(first) => {
+                self.syncs += 1;
+                self.chain = trial;
+                self.answer(essential, first);
+            }
+            Err(StoreError::QuotaExceeded { used, quota }) => {
+                tracing::error!(
+                    used,
+                    quota,
+                    "lineage reserve exhausted: even gate-closing records are refused"
+                );
+                for (_, reply) in essential {
+                    if let Some(reply) = reply {
+                        let _ = reply.send(Err(Refused::Quota));
+                    }
+                }
+            }
+            Err(e) => self.store_failed(&e, essential),
+        }
+    }
+
+    fn store_failed(&mut self, error: &StoreError, chunk: Vec<(Entry, Option<Reply>)>) {
+        let why = match error {
+            StoreError::BadFrame(reason) => Refused::Encode(reason.clone()),
+            other => Refused::Failed(other.to_string()),
+        };
+        if self.store.as_ref().is_some_and(|s| s.failure().is_some()) {
+            self.set_health(Health::Failed(error.to_string()));
+        }
+        for (_, reply) in chunk {
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(why.clone()));
+            }
+        }
+    }
+
+    fn answer(&mut self, chunk: Vec<(Entry, Option<Reply>)>, first: u64) {
+        for (seq, (entry, reply)) in (first..).zip(chunk) {
+            self.records += 1;
+            self.since_checkpoint += 1;
+            if entry.is_transition() {
+                self.checkpoint_wanted = true;
+            }
+            if let Entry::Checkpoint { .. } = entry {
+                self.since_checkpoint = 0;
+                self.last_checkpoint = Some(seq);
+                self.last_checkpoint_at = Instant::now();
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(seq));
+            }
+        }
+        if self.since_checkpoint >= self.settings.checkpoint_every_records {
+            self.checkpoint_wanted = true;
+        }
+    }
+
+    fn until_checkpoint_due(&self) -> Option<Duration> {
+        if self.since_checkpoint == 0 || !self.health.is_ok() {
+            return None;
+        }
+        let due = self.last_checkpoint_at + self.settings.checkpoint_every;
+        let due = self.checkpoint_retry_at.map_or(due, |retry| retry.max(due));
+        Some(due.saturating_duration_since(Instant::now()))
+    }
+
+    fn checkpoint_if_due(&mut self, waiters: Vec<Reply>) {
+        let now = Instant::now();
+        let timed = self.since_checkpoint > 0
+            && now >= self.last_checkpoint_at + self.settings.checkpoint_every;
+        let backing_off = self.checkpoint_retry_at.is_some_and(|at| now < at) && waiters.is_empty();
+        let result = if (self.checkpoint_wanted || timed) && !backing_off {
+            self.checkpoint_wanted = false;
+            Some(self.checkpoint())
+        } else {
+            None
+        };
+        for reply in waiters {
+            let answer = match &result {
+                Some(r) => r.clone(),
+                None => self.last_checkpoint.ok_or(Refused::Empty),
+            };
+            let _ = reply.send(answer);
+        }
+    }
+
+    fn checkpoint(&mut self) -> Result<u64, Refused> {
+        if self.since_checkpoint == 0 {
+            return self.last_checkpoint.ok_or(Refused::Empty);
+        }
+        if let Health::Failed(reason) = &self.health {
+            return Err(Refused::Failed(reason.clone()));
+        }
+        let Some((seq, qualifying_data)) = self.chain.checkpoint_qualifying_data(&self.crypto)
+        else {
+            return Err(Refused::Empty);
+        };
+        let head = *self.chain.head();
+        let (attest, signature) = match self.quoter.quote(qualifying_data) {
+            Ok(quote) => quote,
+            Err(reason) => {
+                tracing::warn!(%reason, seq, "checkpoint quote failed; retrying later");
+                self.checkpoint_retry_at = Some(Instant::now() + CHECKPOINT_RETRY);
+                return Err(Refused::Failed(format!("checkpoint quote: {reason}")));
+            }
+        };
+        self.checkpoint_retry_at = None;
+        let (reply, mut answer) = oneshot::channel();
+        let entry = Entry::Checkpoint {
+            seq,
+            head,
+            attest,
+            signature,
+        };
+        self.write_chunk(vec![(entry, Some(reply))]);
+        match answer.try_recv() {
+            Ok(result) => {
+                if let Ok(at) = result {
+                    tracing::debug!(seq = at, covers = seq, "lineage checkpoint");
+                }
+                result
+            }
+            Err(_) => Err(Refused::Stopped),
+        }
+    }
+
+    fn prune(&mut self, through: u64) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.prune_through(through) {
+            Ok(0) => {}
+            Ok(freed) => {
+                tracing::debug!(through, freed, "lineage segments pruned");
+                if self.health == Health::QuotaReached
+                    && store.used_bytes() < store.config().quota_bytes
+                {
+                    self.set_health(Health::Ok);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "lineage prune failed"),
+        }
+    }
+
+    fn publish(&self) {
+        let status = LineageStatus {
+            health: self.health.clone(),
+            next_seq: self.chain.next_seq(),
+            first_seq: self.store.as_ref().and_then(Store::first_seq),
+            used_bytes: self.store.as_ref().map_or(0, Store::used_bytes),
+            quota_bytes: self.store.as_ref().map_or(0, |s| s.config().quota_bytes),
+            last_checkpoint: self.last_checkpoint,
+            syncs: self.syncs,
+            records: self.records,
+        };
+        self.status.send_if_modified(|current| {
+            if *current == status {
+                false
+            } else {
+                *current = status;
+                true
+            }
+        });
+    }
+}

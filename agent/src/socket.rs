@@ -1,0 +1,386 @@
+//! The gate socket: how the device's payment or locker software asks the
+//! gate. A Unix stream socket (mode 0660, owned by the configured group)
+//! speaking line-delimited JSON, one request per line, answered in order:
+//!
+//! ```text
+//! {"authorize":{"op":"capture","amount":1250,"currency":"EUR","ref":"order-77"}}
+//! → {"decision":"permit","reason":null,"seq":4711,"artifact":"3f2a…"}
+//! {"status":{}}      → the status object (see agent/README.md)
+//! {"checkpoint":{}}  → {"checkpoint":4712}  (lineage checkpoint now; used by `lineage export`)
+//! anything else      → {"error":"…"}
+//! ```
+//!
+//! Bounded: at most `max_connections` connections (more are answered
+//! `{"error":"busy"}` and closed), lines of at most `max_line_bytes`
+//! (longer: error, connection closed), idle connections closed after
+//! [`IDLE_TIMEOUT`], and every request answered within its timeout —
+//! past it the answer is a deny (`timeout`). A permit is written only
+//! after its lineage record is durable.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mctc_shim::artifact::Currency;
+use mctc_shim::limits::{MAX_OP_LEN, MAX_REF_LEN};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::config::GateSection;
+use crate::enforcement::{AuthorizeRequest, Input};
+use crate::error::AgentError;
+use crate::lineage::writer::LineageHandle;
+
+/// An idle connection is closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest answer a client reads.
+const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthorizeJson {
+    op: String,
+    amount: Option<u64>,
+    currency: Option<String>,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "lowercase")]
+enum RequestJson {
+    Authorize(AuthorizeJson),
+    Status(Empty),
+    Checkpoint(Empty),
+}
+
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Authorize(AuthorizeRequest),
+    Status,
+    Checkpoint,
+}
+
+fn valid_op(op: &str) -> bool {
+    !op.is_empty() && op.len() <= MAX_OP_LEN && op.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// Parses one request line; the error text is safe to send back.
+pub fn parse_request(line: &[u8]) -> Result<Request, String> {
+    let parsed: RequestJson =
+        serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))?;
+    Ok(match parsed {
+        RequestJson::Status(Empty {}) => Request::Status,
+        RequestJson::Checkpoint(Empty {}) => Request::Checkpoint,
+        RequestJson::Authorize(a) => {
+            if !valid_op(&a.op) {
+                return Err(format!(
+                    "bad request: op must be 1-{MAX_OP_LEN} printable ASCII characters without spaces"
+                ));
+            }
+            let currency = match a.currency {
+                None => None,
+                Some(code) => Some(Currency::new(&code).ok_or_else(|| {
+                    "bad request: currency must be three upper-case letters (ISO 4217)".to_owned()
+                })?),
+            };
+            if a.reference.as_ref().is_some_and(|r| r.len() > MAX_REF_LEN) {
+                return Err(format!("bad request: ref longer than {MAX_REF_LEN} bytes"));
+            }
+            Request::Authorize(AuthorizeRequest {
+                op: a.op,
+                amount: a.amount,
+                currency,
+                reference: a.reference,
+            })
+        }
+    })
+}
+
+fn deny(reason: &str) -> Value {
+    json!({"decision": "deny", "reason": reason, "seq": null, "artifact": null})
+}
+
+/// The numeric gid for a group name (from /etc/group) or number.
+pub fn resolve_group(group: &str) -> Result<u32, AgentError> {
+    if let Ok(gid) = group.parse::<u32>() {
+        return Ok(gid);
+    }
+    let text =
+        std::fs::read_to_string("/etc/group").map_err(AgentError::io("read", "/etc/group"))?;
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let name = fields.next()?;
+            let gid = fields.nth(1)?.parse::<u32>().ok()?;
+            (name == group).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| AgentError::Config(format!("gate.group `{group}`: no such group")))
+}
+
+/// Binds the socket: replaces a stale socket file, mode 0660, group set.
+pub fn bind(path: &Path, group: Option<&str>) -> Result<UnixListener, AgentError> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if meta.file_type().is_socket() {
+            std::fs::remove_file(path).map_err(AgentError::io("remove stale socket", path))?;
+        } else {
+            return Err(AgentError::Config(format!(
+                "gate.socket {}: exists and is not a socket",
+                path.display()
+            )));
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(AgentError::io("bind gate socket", path))?;
+    if let Some(group) = group {
+        let gid = resolve_group(group)?;
+        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(gid))).map_err(|e| {
+            AgentError::Io {
+                what: "chown gate socket",
+                path: path.to_owned(),
+                source: e.into(),
+            }
+        })?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(AgentError::io("chmod gate socket", path))?;
+    Ok(listener)
+}
+
+/// What a connection needs.
+#[derive(Debug, Clone)]
+pub struct Service {
+    pub inbox: mpsc::Sender<Input>,
+    pub lineage: LineageHandle,
+    pub settings: GateSection,
+}
+
+/// Accepts connections until the listener fails or the task is dropped.
+pub async fn serve(listener: UnixListener, service: Service) {
+    let slots = Arc::new(Semaphore::new(service.settings.max_connections));
+    loop {
+        let (mut stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::error!(error = %e, "gate socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::warn!("gate socket: too many connections");
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"{\"error\":\"busy\"}\n").await;
+            });
+            continue;
+        };
+        let service = service.clone();
+        tokio::spawn(async move {
+            connection(stream, &service).await;
+            drop(slot);
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, service: &Service) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = AsyncBufReader::new(read);
+    let max = service.settings.max_line_bytes;
+    let mut line = Vec::with_capacity(256);
+    loop {
+        line.clear();
+        let read = tokio::time::timeout(
+            IDLE_TIMEOUT,
+            (&mut reader)
+                .take(max as u64 + 1)
+                .read_until(b'\n', &mut line),
+        )
+        .await;
+        match read {
+            Ok(Ok(0)) | Err(_) => return,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "gate socket read failed");
+                return;
+            }
+        }
+        let complete = line.last() == Some(&b'\n');
+        if !complete && line.len() > max {
+            let _ = write
+                .write_all(format!("{{\"error\":\"line longer than {max} bytes\"}}\n").as_bytes())
+                .await;
+            return;
+        }
+        let text = line.strip_suffix(b"\n").unwrap_or(&line);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let answer = match parse_request(text) {
+            Ok(request) => handle(request, service).await,
+            Err(e) => json!({ "error": e }),
+        };
+        let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
+        bytes.push(b'\n');
+        if write.write_all(&bytes).await.is_err() {
+            return;
+        }
+        if !complete {
+            return;
+        }
+    }
+}
+
+async fn handle(request: Request, service: &Service) -> Value {
+    let timeout = Duration::from_millis(service.settings.request_timeout_ms);
+    match request {
+        Request::Status => {
+            let (reply, answer) = oneshot::channel();
+            if service.inbox.send(Input::Status { reply }).await.is_err() {
+                return json!({"error": "agent stopping"});
+            }
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(status)) => status,
+                _ => json!({"error": "timeout"}),
+            }
+        }
+        Request::Checkpoint => {
+            match tokio::time::timeout(timeout, service.lineage.checkpoint()).await {
+                Ok(Ok(Ok(seq))) => json!({ "checkpoint": seq }),
+                Ok(Ok(Err(e))) => json!({ "error": e.to_string() }),
+                _ => json!({"error": "timeout"}),
+            }
+        }
+        Request::Authorize(request) => authorize(request, service).await,
+    }
+}
+
+async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
+    let (reply, pending) = oneshot::channel();
+    let decide = Duration::from_millis(
+        service
+            .settings
+            .fresh_request_timeout_ms
+            .max(service.settings.request_timeout_ms),
+    );
+    let durable = Duration::from_millis(service.settings.request_timeout_ms);
+    if service
+        .inbox
+        .send(Input::Authorize { request, reply })
+        .await
+        .is_err()
+    {
+        return deny("agent-stopping");
+    }
+    let pending = match tokio::time::timeout(decide, pending).await {
+        Ok(Ok(pending)) => pending,
+        Ok(Err(_)) => return deny("agent-stopping"),
+        Err(_) => return deny("timeout"),
+    };
+    let artifact = pending.cti.map(hex::encode);
+    match tokio::time::timeout(durable, pending.durable).await {
+        Ok(Ok(Ok(seq))) => json!({
+            "decision": if pending.permit { "permit" } else { "deny" },
+            "reason": pending.reason,
+            "seq": seq,
+            "artifact": artifact,
+        }),
+        Ok(Ok(Err(e))) => {
+            tracing::error!(error = %e, "decision not durable: answered deny");
+            json!({
+                "decision": "deny",
+                "reason": if pending.permit { "lineage-unavailable" } else { pending.reason.unwrap_or("closed") },
+                "seq": null,
+                "artifact": artifact,
+            })
+        }
+        _ => deny("timeout"),
+    }
+}
+
+/// The thin client: one request, one answer (blocking; for the CLI).
+pub fn request(path: &Path, request: &Value, timeout: Duration) -> Result<Value, AgentError> {
+    let fail = |reason: String| AgentError::Socket {
+        path: PathBuf::from(path),
+        reason,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(path)
+        .map_err(|e| fail(format!("cannot connect: {e} (is mctc-agent running?)")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| fail(e.to_string()))?;
+    let mut line = serde_json::to_vec(request).map_err(|e| fail(e.to_string()))?;
+    line.push(b'\n');
+    stream.write_all(&line).map_err(|e| fail(e.to_string()))?;
+    let mut answer = Vec::new();
+    BufReader::new(std::io::Read::take(&stream, MAX_ANSWER_BYTES))
+        .read_until(b'\n', &mut answer)
+        .map_err(|e| fail(format!("no answer: {e}")))?;
+    if answer.is_empty() {
+        return Err(fail("closed without an answer".into()));
+    }
+    serde_json::from_slice(&answer).map_err(|e| fail(format!("unparsable answer: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_strictly() {
+        assert_eq!(parse_request(br#"{"status":{}}"#), Ok(Request::Status));
+        assert_eq!(
+            parse_request(br#"{"checkpoint":{}}"#),
+            Ok(Request::Checkpoint)
+        );
+        let Ok(Request::Authorize(a)) = parse_request(
+            br#"{"authorize":{"op":"capture","amount":5,"currency":"EUR","ref":"x"}}"#,
+        ) else {
+            panic!("authorize")
+        };
+        assert_eq!(a.op, "capture");
+        assert_eq!(a.amount, Some(5));
+        assert_eq!(a.currency, Currency::new("EUR"));
+        assert_eq!(a.reference.as_deref(), Some("x"));
+        for bad in [
+            &br#"{"authorize":{"op":""}}"#[..],
+            br#"{"authorize":{"op":"has space"}}"#,
+            br#"{"authorize":{"op":"x","currency":"eur"}}"#,
+            br#"{"authorize":{"op":"x","amount":-1}}"#,
+            br#"{"authorize":{"op":"x","extra":1}}"#,
+            br#"{"authorize":{"op":"x"},"status":{}}"#,
+            br#"{"status":{"x":1}}"#,
+            br#"{"reboot":{}}"#,
+            b"\xff\xfe",
+            b"[]",
+        ] {
+            assert!(
+                parse_request(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        let long_op = format!(r#"{{"authorize":{{"op":"{}"}}}}"#, "o".repeat(33));
+        assert!(parse_request(long_op.as_bytes()).is_err());
+        let long_ref = format!(r#"{{"authorize":{{"op":"x","ref":"{}"}}}}"#, "r".repeat(65));
+        assert!(parse_request(long_ref.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn groups_resolve_by_number_and_name() {
+        assert_eq!(resolve_group("1234").unwrap(), 1234);
+        assert_eq!(resolve_group("root").unwrap(), 0);
+        assert!(resolve_group("no-such-group-mctc").is_err());
+    }
+}
