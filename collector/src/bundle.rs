@@ -1,23 +1,22 @@
-//! The lineage bundle format (`collector/README.md`, "Bundle format"): a
-//! CBOR sequence (RFC 8742) of a header map, one byte string per record and
-//! a final seal map.
+//! The lineage bundle format, as the agent's `lineage export` writes it
+//! (specified in `agent/README.md`, "Bundle format"; restated in
+//! `collector/README.md`): a CBOR sequence (RFC 8742) of a header map and
+//! `count` byte strings, one per record.
 //!
 //! ```text
-//! bundle = header, *record, seal
-//! header = {0: 1, 1: device (tstr), 2: registry (bstr, COSE_Sign1), 3: from_seq (uint)}
-//! record = bstr            ; one record's exact encoding, ≤ 2048 bytes
-//! seal   = {0: seq (uint), 1: head (bstr 32), 2: attest (bstr ≤ 1024), 3: signature (bstr ≤ 512)}
+//! bundle = header, count * record
+//! header = {0: 1 (v), 1: device (tstr), 2: from_seq (uint), 3: count (uint, ≥ 1),
+//!           4: head (bstr 32), 5: registry (bstr, COSE_Sign1), 6: ak_public (bstr)}
+//! record = bstr            ; one record's exact encoding, ≤ 2048 bytes, ascending seq
 //! ```
 //!
 //! The reader below accepts exactly that and only in CBOR's core
 //! deterministic encoding (shortest integer and length forms, definite
-//! lengths, keys in order, no tags, nothing after the seal), so one bundle
-//! has one encoding. It borrows from the input and checks every length
-//! against the bytes left before taking it.
+//! lengths, keys in order, no tags, nothing after the last record), so one
+//! bundle has one encoding. It borrows from the input and checks every
+//! length against the bytes left before taking it.
 
-use mctc_shim::limits::{
-    MAX_ATTEST_LEN, MAX_DEVICE_ID_LEN, MAX_RECORD_LEN, MAX_SIGNED_LEN, MAX_TPM_SIGNATURE_LEN,
-};
+use mctc_shim::limits::{MAX_AK_PUBLIC_LEN, MAX_DEVICE_ID_LEN, MAX_RECORD_LEN, MAX_SIGNED_LEN};
 
 /// The bundle format version this build reads.
 pub const BUNDLE_VERSION: u64 = 1;
@@ -46,33 +45,16 @@ pub struct Header<'a> {
     pub version: u64,
     /// The device (validated by the verifier).
     pub device: &'a str,
-    /// The authority's signed registry record for the device.
-    pub registry: &'a [u8],
     /// The seq of the first record.
     pub from_seq: u64,
-}
-
-/// A TPM quote over the last record's head, taken when the bundle was
-/// exported: it covers the final record, which no checkpoint can.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Seal<'a> {
-    /// The seq of the last record.
-    pub seq: u64,
-    /// Its hash.
-    pub head: &'a [u8],
-    /// `TPMS_ATTEST` of the quote.
-    pub attest: &'a [u8],
-    /// `TPMT_SIGNATURE` by the AK.
-    pub signature: &'a [u8],
-}
-
-/// One item after the header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Item<'a> {
-    /// A record's encoding.
-    Record(&'a [u8]),
-    /// The seal (always the last item).
-    Seal(Seal<'a>),
+    /// How many records follow.
+    pub count: u64,
+    /// The hash of the last record (what the chain must end at).
+    pub head: [u8; 32],
+    /// The authority's signed registry record for the device.
+    pub registry: &'a [u8],
+    /// The AK's `TPM2B_PUBLIC` (must equal the registry record's).
+    pub ak_public: &'a [u8],
 }
 
 struct Reader<'a> {
@@ -90,10 +72,6 @@ impl<'a> Reader<'a> {
 
     fn at_end(&self) -> bool {
         self.pos >= self.bytes.len()
-    }
-
-    fn peek_major(&self) -> Option<u8> {
-        self.bytes.get(self.pos).map(|b| b >> 5)
     }
 
     fn take(&mut self, n: u64) -> Result<&'a [u8], BundleError> {
@@ -204,95 +182,93 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Reads a bundle item by item.
+/// Reads a bundle record by record.
 pub struct BundleReader<'a> {
     reader: Reader<'a>,
-    sealed: bool,
+    remaining: u64,
 }
 
 impl std::fmt::Debug for BundleReader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BundleReader")
             .field("pos", &self.reader.pos)
-            .field("sealed", &self.sealed)
+            .field("remaining", &self.remaining)
             .finish()
     }
 }
 
 impl<'a> BundleReader<'a> {
-    /// Reads the header; the items follow with [`BundleReader::next_item`].
+    /// Reads the header; the records follow with
+    /// [`BundleReader::next_record`].
     pub fn open(bytes: &'a [u8]) -> Result<(Header<'a>, Self), BundleError> {
-        let mut reader = Reader { bytes, pos: 0 };
-        reader.map("header", 4)?;
-        reader.key("header", 0)?;
-        let version = reader.uint("header version")?;
-        reader.key("header", 1)?;
-        let device = reader.tstr("header device", MAX_DEVICE_ID_LEN)?;
-        reader.key("header", 2)?;
-        let registry = reader.bstr("header registry", MAX_SIGNED_LEN)?;
-        reader.key("header", 3)?;
-        let from_seq = reader.uint("header from_seq")?;
+        let mut r = Reader { bytes, pos: 0 };
+        r.map("header", 7)?;
+        r.key("header", 0)?;
+        let version = r.uint("header v")?;
+        r.key("header", 1)?;
+        let device = r.tstr("header device", MAX_DEVICE_ID_LEN)?;
+        r.key("header", 2)?;
+        let from_seq = r.uint("header from_seq")?;
+        r.key("header", 3)?;
+        let count_at = r.pos;
+        let count = r.uint("header count")?;
+        if count == 0 {
+            return Err(BundleError {
+                offset: count_at,
+                problem: "header count: a bundle holds at least one record".to_owned(),
+            });
+        }
+        r.key("header", 4)?;
+        let head_at = r.pos;
+        let head = <[u8; 32]>::try_from(r.bstr("header head", 32)?).map_err(|_| BundleError {
+            offset: head_at,
+            problem: "header head: not 32 bytes".to_owned(),
+        })?;
+        r.key("header", 5)?;
+        let registry = r.bstr("header registry", MAX_SIGNED_LEN)?;
+        r.key("header", 6)?;
+        let ak_public = r.bstr("header ak_public", MAX_AK_PUBLIC_LEN)?;
         Ok((
             Header {
                 version,
                 device,
-                registry,
                 from_seq,
+                count,
+                head,
+                registry,
+                ak_public,
             },
             Self {
-                reader,
-                sealed: false,
+                reader: r,
+                remaining: count,
             },
         ))
     }
 
-    /// The byte offset of the next item.
+    /// The byte offset of the next record.
     pub fn offset(&self) -> usize {
         self.reader.pos
     }
 
-    /// The next item; `None` at the end of the input.
-    pub fn next_item(&mut self) -> Option<Result<Item<'a>, BundleError>> {
-        if self.reader.at_end() {
-            return None;
-        }
-        if self.sealed {
-            return Some(Err(self.reader.error("data after the seal")));
-        }
-        Some(match self.reader.peek_major() {
-            Some(MAJOR_BSTR) => self.reader.bstr("record", MAX_RECORD_LEN).map(Item::Record),
-            Some(MAJOR_MAP) => self.seal().map(Item::Seal),
-            _ => Err(self
-                .reader
-                .error("expected a record (bstr) or the seal (map)")),
-        })
-    }
-
-    fn seal(&mut self) -> Result<Seal<'a>, BundleError> {
-        let r = &mut self.reader;
-        r.map("seal", 4)?;
-        r.key("seal", 0)?;
-        let seq = r.uint("seal seq")?;
-        r.key("seal", 1)?;
-        let head_at = r.pos;
-        let head = r.bstr("seal head", 32)?;
-        if head.len() != 32 {
-            return Err(BundleError {
-                offset: head_at,
-                problem: "seal head: not 32 bytes".to_owned(),
+    /// The next record's encoding; `None` once `count` records were read
+    /// and the input ends there.
+    pub fn next_record(&mut self) -> Option<Result<&'a [u8], BundleError>> {
+        if self.remaining == 0 {
+            return (!self.reader.at_end()).then(|| {
+                Err(self
+                    .reader
+                    .error("data after the last record the header counts"))
             });
         }
-        r.key("seal", 2)?;
-        let attest = r.bstr("seal attest", MAX_ATTEST_LEN)?;
-        r.key("seal", 3)?;
-        let signature = r.bstr("seal signature", MAX_TPM_SIGNATURE_LEN)?;
-        self.sealed = true;
-        Ok(Seal {
-            seq,
-            head,
-            attest,
-            signature,
-        })
+        if self.reader.at_end() {
+            let missing = self.remaining;
+            self.remaining = 0;
+            return Some(Err(self.reader.error(format!(
+                "truncated: {missing} of the counted records missing"
+            ))));
+        }
+        self.remaining -= 1;
+        Some(self.reader.bstr("record", MAX_RECORD_LEN))
     }
 }
 
@@ -300,77 +276,87 @@ impl<'a> BundleReader<'a> {
 mod tests {
     use super::*;
 
-    fn header(device: &str, registry: &[u8], from_seq: u8) -> Vec<u8> {
-        let mut out = vec![0xa4, 0x00, 0x01, 0x01];
-        out.push(0x60 | device.len() as u8);
-        out.extend_from_slice(device.as_bytes());
-        out.push(0x02);
-        out.push(0x40 | registry.len() as u8);
-        out.extend_from_slice(registry);
-        out.extend_from_slice(&[0x03, from_seq]);
+    /// Header with `count` records, a 3-byte registry, a 2-byte AK public.
+    fn header(from_seq: u8, count: u8) -> Vec<u8> {
+        let mut out = vec![
+            0xa7, 0x00, 0x01, 0x01, 0x62, b'd', b'1', 0x02, from_seq, 0x03, count,
+        ];
+        out.extend_from_slice(&[0x04, 0x58, 0x20]);
+        out.extend_from_slice(&[7; 32]);
+        out.extend_from_slice(&[0x05, 0x43, 1, 2, 3, 0x06, 0x42, 9, 9]);
         out
     }
 
     #[test]
-    fn reads_a_header_records_and_a_seal() {
-        let mut b = header("d1", &[1, 2, 3], 0);
-        b.extend_from_slice(&[0x42, 0xaa, 0xbb]);
-        b.extend_from_slice(&[0xa4, 0x00, 0x05, 0x01, 0x58, 0x20]);
-        b.extend_from_slice(&[7; 32]);
-        b.extend_from_slice(&[0x02, 0x41, 0x01, 0x03, 0x41, 0x02]);
-        let (h, mut items) = BundleReader::open(&b).unwrap();
-        assert_eq!(h.device, "d1");
-        assert_eq!(h.registry, &[1, 2, 3]);
-        assert_eq!(items.next_item(), Some(Ok(Item::Record(&[0xaa, 0xbb]))));
-        let Some(Ok(Item::Seal(seal))) = items.next_item() else {
-            panic!("seal expected")
-        };
+    fn reads_the_header_and_exactly_count_records() {
+        let mut b = header(5, 2);
+        b.extend_from_slice(&[0x42, 0xaa, 0xbb, 0x41, 0xcc]);
+        let (h, mut records) = BundleReader::open(&b).unwrap();
         assert_eq!(
-            (seal.seq, seal.head, seal.attest),
-            (5, &[7u8; 32][..], &[1u8][..])
+            (
+                h.device,
+                h.from_seq,
+                h.count,
+                h.head,
+                h.registry,
+                h.ak_public
+            ),
+            ("d1", 5, 2, [7; 32], &[1u8, 2, 3][..], &[9u8, 9][..])
         );
-        assert_eq!(items.next_item(), None);
+        assert_eq!(records.next_record(), Some(Ok(&[0xaa, 0xbb][..])));
+        assert_eq!(records.next_record(), Some(Ok(&[0xcc][..])));
+        assert_eq!(records.next_record(), None);
     }
 
     #[test]
-    fn rejects_non_shortest_forms_indefinite_lengths_and_trailing_items() {
+    fn fewer_or_more_records_than_counted_are_errors() {
+        let mut b = header(0, 2);
+        b.extend_from_slice(&[0x41, 0xcc]);
+        let (_, mut records) = BundleReader::open(&b).unwrap();
+        assert!(matches!(records.next_record(), Some(Ok(_))));
+        assert!(matches!(records.next_record(), Some(Err(_))));
+        assert_eq!(records.next_record(), None);
+
+        let mut b = header(0, 1);
+        b.extend_from_slice(&[0x41, 0xcc, 0x41, 0xdd]);
+        let (_, mut records) = BundleReader::open(&b).unwrap();
+        assert!(matches!(records.next_record(), Some(Ok(_))));
+        assert!(matches!(records.next_record(), Some(Err(_))));
+
+        assert!(BundleReader::open(&header(0, 0)).is_err(), "count 0");
+    }
+
+    #[test]
+    fn rejects_non_shortest_forms_indefinite_lengths_and_key_disorder() {
         // from_seq 0 written as 0x18 0x00.
-        let mut b = header("d1", &[], 0);
-        b.pop();
-        b.extend_from_slice(&[0x18, 0x00]);
+        let mut b = header(0, 1);
+        b.splice(8..9, [0x18, 0x00]);
         assert!(BundleReader::open(&b).is_err());
         // An indefinite-length byte string record.
-        let mut b = header("d1", &[], 0);
+        let mut b = header(0, 1);
         b.extend_from_slice(&[0x5f, 0x41, 0x00, 0xff]);
-        let (_, mut items) = BundleReader::open(&b).unwrap();
-        assert!(matches!(items.next_item(), Some(Err(_))));
-        // Anything after the seal.
-        let mut b = header("d1", &[], 0);
-        b.extend_from_slice(&[0xa4, 0x00, 0x00, 0x01, 0x58, 0x20]);
-        b.extend_from_slice(&[0; 32]);
-        b.extend_from_slice(&[0x02, 0x40, 0x03, 0x40, 0x40]);
-        let (_, mut items) = BundleReader::open(&b).unwrap();
-        assert!(matches!(items.next_item(), Some(Ok(Item::Seal(_)))));
-        assert!(matches!(items.next_item(), Some(Err(_))));
+        let (_, mut records) = BundleReader::open(&b).unwrap();
+        assert!(matches!(records.next_record(), Some(Err(_))));
+        // Keys 0 and 1 swapped.
+        let mut b = header(0, 1);
+        b.swap(1, 3);
+        assert!(BundleReader::open(&b).is_err());
+        // A head that is not 32 bytes.
+        let mut b = header(0, 1);
+        b[13] = 0x1f;
+        assert!(BundleReader::open(&b).is_err());
     }
 
     #[test]
-    fn rejects_keys_out_of_order_and_oversized_records() {
-        let mut b = header("d1", &[], 0);
-        b.swap(1, 2);
-        assert!(BundleReader::open(&b).is_err());
-        let mut b = header("d1", &[], 0);
+    fn oversized_records_and_impossible_lengths_are_errors_not_allocations() {
+        let mut b = header(0, 1);
         b.extend_from_slice(&[0x59, 0x08, 0x01]);
         b.extend_from_slice(&[0; 2049]);
-        let (_, mut items) = BundleReader::open(&b).unwrap();
-        assert!(matches!(items.next_item(), Some(Err(_))));
-    }
-
-    #[test]
-    fn a_length_beyond_the_input_is_an_error_not_an_allocation() {
-        let mut b = header("d1", &[], 0);
+        let (_, mut records) = BundleReader::open(&b).unwrap();
+        assert!(matches!(records.next_record(), Some(Err(_))));
+        let mut b = header(0, 1);
         b.extend_from_slice(&[0x5b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        let (_, mut items) = BundleReader::open(&b).unwrap();
-        assert!(matches!(items.next_item(), Some(Err(_))));
+        let (_, mut records) = BundleReader::open(&b).unwrap();
+        assert!(matches!(records.next_record(), Some(Err(_))));
     }
 }

@@ -183,7 +183,7 @@ fn print_report(report: &Report) {
                 )
             });
             println!(
-                "OK {device}: {} records (seq {}..={}), {} checkpoints, sealed{registry}",
+                "OK {device}: {} records (seq {}..={}), {} checkpoints{registry}",
                 report.records,
                 report.from_seq.unwrap_or(0),
                 report.last_seq.unwrap_or(0),

@@ -2,21 +2,22 @@
 //! the bundle and the authority's public key(s).
 //!
 //! A bundle passes only if the registry record verifies with a trusted
-//! authority key and names the bundle's device, every record chains from
-//! `from_seq` (decodes, right device, consecutive seq, `prev` links, no
-//! duplicate, monotonic time within a boot, checkpoints commit to their
-//! predecessor), every checkpoint quote verifies against the registry's AK,
-//! and the seal's quote by that AK commits to the last record's hash. The
+//! authority key, names the bundle's device and vouches for the bundle's AK;
+//! every record chains from `from_seq` (decodes, right device, consecutive
+//! seq, `prev` links, no duplicate, monotonic time within a boot,
+//! checkpoints commit to their predecessor); every checkpoint quote verifies
+//! against that AK; the last record is a checkpoint (so a TPM quote covers
+//! every record before it); and the chain ends at the header's `head`. The
 //! first failure is reported with the seq at which the chain expected
 //! something else.
 
-use mctc_shim::lineage::{ChainVerifier, Record, checkpoint_qualifying_data};
+use mctc_shim::lineage::{ChainVerifier, Record};
 use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
 use serde::Serialize;
 
-use crate::bundle::{BUNDLE_VERSION, BundleReader, Item};
+use crate::bundle::{BUNDLE_VERSION, BundleReader};
 use crate::chain::check_next;
-use crate::checkpoint::{clock_regression, verify_checkpoint_quote};
+use crate::checkpoint::clock_regression;
 use crate::registry::{status_name, verify_registry};
 
 /// What the registry record in the bundle says.
@@ -61,8 +62,6 @@ pub struct Report {
     pub records: u64,
     /// Checkpoints verified.
     pub checkpoints: u64,
-    /// Whether the seal verified.
-    pub sealed: bool,
     /// Things that are not failures but deserve a look (TPM clock or boot
     /// counters going backwards between quotes).
     pub warnings: Vec<String>,
@@ -86,7 +85,7 @@ impl Report {
 pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey]) -> Report {
     let crypto = RingCrypto;
     let report = Report::default();
-    let (header, mut items) = match BundleReader::open(bundle) {
+    let (header, mut records) = match BundleReader::open(bundle) {
         Ok(opened) => opened,
         Err(e) => return report.fail(None, "malformed", format!("bundle header: {e}")),
     };
@@ -120,103 +119,75 @@ pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey]) -> Report {
         ak_sha256: hex::encode(ak.fingerprint()),
     });
 
+    if header.ak_public != entry.ak_public.as_slice() {
+        return report.fail(
+            None,
+            "ak_mismatch",
+            "the bundle's AK is not the one the registry record vouches for",
+        );
+    }
+
     let mut verifier: Option<ChainVerifier> = None;
     let mut last_clock = None;
+    let mut last_is_checkpoint = false;
     loop {
         let expected = verifier
             .as_ref()
             .map_or(header.from_seq, ChainVerifier::next_seq);
-        let item = match items.next_item() {
+        let bytes = match records.next_record() {
             None => break,
-            Some(Ok(item)) => item,
+            Some(Ok(bytes)) => bytes,
             Some(Err(e)) => return report.fail(Some(expected), "malformed", e.to_string()),
         };
-        let seal = match item {
-            Item::Record(bytes) => {
-                let chain = match verifier.as_mut() {
-                    Some(chain) => chain,
-                    None => {
-                        let Ok(first) = Record::decode(bytes) else {
-                            return report.fail(
-                                Some(expected),
-                                "undecodable",
-                                "the first record does not decode",
-                            );
-                        };
-                        verifier.insert(match header.from_seq.checked_sub(1) {
-                            None => ChainVerifier::genesis(device.clone()),
-                            // What precedes from_seq is outside the bundle:
-                            // the first record's prev is taken as given and
-                            // covered by the checkpoints and seal after it.
-                            Some(before) => {
-                                ChainVerifier::resume(device.clone(), before, first.prev.0)
-                            }
-                        })
-                    }
+        let chain = match verifier.as_mut() {
+            Some(chain) => chain,
+            None => {
+                let Ok(first) = Record::decode(bytes) else {
+                    return report.fail(
+                        Some(expected),
+                        "undecodable",
+                        "the first record does not decode",
+                    );
                 };
-                match check_next(chain, &crypto, &device, &ak, bytes) {
-                    Ok(checked) => {
-                        report.records += 1;
-                        report.last_seq = Some(checked.record.seq);
-                        if let Some(cp) = checked.checkpoint {
-                            report.checkpoints += 1;
-                            if let Some(w) =
-                                last_clock.and_then(|c| clock_regression(&c, &cp.clock))
-                            {
-                                report
-                                    .warnings
-                                    .push(format!("checkpoint at seq {}: {w}", checked.record.seq));
-                            }
-                            last_clock = Some(cp.clock);
-                        }
-                        continue;
+                verifier.insert(match header.from_seq.checked_sub(1) {
+                    None => ChainVerifier::genesis(device.clone()),
+                    // What precedes from_seq is outside the bundle: the first
+                    // record's prev is taken as given; the checkpoints after
+                    // it cover it.
+                    Some(before) => ChainVerifier::resume(device.clone(), before, first.prev.0),
+                })
+            }
+        };
+        match check_next(chain, &crypto, &device, &ak, bytes) {
+            Ok(checked) => {
+                report.records += 1;
+                report.last_seq = Some(checked.record.seq);
+                last_is_checkpoint = checked.checkpoint.is_some();
+                if let Some(cp) = checked.checkpoint {
+                    report.checkpoints += 1;
+                    if let Some(w) = last_clock.and_then(|c| clock_regression(&c, &cp.clock)) {
+                        report
+                            .warnings
+                            .push(format!("checkpoint at seq {}: {w}", checked.record.seq));
                     }
-                    Err(fault) => {
-                        return report.fail(Some(fault.seq()), fault.reason(), fault.detail());
-                    }
+                    last_clock = Some(cp.clock);
                 }
             }
-            Item::Seal(seal) => seal,
-        };
-        let (Some(chain), Some(last)) = (verifier.as_ref(), report.last_seq) else {
-            return report.fail(Some(expected), "empty", "the bundle has no records");
-        };
-        if seal.seq != last {
-            return report.fail(
-                Some(last),
-                "head_mismatch",
-                format!(
-                    "the seal commits to seq {}, the bundle ends at {last}",
-                    seal.seq
-                ),
-            );
-        }
-        let mut head = [0u8; 32];
-        head.copy_from_slice(seal.head);
-        if let Err(b) = chain.finish(&head) {
-            return report.fail(Some(b.seq), "head_mismatch", b.to_string());
-        }
-        let qualifying = checkpoint_qualifying_data(&crypto, &device, seal.seq, &head);
-        match verify_checkpoint_quote(&ak, seal.attest, seal.signature, &qualifying) {
-            Ok(quote) => {
-                if let Some(w) = last_clock.and_then(|c| clock_regression(&c, &quote.clock)) {
-                    report.warnings.push(format!("seal: {w}"));
-                }
-                report.sealed = true;
-            }
-            Err(e) => {
-                return report.fail(Some(last), "bad_seal", format!("seal quote rejected: {e}"));
-            }
+            Err(fault) => return report.fail(Some(fault.seq()), fault.reason(), fault.detail()),
         }
     }
-    if !report.sealed {
-        let at = report.last_seq.unwrap_or(header.from_seq);
-        let detail = if report.records == 0 {
-            "the bundle has no records and no seal"
-        } else {
-            "the bundle ends without a seal: its last records are not covered by a TPM quote"
-        };
-        return report.fail(Some(at), "unsealed", detail);
+    let (Some(chain), Some(last)) = (verifier.as_ref(), report.last_seq) else {
+        return report.fail(Some(header.from_seq), "empty", "the bundle has no records");
+    };
+    if let Err(b) = chain.finish(&header.head) {
+        return report.fail(Some(b.seq), "head_mismatch", b.to_string());
+    }
+    if !last_is_checkpoint {
+        return report.fail(
+            Some(last),
+            "unanchored",
+            "the last record is not a checkpoint: the records after the last checkpoint are not covered by a TPM quote",
+        );
     }
     report.ok = true;
     report

@@ -1,7 +1,8 @@
 //! `mctc-collector verify`: genuine bundles (swtpm quotes, authority-signed
-//! registry record) pass; every single-byte change, truncation, dropped,
-//! duplicated or reordered record, and every foreign or misdirected
-//! checkpoint fails with the right reason at the right seq.
+//! registry record, the agent's bundle format) pass; every single-byte
+//! change, truncation, dropped, duplicated or reordered record, and every
+//! foreign or misdirected checkpoint fails with the right reason at the
+//! right seq.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -14,8 +15,9 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Authority, BundleBytes, Device, bundle, bundle_header, bundle_record, bundle_seal};
+use common::{Authority, BundleBytes, Device, bundle, bundle_with};
 use mctc_collector::verify::{Report, verify_bundle};
+use mctc_shim::lineage::record_hash;
 use mctc_shim::messages::DeviceStatus;
 use mctc_shim::{AuthorityKey, RingCrypto};
 
@@ -24,7 +26,7 @@ fn keys(authority: &Authority) -> Vec<AuthorityKey> {
     vec![AuthorityKey::new(&RingCrypto, public)]
 }
 
-/// Records 0..=5 with a checkpoint at 2 and 5, sealed at 5.
+/// Records 0..=5 with a checkpoint at 2 and 5 (a bundle ends at one).
 async fn small_chain(id: &str) -> Device {
     let mut device = Device::new(id).await;
     device.decision(0);
@@ -36,14 +38,16 @@ async fn small_chain(id: &str) -> Device {
     device
 }
 
-async fn sealed_bundle(device: &Device, registry: &[u8]) -> BundleBytes {
-    let (seq, head, quote) = device.seal().await;
-    bundle(
+/// A bundle of `records` whose header is consistent with them.
+fn bundle_of(device: &Device, registry: &[u8], from_seq: u64, records: &[Vec<u8>]) -> BundleBytes {
+    let head = record_hash(&RingCrypto, records.last().unwrap());
+    bundle_with(
         &device.id,
         registry,
-        0,
-        &device.records,
-        (seq, head, &quote),
+        &device.identity.ak_public,
+        from_seq,
+        &head,
+        records,
     )
 }
 
@@ -58,17 +62,16 @@ async fn a_genuine_bundle_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let authority = Authority::new(dir.path(), 1);
     let mut device = small_chain("locker-1").await;
-    // A longer tail after the last checkpoint: only the seal covers it.
     device.decision(6);
     device.decision(7);
+    device.checkpoint().await;
     let registry = authority.registry(&device, 3, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &registry).await;
+    let b = bundle(&device, &registry, 0);
     let report = verify_bundle(&b.bytes, &keys(&authority));
     assert!(report.ok, "{report:?}");
-    assert_eq!(report.records, 8);
-    assert_eq!(report.checkpoints, 2);
-    assert_eq!(report.last_seq, Some(7));
-    assert!(report.sealed);
+    assert_eq!(report.records, 9);
+    assert_eq!(report.checkpoints, 3);
+    assert_eq!(report.last_seq, Some(8));
     assert_eq!(report.registry.as_ref().unwrap().version, 3);
     assert!(report.warnings.is_empty(), "{:?}", report.warnings);
 }
@@ -79,7 +82,7 @@ async fn every_single_byte_change_and_every_truncation_fails_at_the_right_seq() 
     let authority = Authority::new(dir.path(), 1);
     let device = small_chain("locker-1").await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &registry).await;
+    let b = bundle(&device, &registry, 0);
     let keys = keys(&authority);
     assert!(verify_bundle(&b.bytes, &keys).ok);
     let last = b.records.last().unwrap().0;
@@ -94,20 +97,20 @@ async fn every_single_byte_change_and_every_truncation_fails_at_the_right_seq() 
             let (seq, reason) = failure(&report);
             if let Some(&(k, _, _)) = b.records.iter().find(|(_, s, e)| (*s..*e).contains(&i)) {
                 // A changed record fails at itself, or (if it still decodes
-                // and links) at its successor's link or the seal.
+                // and links) at its successor's link, or (the last one) at
+                // the header's head.
                 assert!(
-                    seq == Some(k) || seq == Some(k + 1) || (k == last && seq == Some(last)),
+                    seq == Some(k) || seq == Some(k + 1),
                     "byte {i} of record {k}: reported {seq:?} {reason}"
                 );
-            } else if i >= b.seal_at {
-                // A seal that no longer parses is reported where the next
-                // item was expected; one that parses fails against the head.
-                let ok = match reason {
-                    "malformed" => seq == Some(last + 1),
-                    "head_mismatch" | "bad_seal" => seq == Some(last),
-                    _ => false,
-                };
-                assert!(ok, "seal byte {i}: reported {seq:?} {reason}");
+            } else {
+                // Header bytes: the header's own checks, the chain's at the
+                // first seq, the head at the last, or a changed count where
+                // the records run out.
+                assert!(
+                    seq.is_none_or(|s| s <= last + 1),
+                    "header byte {i}: reported {seq:?} {reason}"
+                );
             }
             flips += 1;
         }
@@ -116,7 +119,7 @@ async fn every_single_byte_change_and_every_truncation_fails_at_the_right_seq() 
         let report = verify_bundle(&b.bytes[..len], &keys);
         assert!(!report.ok, "truncation to {len} bytes went unnoticed");
         if len >= b.records[0].1 {
-            assert!(report.failure.unwrap().seq.is_some());
+            assert!(report.failure.unwrap().seq.is_some(), "truncation to {len}");
         }
     }
     eprintln!(
@@ -132,25 +135,34 @@ async fn dropped_duplicated_and_reordered_records_fail_where_the_chain_breaks() 
     let authority = Authority::new(dir.path(), 1);
     let device = small_chain("locker-1").await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let (seq, head, quote) = device.seal().await;
     let keys = keys(&authority);
     let records = &device.records;
     let n = records.len();
+    let head = record_hash(&RingCrypto, records.last().unwrap());
+    // The header keeps naming the genuine head, as a tamperer who cannot
+    // re-sign a checkpoint would leave it (a recomputed head fails too:
+    // the last record must then be another checkpoint or the chain breaks).
     let with = |rs: Vec<Vec<u8>>| {
-        let b = bundle(&device.id, &registry, 0, &rs, (seq, head, &quote));
+        let b = bundle_with(
+            &device.id,
+            &registry,
+            &device.identity.ak_public,
+            0,
+            &head,
+            &rs,
+        );
         verify_bundle(&b.bytes, &keys)
     };
 
     for k in 0..n {
         let mut rs = records.clone();
         rs.remove(k);
-        let report = with(rs);
         let expected = if k == n - 1 {
             (Some(k as u64 - 1), "head_mismatch")
         } else {
             (Some(k as u64), "gap")
         };
-        assert_eq!(failure(&report), expected, "dropping record {k}");
+        assert_eq!(failure(&with(rs)), expected, "dropping record {k}");
     }
     for k in 0..n - 1 {
         let mut rs = records.clone();
@@ -166,10 +178,19 @@ async fn dropped_duplicated_and_reordered_records_fail_where_the_chain_breaks() 
             "duplicating {k}"
         );
     }
-    // The seal must commit to the last record.
     let mut rs = records.clone();
     rs.push(records[0].clone());
     assert_eq!(failure(&with(rs)).1, "reordered");
+    // Dropping the tail and fixing up the header: the bundle no longer ends
+    // at a checkpoint.
+    let short = &records[..4];
+    assert_eq!(
+        failure(&verify_bundle(
+            &bundle_of(&device, &registry, 0, short).bytes,
+            &keys
+        )),
+        (Some(3), "unanchored")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,10 +202,9 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     // 1. Another device's checkpoint record spliced in.
     let device = small_chain("locker-1").await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let (seq, head, quote) = device.seal().await;
     let mut rs = device.records.clone();
     rs[2] = other.records[2].clone();
-    let b = bundle(&device.id, &registry, 0, &rs, (seq, head, &quote));
+    let b = bundle_of(&device, &registry, 0, &rs);
     assert_eq!(
         failure(&verify_bundle(&b.bytes, &keys(&authority))),
         (Some(2), "wrong_device")
@@ -200,8 +220,9 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     let head_hash = *device.head.head();
     device.checkpoint_with(cp_seq, head_hash, &foreign);
     device.decision(3);
+    device.checkpoint().await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &registry).await;
+    let b = bundle(&device, &registry, 0);
     let report = verify_bundle(&b.bytes, &keys(&authority));
     assert_eq!(failure(&report), (Some(2), "bad_checkpoint"));
     assert!(
@@ -217,8 +238,9 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     let elsewhere = device.quote(common::sha256(b"some other head")).await;
     let head_hash = *device.head.head();
     device.checkpoint_with(cp_seq, head_hash, &elsewhere);
+    device.checkpoint().await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &registry).await;
+    let b = bundle(&device, &registry, 0);
     let report = verify_bundle(&b.bytes, &keys(&authority));
     assert_eq!(failure(&report), (Some(2), "bad_checkpoint"));
     assert!(report.failure.unwrap().detail.contains("qualifying data"));
@@ -229,8 +251,9 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     device.decision(0);
     let quote = device.quote([0; 32]).await;
     device.checkpoint_with(0, [9; 32], &quote);
+    device.checkpoint().await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &registry).await;
+    let b = bundle(&device, &registry, 0);
     assert_eq!(
         failure(&verify_bundle(&b.bytes, &keys(&authority))),
         (Some(1), "bad_checkpoint")
@@ -246,79 +269,95 @@ async fn the_registry_record_must_come_from_the_authority_and_name_the_device() 
     let other = Device::new("locker-2").await;
 
     let forged = impostor.registry(&device, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &forged).await;
+    let b = bundle(&device, &forged, 0);
     assert_eq!(
         failure(&verify_bundle(&b.bytes, &keys(&authority))),
         (None, "registry")
     );
     // Genuine, but for another device (whose AK did not sign these quotes).
     let misdirected = authority.registry(&other, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &misdirected).await;
+    let b = bundle(&device, &misdirected, 0);
     assert_eq!(
         failure(&verify_bundle(&b.bytes, &keys(&authority))),
         (None, "registry")
     );
     // Genuine and for this device, but vouching for the other device's AK.
     let wrong_ak = authority.registry_for(&device.id, &other.identity, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &wrong_ak).await;
+    let b = bundle(&device, &wrong_ak, 0);
+    assert_eq!(
+        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        (None, "ak_mismatch")
+    );
+    // ... and a header that agrees with it: the quotes do not verify.
+    let head = record_hash(&RingCrypto, device.records.last().unwrap());
+    let b = bundle_with(
+        &device.id,
+        &wrong_ak,
+        &other.identity.ak_public,
+        0,
+        &head,
+        &device.records,
+    );
     assert_eq!(
         failure(&verify_bundle(&b.bytes, &keys(&authority))),
         (Some(2), "bad_checkpoint")
     );
     // A revoked device's lineage still verifies; the status is reported.
     let revoked = authority.registry(&device, 9, DeviceStatus::Revoked);
-    let b = sealed_bundle(&device, &revoked).await;
+    let b = bundle(&device, &revoked, 0);
     let report = verify_bundle(&b.bytes, &keys(&authority));
     assert!(report.ok);
     assert_eq!(report.registry.unwrap().status, "revoked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bundle_may_start_after_pruned_records_but_must_be_sealed() {
+async fn a_bundle_may_start_after_pruned_records_and_names_its_ak() {
     let dir = tempfile::tempdir().unwrap();
     let authority = Authority::new(dir.path(), 1);
     let device = small_chain("locker-1").await;
+    let other = Device::new("locker-2").await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let (seq, head, quote) = device.seal().await;
     let keys = keys(&authority);
 
-    let tail = bundle(
-        &device.id,
-        &registry,
-        3,
-        &device.records[3..],
-        (seq, head, &quote),
-    );
+    let tail = bundle(&device, &registry, 3);
     let report = verify_bundle(&tail.bytes, &keys);
     assert!(report.ok, "{report:?}");
     assert_eq!((report.from_seq, report.records), (Some(3), 3));
 
     // from_seq that does not match the first record.
-    let wrong = bundle(
-        &device.id,
-        &registry,
-        2,
-        &device.records[3..],
-        (seq, head, &quote),
-    );
+    let wrong = bundle_of(&device, &registry, 2, &device.records[3..]);
     assert_eq!(
         failure(&verify_bundle(&wrong.bytes, &keys)),
         (Some(2), "gap")
     );
 
-    // No seal.
-    let mut unsealed = bundle_header(device.id.as_str(), &registry, 0);
-    for r in &device.records {
-        unsealed.extend_from_slice(&bundle_record(r));
-    }
-    assert_eq!(
-        failure(&verify_bundle(&unsealed, &keys)),
-        (Some(5), "unsealed")
+    // The header's AK must be the registry record's.
+    let head = record_hash(&RingCrypto, device.records.last().unwrap());
+    let swapped = bundle_with(
+        &device.id,
+        &registry,
+        &other.identity.ak_public,
+        0,
+        &head,
+        &device.records,
     );
-    // A seal but no records.
-    let mut empty = bundle_header(device.id.as_str(), &registry, 0);
-    empty.extend_from_slice(&bundle_seal(seq, &head, &quote));
-    assert_eq!(failure(&verify_bundle(&empty, &keys)), (Some(0), "empty"));
+    assert_eq!(
+        failure(&verify_bundle(&swapped.bytes, &keys)),
+        (None, "ak_mismatch")
+    );
+    // A header head that is not the last record's.
+    let off = bundle_with(
+        &device.id,
+        &registry,
+        &device.identity.ak_public,
+        0,
+        &[1; 32],
+        &device.records,
+    );
+    assert_eq!(
+        failure(&verify_bundle(&off.bytes, &keys)),
+        (Some(5), "head_mismatch")
+    );
 }
 
 fn collector(args: &[&str]) -> (i32, String, String) {
@@ -343,7 +382,7 @@ async fn the_cli_exits_0_1_or_2_with_one_line_and_json_on_request() {
     let authority = Authority::new(dir.path(), 1);
     let device = small_chain("locker-1").await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
-    let b = sealed_bundle(&device, &registry).await;
+    let b = bundle(&device, &registry, 0);
     let good = dir.path().join("good.bundle");
     std::fs::write(&good, &b.bytes).unwrap();
     let mut bytes = b.bytes.clone();
@@ -355,7 +394,10 @@ async fn the_cli_exits_0_1_or_2_with_one_line_and_json_on_request() {
 
     let (code, out, err) = collector(&["verify", path(&good), "--authority-key", key]);
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.starts_with("OK locker-1: 6 records"), "{out}");
+    assert!(
+        out.starts_with("OK locker-1: 6 records (seq 0..=5), 2 checkpoints"),
+        "{out}"
+    );
 
     let (code, out, _) = collector(&["verify", path(&good), "--authority-key", key, "--json"]);
     assert_eq!(code, 0);

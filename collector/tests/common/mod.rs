@@ -214,12 +214,6 @@ impl Device {
             }
         }
     }
-
-    /// The seal over the current head: (seq, head, quote).
-    pub async fn seal(&self) -> (u64, [u8; 32], Quote) {
-        let (seq, qualifying) = self.head_qualifying_data();
-        (seq, *self.head.head(), self.quote(qualifying).await)
-    }
 }
 
 /// A lineage batch of `records` for `device`.
@@ -264,19 +258,32 @@ fn cbor_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// The bundle header.
-pub fn bundle_header(device: &str, registry: &[u8], from_seq: u64) -> Vec<u8> {
+/// The bundle header (agent/README.md, "Bundle format").
+pub fn bundle_header(
+    device: &str,
+    from_seq: u64,
+    count: u64,
+    head: &[u8; 32],
+    registry: &[u8],
+    ak_public: &[u8],
+) -> Vec<u8> {
     let mut out = Vec::new();
-    cbor_head(&mut out, 5, 4);
+    cbor_head(&mut out, 5, 7);
     cbor_head(&mut out, 0, 0);
     cbor_head(&mut out, 0, 1);
     cbor_head(&mut out, 0, 1);
     cbor_head(&mut out, 3, device.len() as u64);
     out.extend_from_slice(device.as_bytes());
     cbor_head(&mut out, 0, 2);
-    cbor_bytes(&mut out, registry);
-    cbor_head(&mut out, 0, 3);
     cbor_head(&mut out, 0, from_seq);
+    cbor_head(&mut out, 0, 3);
+    cbor_head(&mut out, 0, count);
+    cbor_head(&mut out, 0, 4);
+    cbor_bytes(&mut out, head);
+    cbor_head(&mut out, 0, 5);
+    cbor_bytes(&mut out, registry);
+    cbor_head(&mut out, 0, 6);
+    cbor_bytes(&mut out, ak_public);
     out
 }
 
@@ -287,51 +294,56 @@ pub fn bundle_record(record: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The seal item.
-pub fn bundle_seal(seq: u64, head: &[u8; 32], quote: &Quote) -> Vec<u8> {
-    let mut out = Vec::new();
-    cbor_head(&mut out, 5, 4);
-    cbor_head(&mut out, 0, 0);
-    cbor_head(&mut out, 0, seq);
-    cbor_head(&mut out, 0, 1);
-    cbor_bytes(&mut out, head);
-    cbor_head(&mut out, 0, 2);
-    cbor_bytes(&mut out, &quote.attest);
-    cbor_head(&mut out, 0, 3);
-    cbor_bytes(&mut out, &quote.signature);
-    out
-}
-
 /// A whole bundle, and the byte range of each record item in it.
 pub struct BundleBytes {
     pub bytes: Vec<u8>,
     /// (seq, start, end) of each record item.
     pub records: Vec<(u64, usize, usize)>,
-    /// Start of the seal.
-    pub seal_at: usize,
 }
 
-pub fn bundle(
+/// A bundle of `records` (from `from_seq`) whose header names `head` and
+/// `ak_public`.
+pub fn bundle_with(
     device: &DeviceId,
     registry: &[u8],
+    ak_public: &[u8],
     from_seq: u64,
+    head: &[u8; 32],
     records: &[Vec<u8>],
-    seal: (u64, [u8; 32], &Quote),
 ) -> BundleBytes {
-    let mut bytes = bundle_header(device.as_str(), registry, from_seq);
+    let mut bytes = bundle_header(
+        device.as_str(),
+        from_seq,
+        records.len() as u64,
+        head,
+        registry,
+        ak_public,
+    );
     let mut ranges = Vec::new();
     for (i, r) in records.iter().enumerate() {
         let start = bytes.len();
         bytes.extend_from_slice(&bundle_record(r));
         ranges.push((from_seq + i as u64, start, bytes.len()));
     }
-    let seal_at = bytes.len();
-    bytes.extend_from_slice(&bundle_seal(seal.0, &seal.1, seal.2));
     BundleBytes {
         bytes,
         records: ranges,
-        seal_at,
     }
+}
+
+/// The bundle the agent would export: the device's records from
+/// `from_seq`, headed by the hash of the last one.
+pub fn bundle(device: &Device, registry: &[u8], from_seq: u64) -> BundleBytes {
+    let records = &device.records[from_seq as usize..];
+    let head = mctc_shim::lineage::record_hash(&RingCrypto, records.last().unwrap());
+    bundle_with(
+        &device.id,
+        registry,
+        &device.identity.ak_public,
+        from_seq,
+        &head,
+        records,
+    )
 }
 
 // --- MQTT clients and the collector process. ---
