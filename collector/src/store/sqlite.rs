@@ -1,7 +1,9 @@
 //! The SQLite store: the system libsqlite3, WAL journal, `synchronous =
 //! FULL` (a batch is acknowledged only after its transaction is on disk, so
 //! an ack never covers a record a power cut could lose). One transaction per
-//! batch keeps that to one fsync per batch.
+//! batch keeps that to one fsync per batch. Writes take the lock up front
+//! (`BEGIN IMMEDIATE`), so the head check and the writes of [`Store::apply`]
+//! are one atomic step even if several collector processes share the file.
 //!
 //! The schema is documented in `collector/README.md` ("Storage"); its
 //! version is `PRAGMA user_version`.
@@ -13,7 +15,7 @@ use mctc_shim::DeviceId;
 use mctc_shim::messages::DeviceStatus;
 use mctc_shim::tpm::BootCounters;
 use ring::digest;
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::{
     Anomaly, AnomalyKind, Changes, Head, PendingSummary, RegistryChange, Store, StoreError,
@@ -343,7 +345,9 @@ impl Store for SqliteStore {
         entry: &RegistryEntry,
         now_ms: u64,
     ) -> Result<RegistryChange, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let stored: Option<(i64, Vec<u8>)> = tx
             .query_row(
                 "SELECT version, signed FROM registry WHERE device = ?1",
@@ -445,7 +449,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Option<Anomaly>>, StoreError> {
         let now = int("now_ms", now_ms)?;
         let id = device.as_str();
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let found = Self::read_head(&tx, device)?.map_or(0, |h| h.next_seq);
         if found != changes.expected_next {
             return Err(StoreError::HeadMoved {
