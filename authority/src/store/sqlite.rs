@@ -147,13 +147,24 @@ impl SqliteStore {
     /// Opens (creating, mode 0600) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         // SQLite would create the file with the umask's mode; the database
-        // holds pending proofs and nonces, so it is made private first.
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
+        // holds pending proofs and nonces, so it is made private first. Only
+        // a *new* file is opened here (O_EXCL): closing any descriptor of a
+        // database file drops every POSIX lock this process holds on it,
+        // including those of another open connection, after which another
+        // process may checkpoint and delete the WAL under that connection
+        // (its later commits would be lost).
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
             .mode(0o600)
             .open(path)
-            .map_err(|e| StoreError::Backend(format!("cannot open or create the file: {e}")))?;
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                return Err(StoreError::Backend(format!("cannot create the file: {e}")));
+            }
+        }
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String =
