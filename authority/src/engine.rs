@@ -471,7 +471,7 @@ impl<S: Store> Engine<S> {
                     next_nonce: issue.next_nonce,
                     hb_seq: attested.fleet.hb_seq,
                     epoch: attested.fleet.epoch,
-                    iat: now.wall_secs(),
+                    now_ms: now.wall_ms,
                 };
                 let payload = self.settings.issuer.artifact(&artifact, class_policy)?;
                 tracing::info!(

@@ -82,8 +82,8 @@ pub struct ArtifactFacts {
     pub hb_seq: u64,
     /// Revocation epoch.
     pub epoch: u64,
-    /// Unix seconds.
-    pub iat: u64,
+    /// Issue time, Unix milliseconds.
+    pub now_ms: u64,
 }
 
 /// Signs what the authority sends.
@@ -137,12 +137,19 @@ impl Issuer {
                 });
             }
         }
-        let ttl_secs = u64::from(class.artifact_ttl_ms).div_ceil(1000).max(1);
+        // `exp` is rounded up, so a device with a trusted wall clock gets
+        // the full ttl rather than losing the fraction of a second.
+        let iat = facts.now_ms / 1000;
+        let exp = facts
+            .now_ms
+            .saturating_add(u64::from(class.artifact_ttl_ms))
+            .div_ceil(1000)
+            .max(iat + 1);
         let claims = Claims {
             iss: Token(&self.authority_id),
             sub: facts.sub.clone(),
-            exp: facts.iat.saturating_add(ttl_secs),
-            iat: facts.iat,
+            exp,
+            iat,
             cti: Bytes(facts.cti),
             v: Version::default(),
             ttl_ms: class.artifact_ttl_ms,
@@ -322,13 +329,14 @@ mod tests {
             next_nonce: [6; 32],
             hb_seq: 41,
             epoch: 3,
-            iat: 1_700_000_000,
+            now_ms: 1_700_000_000_700,
         };
         let bytes = issuer.artifact(&facts, &class).unwrap();
         let claims = Claims::open(&bytes, &keys, &RingCrypto).unwrap();
         assert_eq!(claims.iss.0, "fleet");
         assert_eq!(claims.ttl_ms, 1500);
-        assert_eq!(claims.exp, 1_700_000_002, "ttl rounded up to whole seconds");
+        assert_eq!(claims.iat, 1_700_000_000);
+        assert_eq!(claims.exp, 1_700_000_003, "now + ttl, rounded up");
         assert_eq!(claims.hb_ms, 9000);
         assert_eq!(claims.hb_seq, 41);
         assert_eq!(claims.epoch, 3);

@@ -1,0 +1,412 @@
+//! Attestation against the real binary with devices on swtpm: artifacts that
+//! verify on the device and follow the policy, every refusal, drift and
+//! automatic containment, contained and revoked devices, baselines.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+
+mod common;
+
+use common::*;
+use mctc_shim::artifact::{Claims, Currency, VerifyContext, verify_artifact};
+use mctc_shim::gate::{verify_control, verify_heartbeat};
+use mctc_shim::messages::{
+    ControlAction, DeviceStatus, EnrollStatus, NoncePurpose, RefusalCode, RegistryRecord,
+};
+use mctc_shim::topics::{DeviceTopic, HEARTBEAT};
+use mctc_shim::tpm::BootCounters;
+use mctc_shim::{RingCrypto, Signed};
+
+/// A running fleet with one enrolled locker.
+async fn enrolled(name: &str, class: &str) -> (Fleet, Device) {
+    let mut fleet = Fleet::new();
+    fleet.start();
+    let mut device = Device::new(&fleet, name).await;
+    fleet.add(name, class, &["--ek-sha256", &device.ek_sha256_hex()]);
+    assert_eq!(device.enroll().await, EnrollStatus::Ok);
+    (fleet, device)
+}
+
+async fn boot(device: &Device) -> BootCounters {
+    let b = device.tpm.boot_counters().await.unwrap();
+    BootCounters {
+        reset: b.reset_count,
+        restart: b.restart_count,
+    }
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+async fn control(fleet: &Fleet, device: &mut Device) -> (u64, ControlAction, String, bool) {
+    let t = topic(DeviceTopic::Control, &device.id);
+    let (bytes, retained) = device
+        .mqtt
+        .next_with(&t, ANSWER)
+        .await
+        .expect("a control message");
+    let c = verify_control(&bytes, &fleet.keys(), &RingCrypto, &device.id).unwrap();
+    let m = c.message();
+    (m.seq, m.action, m.reason.0.to_owned(), retained)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_verify_on_the_device_and_follow_the_policy() {
+    let (fleet, mut device) = enrolled("locker-1", "locker").await;
+    // The fresh swtpm's PCRs 0 and 7 are the policy's reference (zeros).
+    let (nonce, answer) = device.attest().await;
+    let bytes = answer.artifact();
+
+    let keys = fleet.keys();
+    let ctx = VerifyContext {
+        device: &device.id,
+        issuer: AUTHORITY_ID,
+        keys: &keys,
+        nonce: &nonce,
+        boot: boot(&device).await,
+        received_ms: 5_000,
+        wall_ms: Some(wall_ms()),
+    };
+    let verified = verify_artifact(&bytes, &ctx, &RingCrypto).unwrap();
+    // The class's ttl; `exp` (rounded up) cuts it by at most the delivery
+    // delay on a device with a trusted wall clock.
+    let remaining = verified.deadline_ms() - 5_000;
+    assert!((44_000..=45_000).contains(&remaining), "{remaining}");
+    let untrusted_clock = VerifyContext {
+        wall_ms: None,
+        ..ctx
+    };
+    let verified = verify_artifact(&bytes, &untrusted_clock, &RingCrypto).unwrap();
+    assert_eq!(verified.deadline_ms() - 5_000, 45_000);
+    assert_eq!(verified.hb_ms(), 3_000);
+    assert_eq!(verified.pcr_selection().mask, 0b1000_0001);
+    assert_eq!(verified.epoch(), 0);
+    let unlock = verified.scope_for("unlock").unwrap();
+    assert_eq!(unlock.max_amount(), None);
+    assert!(!unlock.fresh_attestation());
+    let capture = verified.scope_for("capture").unwrap();
+    assert_eq!(capture.max_amount(), Some(2500));
+    assert_eq!(capture.currency(), Currency::new("EUR"));
+    assert!(capture.fresh_attestation());
+    assert!(verified.scope_for("refund").is_none());
+    let claims = Claims::open(&bytes, &keys, &RingCrypto).unwrap();
+    assert!((45..=46).contains(&(claims.exp - claims.iat)));
+    let quoted = device
+        .tpm
+        .read_pcrs(mctc_attest::PcrSelection::sha256(&[0, 7]).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&claims.pcr_digest.0, &quoted.composite_digest());
+
+    // Renewal: quote the artifact's next_nonce, no nonce request.
+    let next = *verified.next_nonce();
+    let renewal = device.evidence(next, &[0, 7]).await;
+    let renewed = device.submit(renewal).await.artifact();
+    let renewed = Claims::open(&renewed, &keys, &RingCrypto).unwrap();
+    assert_eq!(renewed.nonce.0, next);
+    assert_ne!(renewed.cti, claims.cti);
+    assert!(renewed.hb_seq >= claims.hb_seq);
+
+    // A fresh-operation nonce answers the same way.
+    let fresh = device
+        .nonce_within(NoncePurpose::FreshOp, ANSWER)
+        .await
+        .unwrap();
+    let evidence = device.evidence(fresh, &[0, 7]).await;
+    device.submit(evidence).await.artifact();
+
+    let shown = fleet.cli(&["devices", "show", "locker-1", "--json"]).json();
+    assert_eq!(shown["artifacts_issued"], 3);
+    assert_eq!(shown["last_verdict"], "affirmed");
+    assert_eq!(shown["last_pcrs"]["values"]["7"], ZERO);
+    assert_eq!(
+        shown["boot"]["reset_count"],
+        u64::from(boot(&device).await.reset)
+    );
+    assert!(fleet.log(0).contains("artifact issued"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_stale_and_forged_evidence_is_refused() {
+    let mut fleet = Fleet::new();
+    // Short nonce lifetime to see expiry.
+    let config = fleet.write_config("short.toml", "[limits]\nnonce_ttl_ms = 1000");
+    fleet.start_with(&config);
+    let mut device = Device::new(&fleet, "locker-1").await;
+    fleet.add(
+        "locker-1",
+        "locker",
+        &["--ek-sha256", &device.ek_sha256_hex()],
+    );
+    assert_eq!(device.enroll().await, EnrollStatus::Ok);
+
+    let nonce = device.nonce().await;
+    let evidence = device.evidence(nonce, &[0, 7]).await;
+    device.submit(evidence.clone()).await.artifact();
+    // The same evidence again: its nonce is used.
+    let refusal = device.submit(evidence).await.refusal();
+    assert_eq!(refusal.reason, RefusalCode::StaleNonce);
+    assert_eq!(refusal.nonce.0, nonce);
+    assert!(!refusal.contained);
+    // A nonce the authority never issued.
+    let invented = device.evidence(rand_bytes(), &[0, 7]).await;
+    assert_eq!(
+        device.submit(invented).await.refusal().reason,
+        RefusalCode::StaleNonce
+    );
+    // An expired nonce.
+    let nonce = device.nonce().await;
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    let late = device.evidence(nonce, &[0, 7]).await;
+    assert_eq!(
+        device.submit(late).await.refusal().reason,
+        RefusalCode::StaleNonce
+    );
+
+    // Quotes that do not prove what they claim.
+    let nonce = device.nonce().await;
+    let wrong_pcrs = device.evidence(nonce, &[0]).await;
+    assert_eq!(
+        device.submit(wrong_pcrs).await.refusal().reason,
+        RefusalCode::BadEvidence,
+        "not the class's PCR selection"
+    );
+    let nonce = device.nonce().await;
+    let selection = mctc_attest::PcrSelection::sha256(&[0, 7]).unwrap();
+    let mut quote = device.tpm.quote(nonce.to_vec(), selection).await.unwrap();
+    quote.pcrs = mctc_attest::PcrValues::new(selection, vec![vec![0; 32], vec![1; 32]]).unwrap();
+    let lying = encode_evidence(&device.id, nonce, &quote);
+    assert_eq!(
+        device.submit(lying).await.refusal().reason,
+        RefusalCode::BadEvidence,
+        "reported values differ from the quoted digest"
+    );
+    let nonce = device.nonce().await;
+    let other_nonce = device.nonce().await;
+    let quote = device
+        .tpm
+        .quote(other_nonce.to_vec(), selection)
+        .await
+        .unwrap();
+    let swapped = encode_evidence(&device.id, nonce, &quote);
+    assert_eq!(
+        device.submit(swapped).await.refusal().reason,
+        RefusalCode::BadEvidence,
+        "the quote answers another nonce"
+    );
+    let shown = fleet.cli(&["devices", "show", "locker-1", "--json"]).json();
+    assert_eq!(
+        shown["status"], "active",
+        "bad evidence alone never contains"
+    );
+    assert_eq!(shown["last_refusal"], "bad-evidence");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_under_an_unenrolled_ak_is_refused() {
+    let (_fleet, mut device) = enrolled("locker-1", "locker").await;
+    device.attest().await.1.artifact();
+    // The TPM makes a new AK that never went through enrollment.
+    device.identity = device.tpm.reprovision().await.unwrap();
+    let (_, answer) = device.attest().await;
+    let refusal = answer.refusal();
+    assert_eq!(refusal.reason, RefusalCode::NotEnrolled);
+    assert!(!refusal.contained);
+    // Re-enrolling the new AK (same EK) makes its quotes count again.
+    assert_eq!(device.enroll().await, EnrollStatus::Ok);
+    device.attest().await.1.artifact();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_contains_and_a_contained_device_gets_nothing_until_restored() {
+    let (fleet, mut device) = enrolled("locker-1", "locker").await;
+    let artifact = device.attest().await.1.artifact();
+    let next_nonce = Claims::open(&artifact, &fleet.keys(), &RingCrypto)
+        .unwrap()
+        .next_nonce
+        .0;
+
+    // Someone boots another policy: PCR 7 changes.
+    device.swtpm.extend_pcr(7, b"unsigned boot loader").unwrap();
+    let (_, answer) = device.attest().await;
+    let refusal = answer.refusal();
+    assert_eq!(refusal.reason, RefusalCode::PolicyMismatch);
+    assert!(refusal.contained);
+    let (seq, action, reason, retained) = control(&fleet, &mut device).await;
+    assert_eq!((seq, action), (1, ControlAction::Contain));
+    assert_eq!(reason, "pcr drift: PCR 7");
+    assert!(!retained, "live delivery");
+    let shown = fleet.cli(&["devices", "show", "locker-1", "--json"]).json();
+    assert_eq!(shown["status"], "contained");
+    assert_eq!(shown["reason"], "pcr drift: PCR 7");
+
+    // A collector sees the new standing.
+    let mut collector = fleet
+        .client("mctc-collector", &["mctc/v1/registry/#"])
+        .await;
+    let registry = collector
+        .next_on(&topic(DeviceTopic::Registry, &device.id), ANSWER)
+        .await
+        .unwrap();
+    let record = RegistryRecord::open(&registry, &fleet.keys(), &RingCrypto).unwrap();
+    assert_eq!(record.status, DeviceStatus::Contained);
+
+    // Contained: no nonce, and the artifact's next_nonce earns a refusal.
+    assert_eq!(
+        device.nonce_within(NoncePurpose::Renew, SILENCE).await,
+        None
+    );
+    let evidence = device.evidence(next_nonce, &[0, 7]).await;
+    let refusal = device.submit(evidence).await.refusal();
+    assert_eq!(refusal.reason, RefusalCode::Contained);
+    assert!(refusal.contained);
+    assert!(fleet.log(0).contains("device is contained"));
+
+    // The operator restores it; it is still drifted, so it is contained again.
+    let out = fleet.cli(&["devices", "restore", "locker-1", "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.json()["status"], "active");
+    let (seq, action, _, _) = control(&fleet, &mut device).await;
+    assert_eq!((seq, action), (2, ControlAction::Restore));
+    let refusal = device.attest().await.1.refusal();
+    assert!(refusal.contained);
+    assert_eq!(control(&fleet, &mut device).await.1, ControlAction::Contain);
+
+    // The new value is accepted as the class baseline; restored, it passes.
+    let learn = fleet.cli(&["policy", "learn", "locker-1", "--yes", "--json"]);
+    assert_eq!(learn.code, 0, "{learn:?}");
+    assert_eq!(learn.json()["stored"], true);
+    assert_eq!(fleet.cli(&["devices", "restore", "locker-1"]).code, 0);
+    device.attest().await.1.artifact();
+
+    // A device connecting later gets the latest control, retained.
+    let mut late = fleet
+        .client("locker-1", &["mctc/v1/dev/locker-1/control"])
+        .await;
+    let (bytes, retained) = late
+        .next_with(&topic(DeviceTopic::Control, &device.id), ANSWER)
+        .await
+        .unwrap();
+    assert!(retained);
+    let c = verify_control(&bytes, &fleet.keys(), &RingCrypto, &device.id).unwrap();
+    assert_eq!(c.message().action, ControlAction::Restore);
+    assert_eq!(c.message().seq, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_device_gets_nothing_and_the_fleet_hears_of_it() {
+    let (fleet, mut device) = enrolled("locker-1", "locker").await;
+    let artifact = device.attest().await.1.artifact();
+    let claims = Claims::open(&artifact, &fleet.keys(), &RingCrypto).unwrap();
+    let next_nonce = claims.next_nonce.0;
+    assert_eq!(claims.epoch, 0);
+
+    let out = fleet.cli(&[
+        "devices", "revoke", "locker-1", "--reason", "stolen", "--json",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        out.json(),
+        serde_json::json!({"device": "locker-1", "status": "revoked", "changed": true})
+    );
+    let (_, action, reason, _) = control(&fleet, &mut device).await;
+    assert_eq!((action, reason.as_str()), (ControlAction::Revoke, "stolen"));
+
+    // The fleet heartbeat lists it, with the new epoch.
+    let deadline = std::time::Instant::now() + ANSWER;
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat listing the revocation"
+        );
+        let bytes = device.mqtt.next_on(HEARTBEAT, ANSWER).await.unwrap();
+        let hb = verify_heartbeat(&bytes, &fleet.keys(), &RingCrypto).unwrap();
+        let hb = hb.message();
+        if hb.epoch == 1 {
+            assert_eq!(hb.since_epoch, 0);
+            assert_eq!(hb.revoked.as_slice(), [device.id.clone()]);
+            assert_eq!(hb.hb_ms, 6000, "the longest class window");
+            break;
+        }
+    }
+
+    // Nothing more for it: no nonce, no artifact.
+    assert_eq!(
+        device.nonce_within(NoncePurpose::Renew, SILENCE).await,
+        None
+    );
+    let evidence = device.evidence(next_nonce, &[0, 7]).await;
+    let refusal = device.submit(evidence).await.refusal();
+    assert_eq!(refusal.reason, RefusalCode::Revoked);
+    assert_eq!(device.enroll().await, EnrollStatus::Revoked);
+
+    // Permanent.
+    let again = fleet.cli(&["devices", "revoke", "locker-1", "--reason", "x", "--json"]);
+    assert_eq!(again.code, 0);
+    assert_eq!(again.json()["changed"], false);
+    let restore = fleet.cli(&["devices", "restore", "locker-1"]);
+    assert_eq!(restore.code, 1, "{restore:?}");
+    assert!(restore.stderr.contains("revoked"), "{restore:?}");
+    assert_eq!(restore.stderr.lines().count(), 1);
+    let contain = fleet.cli(&["devices", "contain", "locker-1", "--reason", "x"]);
+    assert_eq!(contain.code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_without_baseline_never_yields_an_artifact_until_learned() {
+    let (fleet, mut device) = enrolled("kiosk-1", "kiosk").await;
+    let refusal = device.attest().await.1.refusal();
+    assert_eq!(refusal.reason, RefusalCode::PolicyMismatch);
+    assert!(!refusal.contained, "no baseline is not drift");
+    let shown = fleet.cli(&["devices", "show", "kiosk-1", "--json"]).json();
+    assert_eq!(shown["last_refusal"], "no-baseline");
+    assert_eq!(shown["status"], "active");
+    assert!(
+        fleet
+            .log(0)
+            .contains("no baseline for PCR 0,7 of class kiosk")
+    );
+
+    // Looking is not confirming.
+    let look = fleet.cli(&["policy", "learn", "kiosk-1"]);
+    assert_eq!(look.code, 0, "{look:?}");
+    assert!(look.stdout.contains("no baseline"), "{}", look.stdout);
+    assert!(look.stdout.contains("--yes"), "{}", look.stdout);
+    device.attest().await.1.refusal();
+    let shown = fleet.cli(&["policy", "show", "--json"]).json();
+    let kiosk = shown["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kiosk")
+        .unwrap()
+        .clone();
+    assert_eq!(kiosk["missing"], serde_json::json!([0, 7]));
+
+    let learn = fleet.cli(&["policy", "learn", "kiosk-1", "--yes", "--json"]);
+    assert_eq!(learn.code, 0, "{learn:?}");
+    assert_eq!(learn.json()["values"]["0"], ZERO);
+    device.attest().await.1.artifact();
+    let shown = fleet.cli(&["policy", "show", "--json"]).json();
+    let kiosk = shown["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "kiosk")
+        .unwrap()
+        .clone();
+    assert_eq!(kiosk["missing"], serde_json::json!([]));
+    assert_eq!(kiosk["reference"]["7"][0]["source"], "learned");
+    assert_eq!(kiosk["reference"]["7"][0]["from"], "kiosk-1");
+
+    // Drift from the learned baseline contains, like drift from the file's.
+    device.swtpm.extend_pcr(0, b"new firmware").unwrap();
+    assert!(device.attest().await.1.refusal().contained);
+}
