@@ -741,9 +741,17 @@ impl<S: Store> Ingest<S> {
                 continue;
             };
             let head = self.store.head(&device)?.unwrap_or_else(Head::genesis);
-            if summary.lowest_seq < head.next_seq
-                || self.gaps_flagged.get(&device) == Some(&head.next_seq)
-            {
+            if summary.lowest_seq <= head.next_seq {
+                // No hole: the records that follow the head were left
+                // waiting (another instance filled the hole after this one
+                // looked) or are stale. A pass without new records drains
+                // or drops them, and acks.
+                if let Some(ak) = self.ak(&device)? {
+                    self.ingest_records(&device, &ak, &[], now_ms, out)?;
+                }
+                continue;
+            }
+            if self.gaps_flagged.get(&device) == Some(&head.next_seq) {
                 continue;
             }
             self.gaps_flagged.insert(device.clone(), head.next_seq);

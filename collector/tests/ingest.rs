@@ -577,3 +577,110 @@ async fn ten_thousand_records_are_ingested_quickly() {
     assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
     fleet.alert_free().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_and_stopping_and_sigterm_exits_0() {
+    use std::os::unix::net::UnixDatagram;
+
+    let device = Device::new("pos-1").await;
+    let fleet = Fleet::start(&device, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut command = std::process::Command::new(mctc_tests::bin_path("mctc-collector").unwrap());
+    // A second instance on the same database (with its own client id).
+    let config = std::fs::read_to_string(&fleet.collector.config).unwrap();
+    let second = dir.path().join("second.toml");
+    std::fs::write(
+        &second,
+        config.replace("mctc-collector-test-", "mctc-collector-second-"),
+    )
+    .unwrap();
+    command
+        .args(["run", "--config", second.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "200000");
+    let mut proc =
+        mctc_tests::Proc::spawn_command("mctc-collector", command, &dir.path().join("second.log"))
+            .unwrap();
+
+    let mut seen = String::new();
+    let deadline = Instant::now() + WAIT;
+    while !(seen.contains("READY=1") && seen.matches("WATCHDOG=1").count() >= 3) {
+        assert!(Instant::now() < deadline, "notifications so far: {seen:?}");
+        let mut buf = [0u8; 256];
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+    }
+    proc.signal(rustix::process::Signal::TERM).unwrap();
+    let status = proc.wait_timeout(WAIT).expect("exits after SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", proc.log());
+    let mut rest = [0u8; 256];
+    let mut stopping = false;
+    while let Ok(n) = socket.recv(&mut rest) {
+        stopping |= std::str::from_utf8(&rest[..n])
+            .unwrap()
+            .contains("STOPPING=1");
+    }
+    assert!(stopping, "STOPPING=1 sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_share_the_load_and_one_database() {
+    const N: usize = 2_000;
+    let mut device = Device::new("pos-1").await;
+    device.write(N, 100).await;
+    let mut fleet = Fleet::start(&device, "gap_grace_ms = 3000").await;
+    // The second instance: same database and share group, its own client id.
+    let config = std::fs::read_to_string(&fleet.collector.config).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let second_config = dir.path().join("second.toml");
+    std::fs::write(
+        &second_config,
+        config.replace("mctc-collector-test-", "mctc-collector-second-"),
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(mctc_tests::bin_path("mctc-collector").unwrap());
+    command
+        .args(["run", "--config", second_config.to_str().unwrap()])
+        .env("MCTC_LOG", "debug");
+    let second =
+        mctc_tests::Proc::spawn_command("mctc-collector", command, &dir.path().join("second.log"))
+            .unwrap();
+    // The registry record is already in the shared database, so the second
+    // instance has nothing to log about it; its subscription is up shortly
+    // after its session.
+    assert!(
+        mctc_tests::wait_until(WAIT, || second.log().contains("subscribed to lineage")).is_some(),
+        "{}",
+        second.log()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut client = fleet.device_client(&device).await;
+    send_all(&client, &device, 64).await;
+    ack_through(&mut client, Some(N as u64 - 1)).await;
+    let stored = fleet.collector.records(&device.id);
+    assert_eq!(stored.len(), N);
+    assert!(
+        stored
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, bytes))| *seq == i as u64 && *bytes == device.records[i])
+    );
+    assert!(
+        fleet.collector.anomalies(&device.id).is_empty(),
+        "{:?}",
+        fleet.collector.anomalies(&device.id)
+    );
+    // The second instance took its share (Mosquitto hands shared
+    // subscriptions out in turn), and no write failed.
+    assert!(second.log().contains("lineage stored"), "{}", second.log());
+    for log in [fleet.collector.proc.log(), second.log()] {
+        assert!(!log.contains("store failed"), "{log}");
+    }
+    fleet.alert_free().await;
+}

@@ -449,3 +449,49 @@ async fn the_cli_exits_0_1_or_2_with_one_line_and_json_on_request() {
     ]);
     assert_eq!(code, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_and_random_multi_byte_damage_never_panic_or_pass() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let device = small_chain("locker-1").await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let genuine = bundle(&device, &registry, 0).bytes;
+    let keys = keys(&authority);
+
+    let mut runner = TestRunner::new(Config {
+        cases: 512,
+        ..Config::default()
+    });
+    runner
+        .run(&proptest::collection::vec(any::<u8>(), 0..4096), |bytes| {
+            prop_assert!(!verify_bundle(&bytes, &keys).ok);
+            Ok(())
+        })
+        .unwrap();
+    let len = genuine.len();
+    runner
+        .run(
+            &(
+                proptest::collection::vec((0..len, 1..=255u8), 1..8),
+                0..=len,
+            ),
+            |(edits, keep)| {
+                let mut bad = genuine.clone();
+                for (at, mask) in &edits {
+                    bad[*at] ^= mask;
+                }
+                bad.truncate(keep);
+                // Edits may cancel out (same byte, same mask twice) and keep
+                // may be the full length: only a changed bundle must fail.
+                if bad != genuine {
+                    prop_assert!(!verify_bundle(&bad, &keys).ok);
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+}

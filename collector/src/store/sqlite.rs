@@ -512,12 +512,17 @@ impl Store for SqliteStore {
         }
         if let Some(head) = &changes.head {
             Self::write_head(&tx, device, head, now)?;
-            // Anything pending below the new head is superseded.
-            tx.execute(
-                "DELETE FROM pending WHERE device = ?1 AND seq < ?2",
-                params![id, int("next_seq", head.next_seq)?],
-            )?;
         }
+        // Anything pending below the head is superseded (also what another
+        // writer left behind).
+        let next = changes
+            .head
+            .as_ref()
+            .map_or(changes.expected_next, |h| h.next_seq);
+        tx.execute(
+            "DELETE FROM pending WHERE device = ?1 AND seq < ?2",
+            params![id, int("next_seq", next)?],
+        )?;
         let mut recorded = Vec::with_capacity(changes.anomalies.len());
         for a in &changes.anomalies {
             let evidence_sha256 = a.evidence.as_ref().map_or([0u8; 32], |e| {
