@@ -43,6 +43,10 @@ pub enum Error {
     /// The ingest worker thread died or could not start.
     #[error("ingest worker: {0}")]
     Worker(String),
+    /// The broker link task ended (it only ends on a bug or a panic; network
+    /// errors are retried inside it).
+    #[error("the broker link stopped")]
+    LinkStopped,
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(#[source] std::io::Error),

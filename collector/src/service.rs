@@ -137,7 +137,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                     tracing::error!(topic, "the broker refused a subscription (ACL?)");
                 }
                 Some(LinkEvent::Disconnected { .. }) => {}
-                None => break Err(Error::Worker("the broker link stopped".into())),
+                None => break Err(Error::LinkStopped),
             },
             _ = tick.tick() => {
                 // A full queue already means the worker is busy; skip.
