@@ -121,7 +121,12 @@ impl Link {
         if let Some(will) = options.last_will.clone() {
             mqtt.set_last_will(will);
         }
-        let (client, eventloop) = AsyncClient::new(mqtt, options.request_capacity);
+        let (client, mut eventloop) = AsyncClient::new(mqtt, options.request_capacity);
+        // mctc's messages are small request/answer pairs: with Nagle's
+        // algorithm each would wait for the peer's delayed ACK (~40 ms).
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, events) = mpsc::channel(options.event_capacity.max(1));
         let (connected_tx, connected) = watch::channel(false);
         let stop = CancellationToken::new();
