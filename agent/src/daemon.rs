@@ -41,8 +41,10 @@ use crate::state::StateDir;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest wait for the first connection attempt before `READY=1`.
 const READY_WAIT: Duration = Duration::from_secs(5);
-/// Largest MQTT packet (a lineage batch is ≤ 64 KiB).
-const MAX_PACKET: usize = 128 * 1024;
+/// Largest MQTT packet accepted or sent. Far above any mctc message (a
+/// lineage batch is ≤ 64 KiB) so that an oversized message is dropped by the
+/// router and logged, rather than tearing the connection down.
+const MAX_PACKET: usize = 1024 * 1024;
 /// Time for the goodbye publishes before the link is cut.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Timeout of a checkpoint quote.

@@ -478,7 +478,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             })
             .collect();
         if waiting.is_empty() {
-            tracing::debug!("artifact-topic message while no evidence is outstanding; dropped");
+            tracing::warn!("artifact-topic message while no evidence is outstanding; dropped");
             return;
         }
         for (which, nonce) in waiting {
@@ -537,7 +537,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 }
             }
         }
-        tracing::debug!("artifact-topic message answers no outstanding nonce; dropped");
+        tracing::warn!("artifact-topic message answers no outstanding nonce; dropped");
     }
 
     fn renewal_artifact(&mut self, artifact: VerifiedArtifact) {

@@ -398,11 +398,13 @@ impl Writer {
                     Command::Stop { reply } => stop = Some(reply),
                 }
             }
-            self.prev_batch = appends.len();
-            self.write(appends);
+            // Pruning first: it only frees acknowledged records, and the
+            // room may be what the appends need.
             if let Some(through) = prune {
                 self.prune(through);
             }
+            self.prev_batch = appends.len();
+            self.write(appends);
             if stop.is_some() {
                 self.checkpoint_wanted = true;
             }
@@ -467,6 +469,9 @@ impl Writer {
                 }
             }
             self.health = health;
+            // Before any request is answered: a refused permit's client must
+            // not see the gate still trusting the lineage.
+            self.publish();
         }
     }
 
@@ -739,5 +744,256 @@ impl Writer {
                 true
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use mctc_shim::gate::{CloseReason, GateEvent};
+    use mctc_shim::lineage::{ChainVerifier, Step};
+
+    use super::*;
+    use crate::clock::BootClock;
+    use crate::lineage::store::{StoreConfig, read_range};
+
+    struct FixedQuoter;
+
+    impl Quoter for FixedQuoter {
+        fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String> {
+            // Not a TPM: the chain rules, not the quote, are under test.
+            Ok((qualifying_data.to_vec(), b"signature".to_vec()))
+        }
+    }
+
+    fn device() -> DeviceId {
+        DeviceId::new("d1").unwrap()
+    }
+
+    fn start(dir: &Path, config: impl FnOnce(&mut StoreConfig), every: u64) -> LineageHandle {
+        let mut store = StoreConfig::new(dir);
+        config(&mut store);
+        let (handle, _thread) = spawn(WriterStart {
+            store: Store::open(store),
+            device: device(),
+            clock: Arc::new(BootClock {
+                wall_trusted: false,
+            }),
+            boot: CurrentBoot::default(),
+            quoter: Box::new(FixedQuoter),
+            settings: WriterSettings {
+                commit_window: Duration::from_micros(500),
+                checkpoint_every_records: every,
+                checkpoint_every: Duration::from_secs(3600),
+            },
+        })
+        .unwrap();
+        handle
+    }
+
+    fn stop(handle: &LineageHandle) {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(handle.stop());
+    }
+
+    fn drift(i: usize) -> Entry {
+        Entry::drift(mctc_shim::lineage::DriftKind::Pcr, &format!("test {i}"))
+    }
+
+    /// Verifies the whole log from genesis; returns (seq, is_checkpoint).
+    fn verify_log(dir: &Path) -> Vec<(u64, bool)> {
+        let frames = read_range(dir, 0, u64::MAX, usize::MAX, usize::MAX).unwrap();
+        let mut chain = ChainVerifier::genesis(device());
+        frames
+            .iter()
+            .map(|f| match chain.push(&RingCrypto, &f.payload).unwrap() {
+                Step::Appended { record, .. } => {
+                    (record.seq, matches!(record.body, Body::Checkpoint(_)))
+                }
+                Step::Duplicate { .. } => panic!("duplicate in the log"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_appends_are_answered_only_once_durable_and_share_syncs() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        let threads: Vec<_> = (0..64)
+            .map(|t| {
+                let lineage = lineage.clone();
+                let dir = dir.path().to_owned();
+                std::thread::spawn(move || {
+                    let mut seqs = Vec::new();
+                    for i in 0..20 {
+                        let seq = lineage
+                            .append(drift(t * 100 + i))
+                            .blocking_recv()
+                            .unwrap()
+                            .unwrap();
+                        // Answered means on disk: a reader sees it now.
+                        let on_disk = read_range(&dir, seq, seq + 1, 1, usize::MAX).unwrap();
+                        assert_eq!(on_disk.len(), 1, "seq {seq} answered before durable");
+                        seqs.push(seq);
+                    }
+                    seqs
+                })
+            })
+            .collect();
+        let mut all: Vec<u64> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..1280).collect::<Vec<_>>());
+        let status = lineage.current();
+        assert_eq!(status.records, 1280);
+        assert!(
+            status.syncs * 8 <= status.records,
+            "group commit: {} syncs for {} records",
+            status.syncs,
+            status.records
+        );
+        stop(&lineage);
+        assert_eq!(
+            verify_log(dir.path()).len(),
+            1281,
+            "records + final checkpoint"
+        );
+    }
+
+    #[test]
+    fn checkpoints_follow_every_n_records_and_every_transition() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 10);
+        for i in 0..25 {
+            lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
+        }
+        lineage
+            .append(Entry::Gate(GateEvent::Closed(CloseReason::Shutdown)))
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        let asked = lineage.checkpoint().blocking_recv().unwrap().unwrap();
+        stop(&lineage);
+        let log = verify_log(dir.path());
+        let checkpoints: Vec<u64> = log.iter().filter(|(_, c)| *c).map(|(s, _)| *s).collect();
+        // After records 0-9 (seq 10), 11-20 (seq 21), then the transition.
+        assert_eq!(checkpoints.first(), Some(&10));
+        assert_eq!(checkpoints.get(1), Some(&21));
+        let (last_seq, last_is_checkpoint) = *log.last().unwrap();
+        assert!(last_is_checkpoint);
+        assert_eq!(
+            asked, last_seq,
+            "nothing written after the transition's checkpoint"
+        );
+    }
+
+    #[test]
+    fn at_the_quota_normal_records_are_refused_essential_ones_kept_and_pruning_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(
+            dir.path(),
+            |c| {
+                c.segment_bytes = 4096;
+                c.quota_bytes = 16 * 1024;
+                c.reserve_bytes = 16 * 1024;
+            },
+            1_000_000,
+        );
+        let decision = || Entry::AgentStart {
+            sw_version: "0.1.0".into(),
+        };
+        let mut refused = None;
+        for _ in 0..1000 {
+            match lineage.append(decision()).blocking_recv().unwrap() {
+                Ok(_) => {}
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        assert_eq!(refused, Some(Refused::Quota));
+        assert_eq!(lineage.current().health, Health::QuotaReached);
+        let written_before = lineage.current().next_seq;
+        lineage
+            .append(Entry::Gate(GateEvent::Closed(
+                CloseReason::LineageUnavailable,
+            )))
+            .blocking_recv()
+            .unwrap()
+            .expect("essential record uses the reserve");
+        assert_eq!(
+            lineage.append(decision()).blocking_recv().unwrap(),
+            Err(Refused::Quota)
+        );
+        // Nothing was dropped to make room.
+        assert_eq!(verify_log(dir.path()).len() as u64, written_before + 1);
+        lineage.prune(written_before);
+        lineage
+            .append(decision())
+            .blocking_recv()
+            .unwrap()
+            .expect("room again");
+        assert_eq!(lineage.current().health, Health::Ok);
+        stop(&lineage);
+    }
+
+    #[test]
+    fn a_restart_continues_the_chain_and_a_torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        for i in 0..5 {
+            lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
+        }
+        stop(&lineage);
+        // A crash in the middle of the next write: half a frame.
+        let segment = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        bytes.extend_from_slice(&[0x40, 0, 0, 0, 1, 2, 3]);
+        std::fs::write(&segment, &bytes).unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        let seq = lineage.append(drift(9)).blocking_recv().unwrap().unwrap();
+        assert_eq!(seq, 6, "5 records and the stop checkpoint before it");
+        stop(&lineage);
+        assert_eq!(verify_log(dir.path()).len(), 8);
+    }
+
+    #[test]
+    fn a_corrupted_log_refuses_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        for i in 0..40 {
+            lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
+        }
+        stop(&lineage);
+        let segment = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        // Pad the tail beyond the torn-write bound so the damage is "middle".
+        let middle = 16 + 40;
+        bytes[middle] ^= 0x01;
+        bytes.extend(std::iter::repeat_n(0u8, 300 * 1024));
+        std::fs::write(&segment, &bytes).unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        assert!(matches!(lineage.current().health, Health::Failed(ref e) if e.contains("corrupt")));
+        assert!(matches!(
+            lineage.append(drift(99)).blocking_recv().unwrap(),
+            Err(Refused::Failed(_))
+        ));
+        stop(&lineage);
+        // Nothing was rewritten.
+        assert_eq!(std::fs::read(&segment).unwrap(), bytes);
     }
 }

@@ -1,0 +1,350 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+//! Every way the gate must close, proven by asking the gate (deny), not by
+//! a status line alone — against the real authority, swtpm and Mosquitto.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Fleet, MqttClient, PATIENCE, ms};
+use mctc_tests::wait_until;
+
+/// Polls the gate until it denies; returns when (or fails).
+fn denied_within(device: &common::Device, limit: Duration, start: Instant) -> Duration {
+    let closed = wait_until(limit + Duration::from_secs(5), || !device.permits());
+    assert!(
+        closed.is_some(),
+        "gate still permits {} ms after the cause: {}\n{}",
+        ms(start),
+        device.status(),
+        device.log()
+    );
+    start.elapsed()
+}
+
+#[test]
+fn the_authority_stopping_closes_the_gate_within_the_heartbeat_window_and_its_restart_reopens_it() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("hb-1", "locker");
+    device.bring_up();
+    assert!(device.permits());
+
+    let killed = Instant::now();
+    fleet.kill_authority();
+    // hb_ms is 3000: the last heartbeat was at most 1 s before the kill.
+    let after = denied_within(&device, Duration::from_millis(3000), killed);
+    assert!(
+        after <= Duration::from_millis(3000 + 300),
+        "closed {after:?} after the authority stopped (hb_ms 3000)"
+    );
+    let status = device.status();
+    assert_eq!(status["state"], "closed");
+    assert_eq!(status["reason"], "heartbeat-lapsed", "{status}");
+    assert_eq!(
+        device.authorize("unlock", None, None, None)["reason"],
+        "closed"
+    );
+
+    fleet.start_authority();
+    device.wait_open();
+    assert!(device.permits());
+}
+
+#[test]
+fn a_pcr_extended_from_outside_closes_the_gate_within_the_drift_interval_and_the_authority_contains()
+ {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("drift-1", "locker");
+    device.bring_up();
+
+    let extended = Instant::now();
+    device.swtpm.extend_pcr(7, b"rootkit").unwrap();
+    let after = denied_within(&device, Duration::from_millis(250), extended);
+    assert!(
+        after <= Duration::from_millis(250 + 400),
+        "closed {after:?} after the PCR changed (drift interval 250 ms)"
+    );
+    // Re-attestation shows the drift to the authority, which refuses and
+    // contains the device.
+    let contained = device.wait_state("contained", PATIENCE);
+    assert!(contained.is_some(), "{}\n{}", device.status(), device.log());
+    let answer = device.authorize("unlock", None, None, None);
+    assert_eq!(answer["decision"], "deny");
+    assert_eq!(answer["reason"], "contained");
+    let shown = fleet.cli(&["devices", "show", "drift-1", "--json"]).json();
+    assert_eq!(shown["status"], "contained", "{shown}");
+}
+
+#[test]
+fn a_tpm_reset_is_drift_and_the_device_ends_contained() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("reset-1", "locker");
+    device.bring_up();
+
+    let reset = Instant::now();
+    device.swtpm.reset().unwrap();
+    denied_within(&device, Duration::from_millis(250), reset);
+    // The measured PCR lost its measurement with the reset: the authority
+    // sees values outside the baseline.
+    let contained = device.wait_state("contained", PATIENCE);
+    assert!(contained.is_some(), "{}\n{}", device.status(), device.log());
+    assert_eq!(
+        device.authorize("unlock", None, None, None)["reason"],
+        "contained"
+    );
+}
+
+#[test]
+fn a_short_artifact_closes_the_gate_at_its_deadline_when_the_authority_goes_silent() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("ttl-1", "short");
+    device.bring_up();
+    // Renewals keep it open (ttl 2 s, renewal at ~1 s).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(device.permits(), "{}", device.status());
+
+    fleet.silence_authority();
+    let silenced = Instant::now();
+    let expires_in = device.status()["artifact"]["expires_in_ms"]
+        .as_u64()
+        .unwrap();
+    let deadline = Duration::from_millis(expires_in);
+    // Permitted right up to the deadline, denied from it on.
+    let mut last_permit = Duration::ZERO;
+    let first_deny = loop {
+        let at = silenced.elapsed();
+        if device.permits() {
+            last_permit = at;
+        } else {
+            break at;
+        }
+        assert!(at < deadline + Duration::from_secs(2), "never closed");
+    };
+    assert!(
+        last_permit <= deadline + Duration::from_millis(30),
+        "permitted at {last_permit:?}, deadline {deadline:?}"
+    );
+    assert!(
+        first_deny <= deadline + Duration::from_millis(100),
+        "first deny {first_deny:?}, deadline {deadline:?}"
+    );
+    let status = device.status();
+    assert_eq!(status["state"], "closed");
+    assert_eq!(status["reason"], "artifact-expired", "{status}");
+    fleet.resume_authority();
+}
+
+#[test]
+fn a_revoked_device_stays_revoked_across_restarts() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("rev-1", "locker");
+    device.bring_up();
+
+    let out = fleet.cli(&["devices", "revoke", "rev-1", "--reason", "stolen"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        device.wait_state("revoked", PATIENCE).is_some(),
+        "{}",
+        device.status()
+    );
+    let answer = device.authorize("unlock", None, None, None);
+    assert_eq!(answer["reason"], "revoked", "{answer}");
+    let marker = device.state_dir().join("revoked");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&marker).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    assert!(device.stop().success());
+    device.start();
+    let status = device.status();
+    assert_eq!(status["state"], "revoked", "{status}");
+    assert_eq!(status["reason"], "revoked-persisted");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        device.authorize("unlock", None, None, None)["reason"],
+        "revoked"
+    );
+    assert_eq!(device.state(), "revoked");
+}
+
+#[test]
+fn forged_artifacts_are_stopped_by_the_broker_acl_or_rejected_by_the_agent() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("forge-1", "locker");
+    device.bring_up();
+    let genuine = device.status()["artifact"]["cti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let topic = "mctc/v1/dev/forge-1/artifact";
+
+    // A rogue key signs a plausible artifact for this device.
+    let rogue = mctc_shim::RingSigner::from_seed(&[7; 32]).unwrap();
+    let forged = forged_artifact(&rogue, "forge-1");
+
+    // 1. Another device's identity: the broker's ACL drops it. A spy with
+    // the authority's rights proves nothing reached the topic.
+    let spy = MqttClient::connect(&fleet.broker, "mctc-authority", "spy", &[topic]);
+    let intruder = MqttClient::connect(&fleet.broker, "intruder-1", "intruder", &[]);
+    intruder.publish(topic, &forged, false);
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(
+        spy.received_on(topic).is_empty(),
+        "the ACL let a foreign identity publish"
+    );
+
+    // 2. A test-only identity with the device's own topic rights: the
+    // message arrives and the agent rejects it.
+    let injector = MqttClient::connect(&fleet.broker, "forge-1", "injector", &[]);
+    injector.publish(topic, &forged, false);
+    assert!(
+        wait_until(Duration::from_secs(5), || spy.received_on(topic).len() == 1).is_some(),
+        "the injected artifact did not reach the topic"
+    );
+    let rejected = wait_until(Duration::from_secs(5), || {
+        device.log().contains("artifact-topic message")
+    });
+    assert!(
+        rejected.is_some(),
+        "agent did not log the rejection:\n{}",
+        device.log()
+    );
+    let status = device.status();
+    assert_eq!(status["state"], "open");
+    assert_eq!(
+        status["artifact"]["cti"],
+        genuine.as_str(),
+        "the forged artifact was not installed"
+    );
+    assert!(device.permits());
+}
+
+fn forged_artifact(signer: &mctc_shim::RingSigner, device: &str) -> Vec<u8> {
+    use mctc_shim::Signed;
+    use mctc_shim::artifact::{Claims, ScopeEntry};
+    use mctc_shim::tpm::BootCounters;
+    use mctc_shim::wire::{Bytes, List, Token, Version};
+    let mut scope = List::new();
+    scope
+        .push(ScopeEntry {
+            op: Token("unlock"),
+            max_amount: None,
+            currency: None,
+            fresh_attestation: false,
+        })
+        .unwrap();
+    let claims = Claims {
+        iss: Token(common::AUTHORITY_ID),
+        sub: mctc_shim::DeviceId::new(device).unwrap(),
+        exp: 4_000_000_000,
+        iat: 1,
+        cti: Bytes([0xee; 16]),
+        v: Version::CURRENT,
+        ttl_ms: 86_400_000,
+        nonce: Bytes([0; 32]),
+        pcr_alg: 0x000b,
+        pcr_mask: 1,
+        pcr_digest: Bytes([0; 32]),
+        boot: BootCounters::default(),
+        scope,
+        next_nonce: Bytes([1; 32]),
+        hb_ms: 3_600_000,
+        hb_seq: 0,
+        epoch: 0,
+    };
+    let mut buf = [0u8; 2048];
+    claims
+        .sign(signer, &mctc_shim::RingCrypto, &mut buf)
+        .unwrap()
+        .to_vec()
+}
+
+#[test]
+fn sigterm_leaves_the_offline_status_retained() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("term-1", "locker");
+    device.bring_up();
+    let status = device.stop();
+    assert!(status.success(), "exit {status}\n{}", device.log());
+    assert!(!device.socket.exists(), "socket removed");
+    let monitor = MqttClient::connect(
+        &fleet.broker,
+        "mctc-monitor",
+        "monitor",
+        &["mctc/v1/dev/term-1/status"],
+    );
+    let got = wait_until(Duration::from_secs(5), || {
+        !monitor.received_on("mctc/v1/dev/term-1/status").is_empty()
+    });
+    assert!(got.is_some(), "no retained status");
+    let (_, payload, retained) = monitor.received().into_iter().next().unwrap();
+    assert!(retained);
+    let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(json["state"], "offline", "{json}");
+    assert_eq!(json["reason"], "shutdown");
+    assert_eq!(json["online"], false);
+    // The stop is in the lineage, followed by the final checkpoint.
+    let kinds = common::kinds(&device.lineage());
+    assert_eq!(
+        &kinds[kinds.len() - 3..],
+        ["closed", "stop", "checkpoint"],
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn garbage_on_every_subscribed_topic_changes_nothing() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("junk-1", "locker");
+    device.bring_up();
+    let before = device.status();
+
+    let own = MqttClient::connect(&fleet.broker, "junk-1", "junk-injector", &[]);
+    let authority = MqttClient::connect(&fleet.broker, "mctc-authority", "junk-authority", &[]);
+    let junk: Vec<Vec<u8>> = vec![
+        Vec::new(),
+        b"garbage".to_vec(),
+        vec![0xff; 3000],
+        vec![0xd2, 0x84, 0x40, 0xa0, 0x40, 0x40],
+        vec![0xa3, 0x00, 0x01, 0x01],
+        serde_json::to_vec(&serde_json::json!({"authorize": {"op": "unlock"}})).unwrap(),
+        vec![0x00; 200 * 1024],
+    ];
+    for topic in ["nonce", "artifact", "control", "lineage/ack"] {
+        for payload in &junk {
+            own.publish(&format!("mctc/v1/dev/junk-1/{topic}"), payload, false);
+        }
+    }
+    for payload in &junk {
+        own.publish("mctc/v1/enroll/junk-1/result", payload, false);
+        authority.publish("mctc/v1/fleet/heartbeat", payload, false);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(device.alive(), "agent died:\n{}", device.log());
+    let after = device.status();
+    assert_eq!(after["state"], "open", "{after}");
+    assert_eq!(after["artifact"]["cti"], before["artifact"]["cti"]);
+    assert!(device.permits());
+    let log = device.log();
+    for needle in [
+        "heartbeat rejected",
+        "control message rejected",
+        "nonce message dropped",
+        "lineage ack dropped",
+    ] {
+        assert!(log.contains(needle), "`{needle}` not logged:\n{log}");
+    }
+}
