@@ -1,0 +1,418 @@
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+//! The device side of lineage with the real agent: crash recovery, damage
+//! detection, the quota, forwarding to the real collector, export.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Fleet, MqttClient, PATIENCE, kinds, record};
+use mctc_agent::lineage::bundle::Bundle;
+use mctc_shim::lineage::{Body, VerdictCode};
+use mctc_tests::{Proc, bin_path, wait_until};
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "seg"))
+        .collect();
+    found.sort();
+    found
+}
+
+/// Every decision record: seq → (verdict, ref).
+fn decisions(records: &[(u64, Vec<u8>)]) -> BTreeMap<u64, (VerdictCode, Option<String>)> {
+    records
+        .iter()
+        .filter_map(|(seq, bytes)| match record(bytes).body {
+            Body::Decision(d) => Some((*seq, (d.verdict, d.reference.map(|r| r.0.to_owned())))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// `clients` threads asking for `unlock` until `stop`; every permit
+/// answered is collected as (seq, ref).
+fn burst(
+    device: &common::Device,
+    clients: usize,
+    stop: &Arc<AtomicBool>,
+) -> (
+    Vec<std::thread::JoinHandle<()>>,
+    Arc<Mutex<Vec<(u64, String)>>>,
+) {
+    let permits = Arc::new(Mutex::new(Vec::new()));
+    let threads = (0..clients)
+        .map(|c| {
+            let socket = device.socket.clone();
+            let stop = Arc::clone(stop);
+            let permits = Arc::clone(&permits);
+            std::thread::spawn(move || {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let reference = format!("c{c}-{i}");
+                    i += 1;
+                    let request =
+                        serde_json::json!({"authorize": {"op": "unlock", "ref": reference}});
+                    let Ok(answer) =
+                        mctc_agent::socket::request(&socket, &request, Duration::from_secs(5))
+                    else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    if answer["decision"] == "permit" {
+                        permits
+                            .lock()
+                            .unwrap()
+                            .push((answer["seq"].as_u64().unwrap(), reference));
+                    }
+                }
+            })
+        })
+        .collect();
+    (threads, permits)
+}
+
+#[test]
+fn every_permit_answered_before_a_sigkill_is_in_the_recovered_log_and_the_chain_continues() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("kill-1", "locker");
+    device.bring_up();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (threads, permits) = burst(&device, 16, &stop);
+    assert!(
+        wait_until(PATIENCE, || permits.lock().unwrap().len() >= 500).is_some(),
+        "burst did not get going"
+    );
+    device.kill();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let answered = permits.lock().unwrap().clone();
+
+    device.start();
+    device.wait_open();
+    assert_eq!(device.status()["lineage"]["health"], "ok");
+    assert!(device.permits(), "works after recovery");
+    assert!(device.stop().success());
+
+    // Chain verified from genesis across the crash (Device::lineage).
+    let records = device.lineage();
+    let logged = decisions(&records);
+    for (seq, reference) in &answered {
+        let (verdict, logged_ref) = logged.get(seq).unwrap_or_else(|| {
+            panic!("permit seq {seq} ({reference}) answered but not in the log")
+        });
+        assert_eq!(*verdict, VerdictCode::Permit);
+        assert_eq!(logged_ref.as_deref(), Some(reference.as_str()));
+    }
+    let starts = kinds(&records).iter().filter(|k| **k == "start").count();
+    assert_eq!(starts, 2, "one chain across both runs");
+    eprintln!(
+        "{} permits answered before SIGKILL, all in the log",
+        answered.len()
+    );
+}
+
+#[test]
+fn a_torn_final_record_is_cut_and_the_chain_continues() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("torn-1", "locker");
+    device.bring_up();
+    for i in 0..20 {
+        assert!(
+            device.authorize("unlock", None, None, Some(&format!("r{i}")))["decision"] == "permit"
+        );
+    }
+    device.kill();
+    let before = device.lineage().len();
+    // A crash in the middle of the next group-commit write: a frame header
+    // promising 180 bytes, and only some of them.
+    let last = segments(&device.lineage_dir()).pop().unwrap();
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&last)
+        .unwrap();
+    file.write_all(&180u32.to_le_bytes()).unwrap();
+    file.write_all(&[0xab; 4 + 8 + 50]).unwrap();
+    drop(file);
+
+    device.start();
+    device.wait_open();
+    assert_eq!(device.status()["lineage"]["health"], "ok");
+    assert!(device.log().contains("torn tail"), "{}", device.log());
+    let answer = device.authorize("unlock", None, None, Some("after"));
+    assert_eq!(answer["decision"], "permit");
+    assert!(answer["seq"].as_u64().unwrap() >= before as u64);
+    assert!(device.stop().success());
+    let records = device.lineage();
+    assert!(records.len() > before + 3);
+}
+
+#[test]
+fn a_corrupted_middle_record_is_reported_and_the_gate_stays_closed() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device_with(
+        "rot-1",
+        "locker",
+        "[lineage]\nsegment_bytes = 8192\nquota_bytes = 16777216\n",
+    );
+    device.bring_up();
+    for i in 0..200 {
+        device.authorize("unlock", None, None, Some(&format!("r{i}")));
+    }
+    assert!(device.stop().success());
+    let all = segments(&device.lineage_dir());
+    assert!(all.len() >= 3, "{all:?}");
+    // Flip one payload byte of a record in an older segment.
+    let victim = &all[1];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[16 + 16 + 40] ^= 0x20;
+    std::fs::write(victim, &bytes).unwrap();
+
+    device.start();
+    let status = device.status();
+    assert_eq!(status["lineage"]["health"], "failed", "{status}");
+    let error = status["lineage"]["error"].as_str().unwrap();
+    assert!(error.contains("corrupt"), "{error}");
+    // Reported, never skipped: and nothing can open the gate.
+    std::thread::sleep(Duration::from_secs(3));
+    let status = device.status();
+    assert_ne!(status["state"], "open", "{status}");
+    let answer = device.authorize("unlock", None, None, None);
+    assert_eq!(answer["decision"], "deny", "{answer}");
+    assert_eq!(
+        std::fs::read(victim).unwrap(),
+        bytes,
+        "damaged data left as found"
+    );
+}
+
+fn collector_config(fleet: &Fleet, dir: &Path) -> PathBuf {
+    let id = fleet.broker.identity("mctc-collector").unwrap();
+    let p = |p: &Path| p.to_str().unwrap().to_owned();
+    let text = format!(
+        r#"[broker]
+url = "{url}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+keep_alive_secs = 5
+[authority]
+public_keys = ["{pubkey}"]
+[store]
+path = "{db}"
+"#,
+        url = fleet.broker.url(),
+        ca = p(&id.ca),
+        cert = p(&id.cert),
+        key = p(&id.key),
+        pubkey = p(&fleet.authority_pub),
+        db = p(&dir.join("collector.db")),
+    );
+    let path = dir.join("collector.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_collector(config: &Path, log: &Path) -> Proc {
+    let mut command = Command::new(bin_path("mctc-collector").unwrap());
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("MCTC_LOG", "info");
+    Proc::spawn_command("mctc-collector", command, log).unwrap()
+}
+
+#[test]
+fn at_the_quota_the_gate_closes_nothing_is_dropped_and_the_collector_drains_the_backlog() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device_with(
+        "quota-1",
+        "locker",
+        "[lineage]\nsegment_bytes = 16384\nquota_bytes = 65536\nreserve_bytes = 16384\nresend_after_ms = 1000\n",
+    );
+    device.bring_up();
+
+    // No collector: nothing is acknowledged, the log fills up.
+    let mut permits = Vec::new();
+    let refused = loop {
+        let answer = device.authorize("unlock", None, None, Some(&format!("q{}", permits.len())));
+        if answer["decision"] == "permit" {
+            permits.push(answer["seq"].as_u64().unwrap());
+            assert!(permits.len() < 5000, "quota never reached");
+        } else {
+            break answer;
+        }
+    };
+    assert_eq!(refused["reason"], "lineage-unavailable", "{refused}");
+    let status = device.status();
+    assert_eq!(status["lineage"]["health"], "quota-reached", "{status}");
+    assert_eq!(status["state"], "closed");
+    assert_eq!(status["reason"], "lineage-unavailable");
+    assert_eq!(
+        device.authorize("unlock", None, None, None)["decision"],
+        "deny"
+    );
+    // Nothing dropped: every permit is still on disk, chain intact.
+    let records = device.lineage();
+    let logged = decisions(&records);
+    assert!(
+        permits
+            .iter()
+            .all(|seq| logged.get(seq).is_some_and(|d| d.0 == VerdictCode::Permit))
+    );
+    assert_eq!(
+        records.first().unwrap().0,
+        0,
+        "nothing pruned without an ack"
+    );
+
+    // The collector comes: the backlog drains, segments are pruned and the
+    // gate reopens through a new attestation.
+    let dir = tempfile::tempdir().unwrap();
+    let config = collector_config(&fleet, dir.path());
+    let _collector = start_collector(&config, &dir.path().join("collector.log"));
+    let reopened = device.wait_state("open", Duration::from_secs(60));
+    assert!(
+        reopened.is_some(),
+        "{}\n{}\n--- collector ---\n{}",
+        device.status(),
+        device.log(),
+        std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
+    );
+    let status = device.status();
+    assert_eq!(status["lineage"]["health"], "ok");
+    assert!(status["lineage"]["acked_seq"].as_u64().unwrap() >= *permits.last().unwrap());
+    assert!(device.permits());
+    let first_on_disk = segments(&device.lineage_dir())
+        .first()
+        .map(|p| {
+            p.file_stem()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .unwrap();
+    assert!(first_on_disk > 0, "acknowledged segments pruned");
+    assert_eq!(
+        mctc_agent::state::StateDir::open(&device.state_dir())
+            .unwrap()
+            .lineage_acked()
+            .is_some(),
+        true
+    );
+}
+
+/// The registry record as the collector receives it (retained).
+fn registry_record(fleet: &Fleet, device: &str, dir: &Path) -> PathBuf {
+    let topic = format!("mctc/v1/registry/{device}");
+    let client = MqttClient::connect(
+        &fleet.broker,
+        "mctc-collector",
+        "registry-reader",
+        &[&topic],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || !client
+            .received_on(&topic)
+            .is_empty())
+        .is_some()
+    );
+    let path = dir.join("registry.cose");
+    std::fs::write(&path, client.received_on(&topic).pop().unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn an_exported_bundle_ends_at_a_fresh_checkpoint_and_verifies_offline() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("export-1", "locker");
+    device.bring_up();
+    for i in 0..30 {
+        device.authorize("unlock", None, None, Some(&format!("e{i}")));
+    }
+    let out_dir = tempfile::tempdir().unwrap();
+    let bundle_path = out_dir.path().join("export-1.bundle");
+    let bundle = bundle_path.to_str().unwrap().to_owned();
+
+    // Without a registry record the export says what is missing.
+    let out = device.cli(&["lineage", "export", "--out", &bundle]);
+    if out.code != 0 {
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(out.stderr.contains("--registry"), "{out:?}");
+    }
+    let registry = registry_record(&fleet, "export-1", out_dir.path());
+    let last_answer = device.authorize("unlock", None, None, Some("last"));
+    let out = device.cli(&[
+        "lineage",
+        "export",
+        "--out",
+        &bundle,
+        "--registry",
+        registry.to_str().unwrap(),
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+
+    let parsed = Bundle::parse(&std::fs::read(&bundle_path).unwrap()).unwrap();
+    assert_eq!(parsed.device, "export-1");
+    assert_eq!(parsed.from_seq, 0);
+    let last = record(parsed.records.last().unwrap());
+    assert!(
+        matches!(last.body, Body::Checkpoint(_)),
+        "ends at a checkpoint"
+    );
+    assert!(
+        last.seq > last_answer["seq"].as_u64().unwrap(),
+        "the running agent checkpointed for the export"
+    );
+
+    let verify = common::run(
+        "mctc-collector",
+        &[
+            "verify",
+            &bundle,
+            "--authority-key",
+            fleet.authority_pub.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(verify.code, 0, "{verify:?}");
+    assert!(verify.stdout.starts_with("OK export-1"), "{verify:?}");
+
+    // One flipped byte in a record fails verification.
+    let mut damaged = std::fs::read(&bundle_path).unwrap();
+    let at = damaged.len() - 400;
+    damaged[at] ^= 0x01;
+    let damaged_path = out_dir.path().join("damaged.bundle");
+    std::fs::write(&damaged_path, damaged).unwrap();
+    let verify = common::run(
+        "mctc-collector",
+        &[
+            "verify",
+            damaged_path.to_str().unwrap(),
+            "--authority-key",
+            fleet.authority_pub.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(verify.code, 1, "{verify:?}");
+}
