@@ -159,9 +159,11 @@ pub fn parse() -> Result<Cli, (u8, String)> {
     Cli::try_parse().map_err(|e| {
         use clap::error::ErrorKind;
         match e.kind() {
-            ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => (0, e.to_string()),
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => (0, e.to_string()),
+            ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => (
+                2,
+                "a command is required (see mctc-authority --help)".to_owned(),
+            ),
             _ => (2, clap_one_line(&e.to_string())),
         }
     })

@@ -425,6 +425,8 @@ impl<S: Store> Engine<S> {
         let ttl = policy
             .class(&record.class)
             .map_or(0, |c| u64::from(c.artifact_ttl_ms));
+        // The longest any of the device's nonces lives (see `evaluate`).
+        let tolerance = ttl.saturating_add(self.settings.limits.nonce_ttl_ms);
         let issue = Issue {
             next_nonce: random(&self.rng)?,
             next_nonce_deadline: now.after(ttl.saturating_add(self.settings.limits.nonce_ttl_ms)),
@@ -436,7 +438,14 @@ impl<S: Store> Engine<S> {
             match self
                 .store
                 .attest(device, &nonce, &issue, now, &mut |rec, check, learned| {
-                    evaluate(rec, check, policy.class(&rec.class), learned, &evidence)
+                    evaluate(
+                        rec,
+                        check,
+                        policy.class(&rec.class),
+                        learned,
+                        &evidence,
+                        tolerance,
+                    )
                 }) {
                 Ok(Some(attested)) => attested,
                 Ok(None) => return Err(Dropped("device is not registered".into())),

@@ -57,6 +57,8 @@ pub struct Housekeeper<S: Store> {
     issuer: Arc<Issuer>,
     heartbeat: HeartbeatSettings,
     clock: Now,
+    /// Whether this instance held the lease at the last beat (for logs).
+    leading: bool,
 }
 
 impl<S: Store> Housekeeper<S> {
@@ -72,6 +74,7 @@ impl<S: Store> Housekeeper<S> {
             issuer,
             heartbeat,
             clock,
+            leading: false,
         }
     }
 
@@ -128,8 +131,23 @@ impl<S: Store> Housekeeper<S> {
             MAX_REVOKED_PER_HEARTBEAT,
             now,
         ) {
-            Ok(Some(state)) => state,
-            Ok(None) => return, // another instance holds the lease
+            Ok(Some(state)) => {
+                if !self.leading {
+                    tracing::info!(
+                        seq = state.seq,
+                        "heartbeat lease taken: this instance publishes the heartbeat"
+                    );
+                    self.leading = true;
+                }
+                state
+            }
+            Ok(None) => {
+                if self.leading {
+                    tracing::info!("heartbeat lease held by another instance");
+                    self.leading = false;
+                }
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "heartbeat not allocated");
                 return;

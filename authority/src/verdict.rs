@@ -13,8 +13,9 @@
 //! 4. class missing from the policy → `PolicyMismatch` (fail closed);
 //! 5. the quote (mctc-attest): not signed by the enrolled AK →
 //!    `NotEnrolled`; malformed, wrong nonce, wrong PCR selection, values not
-//!    matching the quoted digest → `BadEvidence`; TPM counters or clock
-//!    behind the last verified quote → `BootAnomaly`, and contain;
+//!    matching the quoted digest → `BadEvidence`; TPM counters behind the
+//!    last verified quote, or its clock behind by more than the rollback
+//!    tolerance → `BootAnomaly`, and contain;
 //! 6. the baseline: a referenced PCR differs → `PolicyMismatch`, and
 //!    contain (drift); a PCR without reference → `NoBaseline`
 //!    (`PolicyMismatch` on the wire, not contained).
@@ -122,6 +123,10 @@ pub enum NonceCheck {
 pub struct VerifiedFacts {
     /// The signed TPM clock and boot counters.
     pub clock: ClockInfo,
+    /// What to remember as the last verified clock: this quote's, unless a
+    /// later one of the same boot was verified already (quotes decided out
+    /// of order never move the high-water mark back).
+    pub high_water: ClockInfo,
     /// The quoted PCRs (bit i = PCR i).
     pub mask: u32,
     /// Their values, ascending PCR order.
@@ -179,12 +184,20 @@ impl Decision {
 
 /// Evaluates `evidence` (already decoded, its device equal to the topic's)
 /// for `device`. `class` is the device's class from the policy, if present.
+///
+/// `rollback_tolerance_ms`: how far the TPM clock may be behind the last
+/// verified quote of the same boot. A device may hold two nonces at once (a
+/// renewal and a fresh-operation attestation) and two instances may decide
+/// in parallel, so quotes can be decided in another order than made; the
+/// nonce already proves each is fresh, so a step back of at most one nonce
+/// lifetime is reordering. A larger one is a restored TPM state.
 pub fn evaluate(
     device: &DeviceRecord,
     nonce: NonceCheck,
     class: Option<&ClassPolicy>,
     learned: &[LearnedDigest],
     evidence: &Evidence<'_>,
+    rollback_tolerance_ms: u64,
 ) -> Decision {
     match device.status {
         DeviceStatus::Revoked => return Decision::refuse(Refusal::Revoked, "device is revoked"),
@@ -242,10 +255,14 @@ pub fn evaluate(
             safe: false,
         },
     };
+    let tolerated = device.last_clock.map(|last| ClockInfo {
+        clock: last.clock.saturating_sub(rollback_tolerance_ms),
+        ..last
+    });
     let expectation = QuoteExpectation {
         qualifying_data: &evidence.nonce.0,
         selection: &expected,
-        last_accepted: device.last_clock.as_ref(),
+        last_accepted: tolerated.as_ref(),
     };
     let verified = match verify_quote(&ak, &quote, &expectation) {
         Ok(verified) => verified,
@@ -267,8 +284,14 @@ pub fn evaluate(
             Err(_) => return Decision::refuse(Refusal::BadEvidence, "PCR value is not 32 bytes"),
         }
     }
+    let quoted = *verified.clock();
+    let high_water = match device.last_clock {
+        Some(last) if last.boot() == quoted.boot() && last.clock > quoted.clock => last,
+        _ => quoted,
+    };
     let facts = VerifiedFacts {
-        clock: *verified.clock(),
+        clock: quoted,
+        high_water,
         mask: class.mask(),
         values,
         digest: *verified.pcr_digest(),
@@ -401,10 +424,17 @@ mod tests {
             (DeviceStatus::Revoked, Refusal::Revoked),
             (DeviceStatus::Contained, Refusal::Contained),
         ] {
-            let d = evaluate(&device(status, true), NonceCheck::Invalid, None, &[], &e);
+            let d = evaluate(&device(status, true), NonceCheck::Invalid, None, &[], &e, 0);
             assert_eq!(refusal_of(d), expected);
         }
-        let d = evaluate(&device(DeviceStatus::Active, false), valid, None, &[], &e);
+        let d = evaluate(
+            &device(DeviceStatus::Active, false),
+            valid,
+            None,
+            &[],
+            &e,
+            0,
+        );
         assert_eq!(refusal_of(d), Refusal::NotEnrolled);
         let d = evaluate(
             &device(DeviceStatus::Active, true),
@@ -412,9 +442,10 @@ mod tests {
             Some(&class()),
             &[],
             &e,
+            0,
         );
         assert_eq!(refusal_of(d), Refusal::StaleNonce);
-        let d = evaluate(&device(DeviceStatus::Active, true), valid, None, &[], &e);
+        let d = evaluate(&device(DeviceStatus::Active, true), valid, None, &[], &e, 0);
         assert_eq!(refusal_of(d), Refusal::PolicyMismatch);
         // A stored AK that no longer parses is the authority's fault.
         let d = evaluate(
@@ -423,6 +454,7 @@ mod tests {
             Some(&class()),
             &[],
             &e,
+            0,
         );
         assert_eq!(refusal_of(d), Refusal::Internal);
     }

@@ -122,8 +122,22 @@ async fn artifacts_verify_on_the_device_and_follow_the_policy() {
     let evidence = device.evidence(fresh, &[0, 7]).await;
     device.submit(evidence).await.artifact();
 
+    // Two attestations in flight (a renewal and a fresh operation): the
+    // later quote is decided first; the earlier one is reordering, not a
+    // TPM rollback.
+    let renew = device.nonce().await;
+    let fresh = device
+        .nonce_within(NoncePurpose::FreshOp, ANSWER)
+        .await
+        .unwrap();
+    let earlier = device.evidence(renew, &[0, 7]).await;
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let later = device.evidence(fresh, &[0, 7]).await;
+    device.submit(later).await.artifact();
+    device.submit(earlier).await.artifact();
+
     let shown = fleet.cli(&["devices", "show", "locker-1", "--json"]).json();
-    assert_eq!(shown["artifacts_issued"], 3);
+    assert_eq!(shown["artifacts_issued"], 5);
     assert_eq!(shown["last_verdict"], "affirmed");
     assert_eq!(shown["last_pcrs"]["values"]["7"], ZERO);
     assert_eq!(

@@ -456,10 +456,10 @@ fn store_facts(
     )?
     .execute(params![
         device,
-        facts.clock.clock,
-        facts.clock.reset_count,
-        facts.clock.restart_count,
-        facts.clock.safe,
+        facts.high_water.clock,
+        facts.high_water.reset_count,
+        facts.high_water.restart_count,
+        facts.high_water.safe,
         facts.mask,
         values,
         now.wall_ms
@@ -1637,6 +1637,12 @@ mod tests {
         let d = id("d1");
         let facts = VerifiedFacts {
             clock: ClockInfo {
+                clock: 77,
+                reset_count: 3,
+                restart_count: 1,
+                safe: true,
+            },
+            high_water: ClockInfo {
                 clock: 77,
                 reset_count: 3,
                 restart_count: 1,

@@ -280,6 +280,9 @@ impl Client {
         let client_id = format!("{cn}-{}", hex::encode(rand_bytes::<4>()));
         let options = broker.mqtt_options(&client_id, &identity).unwrap();
         let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let subscriber = client.clone();
