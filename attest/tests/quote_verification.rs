@@ -528,3 +528,46 @@ async fn latency_of_the_hot_paths() {
         "verify {verify_time:?}"
     );
 }
+
+/// A lineage checkpoint carries the quote and its signature but no PCR
+/// values: the origin, the qualifying data and the signed digest are what
+/// must hold.
+#[tokio::test]
+async fn a_checkpoint_quote_verifies_without_pcr_values_and_nothing_else_does() {
+    use mctc_attest::verifier::verify_signed_quote;
+
+    let d = device().await;
+    let other = device().await;
+    let head = sha256(b"lineage head");
+    let evidence = d.device.quote(head.to_vec(), sel()).await.unwrap();
+
+    let signed = verify_signed_quote(&d.ak, &evidence.attest, &evidence.signature, &head).unwrap();
+    assert_eq!(signed.selection(), &sel());
+    assert_eq!(
+        signed.pcr_digest(),
+        evidence.pcrs.composite_digest().as_slice()
+    );
+    assert_eq!(signed.clock(), &evidence.clock);
+
+    let wrong_head = sha256(b"another head");
+    assert_eq!(
+        verify_signed_quote(&d.ak, &evidence.attest, &evidence.signature, &wrong_head),
+        Err(QuoteError::QualifyingDataMismatch)
+    );
+    assert_eq!(
+        verify_signed_quote(&other.ak, &evidence.attest, &evidence.signature, &head),
+        Err(QuoteError::BadSignature)
+    );
+    for i in 0..evidence.attest.len() {
+        let mut attest = evidence.attest.clone();
+        attest[i] ^= 0x01;
+        assert!(
+            verify_signed_quote(&d.ak, &attest, &evidence.signature, &head).is_err(),
+            "byte {i} of TPMS_ATTEST changed and still verified"
+        );
+    }
+    let mut signature = evidence.signature.clone();
+    let last = signature.len() - 1;
+    signature[last] ^= 0x01;
+    assert!(verify_signed_quote(&d.ak, &evidence.attest, &signature, &head).is_err());
+}

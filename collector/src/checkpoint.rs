@@ -6,23 +6,13 @@
 //! judging (judging PCR values against policy is the authority's job at
 //! attestation time). What must hold is that the enrolled AK signed a TPM
 //! quote whose qualifying data is the checkpoint digest of (device, seq,
-//! head).
-//!
-//! `mctc_attest::verifier::verify_quote` also compares reported PCR values
-//! with the quoted digest, and a checkpoint has none to report. So the
-//! quote's own selection is passed as the expectation together with
-//! placeholder values: every check that matters here (magic, quote type,
-//! signature by the AK, qualifying data, selection) runs before the digest
-//! comparison, and the one outcome that the placeholder values provoke,
-//! `PcrDigestMismatch`, is then accepted as "verified up to the values".
-//! Tests pin that order: a checkpoint carrying another AK's quote must fail
-//! on its signature and a quote over another head on its qualifying data
-//! (`offline_verify.rs`, `ingest.rs`), and every single-byte change of a
-//! quote must fail (`offline_verify.rs`). If the verifier ever compared the
-//! digest first, they would fail.
+//! head): `mctc_attest::verifier::verify_signed_quote` checks exactly that
+//! (structure, magic, quote type, AK signature, qualifying data, one
+//! non-SHA-1 bank).
 
-use mctc_attest::verifier::{AkPublic, Attest, QuoteError, QuoteExpectation, verify_quote};
-use mctc_attest::{ClockInfo, Evidence, HashAlg, ParseError, PcrSelection, PcrValues};
+use mctc_attest::ClockInfo;
+use mctc_attest::PcrSelection;
+use mctc_attest::verifier::{AkPublic, QuoteError, verify_signed_quote};
 
 /// A checkpoint quote that verified: what the TPM signed about the platform
 /// when it committed to the lineage head.
@@ -36,26 +26,10 @@ pub struct VerifiedCheckpoint {
     pub selection: PcrSelection,
 }
 
-/// Why a checkpoint quote was rejected.
+/// Why a checkpoint quote was rejected: the verifier's check that failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum CheckpointError {
-    /// The attestation bytes do not decode.
-    #[error("attestation does not decode: {0}")]
-    Malformed(ParseError),
-    /// The attestation is not a quote.
-    #[error("attestation is not a TPM quote")]
-    NotAQuote,
-    /// The quote does not cover exactly one PCR bank.
-    #[error("quote covers {0} PCR banks, a checkpoint quote covers exactly one")]
-    Banks(usize),
-    /// The quoted selection is not one the verifier accepts (unknown bank,
-    /// PCR index out of range, empty).
-    #[error("quoted PCR selection is not acceptable: {0}")]
-    Selection(String),
-    /// The quote itself was rejected (signature, qualifying data, ...).
-    #[error("{0}")]
-    Quote(QuoteError),
-}
+#[error("{0}")]
+pub struct CheckpointError(pub QuoteError);
 
 /// Verifies that `ak` signed a TPM quote over `attest` (with `signature`)
 /// whose qualifying data is `qualifying_data`.
@@ -65,44 +39,13 @@ pub fn verify_checkpoint_quote(
     signature: &[u8],
     qualifying_data: &[u8; 32],
 ) -> Result<VerifiedCheckpoint, CheckpointError> {
-    let parsed = Attest::parse(attest).map_err(CheckpointError::Malformed)?;
-    let quote = parsed.quote.as_ref().ok_or(CheckpointError::NotAQuote)?;
-    let [bank_selection] = quote.selection.as_slice() else {
-        return Err(CheckpointError::Banks(quote.selection.len()));
-    };
-    let bank = HashAlg::from_tpm_alg_id(bank_selection.hash).ok_or_else(|| {
-        CheckpointError::Selection(format!("unknown bank {:#06x}", bank_selection.hash))
-    })?;
-    let mask = bank_selection
-        .mask()
-        .ok_or_else(|| CheckpointError::Selection("PCR index above 31".to_owned()))?;
-    let indices: Vec<u8> = (0u8..32).filter(|i| mask & (1u32 << i) != 0).collect();
-    let selection =
-        PcrSelection::new(bank, &indices).map_err(|e| CheckpointError::Selection(e.to_string()))?;
-    let placeholder = vec![vec![0u8; bank.digest_len()]; selection.len()];
-    let pcrs = PcrValues::new(selection, placeholder)
-        .map_err(|e| CheckpointError::Selection(e.to_string()))?;
-    let evidence = Evidence {
-        attest: attest.to_vec(),
-        signature: signature.to_vec(),
-        pcrs,
-        clock: parsed.clock,
-    };
-    let expectation = QuoteExpectation {
-        qualifying_data,
-        selection: &selection,
-        last_accepted: None,
-    };
-    match verify_quote(ak, &evidence, &expectation) {
-        // Ok only if the quoted PCRs happen to be all zero; either way every
-        // check before the value comparison passed.
-        Ok(_) | Err(QuoteError::PcrDigestMismatch) => Ok(VerifiedCheckpoint {
-            clock: parsed.clock,
-            pcr_digest: quote.pcr_digest.clone(),
-            selection,
-        }),
-        Err(e) => Err(CheckpointError::Quote(e)),
-    }
+    let signed =
+        verify_signed_quote(ak, attest, signature, qualifying_data).map_err(CheckpointError)?;
+    Ok(VerifiedCheckpoint {
+        clock: *signed.clock(),
+        pcr_digest: signed.pcr_digest().to_vec(),
+        selection: *signed.selection(),
+    })
 }
 
 /// How the TPM's signed clock of a later checkpoint went backwards against

@@ -18,5 +18,8 @@ pub use attest::{Attest, QuoteInfo, RawPcrSelection, Signature};
 pub use credential::{Credential, CredentialError, MAX_CREDENTIAL_SECRET, make_credential};
 pub use ek_cert::{EkCaBundle, EkCertError, EkPolicy, EkTrust, verify_ek_certificate};
 pub use public_key::{AkKind, AkPublic, EkKind, EkPublic, PublicKeyError, public_key_fingerprint};
-pub use quote::{Continuity, QuoteError, QuoteExpectation, VerifiedQuote, verify_quote};
+pub use quote::{
+    Continuity, QuoteError, QuoteExpectation, SignedQuote, VerifiedQuote, verify_quote,
+    verify_signed_quote,
+};
 pub use reference::{PcrMismatch, ReferenceError, ReferenceValues};

@@ -147,6 +147,111 @@ pub enum QuoteError {
     },
 }
 
+/// A quote whose origin (the AK signed a TPM-generated quote) and
+/// qualifying data are proven, without reported PCR values: what a lineage
+/// checkpoint carries. It binds the qualifying data to the signed PCR digest
+/// and TPM clock. Only [`verify_signed_quote`] builds one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedQuote {
+    clock: ClockInfo,
+    firmware_version: u64,
+    selection: PcrSelection,
+    pcr_digest: Vec<u8>,
+}
+
+impl SignedQuote {
+    /// The signed clock info and boot counters.
+    pub const fn clock(&self) -> &ClockInfo {
+        &self.clock
+    }
+
+    /// The TPM firmware version the quote reports.
+    pub const fn firmware_version(&self) -> u64 {
+        self.firmware_version
+    }
+
+    /// The quoted PCRs (exactly one bank, never SHA-1 only).
+    pub const fn selection(&self) -> &PcrSelection {
+        &self.selection
+    }
+
+    /// The signed composite digest of the quoted PCRs.
+    pub fn pcr_digest(&self) -> &[u8] {
+        &self.pcr_digest
+    }
+}
+
+/// The checks every quote passes before anything in it is believed: length
+/// of the expected qualifying data, structure, magic, quote type, the AK's
+/// signature, then the qualifying data. Returns the parsed attestation.
+fn check_origin(
+    ak: &AkPublic,
+    attest_bytes: &[u8],
+    signature: &[u8],
+    qualifying_data: &[u8],
+) -> Result<Attest, QuoteError> {
+    if qualifying_data.len() > MAX_DIGEST {
+        return Err(QuoteError::QualifyingDataTooLong(qualifying_data.len()));
+    }
+    let attest = Attest::parse(attest_bytes).map_err(QuoteError::Malformed)?;
+    if attest.magic != TPM_GENERATED_VALUE {
+        return Err(QuoteError::BadMagic(attest.magic));
+    }
+    if attest.quote.is_none() {
+        return Err(QuoteError::NotAQuote(attest.attest_type));
+    }
+    verify_signature(ak, attest_bytes, signature)?;
+    if attest.extra_data != qualifying_data {
+        return Err(QuoteError::QualifyingDataMismatch);
+    }
+    Ok(attest)
+}
+
+fn sha1_only(quoted: &[RawPcrSelection]) -> bool {
+    !quoted.is_empty() && quoted.iter().all(|s| s.hash == HashAlg::Sha1.tpm_alg_id())
+}
+
+/// Verifies that `ak` signed a TPM quote over `attest_bytes` whose
+/// qualifying data is `qualifying_data` and which covers exactly one PCR bank
+/// (not SHA-1). The PCR values are not needed: the signed digest is returned
+/// as it is. For lineage checkpoints, whose qualifying data commits to the
+/// lineage head; attestation uses [`verify_quote`], which also proves the
+/// reported values.
+pub fn verify_signed_quote(
+    ak: &AkPublic,
+    attest_bytes: &[u8],
+    signature: &[u8],
+    qualifying_data: &[u8],
+) -> Result<SignedQuote, QuoteError> {
+    let attest = check_origin(ak, attest_bytes, signature, qualifying_data)?;
+    let Some(quote) = attest.quote.as_ref() else {
+        return Err(QuoteError::NotAQuote(attest.attest_type));
+    };
+    if sha1_only(&quote.selection) {
+        return Err(QuoteError::Sha1Bank);
+    }
+    let selection = match quote.selection.as_slice() {
+        [only] => only
+            .mask()
+            .and_then(|mask| HashAlg::from_tpm_alg_id(only.hash).map(|bank| (bank, mask)))
+            .and_then(|(bank, mask)| PcrSelection::from_mask(bank, mask).ok())
+            .filter(|selection| !selection.is_empty()),
+        _ => None,
+    };
+    let Some(selection) = selection else {
+        return Err(QuoteError::SelectionMismatch {
+            expected: "exactly one known PCR bank".to_owned(),
+            got: describe(&quote.selection),
+        });
+    };
+    Ok(SignedQuote {
+        clock: attest.clock,
+        firmware_version: attest.firmware_version,
+        selection,
+        pcr_digest: quote.pcr_digest.clone(),
+    })
+}
+
 /// Verifies a quote made by `ak` against what the verifier asked for.
 ///
 /// `evidence.clock` is ignored: the verdict carries the signed clock info.
@@ -163,27 +268,16 @@ pub fn verify_quote(
     if expected.selection.bank() == HashAlg::Sha1 {
         return Err(QuoteError::Sha1Bank);
     }
-
-    let attest = Attest::parse(&evidence.attest).map_err(QuoteError::Malformed)?;
-    if attest.magic != TPM_GENERATED_VALUE {
-        return Err(QuoteError::BadMagic(attest.magic));
-    }
+    let attest = check_origin(
+        ak,
+        &evidence.attest,
+        &evidence.signature,
+        expected.qualifying_data,
+    )?;
     let Some(quote) = attest.quote.as_ref() else {
         return Err(QuoteError::NotAQuote(attest.attest_type));
     };
-
-    verify_signature(ak, &evidence.attest, &evidence.signature)?;
-
-    if attest.extra_data != expected.qualifying_data {
-        return Err(QuoteError::QualifyingDataMismatch);
-    }
-
-    if !quote.selection.is_empty()
-        && quote
-            .selection
-            .iter()
-            .all(|s| s.hash == HashAlg::Sha1.tpm_alg_id())
-    {
+    if sha1_only(&quote.selection) {
         return Err(QuoteError::Sha1Bank);
     }
     if !selection_equals(&quote.selection, expected.selection) {
