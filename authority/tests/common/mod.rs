@@ -278,7 +278,9 @@ impl Client {
     pub async fn connect(broker: &Broker, cn: &str, filters: &[&str]) -> Client {
         let identity = broker.identity(cn).unwrap();
         let client_id = format!("{cn}-{}", hex::encode(rand_bytes::<4>()));
-        let options = broker.mqtt_options(&client_id, &identity).unwrap();
+        let mut options = broker.mqtt_options(&client_id, &identity).unwrap();
+        // Large enough for the oversized inputs the tests send on purpose.
+        options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         let mut network = eventloop.network_options();
         network.set_tcp_nodelay(true);
