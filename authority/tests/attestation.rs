@@ -144,7 +144,12 @@ async fn artifacts_verify_on_the_device_and_follow_the_policy() {
         shown["boot"]["reset_count"],
         u64::from(boot(&device).await.reset)
     );
-    assert!(fleet.log(0).contains("artifact issued"));
+    let log = fleet.log(0);
+    assert!(log.contains("artifact issued"));
+    // Nonces never reach the log.
+    for n in [nonce, next, renew, fresh] {
+        assert!(!log.contains(&hex::encode(n)), "a nonce was logged");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,4 +428,60 @@ async fn a_class_without_baseline_never_yields_an_artifact_until_learned() {
     // Drift from the learned baseline contains, like drift from the file's.
     device.swtpm.extend_pcr(0, b"new firmware").unwrap();
     assert!(device.attest().await.1.refusal().contained);
+}
+
+/// A quote after the simulator came back: the device's TPM worker reports
+/// the lost connection once, then reconnects.
+async fn quote_after_outage(device: &Device, nonce: [u8; 32]) -> Vec<u8> {
+    let selection = mctc_attest::PcrSelection::sha256(&[0, 7]).unwrap();
+    for _ in 0..5 {
+        if let Ok(quote) = device.tpm.quote(nonce.to_vec(), selection).await {
+            return encode_evidence(&device.id, nonce, &quote);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("the TPM did not come back");
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_tpm_is_a_boot_anomaly_and_contained() {
+    let (fleet, mut device) = enrolled("locker-1", "locker").await;
+    device.attest().await.1.artifact();
+    let first_boot = boot(&device).await;
+
+    // Someone keeps a copy of the TPM's state...
+    device.swtpm.kill();
+    let snapshot = tempfile::tempdir().unwrap();
+    copy_dir(&device.swtpm.state_dir(), snapshot.path());
+    device.swtpm.start_again().unwrap();
+    // ...the platform reboots a few times and keeps attesting...
+    device.swtpm.reset().unwrap();
+    device.swtpm.reset().unwrap();
+    let nonce = device.nonce().await;
+    let evidence = quote_after_outage(&device, nonce).await;
+    device.submit(evidence).await.artifact();
+    assert!(boot(&device).await.reset >= first_boot.reset + 2);
+
+    // ...then the old state is put back: resetCount goes back.
+    device.swtpm.kill();
+    copy_dir(snapshot.path(), &device.swtpm.state_dir());
+    device.swtpm.start_again().unwrap();
+    let nonce = device.nonce().await;
+    let evidence = quote_after_outage(&device, nonce).await;
+    let refusal = device.submit(evidence).await.refusal();
+    assert_eq!(refusal.reason, RefusalCode::BootAnomaly);
+    assert!(refusal.contained);
+    let shown = fleet.cli(&["devices", "show", "locker-1", "--json"]).json();
+    assert_eq!(shown["status"], "contained");
+    assert_eq!(shown["reason"], "tpm rollback");
+    assert_eq!(shown["last_refusal"], "boot-anomaly");
+    assert!(fleet.log(0).contains("resetCount went back"));
 }

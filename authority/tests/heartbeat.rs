@@ -85,3 +85,46 @@ async fn heartbeat_seq_keeps_increasing_across_restarts() {
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_and_stopping() {
+    let mut fleet = Fleet::new();
+    let socket_path = fleet.dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = fleet.config();
+    let index = fleet.start_with_env(
+        &config,
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            // Every 0.5 s; the unit file says 30 s.
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let receive = |seen: &mut Vec<String>, socket: &std::os::unix::net::UnixDatagram| {
+        let mut buf = [0u8; 256];
+        if let Ok(n) = socket.recv(&mut buf) {
+            seen.push(String::from_utf8_lossy(&buf[..n]).trim().to_owned());
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        receive(&mut seen, &socket);
+    }
+    assert_eq!(
+        seen.first().map(String::as_str),
+        Some("READY=1"),
+        "{seen:?}"
+    );
+    let feeds = seen.iter().filter(|m| *m == "WATCHDOG=1").count();
+    assert!(feeds >= 4, "{seen:?}");
+    fleet.stop(index);
+    seen.clear();
+    for _ in 0..10 {
+        receive(&mut seen, &socket);
+    }
+    assert!(seen.iter().any(|m| m == "STOPPING=1"), "{seen:?}");
+}

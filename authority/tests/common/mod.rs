@@ -197,12 +197,18 @@ keep_alive_secs = 5
 
     /// Starts an authority instance with `config`; returns its index.
     pub fn start_with(&mut self, config: &Path) -> usize {
+        self.start_with_env(config, &[])
+    }
+
+    /// Starts an authority instance with `config` and extra environment.
+    pub fn start_with_env(&mut self, config: &Path, env: &[(&str, &str)]) -> usize {
         let index = self.instances.len();
         let log = self.dir.path().join(format!("authority-{index}.log"));
         let mut command = Command::new(bin_path("mctc-authority").unwrap());
         command
             .args(["run", "--config", config.to_str().unwrap()])
-            .env("MCTC_LOG", "info");
+            .env("MCTC_LOG", "info")
+            .envs(env.iter().copied());
         let proc = Proc::spawn_command("mctc-authority", command, &log).unwrap();
         self.instances.push(Some(proc));
         // Subscriptions are sent on CONNACK, before anything else.
