@@ -100,6 +100,8 @@ pub struct Engine<S: Store> {
     settings: EngineSettings,
     clock: Now,
     rng: SystemRandom,
+    /// The last message queued outbox rows.
+    queued: bool,
 }
 
 fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], Dropped> {
@@ -117,6 +119,7 @@ impl<S: Store> Engine<S> {
             settings,
             clock,
             rng: SystemRandom::new(),
+            queued: false,
         }
     }
 
@@ -149,7 +152,11 @@ impl<S: Store> Engine<S> {
                 for message in out {
                     publisher.publish(message);
                 }
-                if let Err(e) = pump(&mut self.store, &self.settings.issuer, publisher, &now) {
+                // Publish what this message queued (a registry record, a
+                // containment) now rather than at the housekeeper's next poll.
+                if std::mem::take(&mut self.queued)
+                    && let Err(e) = pump(&mut self.store, &self.settings.issuer, publisher, &now)
+                {
                     tracing::error!(error = %e, "outbox pump failed");
                 }
             }
@@ -339,7 +346,10 @@ impl<S: Store> Engine<S> {
             );
         }
         let (status, reason) = match self.store.commit_enrollment(&pending, now) {
-            Ok(EnrollCommit::Enrolled) => (EnrollStatus::Ok, ""),
+            Ok(EnrollCommit::Enrolled) => {
+                self.queued = true;
+                (EnrollStatus::Ok, "")
+            }
             Ok(EnrollCommit::Revoked) => (EnrollStatus::Revoked, "device is revoked"),
             Ok(EnrollCommit::IdentityConflict) => (
                 EnrollStatus::IdentityConflict,
@@ -502,6 +512,7 @@ impl<S: Store> Engine<S> {
                 let contained = attested.status == DeviceStatus::Contained;
                 tracing::warn!(%device, class, verdict = "refused", reason = %refusal, %detail, contained, "evidence refused");
                 if contain.is_some() && contained {
+                    self.queued = true;
                     tracing::warn!(%device, class, reason = contain.as_deref().unwrap_or(""), "device contained automatically");
                 }
                 self.refusal(device, nonce, *refusal, contained, now)

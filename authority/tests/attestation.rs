@@ -303,6 +303,11 @@ async fn drift_contains_and_a_contained_device_gets_nothing_until_restored() {
     assert_eq!(learn.code, 0, "{learn:?}");
     assert_eq!(learn.json()["stored"], true);
     assert_eq!(fleet.cli(&["devices", "restore", "locker-1"]).code, 0);
+    assert_eq!(
+        control(&fleet, &mut device).await.0,
+        4,
+        "the CLI's change reaches the device through the running authority"
+    );
     device.attest().await.1.artifact();
 
     // A device connecting later gets the latest control, retained.
