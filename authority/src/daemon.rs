@@ -25,7 +25,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use sd_notify::NotifyState;
 
 use crate::config::Config;
-use crate::engine::{Engine, EngineSettings, INPUT_TOPICS, topic_name};
+use crate::engine::{Engine, EngineSettings, INPUT_TOPICS, max_input_len, topic_name};
 use crate::error::Error;
 use crate::housekeeping::{HeartbeatSettings, Housekeeper, Wake};
 use crate::issuer::{Issuer, KeySigner};
@@ -251,16 +251,26 @@ fn dispatch(event: LinkEvent, jobs: &SyncSender<Job>, limiter: &mut RateLimiter,
         tracing::warn!(%topic, reason = "not a request topic", "input dropped");
         return;
     };
-    let drop = |reason: &str| {
+    let dropped = |reason: &str| {
         tracing::warn!(%device, topic = topic_name(kind), reason, "input dropped");
     };
     if retain {
         // A retained request is a replay by construction.
-        drop("retained message");
+        dropped("retained message");
+        return;
+    }
+    // Checked before queueing, so the queue holds at most `queue` small
+    // messages, never `queue` packets of the broker's maximum size.
+    if payload.len() > max_input_len(kind) {
+        dropped(&format!(
+            "oversized: {} bytes, at most {}",
+            payload.len(),
+            max_input_len(kind)
+        ));
         return;
     }
     if !limiter.allow(&device, kind, clock.refresh().boot_ms) {
-        drop("rate limited");
+        dropped("rate limited");
         return;
     }
     match jobs.try_send(Job {
@@ -269,7 +279,7 @@ fn dispatch(event: LinkEvent, jobs: &SyncSender<Job>, limiter: &mut RateLimiter,
         payload,
     }) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => drop("worker queue full"),
-        Err(TrySendError::Disconnected(_)) => drop("worker stopped"),
+        Err(TrySendError::Full(_)) => dropped("worker queue full"),
+        Err(TrySendError::Disconnected(_)) => dropped("worker stopped"),
     }
 }
