@@ -76,6 +76,7 @@ impl Broker {
              allow_anonymous false\n\
              persistence false\n\
              max_packet_size 1048576\n\
+             set_tcp_nodelay true\n\
              log_dest file {log}\n\
              log_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\n\
              connection_messages true\n\
