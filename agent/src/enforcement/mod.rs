@@ -279,6 +279,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     pub async fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
         let mut lineage = self.lineage.status();
         let mut forward = self.forward.clone();
+        // A watch whose sender is gone would wake the loop forever.
+        let (mut lineage_open, mut forward_open) = (true, true);
         let now = self.now();
         if matches!(self.gate.state(), GateState::Revoked(_)) {
             tracing::warn!(device = %self.device, "device is revoked (persisted); the gate stays closed until re-provisioning");
@@ -298,15 +300,22 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                     Some(input) => self.handle(input),
                     None => return,
                 },
-                changed = lineage.changed() => {
+                changed = lineage.changed(), if lineage_open => {
                     if changed.is_ok() {
                         let health = lineage.borrow_and_update().health.clone();
                         self.on_lineage_health(&health);
+                    } else {
+                        lineage_open = false;
+                        let now = self.now();
+                        let events = self.gate.close_at(CloseReason::LineageUnavailable, now);
+                        self.apply(events.as_slice());
                     }
                 }
-                changed = forward.changed() => {
+                changed = forward.changed(), if forward_open => {
                     if changed.is_ok() {
                         forward.borrow_and_update();
+                    } else {
+                        forward_open = false;
                     }
                 }
                 () = tokio::time::sleep(sleep) => {}
@@ -753,3 +762,6 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

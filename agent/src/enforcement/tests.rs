@@ -1,0 +1,558 @@
+//! The enforcement task with paused tokio time: deadlines to the
+//! millisecond, renewal timing, heartbeats, containment and refusals. No
+//! real process is involved here (the end-to-end tests in `tests/` use the
+//! real authority, swtpm and Mosquitto); the authority's messages are
+//! signed with a test key, the TPM is a stand-in that echoes the nonce it
+//! quoted.
+
+use std::sync::Arc;
+
+use mctc_shim::artifact::{Claims, ScopeEntry};
+use mctc_shim::messages::{
+    Control, ControlAction, Heartbeat, Nonce, NoncePurpose, NonceRequest, Refusal, RefusalCode,
+};
+use mctc_shim::tpm::BootCounters;
+use mctc_shim::wire::{Bytes, List, Message, Text, Token, Version};
+use mctc_shim::{RingCrypto, RingSigner, Signed, Signer};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+use super::*;
+use crate::lineage::store::{Store, StoreConfig};
+use crate::lineage::writer::{self, Quoter, WriterSettings, WriterStart};
+
+const T0: u64 = 1_000_000;
+
+#[derive(Debug)]
+struct PausedClock {
+    start: tokio::time::Instant,
+}
+
+impl Clock for PausedClock {
+    fn now_ms(&self) -> u64 {
+        T0 + u64::try_from(self.start.elapsed().as_millis()).unwrap()
+    }
+
+    fn wall_ms(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// Echoes the quoted nonce as the "attest" bytes, so tests see which nonce
+/// was quoted.
+#[derive(Debug, Clone)]
+struct EchoTpm;
+
+impl Platform for EchoTpm {
+    async fn quote(&self, qualifying_data: [u8; 32]) -> Result<Quote, String> {
+        Ok(Quote {
+            attest: qualifying_data.to_vec(),
+            signature: vec![1],
+            pcr_values: vec![[0; 32]],
+            boot: BootCounters::default(),
+        })
+    }
+
+    async fn observe(
+        &self,
+        _selection: mctc_shim::tpm::PcrSelection,
+    ) -> Result<crate::platform::Observation, String> {
+        Err("not used".into())
+    }
+
+    async fn extend(&self, _pcr: u8, _digest: [u8; 32]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Recorder(tokio::sync::mpsc::UnboundedSender<(String, Vec<u8>)>);
+
+impl Outbox for Recorder {
+    fn try_publish(&self, topic: &str, payload: Vec<u8>, _qos: QoS, _retain: bool) -> bool {
+        self.0.send((topic.to_owned(), payload)).is_ok()
+    }
+
+    async fn publish(&self, topic: &str, payload: Vec<u8>, qos: QoS, retain: bool) -> bool {
+        self.try_publish(topic, payload, qos, retain)
+    }
+}
+
+struct NoQuote;
+
+impl Quoter for NoQuote {
+    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        Ok((qualifying_data.to_vec(), vec![1]))
+    }
+}
+
+struct Harness {
+    inbox: mpsc::Sender<Input>,
+    published: UnboundedReceiver<(String, Vec<u8>)>,
+    signer: RingSigner,
+    clock: Arc<PausedClock>,
+    device: DeviceId,
+    control_seq: u64,
+    hb_seq: u64,
+    _lineage: LineageHandle,
+    _dir: tempfile::TempDir,
+}
+
+fn settings() -> Settings {
+    Settings {
+        issuer: "fleet-authority".into(),
+        answer_timeout_ms: 2_000,
+        retry_min_ms: 1_000,
+        retry_max_ms: 8_000,
+        status_interval_ms: 3_600_000,
+        fresh_timeout_ms: 15_000,
+        max_fresh_age_ms: 10_000,
+        pcrs: mctc_shim::tpm::PcrSelection::sha256(1),
+        version: "test",
+        watchdog: None,
+    }
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let device = DeviceId::new("d1").unwrap();
+        let clock = Arc::new(PausedClock {
+            start: tokio::time::Instant::now(),
+        });
+        let (lineage, _thread) = writer::spawn(WriterStart {
+            store: Store::open(StoreConfig::new(dir.path().join("lineage"))),
+            device: device.clone(),
+            clock: clock.clone(),
+            boot: CurrentBoot::default(),
+            quoter: Box::new(NoQuote),
+            settings: WriterSettings {
+                commit_window: Duration::ZERO,
+                checkpoint_every_records: 1_000,
+                checkpoint_every: Duration::from_secs(3600),
+            },
+        })
+        .unwrap();
+        let signer = RingSigner::from_seed(&[9; 32]).unwrap();
+        let (tx, published) = tokio::sync::mpsc::unbounded_channel();
+        let (inbox, inbox_rx) = mpsc::channel(64);
+        let (baseline, _) = watch::channel(None);
+        let (_forward_tx, forward) = watch::channel(ForwardStatus::default());
+        let enforcer = Enforcer::new(
+            settings(),
+            Parts {
+                device: device.clone(),
+                keys: vec![AuthorityKey::new(&RingCrypto, signer.public_key())],
+                revoked: false,
+                control_seq: None,
+                clock: clock.clone(),
+                boot: CurrentBoot::default(),
+                platform: EchoTpm,
+                outbox: Recorder(tx),
+                lineage: lineage.clone(),
+                forward,
+                state: StateDir::open(&dir.path().join("state")).unwrap(),
+                inbox: inbox.clone(),
+                baseline,
+            },
+            None,
+        );
+        tokio::spawn(enforcer.run(inbox_rx));
+        inbox.send(Input::Connected { session: 1 }).await.unwrap();
+        Harness {
+            inbox,
+            published,
+            signer,
+            clock,
+            device,
+            control_seq: 0,
+            hb_seq: 0,
+            _lineage: lineage,
+            _dir: dir,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The next publish on a topic ending in `suffix` (status publishes
+    /// skipped). Paused time advances by itself to whenever it comes.
+    async fn next(&mut self, suffix: &str) -> Vec<u8> {
+        loop {
+            let (topic, payload) = self.published.recv().await.unwrap();
+            if topic.ends_with(suffix) {
+                return payload;
+            }
+            assert!(topic.ends_with("/status"), "unexpected publish on {topic}");
+        }
+    }
+
+    /// Delivers a message and waits until the task has handled it (so a
+    /// following `advance` cannot overtake it).
+    async fn send(&self, kind: Inbound, payload: Vec<u8>) {
+        self.inbox
+            .send(Input::Message {
+                kind,
+                payload,
+                received_ms: self.now(),
+            })
+            .await
+            .unwrap();
+        let _ = self.status().await;
+    }
+
+    /// Answers the next nonce request; returns the nonce.
+    async fn give_nonce(&mut self, nonce: [u8; 32]) -> NoncePurpose {
+        let request = self.next("/nonce/req").await;
+        let purpose = NonceRequest::decode(&request).unwrap().purpose;
+        let mut buf = [0u8; 256];
+        let bytes = Nonce {
+            v: Version::CURRENT,
+            nonce: Bytes(nonce),
+            purpose,
+            expires_in_ms: 10_000,
+        }
+        .encode(&mut buf)
+        .unwrap()
+        .to_vec();
+        self.send(Inbound::Nonce, bytes).await;
+        purpose
+    }
+
+    /// The nonce quoted in the next evidence.
+    async fn evidence(&mut self) -> [u8; 32] {
+        let bytes = self.next("/evidence").await;
+        let evidence = mctc_shim::messages::Evidence::decode(&bytes).unwrap();
+        assert_eq!(
+            evidence.attest.0,
+            evidence.nonce.0.as_slice(),
+            "quoted the sent nonce"
+        );
+        evidence.nonce.0
+    }
+
+    fn artifact(&self, nonce: [u8; 32], next_nonce: [u8; 32], ttl_ms: u32, cti: u8) -> Vec<u8> {
+        let mut scope = List::new();
+        for (op, fresh) in [("unlock", false), ("refund", true)] {
+            scope
+                .push(ScopeEntry {
+                    op: Token(op),
+                    max_amount: None,
+                    currency: None,
+                    fresh_attestation: fresh,
+                })
+                .unwrap();
+        }
+        let claims = Claims {
+            iss: Token("fleet-authority"),
+            sub: self.device.clone(),
+            exp: 4_000_000_000,
+            iat: 1,
+            cti: Bytes([cti; 16]),
+            v: Version::CURRENT,
+            ttl_ms,
+            nonce: Bytes(nonce),
+            pcr_alg: 0x000b,
+            pcr_mask: 1,
+            pcr_digest: Bytes([0; 32]),
+            boot: BootCounters::default(),
+            scope,
+            next_nonce: Bytes(next_nonce),
+            hb_ms: 30_000,
+            hb_seq: 0,
+            epoch: 0,
+        };
+        let mut buf = [0u8; 2048];
+        claims
+            .sign(&self.signer, &RingCrypto, &mut buf)
+            .unwrap()
+            .to_vec()
+    }
+
+    fn refusal(&self, nonce: [u8; 32], reason: RefusalCode, contained: bool) -> Vec<u8> {
+        let mut buf = [0u8; 2048];
+        Refusal {
+            v: Version::CURRENT,
+            sub: self.device.clone(),
+            nonce: Bytes(nonce),
+            reason,
+            contained,
+            iat: 1,
+        }
+        .sign(&self.signer, &RingCrypto, &mut buf)
+        .unwrap()
+        .to_vec()
+    }
+
+    async fn control(&mut self, action: ControlAction) {
+        self.control_seq += 1;
+        let mut buf = [0u8; 2048];
+        let bytes = Control {
+            v: Version::CURRENT,
+            sub: self.device.clone(),
+            seq: self.control_seq,
+            action,
+            reason: Text("test"),
+            iat: 1,
+        }
+        .sign(&self.signer, &RingCrypto, &mut buf)
+        .unwrap()
+        .to_vec();
+        self.send(Inbound::Control, bytes).await;
+    }
+
+    async fn heartbeat(&mut self, revoked: &[&str]) {
+        self.hb_seq += 1;
+        let mut list = List::new();
+        for id in revoked {
+            list.push(DeviceId::new(id).unwrap()).unwrap();
+        }
+        let mut buf = [0u8; 2048];
+        let bytes = Heartbeat {
+            v: Version::CURRENT,
+            seq: self.hb_seq,
+            epoch: 0,
+            since_epoch: 0,
+            iat: 1,
+            hb_ms: 30_000,
+            revoked: list,
+        }
+        .sign(&self.signer, &RingCrypto, &mut buf)
+        .unwrap()
+        .to_vec();
+        self.send(Inbound::Heartbeat, bytes).await;
+    }
+
+    /// A full first round: the gate opens with a `ttl_ms` artifact.
+    async fn open(&mut self, ttl_ms: u32) -> [u8; 32] {
+        assert_eq!(self.give_nonce([1; 32]).await, NoncePurpose::Renew);
+        let nonce = self.evidence().await;
+        assert_eq!(nonce, [1; 32]);
+        let next = [2; 32];
+        self.send(Inbound::Artifact, self.artifact(nonce, next, ttl_ms, 0xa1))
+            .await;
+        assert_eq!(self.state().await, "open");
+        next
+    }
+
+    async fn authorize(&self, op: &str) -> Pending {
+        let (reply, pending) = oneshot::channel();
+        self.inbox
+            .send(Input::Authorize {
+                request: AuthorizeRequest {
+                    op: op.into(),
+                    amount: None,
+                    currency: None,
+                    reference: None,
+                },
+                reply,
+            })
+            .await
+            .unwrap();
+        pending.await.unwrap()
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        let (reply, status) = oneshot::channel();
+        self.inbox.send(Input::Status { reply }).await.unwrap();
+        status.await.unwrap()
+    }
+
+    async fn state(&self) -> String {
+        self.status().await["state"].as_str().unwrap().to_owned()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_gate_closes_exactly_at_the_artifact_deadline() {
+    let mut h = Harness::start().await;
+    // Start is always closed.
+    assert_eq!(h.authorize("unlock").await.reason, Some("closed"));
+    h.open(10_000).await;
+    let deadline = h.status().await["artifact"]["expires_in_ms"]
+        .as_u64()
+        .unwrap();
+
+    assert_eq!(deadline, 10_000, "ttl counted from receipt");
+    // Keep the renewal from answering: the artifact simply runs out.
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert!(
+        h.authorize("unlock").await.permit,
+        "open 1 ms before the deadline"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    let at_deadline = h.authorize("unlock").await;
+    assert!(!at_deadline.permit, "closed at the deadline itself");
+    assert_eq!(at_deadline.reason, Some("closed"));
+    assert_eq!(h.status().await["reason"], "artifact-expired");
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_comes_at_half_life_within_jitter_and_quotes_next_nonce() {
+    let mut h = Harness::start().await;
+    let opened_at = h.now();
+    let next = h.open(20_000).await;
+    // No nonce request: the renewal quotes the artifact's next_nonce.
+    let quoted = h.evidence().await;
+    let at = h.now() - opened_at;
+    assert_eq!(quoted, next);
+    assert!(
+        (9_000..=11_000).contains(&at),
+        "renewal after {at} ms, ttl 20 s"
+    );
+    h.send(Inbound::Artifact, h.artifact(quoted, [3; 32], 20_000, 0xa2))
+        .await;
+    let status = h.status().await;
+    assert_eq!(status["artifact"]["cti"], hex::encode([0xa2; 16]));
+    assert_eq!(status["state"], "open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_authority_leads_to_backoff_and_a_requested_nonce() {
+    let mut h = Harness::start().await;
+    let first = h.now();
+    let _ = h.next("/nonce/req").await;
+    // No answer: after the answer timeout and a backoff, asked again.
+    let _ = h.next("/nonce/req").await;
+    let gap = h.now() - first;
+    assert!(
+        (2_000 + 800..=2_000 + 1_200).contains(&gap),
+        "second request after {gap} ms"
+    );
+    let _ = h.next("/nonce/req").await;
+    let gap2 = h.now() - first - gap;
+    assert!(gap2 > gap, "backoff grows: {gap} then {gap2}");
+    assert_eq!(h.status().await["last_attestation"]["verdict"], "no-answer");
+}
+
+#[tokio::test(start_paused = true)]
+async fn containment_discards_the_outstanding_nonce_and_restore_needs_a_new_one() {
+    let mut h = Harness::start().await;
+    h.open(60_000).await;
+    // A renewal is in flight when the device is contained.
+    let in_flight = h.evidence().await;
+    h.control(ControlAction::Contain).await;
+    assert_eq!(h.state().await, "contained");
+    assert_eq!(h.authorize("unlock").await.reason, Some("contained"));
+    // An artifact answering the pre-containment evidence does nothing.
+    h.send(
+        Inbound::Artifact,
+        h.artifact(in_flight, [4; 32], 60_000, 0xb1),
+    )
+    .await;
+    assert_eq!(h.state().await, "contained");
+    h.control(ControlAction::Restore).await;
+    assert_eq!(h.status().await["reason"], "restored");
+    // Still not after restore: only a new round reopens.
+    h.send(
+        Inbound::Artifact,
+        h.artifact(in_flight, [4; 32], 60_000, 0xb2),
+    )
+    .await;
+    assert_eq!(h.state().await, "closed");
+    h.give_nonce([5; 32]).await;
+    let fresh = h.evidence().await;
+    assert_eq!(fresh, [5; 32]);
+    h.send(Inbound::Artifact, h.artifact(fresh, [6; 32], 60_000, 0xb3))
+        .await;
+    assert_eq!(h.state().await, "open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn heartbeats_keep_the_gate_open_and_their_lapse_closes_it() {
+    let mut h = Harness::start().await;
+    h.open(600_000).await;
+    // The artifact's window is 30 s from receipt; each heartbeat extends it.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_millis(20_000)).await;
+        h.heartbeat(&[]).await;
+    }
+    tokio::time::advance(Duration::from_millis(29_999)).await;
+    let answer = h.authorize("unlock").await;
+    assert!(answer.permit, "{answer:?} {}", h.status().await);
+    tokio::time::advance(Duration::from_millis(1)).await;
+    assert!(!h.authorize("unlock").await.permit);
+    assert_eq!(h.status().await["reason"], "heartbeat-lapsed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_naming_the_device_revokes_it_for_good() {
+    let mut h = Harness::start().await;
+    h.open(600_000).await;
+    h.heartbeat(&["d2", "d1"]).await;
+    assert_eq!(h.state().await, "revoked");
+    assert!(h._dir.path().join("state/revoked").exists(), "persisted");
+    // Nothing reopens it: not even an artifact answering a fresh round.
+    h.control(ControlAction::Restore).await;
+    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stale_nonce_refusal_of_a_renewal_only_asks_for_a_new_nonce() {
+    let mut h = Harness::start().await;
+    h.open(20_000).await;
+    let quoted = h.evidence().await;
+    h.send(
+        Inbound::Artifact,
+        h.refusal(quoted, RefusalCode::StaleNonce, false),
+    )
+    .await;
+    assert_eq!(h.state().await, "open", "the artifact is still valid");
+    assert_eq!(h.give_nonce([7; 32]).await, NoncePurpose::Renew);
+    assert_eq!(h.evidence().await, [7; 32]);
+    // Any other refusal closes.
+    h.send(
+        Inbound::Artifact,
+        h.refusal([7; 32], RefusalCode::PolicyMismatch, false),
+    )
+    .await;
+    assert_eq!(h.state().await, "closed");
+    assert_eq!(h.status().await["reason"], "refused-policy-mismatch");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fresh_operation_is_permitted_only_on_its_own_new_artifact() {
+    let mut h = Harness::start().await;
+    h.open(600_000).await;
+    let (reply, pending) = oneshot::channel();
+    h.inbox
+        .send(Input::Authorize {
+            request: AuthorizeRequest {
+                op: "refund".into(),
+                amount: None,
+                currency: None,
+                reference: Some("r1".into()),
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.give_nonce([8; 32]).await, NoncePurpose::FreshOp);
+    let quoted = h.evidence().await;
+    assert_eq!(quoted, [8; 32]);
+    h.send(Inbound::Artifact, h.artifact(quoted, [9; 32], 60_000, 0xc1))
+        .await;
+    let answer = pending.await.unwrap();
+    assert!(answer.permit);
+    assert_eq!(answer.cti, Some([0xc1; 16]));
+    // The gate keeps its own artifact.
+    assert_eq!(h.status().await["artifact"]["cti"], hex::encode([0xa1; 16]));
+
+    // A fresh round that gets no answer is a deny, not a hang.
+    let (reply, pending) = oneshot::channel();
+    h.inbox
+        .send(Input::Authorize {
+            request: AuthorizeRequest {
+                op: "refund".into(),
+                amount: None,
+                currency: None,
+                reference: None,
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+    let answer = pending.await.unwrap();
+    assert!(!answer.permit);
+    assert_eq!(answer.reason, Some("fresh-attestation-invalid"));
+}
