@@ -428,7 +428,8 @@ async fn a_silent_authority_leads_to_backoff_and_a_requested_nonce() {
 #[tokio::test(start_paused = true)]
 async fn containment_discards_the_outstanding_nonce_and_restore_needs_a_new_one() {
     let mut h = Harness::start().await;
-    h.open(60_000).await;
+    // Renewal at 18-22 s, before the 30 s heartbeat window runs out.
+    h.open(40_000).await;
     // A renewal is in flight when the device is contained.
     let in_flight = h.evidence().await;
     h.control(ControlAction::Contain).await;
