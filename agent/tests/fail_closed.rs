@@ -348,3 +348,85 @@ fn garbage_on_every_subscribed_topic_changes_nothing() {
         assert!(log.contains(needle), "`{needle}` not logged:\n{log}");
     }
 }
+
+#[test]
+fn a_changed_measured_file_is_drift_and_the_authority_sees_it() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("file-1", "locker");
+    device.bring_up();
+
+    let changed = Instant::now();
+    std::fs::write(
+        device.dir.path().join("controller.bin"),
+        b"patched controller\n",
+    )
+    .unwrap();
+    let after = denied_within(&device, Duration::from_millis(250), changed);
+    assert!(
+        after <= Duration::from_millis(250 + 400),
+        "closed {after:?} after the change"
+    );
+    // The new digest was extended: the authority refuses and contains.
+    assert!(
+        device.wait_state("contained", PATIENCE).is_some(),
+        "{}",
+        device.status()
+    );
+    assert!(
+        device.log().contains("controller.bin changed"),
+        "{}",
+        device.log()
+    );
+    // A restart in the same TPM boot does not make the change disappear.
+    assert!(device.stop().success());
+    device.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!device.permits(), "{}", device.status());
+}
+
+#[test]
+fn an_unreachable_tpm_closes_the_gate() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("tpm-1", "locker");
+    device.bring_up();
+
+    let killed = Instant::now();
+    device.swtpm.kill();
+    let after = denied_within(&device, Duration::from_millis(250), killed);
+    assert!(
+        after <= Duration::from_millis(250 + 2000),
+        "closed {after:?} after the TPM died"
+    );
+    let status = device.status();
+    assert_eq!(status["tpm"], "unavailable", "{status}");
+    assert_eq!(status["reason"], "attestation-failed");
+    assert!(device.alive(), "the agent survives a missing TPM");
+}
+
+#[test]
+fn a_broker_outage_longer_than_the_heartbeat_window_closes_the_gate_and_reconnecting_reopens_it() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("net-1", "locker");
+    device.bring_up();
+    assert_eq!(device.status()["session"], 1);
+
+    let cut = Instant::now();
+    fleet.broker.kill();
+    let after = denied_within(&device, Duration::from_millis(3000), cut);
+    assert!(
+        after <= Duration::from_millis(3000 + 300),
+        "closed {after:?} after the broker died"
+    );
+    assert_eq!(device.status()["reason"], "heartbeat-lapsed");
+    assert_eq!(device.status()["connected"], false);
+
+    fleet.broker.start_again().unwrap();
+    device.wait_open();
+    let status = device.status();
+    assert_eq!(status["connected"], true);
+    assert_eq!(status["session"], 2, "a new session counted");
+    assert!(device.permits());
+}

@@ -731,6 +731,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 quota_bytes: lineage.quota_bytes,
                 last_checkpoint: lineage.last_checkpoint,
                 anomaly: forward.anomaly,
+                records: lineage.records,
+                syncs: lineage.syncs,
             },
             version: self.settings.version,
         }

@@ -66,6 +66,12 @@ pub struct LineageCore {
     pub last_checkpoint: Option<u64>,
     /// The collector's last anomaly report.
     pub anomaly: Option<String>,
+    /// Records written and fdatasyncs done since start (group commit:
+    /// records per sync).
+    #[serde(skip)]
+    pub records: u64,
+    #[serde(skip)]
+    pub syncs: u64,
 }
 
 /// The JSON object at `now` (CLOCK_BOOTTIME ms).
@@ -85,6 +91,10 @@ pub fn render(core: &StatusCore, now_ms: u64, wall_ms: u64) -> serde_json::Value
                 "expires_in_ms".into(),
                 serde_json::json!(artifact.deadline_ms.saturating_sub(now_ms)),
             );
+        }
+        if let Some(json) = map.get_mut("lineage").and_then(|l| l.as_object_mut()) {
+            json.insert("records".into(), serde_json::json!(core.lineage.records));
+            json.insert("syncs".into(), serde_json::json!(core.lineage.syncs));
         }
         if let (Some(attestation), Some(json)) = (
             &core.last_attestation,
