@@ -12,6 +12,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Fleet, MqttClient, PATIENCE, ms};
+use mctc_shim::lineage::{Body, CloseCode, VerdictCode};
 use mctc_tests::wait_until;
 
 /// Polls the gate until it denies; returns when (or fails).
@@ -40,7 +41,7 @@ fn the_authority_stopping_closes_the_gate_within_the_heartbeat_window_and_its_re
     // hb_ms is 3000: the last heartbeat was at most 1 s before the kill.
     let after = denied_within(&device, Duration::from_millis(3000), killed);
     assert!(
-        after <= Duration::from_millis(3000 + 300),
+        after <= Duration::from_millis(3000 + 1000),
         "closed {after:?} after the authority stopped (hb_ms 3000)"
     );
     let status = device.status();
@@ -68,7 +69,7 @@ fn a_pcr_extended_from_outside_closes_the_gate_within_the_drift_interval_and_the
     device.swtpm.extend_pcr(7, b"rootkit").unwrap();
     let after = denied_within(&device, Duration::from_millis(250), extended);
     assert!(
-        after <= Duration::from_millis(250 + 400),
+        after <= Duration::from_millis(250 + 750),
         "closed {after:?} after the PCR changed (drift interval 250 ms)"
     );
     // Re-attestation shows the drift to the authority, which refuses and
@@ -117,30 +118,75 @@ fn a_short_artifact_closes_the_gate_at_its_deadline_when_the_authority_goes_sile
     let expires_in = device.status()["artifact"]["expires_in_ms"]
         .as_u64()
         .unwrap();
+    // The status was taken after `silenced`: the real deadline is no
+    // earlier than this.
     let deadline = Duration::from_millis(expires_in);
-    // Permitted right up to the deadline, denied from it on.
-    let mut last_permit = Duration::ZERO;
+    // Ask continuously: permitted up to the deadline, denied from it on.
     let first_deny = loop {
         let at = silenced.elapsed();
-        if device.permits() {
-            last_permit = at;
-        } else {
+        if !device.permits() {
             break at;
         }
-        assert!(at < deadline + Duration::from_secs(2), "never closed");
+        assert!(at < deadline + Duration::from_secs(3), "never closed");
     };
     assert!(
-        last_permit <= deadline + Duration::from_millis(30),
-        "permitted at {last_permit:?}, deadline {deadline:?}"
+        first_deny >= deadline.saturating_sub(Duration::from_millis(50)),
+        "closed {first_deny:?} after silencing, deadline {deadline:?}"
     );
     assert!(
-        first_deny <= deadline + Duration::from_millis(100),
+        first_deny <= deadline + Duration::from_millis(500),
         "first deny {first_deny:?}, deadline {deadline:?}"
     );
     let status = device.status();
     assert_eq!(status["state"], "closed");
     assert_eq!(status["reason"], "artifact-expired", "{status}");
     fleet.resume_authority();
+
+    // Exactly at the deadline, on the device's own clock (load-independent):
+    // every permit under the last artifact was decided before its deadline,
+    // and the first decision at or after it was a deny.
+    assert!(device.stop().success());
+    let records = device.lineage();
+    let mut deadline_ms = None;
+    let mut closed_at = None;
+    let mut permits_after = 0;
+    let mut last_permit_ms = 0;
+    let mut first_deny_ms = None;
+    for (_, bytes) in &records {
+        let record = common::record(bytes);
+        match record.body {
+            Body::GateOpened(o) if closed_at.is_none() => deadline_ms = Some(o.deadline_ms),
+            Body::ArtifactInstalled(a) if closed_at.is_none() => deadline_ms = Some(a.deadline_ms),
+            Body::GateClosed(c)
+                if c.reason == CloseCode::ArtifactExpired && closed_at.is_none() =>
+            {
+                closed_at = Some(record.mono_ms);
+            }
+            Body::Decision(d) if d.verdict == VerdictCode::Permit => {
+                if closed_at.is_some() {
+                    permits_after += 1;
+                } else {
+                    last_permit_ms = record.mono_ms;
+                }
+            }
+            Body::Decision(_) if closed_at.is_some() && first_deny_ms.is_none() => {
+                first_deny_ms = Some(record.mono_ms);
+            }
+            _ => {}
+        }
+    }
+    let deadline_ms = deadline_ms.unwrap();
+    let closed_at = closed_at.expect("GateClosed(ArtifactExpired) recorded");
+    assert!(
+        last_permit_ms < deadline_ms,
+        "permit at {last_permit_ms}, deadline {deadline_ms}"
+    );
+    assert!(
+        closed_at >= deadline_ms,
+        "closed at {closed_at}, deadline {deadline_ms}"
+    );
+    assert!(first_deny_ms.unwrap() >= deadline_ms);
+    assert_eq!(permits_after, 0);
 }
 
 #[test]
@@ -364,7 +410,7 @@ fn a_changed_measured_file_is_drift_and_the_authority_sees_it() {
     .unwrap();
     let after = denied_within(&device, Duration::from_millis(250), changed);
     assert!(
-        after <= Duration::from_millis(250 + 400),
+        after <= Duration::from_millis(250 + 750),
         "closed {after:?} after the change"
     );
     // The new digest was extended: the authority refuses and contains.
@@ -417,7 +463,7 @@ fn a_broker_outage_longer_than_the_heartbeat_window_closes_the_gate_and_reconnec
     fleet.broker.kill();
     let after = denied_within(&device, Duration::from_millis(3000), cut);
     assert!(
-        after <= Duration::from_millis(3000 + 300),
+        after <= Duration::from_millis(3000 + 1000),
         "closed {after:?} after the broker died"
     );
     assert_eq!(device.status()["reason"], "heartbeat-lapsed");
