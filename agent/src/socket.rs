@@ -377,6 +377,140 @@ mod tests {
         assert!(parse_request(long_ref.as_bytes()).is_err());
     }
 
+    /// A server whose "enforcement task" is the test: it sees the inputs.
+    async fn server(
+        max_connections: usize,
+        request_timeout_ms: u64,
+    ) -> (
+        tempfile::TempDir,
+        PathBuf,
+        mpsc::Receiver<Input>,
+        LineageHandle,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("gate.sock");
+        let listener = bind(&path, Some(&rustix::process::getgid().as_raw().to_string())).unwrap();
+        let (inbox, inputs) = mpsc::channel(16);
+        let (lineage, _thread) =
+            crate::lineage::writer::spawn(crate::lineage::writer::WriterStart {
+                store: crate::lineage::store::Store::open(crate::lineage::store::StoreConfig::new(
+                    dir.path().join("lineage"),
+                )),
+                device: mctc_shim::DeviceId::new("d1").unwrap(),
+                clock: Arc::new(crate::clock::BootClock {
+                    wall_trusted: false,
+                }),
+                boot: crate::clock::CurrentBoot::default(),
+                quoter: Box::new(NoQuote),
+                settings: crate::lineage::writer::WriterSettings {
+                    commit_window: Duration::ZERO,
+                    checkpoint_every_records: 1000,
+                    checkpoint_every: Duration::from_secs(3600),
+                },
+            })
+            .unwrap();
+        let settings = GateSection {
+            socket: path.clone(),
+            max_connections,
+            max_line_bytes: 128,
+            request_timeout_ms,
+            fresh_request_timeout_ms: request_timeout_ms,
+            ..GateSection::default()
+        };
+        tokio::spawn(serve(
+            listener,
+            Service {
+                inbox,
+                lineage: lineage.clone(),
+                settings,
+            },
+        ));
+        (dir, path, inputs, lineage)
+    }
+
+    struct NoQuote;
+
+    impl crate::lineage::writer::Quoter for NoQuote {
+        fn quote(&mut self, _: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String> {
+            Err("no TPM in this test".into())
+        }
+    }
+
+    async fn ask(stream: &mut UnixStream, line: &str) -> Option<Value> {
+        stream.write_all(line.as_bytes()).await.ok()?;
+        let mut reader = AsyncBufReader::new(stream);
+        let mut answer = Vec::new();
+        reader.read_until(b'\n', &mut answer).await.ok()?;
+        serde_json::from_slice(&answer).ok()
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_group_only_bounded_and_answers_deny_on_timeout() {
+        let (_dir, path, mut inputs, lineage) = server(2, 300).await;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+
+        // A permit is only answered once its record is durable.
+        let mut client = UnixStream::connect(&path).await.unwrap();
+        let answering = tokio::spawn(async move {
+            let Some(Input::Authorize { request, reply }) = inputs.recv().await else {
+                panic!("no authorize input");
+            };
+            assert_eq!(request.op, "unlock");
+            let durable = lineage.append(crate::lineage::entry::Entry::agent_start("t"));
+            let _ = reply.send(crate::enforcement::Pending {
+                permit: true,
+                reason: None,
+                cti: Some([7; 16]),
+                durable,
+            });
+            inputs
+        });
+        let answer = ask(&mut client, "{\"authorize\":{\"op\":\"unlock\"}}\n")
+            .await
+            .unwrap();
+        assert_eq!(answer["decision"], "permit", "{answer}");
+        assert_eq!(answer["seq"], 0);
+        assert_eq!(answer["artifact"], hex::encode([7; 16]));
+        let mut inputs = answering.await.unwrap();
+
+        // Nobody answers: deny (timeout), never a hang.
+        let started = std::time::Instant::now();
+        let answer = ask(&mut client, "{\"authorize\":{\"op\":\"unlock\"}}\n")
+            .await
+            .unwrap();
+        assert_eq!(answer["decision"], "deny");
+        assert_eq!(answer["reason"], "timeout");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        let _ = inputs.recv().await;
+
+        // Garbage is an error on the same connection.
+        let answer = ask(&mut client, "nonsense\n").await.unwrap();
+        assert!(answer["error"].as_str().unwrap().contains("bad request"));
+
+        // A second connection is fine, a third is busy.
+        let _second = UnixStream::connect(&path).await.unwrap();
+        let mut third = UnixStream::connect(&path).await.unwrap();
+        let mut busy = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut third, &mut busy)
+            .await
+            .unwrap();
+        assert!(busy.contains("busy"), "{busy}");
+
+        // An overlong line: error, and the connection is closed.
+        let long = format!("{{\"authorize\":{{\"op\":\"{}\"}}}}\n", "x".repeat(200));
+        let answer = ask(&mut client, &long).await.unwrap();
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap()
+                .contains("longer than 128")
+        );
+        let mut rest = String::new();
+        let closed = tokio::io::AsyncReadExt::read_to_string(&mut client, &mut rest).await;
+        assert!(matches!(closed, Ok(0)) || closed.is_err(), "{rest}");
+    }
+
     #[test]
     fn groups_resolve_by_number_and_name() {
         assert_eq!(resolve_group("1234").unwrap(), 1234);
