@@ -2,9 +2,11 @@
 //!
 //! - `test`  — installs missing system packages, then fmt, clippy, cargo-deny,
 //!   every test (swtpm- and Mosquitto-backed) and the no_std target build.
+//! - `fuzz`  — builds the cargo-fuzz targets and smoke-runs each one.
 //! - `demo`, `bench`, `chaos`, `dist` — see README.md.
 #![forbid(unsafe_code)]
 
+mod fuzz;
 mod sys;
 mod test;
 
@@ -19,6 +21,7 @@ commands:
   bench [--quick] [--json FILE]
                      the performance suite
   chaos [--quick]    the fault matrix, crash loops and fuzz smoke runs
+  fuzz [--seconds N] build every fuzz target and run each for N seconds (default 30)
   dist               build the .deb packages into target/dist/";
 
 fn main() -> ExitCode {
@@ -29,6 +32,7 @@ fn main() -> ExitCode {
     };
     let result = match command.as_str() {
         "test" => test::test(rest),
+        "fuzz" => fuzz::fuzz(rest),
         "demo" | "bench" | "chaos" | "dist" => Err(format!(
             "`cargo xtask {command}` is not implemented in this version yet"
         )),
