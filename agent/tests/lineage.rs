@@ -298,9 +298,15 @@ fn at_the_quota_the_gate_closes_nothing_is_dropped_and_the_collector_drains_the_
         device.log(),
         std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
     );
-    let status = device.status();
-    assert_eq!(status["lineage"]["health"], "ok");
-    assert!(status["lineage"]["acked_seq"].as_u64().unwrap() >= *permits.last().unwrap());
+    // Room comes back before the whole backlog is through; it all drains.
+    let last = *permits.last().unwrap();
+    let drained = wait_until(Duration::from_secs(60), || {
+        device.status()["lineage"]["acked_seq"]
+            .as_u64()
+            .is_some_and(|acked| acked >= last)
+    });
+    assert!(drained.is_some(), "{}", device.status());
+    assert_eq!(device.status()["lineage"]["health"], "ok");
     assert!(device.permits());
     let first_on_disk = segments(&device.lineage_dir())
         .first()

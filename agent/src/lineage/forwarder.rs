@@ -172,15 +172,25 @@ impl<O: Outbox> Forwarder<O> {
     /// Sends batches while connected, within the window, up to the durable
     /// end.
     async fn pump(&mut self) {
-        while self.connected && self.in_flight.len() < self.settings.window {
+        'read: while self.connected && self.in_flight.len() < self.settings.window {
             let end = self.lineage.current().next_seq;
             if self.next_send >= end {
                 break;
             }
+            // One read for every batch the window has room for: reading a
+            // segment scans it, so per-batch reads would scan it again and
+            // again.
+            let room = self.settings.window - self.in_flight.len();
             let from = self.next_send;
             let dir = self.dir.clone();
             let frames = match tokio::task::spawn_blocking(move || {
-                read_range(&dir, from, end, MAX_BATCH_RECORDS, BATCH_PAYLOAD_BYTES)
+                read_range(
+                    &dir,
+                    from,
+                    end,
+                    MAX_BATCH_RECORDS * room,
+                    BATCH_PAYLOAD_BYTES * room,
+                )
             })
             .await
             {
@@ -194,29 +204,35 @@ impl<O: Outbox> Forwarder<O> {
                     break;
                 }
             };
-            let Some(last) = frames.last().map(|f| f.seq) else {
+            if frames.is_empty() {
                 // Pruned under us or not readable yet: wait for the next
                 // change.
                 break;
-            };
+            }
             if frames.first().map(|f| f.seq) != Some(from) {
                 tracing::error!(from, "lineage records missing on disk; cannot forward them");
                 break;
             }
-            let Some(payload) = self.encode(&frames) else {
-                break;
-            };
-            if !self
-                .outbox
-                .publish(&self.topic, payload, QoS::AtLeastOnce, false)
-                .await
-            {
-                break;
+            for batch in batches(&frames) {
+                let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
+                    continue;
+                };
+                let (first, last) = (first.seq, last.seq);
+                let Some(payload) = self.encode(batch) else {
+                    break 'read;
+                };
+                if !self
+                    .outbox
+                    .publish(&self.topic, payload, QoS::AtLeastOnce, false)
+                    .await
+                {
+                    break 'read;
+                }
+                tracing::debug!(first, last, "lineage batch sent");
+                self.next_send = last + 1;
+                self.sent_high = Some(self.sent_high.map_or(last, |h| h.max(last)));
+                self.in_flight.push_back(last);
             }
-            tracing::debug!(from, last, "lineage batch sent");
-            self.next_send = last + 1;
-            self.sent_high = Some(self.sent_high.map_or(last, |h| h.max(last)));
-            self.in_flight.push_back(last);
             self.publish_status();
         }
     }
@@ -327,6 +343,29 @@ impl<O: Outbox> Forwarder<O> {
     }
 }
 
+/// Consecutive frames cut into batches of at most 64 records and about
+/// [`BATCH_PAYLOAD_BYTES`] of record bytes (one record may cross it; the
+/// budget leaves room for that).
+fn batches(frames: &[Frame]) -> Vec<&[Frame]> {
+    let mut out = Vec::new();
+    let mut rest = frames;
+    while !rest.is_empty() {
+        let mut bytes = 0usize;
+        let mut take = 0usize;
+        for frame in rest.iter().take(MAX_BATCH_RECORDS) {
+            if take > 0 && bytes + frame.payload.len() > BATCH_PAYLOAD_BYTES {
+                break;
+            }
+            bytes += frame.payload.len();
+            take += 1;
+        }
+        let (batch, tail) = rest.split_at(take.max(1).min(rest.len()));
+        out.push(batch);
+        rest = tail;
+    }
+    out
+}
+
 fn anomaly_name(anomaly: AckAnomaly) -> &'static str {
     match anomaly {
         AckAnomaly::Undecodable => "undecodable record",
@@ -337,5 +376,33 @@ fn anomaly_name(anomaly: AckAnomaly) -> &'static str {
         AckAnomaly::LinkMismatch => "link mismatch",
         AckAnomaly::BadCheckpoint => "bad checkpoint",
         AckAnomaly::ClockRegression => "clock regression",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_respect_count_and_bytes_and_keep_order() {
+        let frames: Vec<Frame> = (0..200)
+            .map(|seq| Frame {
+                seq,
+                payload: vec![0; if seq == 70 { 2000 } else { 900 }],
+            })
+            .collect();
+        let cut = batches(&frames);
+        let mut next = 0;
+        for batch in &cut {
+            assert!(!batch.is_empty() && batch.len() <= MAX_BATCH_RECORDS);
+            let bytes: usize = batch.iter().map(|f| f.payload.len()).sum();
+            assert!(bytes <= BATCH_PAYLOAD_BYTES, "{bytes}");
+            for frame in *batch {
+                assert_eq!(frame.seq, next);
+                next += 1;
+            }
+        }
+        assert_eq!(next, 200);
+        assert!(batches(&[]).is_empty());
     }
 }

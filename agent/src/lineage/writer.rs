@@ -533,6 +533,16 @@ impl Writer {
             return;
         }
         let stamp = self.stamp();
+        if self.health == Health::QuotaReached {
+            // Until pruning made real room: a smaller record fitting now
+            // must not make the gate flap open and shut at the boundary.
+            let (essential, normal): (Vec<_>, Vec<_>) = chunk
+                .into_iter()
+                .partition(|(entry, _)| entry.priority() == Priority::Essential);
+            refuse_all(normal, &Refused::Quota);
+            self.write_essential(essential, stamp);
+            return;
+        }
         let mut trial = self.chain.clone();
         let encoded = self.encode(&mut trial, &mut chunk, stamp);
         if chunk.is_empty() {
@@ -550,9 +560,6 @@ impl Writer {
             Ok(first) => {
                 self.syncs += 1;
                 self.chain = trial;
-                if self.health == Health::QuotaReached {
-                    self.set_health(Health::Ok);
-                }
                 self.answer(chunk, first);
             }
             Err(StoreError::QuotaExceeded { .. }) => {
@@ -715,8 +722,12 @@ impl Writer {
             Ok(0) => {}
             Ok(freed) => {
                 tracing::debug!(through, freed, "lineage segments pruned");
+                // Writable again only with room for more than a few
+                // records: an eighth of the quota, at least a segment.
+                let config = store.config();
+                let margin = (config.quota_bytes / 8).max(config.segment_bytes);
                 if self.health == Health::QuotaReached
-                    && store.used_bytes() < store.config().quota_bytes
+                    && store.used_bytes().saturating_add(margin) <= config.quota_bytes
                 {
                     self.set_health(Health::Ok);
                 }
