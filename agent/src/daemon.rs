@@ -180,6 +180,7 @@ pub async fn run(
         DeviceTopic::Control,
         DeviceTopic::LineageAck,
         DeviceTopic::EnrollResult,
+        DeviceTopic::Registry,
     ] {
         options = options.subscribe(topic.topic(&device).as_str(), QoS::AtLeastOnce);
     }
@@ -384,9 +385,12 @@ impl Router {
                         let _ = self.forward.send(ForwarderInput::Ack(payload)).await;
                         return true;
                     }
-                    DeviceTopic::EnrollResult => {
-                        // Registry records (newer versions) may arrive here;
-                        // anything else on this topic is enrollment's.
+                    DeviceTopic::EnrollResult | DeviceTopic::Registry => {
+                        // The authority's signed registry record for this
+                        // device (retained on registry/{id}, which the ACL
+                        // lets the device read; newer versions replace
+                        // older ones). Anything else on the enrollment
+                        // result topic is enrollment's.
                         let _ =
                             accept_registry_record(&payload, &self.keys, &self.device, &self.state);
                         return true;

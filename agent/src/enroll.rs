@@ -199,9 +199,11 @@ async fn exchange(
     let result_topic = DeviceTopic::EnrollResult.topic(device).as_str().to_owned();
     let request_topic = DeviceTopic::EnrollRequest.topic(device).as_str().to_owned();
     let proof_topic = DeviceTopic::EnrollProof.topic(device).as_str().to_owned();
+    let registry_topic = DeviceTopic::Registry.topic(device).as_str().to_owned();
     let options = LinkOptions::new(format!("{device}-enroll"))
         .subscribe(challenge_topic.clone(), QoS::AtLeastOnce)
-        .subscribe(result_topic.clone(), QoS::AtLeastOnce);
+        .subscribe(result_topic.clone(), QoS::AtLeastOnce)
+        .subscribe(registry_topic.clone(), QoS::AtLeastOnce);
     let mut link = Link::start(&config.raw.broker, options)?;
 
     let mut request_id = [0u8; 16];
@@ -317,6 +319,10 @@ async fn exchange(
                         bytes.to_vec(),
                     ) {
                         tracing::warn!(error = %e, "enrollment proof not queued");
+                    }
+                } else if topic == registry_topic {
+                    if accept_registry_record(&payload, keys, device, state) {
+                        registry = true;
                     }
                 } else if topic == result_topic {
                     if accept_registry_record(&payload, keys, device, state) {

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Fleet, MqttClient, PATIENCE, kinds, record};
+use common::{Fleet, PATIENCE, kinds, record};
 use mctc_agent::lineage::bundle::Bundle;
 use mctc_shim::lineage::{Body, VerdictCode};
 use mctc_tests::{Proc, bin_path, wait_until};
@@ -329,26 +329,6 @@ fn at_the_quota_the_gate_closes_nothing_is_dropped_and_the_collector_drains_the_
     );
 }
 
-/// The registry record as the collector receives it (retained).
-fn registry_record(fleet: &Fleet, device: &str, dir: &Path) -> PathBuf {
-    let topic = format!("mctc/v1/registry/{device}");
-    let client = MqttClient::connect(
-        &fleet.broker,
-        "mctc-collector",
-        "registry-reader",
-        &[&topic],
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || !client
-            .received_on(&topic)
-            .is_empty())
-        .is_some()
-    );
-    let path = dir.join("registry.cose");
-    std::fs::write(&path, client.received_on(&topic).pop().unwrap()).unwrap();
-    path
-}
-
 #[test]
 fn an_exported_bundle_ends_at_a_fresh_checkpoint_and_verifies_offline() {
     let mut fleet = Fleet::new();
@@ -362,22 +342,11 @@ fn an_exported_bundle_ends_at_a_fresh_checkpoint_and_verifies_offline() {
     let bundle_path = out_dir.path().join("export-1.bundle");
     let bundle = bundle_path.to_str().unwrap().to_owned();
 
-    // Without a registry record the export says what is missing.
-    let out = device.cli(&["lineage", "export", "--out", &bundle]);
-    if out.code != 0 {
-        assert_eq!(out.code, 2, "{out:?}");
-        assert!(out.stderr.contains("--registry"), "{out:?}");
-    }
-    let registry = registry_record(&fleet, "export-1", out_dir.path());
+    // The device received its own signed registry record (retained on
+    // registry/{id}, readable by the device under the broker ACL), so the
+    // export needs nothing from the fleet side.
     let last_answer = device.authorize("unlock", None, None, Some("last"));
-    let out = device.cli(&[
-        "lineage",
-        "export",
-        "--out",
-        &bundle,
-        "--registry",
-        registry.to_str().unwrap(),
-    ]);
+    let out = device.cli(&["lineage", "export", "--out", &bundle]);
     assert_eq!(out.code, 0, "{out:?}");
 
     let parsed = Bundle::parse(&std::fs::read(&bundle_path).unwrap()).unwrap();
