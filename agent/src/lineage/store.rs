@@ -375,7 +375,29 @@ impl Store {
                 len: scanned.good_len,
             });
         }
-        let next_seq = last.as_ref().map_or(0, |f| f.seq + 1);
+        let next_seq = match &last {
+            Some(frame) => frame.seq + 1,
+            None => {
+                // No record survived. That is a new log only if it starts at
+                // seq 0. One that starts higher lost the record the chain
+                // continues from (its predecessors were pruned): appending
+                // would reuse seqs the collector already holds, in a segment
+                // whose header promises another seq, so the next recovery
+                // would cut the new, acknowledged records off as a torn tail.
+                if let Some(segment) = segments.iter().find(|s| s.first_seq != 0) {
+                    return Err(StoreError::Corrupt {
+                        path: segment.path.display().to_string(),
+                        offset: HEADER_BYTES,
+                        last_good: None,
+                        reason: format!(
+                            "no record on disk, but the log starts at seq {}: the record the chain continues from is gone",
+                            segment.first_seq
+                        ),
+                    });
+                }
+                0
+            }
+        };
         let active = match segments.last() {
             Some(segment) => {
                 let mut file = OpenOptions::new()
@@ -519,6 +541,13 @@ impl Store {
                 break;
             };
             if first.last_seq.is_none_or(|last| last > acked_seq) {
+                break;
+            }
+            // Never the newest segment holding records: after a crash
+            // between creating a segment and writing to it the segments after
+            // it are empty, and recovery continues the chain from its last
+            // record.
+            if !self.segments.iter().skip(1).any(|s| s.last_seq.is_some()) {
                 break;
             }
             let segment = self.segments.remove(0);
@@ -819,6 +848,65 @@ mod tests {
         let (store, rec) = Store::open(small(dir.path())).unwrap();
         assert_eq!(store.next_seq(), 200);
         assert_eq!(rec.last.unwrap().seq, 199);
+    }
+
+    /// Found by the `lineage_recovery` fuzz target: a log whose only
+    /// segment starts above seq 0 and holds no record (its predecessors
+    /// pruned). Recovery used to restart at seq 0 inside it; the record
+    /// appended then was cut off as a torn tail by the next recovery.
+    #[test]
+    fn a_log_past_seq_0_without_any_record_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut segment = MAGIC.to_vec();
+        segment.extend_from_slice(&9u64.to_le_bytes());
+        std::fs::write(dir.path().join(segment_name(9)), &segment).unwrap();
+        match Store::open(small(dir.path())) {
+            Err(StoreError::Corrupt {
+                last_good, reason, ..
+            }) => {
+                assert_eq!(last_good, None);
+                assert!(reason.contains("starts at seq 9"), "{reason}");
+            }
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join(segment_name(9))).unwrap(),
+            segment
+        );
+
+        // The same with the segment's only frame torn: nothing survives.
+        let mut torn = segment.clone();
+        put_frame(&mut torn, 9, b"never acknowledged").unwrap();
+        torn.truncate(torn.len() - 3);
+        std::fs::write(dir.path().join(segment_name(9)), &torn).unwrap();
+        assert!(matches!(
+            Store::open(small(dir.path())),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn pruning_keeps_the_record_the_chain_continues_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(small(dir.path())).unwrap();
+        fill(&mut store, 100);
+        drop(store);
+        // A crash right after rotation created the next segment, before the
+        // first frame reached it.
+        let (file, _) = create_segment(dir.path(), 100).unwrap();
+        drop(file);
+        let (mut store, rec) = Store::open(small(dir.path())).unwrap();
+        assert_eq!(rec.last.as_ref().unwrap().seq, 99);
+        store.prune_through(u64::MAX).unwrap();
+        drop(store);
+
+        let (mut store, rec) = Store::open(small(dir.path())).unwrap();
+        assert_eq!(rec.last.unwrap().seq, 99, "the chain can continue");
+        assert_eq!(store.append(&[b"next"], Priority::Normal).unwrap(), 100);
+        drop(store);
+        let (_, rec) = Store::open(small(dir.path())).unwrap();
+        assert_eq!(rec.last.unwrap().seq, 100);
+        assert_eq!(rec.truncated_bytes, 0);
     }
 
     #[test]
