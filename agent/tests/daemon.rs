@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Fleet, run};
+use common::{DeviceLineage, Fleet, run};
 use mctc_tests::{Proc, bin_path};
 
 #[test]

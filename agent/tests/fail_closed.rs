@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Fleet, MqttClient, PATIENCE, ms};
+use common::{DeviceLineage, Fleet, MqttClient, PATIENCE, ms};
 use mctc_shim::lineage::{Body, CloseCode, VerdictCode};
 use mctc_tests::wait_until;
 

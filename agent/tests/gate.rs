@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{Fleet, kinds, record};
+use common::{DeviceLineage, Fleet, kinds, record};
 use mctc_shim::lineage::{Body, VerdictCode};
 
 #[test]

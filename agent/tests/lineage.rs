@@ -12,15 +12,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Fleet, PATIENCE, kinds, record};
+use common::{DeviceLineage, Fleet, PATIENCE, kinds, record};
 use mctc_agent::lineage::bundle::Bundle;
 use mctc_shim::lineage::{Body, VerdictCode};
-use mctc_tests::{Proc, bin_path, wait_until};
+use mctc_tests::wait_until;
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -205,41 +204,6 @@ fn a_corrupted_middle_record_is_reported_and_the_gate_stays_closed() {
     );
 }
 
-fn collector_config(fleet: &Fleet, dir: &Path) -> PathBuf {
-    let id = fleet.broker.identity("mctc-collector").unwrap();
-    let p = |p: &Path| p.to_str().unwrap().to_owned();
-    let text = format!(
-        r#"[broker]
-url = "{url}"
-ca = "{ca}"
-cert = "{cert}"
-key = "{key}"
-keep_alive_secs = 5
-[authority]
-public_keys = ["{pubkey}"]
-[store]
-path = "{db}"
-"#,
-        url = fleet.broker.url(),
-        ca = p(&id.ca),
-        cert = p(&id.cert),
-        key = p(&id.key),
-        pubkey = p(&fleet.authority_pub),
-        db = p(&dir.join("collector.db")),
-    );
-    let path = dir.join("collector.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn start_collector(config: &Path, log: &Path) -> Proc {
-    let mut command = Command::new(bin_path("mctc-collector").unwrap());
-    command
-        .args(["run", "--config", config.to_str().unwrap()])
-        .env("MCTC_LOG", "info");
-    Proc::spawn_command("mctc-collector", command, log).unwrap()
-}
-
 #[test]
 fn at_the_quota_the_gate_closes_nothing_is_dropped_and_the_collector_drains_the_backlog() {
     let mut fleet = Fleet::new();
@@ -287,16 +251,14 @@ fn at_the_quota_the_gate_closes_nothing_is_dropped_and_the_collector_drains_the_
 
     // The collector comes: the backlog drains, segments are pruned and the
     // gate reopens through a new attestation.
-    let dir = tempfile::tempdir().unwrap();
-    let config = collector_config(&fleet, dir.path());
-    let _collector = start_collector(&config, &dir.path().join("collector.log"));
+    fleet.start_collector();
     let reopened = device.wait_state("open", Duration::from_secs(60));
     assert!(
         reopened.is_some(),
         "{}\n{}\n--- collector ---\n{}",
         device.status(),
         device.log(),
-        std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
+        fleet.collector_log()
     );
     // Room comes back before the whole backlog is through; it all drains.
     let last = *permits.last().unwrap();
@@ -396,9 +358,7 @@ fn an_exported_bundle_ends_at_a_fresh_checkpoint_and_verifies_offline() {
 fn ten_thousand_decisions_reach_the_collector_and_the_store_is_pruned() {
     let mut fleet = Fleet::new();
     fleet.start_authority();
-    let dir = tempfile::tempdir().unwrap();
-    let config = collector_config(&fleet, dir.path());
-    let _collector = start_collector(&config, &dir.path().join("collector.log"));
+    fleet.start_collector();
     let mut device = fleet.device_with("many-1", "locker", "[lineage]\nsegment_bytes = 65536\n");
     device.bring_up();
 
@@ -426,7 +386,7 @@ fn ten_thousand_decisions_reach_the_collector_and_the_store_is_pruned() {
         drained.is_some(),
         "{}\n--- collector ---\n{}",
         device.status(),
-        std::fs::read_to_string(dir.path().join("collector.log")).unwrap_or_default()
+        fleet.collector_log()
     );
     let status = device.status();
     assert_eq!(

@@ -14,6 +14,7 @@
 //! silently skipped.
 #![forbid(unsafe_code)]
 #![expect(
+    clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
     reason = "test harness: a broken test environment should stop the test loudly"
@@ -21,6 +22,7 @@
 
 mod broker;
 mod error;
+pub mod fleet;
 mod pki;
 mod ports;
 mod process;

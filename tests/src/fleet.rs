@@ -1,0 +1,671 @@
+//! A whole mctc fleet on loopback, made of the real parts: a private
+//! Mosquitto (TLS, the shipped ACL), the real `mctc-authority` (keygen, the
+//! fleet-manager CLI, `run`), the real `mctc-collector`, and devices made of
+//! a private swtpm and the real `mctc-agent`.
+//!
+//! Used by the end-to-end tests, `cargo xtask demo`, `chaos` and `bench`, so
+//! there is one way to stand a fleet up. Binaries come from
+//! [`crate::bin_path`].
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::{Broker, Proc, Swtpm, bin_path, wait_until};
+
+/// The `iss` of every artifact in a test fleet.
+pub const AUTHORITY_ID: &str = "fleet-authority";
+/// How long a test waits for something that must happen.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+/// The PCR measured files are extended into.
+pub const MEASURED_PCR: u8 = 14;
+/// The content of every device's measured file (its "controller binary").
+pub const MEASURED_CONTENT: &[u8] = b"locker-controller v1.0\n";
+
+/// The outcome of a CLI run.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+}
+
+/// Runs a workspace binary to completion.
+pub fn run(binary: &str, args: &[&str]) -> Output {
+    let out = Command::new(bin_path(binary).unwrap())
+        .args(args)
+        .env("MCTC_LOG", "warn")
+        .output()
+        .unwrap();
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// SHA-256 over the concatenation of `parts`.
+pub fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    for part in parts {
+        ctx.update(part);
+    }
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+/// The value of a freshly started swtpm's PCR after extending `digests` in
+/// order (a fresh swtpm's PCRs 0–15 are zero).
+pub fn extended(digests: &[[u8; 32]]) -> [u8; 32] {
+    digests
+        .iter()
+        .fold([0u8; 32], |pcr, digest| sha256(&[&pcr, digest]))
+}
+
+/// The reference values every test device has: PCRs 0 and 7 of a fresh
+/// swtpm, and the measured PCR after [`MEASURED_CONTENT`] was extended.
+pub fn reference_lines(class: &str) -> String {
+    let zero = hex::encode([0u8; 32]);
+    let measured = hex::encode(extended(&[sha256(&[MEASURED_CONTENT])]));
+    format!(
+        "[classes.{class}.reference]\n0 = [\"{zero}\"]\n7 = [\"{zero}\"]\n{MEASURED_PCR} = [\"{measured}\"]\n"
+    )
+}
+
+/// A class of the policy file with the fleet's baseline, `ttl_ms`, `hb_ms`
+/// and the given scope entries (`[[classes.X.scope]]` TOML bodies).
+pub fn class(name: &str, ttl_ms: u64, hb_ms: u64, scopes: &[&str]) -> String {
+    let mut out = format!(
+        "[classes.{name}]\npcrs = [0, 7, {MEASURED_PCR}]\nartifact_ttl_ms = {ttl_ms}\nheartbeat_ms = {hb_ms}\n{}",
+        reference_lines(name)
+    );
+    for scope in scopes {
+        out.push_str(&format!("[[classes.{name}.scope]]\n{scope}\n"));
+    }
+    out
+}
+
+/// The test policy: class `locker` (60 s artifacts, 3 s heartbeat window)
+/// and class `short` (2 s artifacts), both with `unlock`, `capture` (≤ 500.00
+/// EUR) and `refund` (≤ 100.00, fresh attestation per operation).
+pub fn test_policy() -> String {
+    let scopes = [
+        "op = \"unlock\"\nfresh_attestation = false",
+        "op = \"capture\"\nmax_amount = 50000\ncurrency = \"EUR\"\nfresh_attestation = false",
+        "op = \"refund\"\nmax_amount = 10000\nfresh_attestation = true",
+    ];
+    class("locker", 60_000, 3_000, &scopes) + &class("short", 2_000, 6_000, &scopes)
+}
+
+fn path_str(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+/// A broker, the authority (keys, database, policy; started on demand) and
+/// optionally a collector.
+#[derive(Debug)]
+pub struct Fleet {
+    // Dropped first so their logs are still there to print on failure.
+    pub authority: Option<Proc>,
+    pub collector: Option<Proc>,
+    pub broker: Broker,
+    pub dir: tempfile::TempDir,
+    pub authority_pub: PathBuf,
+}
+
+impl Fleet {
+    /// A fleet with [`test_policy`].
+    pub fn new() -> Fleet {
+        Fleet::with_policy(&test_policy())
+    }
+
+    /// A fleet whose authority uses `policy` (TOML text).
+    pub fn with_policy(policy: &str) -> Fleet {
+        let broker = Broker::start().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("mctc-fleet-")
+            .tempdir()
+            .unwrap();
+        let keys = dir.path().join("keys");
+        let out = run("mctc-authority", &["keygen", "--out", &path_str(&keys)]);
+        assert_eq!(out.code, 0, "{out:?}");
+        std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
+        let id = broker.identity("mctc-authority").unwrap();
+        let config = format!(
+            r#"authority_id = "{AUTHORITY_ID}"
+signing_key = "{key}"
+database = "{db}"
+policy = "{policy}"
+[broker]
+url = "{url}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{client_key}"
+keep_alive_secs = 5
+[enrollment]
+challenge_ttl_ms = 20000
+[limits]
+request_burst = 50
+requests_per_minute = 6000
+"#,
+            key = path_str(&keys.join("authority.key")),
+            db = path_str(&dir.path().join("authority.db")),
+            policy = path_str(&dir.path().join("policy.toml")),
+            url = broker.url(),
+            ca = path_str(&id.ca),
+            cert = path_str(&id.cert),
+            client_key = path_str(&id.key),
+        );
+        std::fs::write(dir.path().join("authority.toml"), config).unwrap();
+        let collector = broker.identity("mctc-collector").unwrap();
+        let config = format!(
+            r#"[broker]
+url = "{url}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+keep_alive_secs = 5
+[authority]
+public_keys = ["{pubkey}"]
+[store]
+backend = "sqlite"
+path = "{db}"
+[ingest]
+gap_grace_ms = 2000
+"#,
+            url = broker.url(),
+            ca = path_str(&collector.ca),
+            cert = path_str(&collector.cert),
+            key = path_str(&collector.key),
+            pubkey = path_str(&keys.join("authority.pub")),
+            db = path_str(&dir.path().join("collector.db")),
+        );
+        std::fs::write(dir.path().join("collector.toml"), config).unwrap();
+        Fleet {
+            authority: None,
+            collector: None,
+            broker,
+            authority_pub: keys.join("authority.pub"),
+            dir,
+        }
+    }
+
+    pub fn config(&self) -> String {
+        path_str(&self.dir.path().join("authority.toml"))
+    }
+
+    pub fn collector_config(&self) -> String {
+        path_str(&self.dir.path().join("collector.toml"))
+    }
+
+    /// The fleet manager's CLI: `mctc-authority ARGS --config CONFIG`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let config = self.config();
+        let mut all = args.to_vec();
+        all.extend(["--config", &config]);
+        run("mctc-authority", &all)
+    }
+
+    fn start_logged(&self, binary: &str, config: &str, log: &Path, ready: &str) -> Proc {
+        let before = std::fs::read_to_string(log).unwrap_or_default().len();
+        let mut command = Command::new(bin_path(binary).unwrap());
+        command
+            .args(["run", "--config", config])
+            .env("MCTC_LOG", "info");
+        let proc = Proc::spawn_command(binary, command, log).unwrap();
+        let up = wait_until(PATIENCE, || {
+            std::fs::read_to_string(log)
+                .unwrap_or_default()
+                .get(before..)
+                .is_some_and(|new| new.contains(ready))
+        });
+        assert!(
+            up.is_some(),
+            "{binary} did not come up:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        proc
+    }
+
+    pub fn start_authority(&mut self) {
+        assert!(self.authority.is_none(), "authority already running");
+        let log = self.dir.path().join("authority.log");
+        self.authority = Some(self.start_logged(
+            "mctc-authority",
+            &self.config(),
+            &log,
+            "subscribed to device requests",
+        ));
+    }
+
+    /// SIGKILL.
+    pub fn kill_authority(&mut self) {
+        if let Some(mut authority) = self.authority.take() {
+            authority.kill();
+        }
+    }
+
+    /// SIGSTOP: the authority stays connected but says nothing.
+    pub fn silence_authority(&self) {
+        self.authority
+            .as_ref()
+            .unwrap()
+            .signal(rustix::process::Signal::STOP)
+            .unwrap();
+    }
+
+    pub fn resume_authority(&self) {
+        self.authority
+            .as_ref()
+            .unwrap()
+            .signal(rustix::process::Signal::CONT)
+            .unwrap();
+    }
+
+    pub fn authority_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("authority.log")).unwrap_or_default()
+    }
+
+    pub fn start_collector(&mut self) {
+        assert!(self.collector.is_none(), "collector already running");
+        let log = self.dir.path().join("collector.log");
+        self.collector = Some(self.start_logged(
+            "mctc-collector",
+            &self.collector_config(),
+            &log,
+            "subscribed to lineage and registry",
+        ));
+    }
+
+    /// SIGKILL.
+    pub fn kill_collector(&mut self) {
+        if let Some(mut collector) = self.collector.take() {
+            collector.kill();
+        }
+    }
+
+    pub fn collector_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("collector.log")).unwrap_or_default()
+    }
+
+    /// A device with its own swtpm and configuration, registered in
+    /// `class` with its EK pinned, not yet enrolled.
+    pub fn device(&self, id: &str, class: &str) -> Device {
+        self.device_with(id, class, "")
+    }
+
+    /// As [`Fleet::device`], with extra agent configuration appended.
+    pub fn device_with(&self, id: &str, class: &str, extra: &str) -> Device {
+        let device = Device::new(self, id, extra);
+        let identity = device.cli(&["identity", "--json"]);
+        assert_eq!(identity.code, 0, "{identity:?}");
+        let ek = identity.json()["ek_sha256"].as_str().unwrap().to_owned();
+        let out = self.cli(&["devices", "add", id, "--class", class, "--ek-sha256", &ek]);
+        assert_eq!(out.code, 0, "{out:?}");
+        device
+    }
+}
+
+impl Default for Fleet {
+    fn default() -> Fleet {
+        Fleet::new()
+    }
+}
+
+/// A device: swtpm, configuration, state directory, and the agent process.
+#[derive(Debug)]
+pub struct Device {
+    pub agent: Option<Proc>,
+    pub swtpm: Swtpm,
+    pub id: String,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub measured_file: PathBuf,
+}
+
+impl Device {
+    fn new(fleet: &Fleet, id: &str, extra: &str) -> Device {
+        let swtpm = Swtpm::start().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("mctc-{id}-"))
+            .tempdir()
+            .unwrap();
+        let identity = fleet.broker.identity(id).unwrap();
+        let measured = dir.path().join("controller.bin");
+        std::fs::write(&measured, MEASURED_CONTENT).unwrap();
+        let socket = dir.path().join("gate.sock");
+        let text = format!(
+            r#"device_id = "{id}"
+state_dir = "{state}"
+[tpm]
+tcti = "{tcti}"
+allow_software_tpm = true
+[broker]
+url = "{url}"
+ca = "{ca}"
+cert = "{cert}"
+key = "{key}"
+keep_alive_secs = 5
+[authority]
+public_keys = ["{pubkey}"]
+issuer = "{AUTHORITY_ID}"
+[attestation]
+pcrs = [0, 7, {MEASURED_PCR}]
+answer_timeout_ms = 2000
+retry_min_ms = 200
+retry_max_ms = 1000
+[measured]
+pcr = {MEASURED_PCR}
+files = ["{measured}"]
+[gate]
+socket = "{socket}"
+[status]
+interval_ms = 2000
+{extra}
+"#,
+            state = path_str(&dir.path().join("state")),
+            tcti = swtpm.tcti(),
+            url = fleet.broker.url(),
+            ca = path_str(&identity.ca),
+            cert = path_str(&identity.cert),
+            key = path_str(&identity.key),
+            pubkey = path_str(&fleet.authority_pub),
+            measured = path_str(&measured),
+            socket = path_str(&socket),
+        );
+        let config = dir.path().join("agent.toml");
+        std::fs::write(&config, text).unwrap();
+        Device {
+            agent: None,
+            swtpm,
+            id: id.to_owned(),
+            dir,
+            config,
+            socket,
+            measured_file: measured,
+        }
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn lineage_dir(&self) -> PathBuf {
+        self.state_dir().join("lineage")
+    }
+
+    /// `mctc-agent ARGS --config CONFIG`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let config = path_str(&self.config);
+        let mut all = args.to_vec();
+        all.extend(["--config", &config]);
+        run("mctc-agent", &all)
+    }
+
+    pub fn enroll(&self) {
+        let out = self.cli(&["enroll", "--timeout", "30"]);
+        assert_eq!(out.code, 0, "enroll failed: {out:?}");
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("agent.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts `mctc-agent run` and waits for its gate socket.
+    pub fn start(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        let mut command = Command::new(bin_path("mctc-agent").unwrap());
+        command
+            .args(["run", "--config", &path_str(&self.config)])
+            .env("MCTC_LOG", "info,mctc_agent=debug");
+        self.agent = Some(Proc::spawn_command("mctc-agent", command, &self.log_path()).unwrap());
+        let up = wait_until(PATIENCE, || self.request(&json!({"status": {}})).is_some());
+        assert!(
+            up.is_some(),
+            "agent socket did not come up:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGTERM; returns the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut agent = self.agent.take().expect("agent running");
+        agent.signal(rustix::process::Signal::TERM).unwrap();
+        agent
+            .wait_timeout(Duration::from_secs(20))
+            .expect("agent stops on SIGTERM")
+    }
+
+    /// SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut agent) = self.agent.take() {
+            agent.kill();
+        }
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.agent
+            .as_mut()
+            .is_some_and(|a| a.try_status().is_none())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.agent.as_ref().and_then(Proc::pid).unwrap()
+    }
+
+    /// One request on the gate socket (`None`: unreachable, or no answer
+    /// within 30 s).
+    pub fn request(&self, request: &Value) -> Option<Value> {
+        gate_request(&self.socket, request, Duration::from_secs(30))
+    }
+
+    pub fn status(&self) -> Value {
+        self.request(&json!({"status": {}}))
+            .unwrap_or_else(|| json!({"state": "unreachable"}))
+    }
+
+    pub fn state(&self) -> String {
+        self.status()["state"].as_str().unwrap_or("?").to_owned()
+    }
+
+    /// Asks the gate; returns the whole answer (an unreachable agent is a
+    /// deny, as for the device's own software).
+    pub fn authorize(
+        &self,
+        op: &str,
+        amount: Option<u64>,
+        currency: Option<&str>,
+        reference: Option<&str>,
+    ) -> Value {
+        self.request(&authorize_request(op, amount, currency, reference))
+            .unwrap_or_else(|| json!({"decision": "deny", "reason": "unreachable"}))
+    }
+
+    /// Whether `unlock` is permitted right now.
+    pub fn permits(&self) -> bool {
+        self.authorize("unlock", None, None, None)["decision"] == "permit"
+    }
+
+    pub fn wait_state(&self, state: &str, timeout: Duration) -> Option<Duration> {
+        wait_until(timeout, || self.state() == state)
+    }
+
+    /// Waits for the gate to open (asserting it does).
+    pub fn wait_open(&self) {
+        let open = self.wait_state("open", PATIENCE);
+        assert!(
+            open.is_some(),
+            "gate did not open: {}\n--- agent log ---\n{}",
+            self.status(),
+            self.log()
+        );
+    }
+
+    /// Enroll, start, wait for the gate to open.
+    pub fn bring_up(&mut self) {
+        self.enroll();
+        self.start();
+        self.wait_open();
+    }
+}
+
+/// The gate socket's `authorize` request.
+pub fn authorize_request(
+    op: &str,
+    amount: Option<u64>,
+    currency: Option<&str>,
+    reference: Option<&str>,
+) -> Value {
+    let mut request = serde_json::Map::new();
+    request.insert("op".into(), json!(op));
+    if let Some(amount) = amount {
+        request.insert("amount".into(), json!(amount));
+    }
+    if let Some(currency) = currency {
+        request.insert("currency".into(), json!(currency));
+    }
+    if let Some(reference) = reference {
+        request.insert("ref".into(), json!(reference));
+    }
+    json!({ "authorize": request })
+}
+
+/// One line-delimited JSON request on a gate socket, as the device's own
+/// software would make it (independent of the agent's code).
+pub fn gate_request(socket: &Path, request: &Value, timeout: Duration) -> Option<Value> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    let mut line = request.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).ok()?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer).ok()?;
+    serde_json::from_str(answer.trim_end()).ok()
+}
+
+/// A received message: topic, payload, retain flag.
+pub type Received = (String, Vec<u8>, bool);
+
+/// A plain MQTT client (its own thread and runtime) with broker identity
+/// `cn`, recording what it receives.
+#[derive(Debug)]
+pub struct MqttClient {
+    client: rumqttc::AsyncClient,
+    received: Arc<Mutex<Vec<Received>>>,
+    _thread: std::thread::JoinHandle<()>,
+}
+
+impl MqttClient {
+    pub fn connect(broker: &Broker, cn: &str, client_id: &str, filters: &[&str]) -> MqttClient {
+        let identity = broker.identity(cn).unwrap();
+        let mut options = broker.mqtt_options(client_id, &identity).unwrap();
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let sink = Arc::clone(&received);
+        let subscriber = client.clone();
+        let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let mut ready = Some(ready_tx);
+                loop {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                            for filter in &filters {
+                                subscriber
+                                    .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+                                    .await
+                                    .unwrap();
+                            }
+                            if filters.is_empty()
+                                && let Some(ready) = ready.take()
+                            {
+                                let _ = ready.send(());
+                            }
+                        }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                            if let Some(ready) = ready.take() {
+                                let _ = ready.send(());
+                            }
+                        }
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                            sink.lock()
+                                .unwrap()
+                                .push((p.topic, p.payload.to_vec(), p.retain));
+                        }
+                        Ok(_) => {}
+                        Err(_) => {
+                            if ready.is_none() {
+                                return;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("test MQTT client connected and subscribed");
+        MqttClient {
+            client,
+            received,
+            _thread: thread,
+        }
+    }
+
+    /// Queues a publish, waiting while the client's queue is full.
+    pub fn publish(&self, topic: &str, payload: &[u8], retain: bool) {
+        let start = Instant::now();
+        while self
+            .client
+            .try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload.to_vec())
+            .is_err()
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "test publish stuck"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn received_on(&self, topic: &str) -> Vec<Vec<u8>> {
+        self.received()
+            .into_iter()
+            .filter(|(t, _, _)| t == topic)
+            .map(|(_, p, _)| p)
+            .collect()
+    }
+}
+
+/// Milliseconds since `start`, for messages.
+pub fn ms(start: Instant) -> u128 {
+    start.elapsed().as_millis()
+}
