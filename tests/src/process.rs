@@ -8,19 +8,28 @@ use std::time::{Duration, Instant};
 
 use crate::error::HarnessError;
 
-/// Where cargo put the workspace binary `name` for the profile the tests were
-/// built with (`target/<profile>/name`, beside the `deps/` holding the tests).
+/// Where the workspace binary `name` is: in `$MCTC_BIN_DIR` if set (e.g. to
+/// drive release builds), otherwise in the cargo profile directory of the
+/// running executable — `target/<profile>/` for `xtask` itself and for test
+/// executables in `target/<profile>/deps/`.
 pub fn bin_path(name: &str) -> Result<PathBuf, HarnessError> {
-    let exe = std::env::current_exe().map_err(HarnessError::io("locate the test executable"))?;
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| HarnessError::Failed {
-            what: "locate target dir".into(),
-            detail: exe.display().to_string(),
-        })?;
-    let path = profile_dir.join(name);
+    let dir = match std::env::var_os("MCTC_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let exe = std::env::current_exe()
+                .map_err(HarnessError::io("locate the running executable"))?;
+            let parent = exe.parent().ok_or_else(|| HarnessError::Failed {
+                what: "locate target dir".into(),
+                detail: exe.display().to_string(),
+            })?;
+            if parent.file_name().is_some_and(|n| n == "deps") {
+                parent.parent().unwrap_or(parent).to_path_buf()
+            } else {
+                parent.to_path_buf()
+            }
+        }
+    };
+    let path = dir.join(name);
     if path.is_file() {
         Ok(path)
     } else {
