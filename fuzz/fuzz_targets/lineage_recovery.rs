@@ -4,9 +4,10 @@
 //! and a second open, as the agent does after a restart.
 //!
 //! Input: a flag byte (bit 0: two segments; bit 1: file names from the
-//! input instead of from the segment headers), the names' seqs (big-endian
-//! u64 each, with bit 1), the first segment's length (big-endian u16, with
-//! bit 0), then the segment bytes.
+//! input instead of from the segment headers; bit 2: frame checksums made
+//! right before writing, so mutations of lengths and seqs get past the
+//! CRC), the names' seqs (big-endian u64 each, with bit 1), the first
+//! segment's length (big-endian u16, with bit 0), then the segment bytes.
 //!
 //! Invariants: no panic; `open` either fails or yields a store whose frames
 //! `read_range` returns with contiguous seqs, as many as recovery counted,
@@ -18,7 +19,9 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use mctc_agent::lineage::store::{Frame, Priority, Store, StoreConfig, read_range};
+use mctc_agent::lineage::store::{
+    FRAME_OVERHEAD, Frame, HEADER_BYTES, Priority, Store, StoreConfig, read_range,
+};
 use mctc_fuzz::input::Input;
 
 fn header_seq(bytes: &[u8]) -> u64 {
@@ -26,6 +29,23 @@ fn header_seq(bytes: &[u8]) -> u64 {
         .get(8..16)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())
         .map_or(0, u64::from_le_bytes)
+}
+
+/// Rewrites the CRC of every frame that fits (CRC32C over the seq and the
+/// payload, as `store.rs` documents the format).
+fn fix_checksums(segment: &mut [u8]) {
+    let mut at = HEADER_BYTES as usize;
+    while let Some(header) = segment.get(at..at + FRAME_OVERHEAD as usize) {
+        let len = u32::from_le_bytes(header[0..4].try_into().unwrap()) as usize;
+        let seq: [u8; 8] = header[8..16].try_into().unwrap();
+        let start = at + FRAME_OVERHEAD as usize;
+        let Some(payload) = segment.get(start..start.saturating_add(len)) else {
+            return;
+        };
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&seq), payload);
+        segment[at + 4..at + 8].copy_from_slice(&crc.to_le_bytes());
+        at = start + len;
+    }
 }
 
 fn config(dir: &Path) -> StoreConfig {
@@ -58,6 +78,7 @@ fuzz_target!(|data: &[u8]| {
     let flags = input.u8();
     let two = flags & 1 != 0;
     let named = flags & 2 != 0;
+    let checksummed = flags & 4 != 0;
     let names = named.then(|| (input.u64(), input.u64()));
     let (first, second) = if two {
         let split = usize::from(input.u16());
@@ -67,11 +88,16 @@ fuzz_target!(|data: &[u8]| {
     };
 
     let dir = scratch();
-    let first_name = names.map_or_else(|| header_seq(first), |n| n.0);
-    std::fs::write(dir.path().join(format!("{first_name:020}.seg")), first).unwrap();
+    let write = |name: u64, bytes: &[u8]| {
+        let mut bytes = bytes.to_vec();
+        if checksummed {
+            fix_checksums(&mut bytes);
+        }
+        std::fs::write(dir.path().join(format!("{name:020}.seg")), bytes).unwrap();
+    };
+    write(names.map_or_else(|| header_seq(first), |n| n.0), first);
     if let Some(second) = second {
-        let second_name = names.map_or_else(|| header_seq(second), |n| n.1);
-        std::fs::write(dir.path().join(format!("{second_name:020}.seg")), second).unwrap();
+        write(names.map_or_else(|| header_seq(second), |n| n.1), second);
     }
 
     let Ok((mut store, recovery)) = Store::open(config(dir.path())) else {

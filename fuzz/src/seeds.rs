@@ -323,8 +323,19 @@ fn lineage_recovery() -> Vec<Seed> {
     let split = u16::try_from(first.len()).expect("small segments");
     let mut torn = second.clone();
     torn.truncate(torn.len() - 7);
+    // Hand-made, the end of the seq space: header and frame at u64::MAX - 1
+    // (the store never gets there by appending); flag 4 makes the target
+    // compute the frame's checksum.
+    let last_seq = u64::MAX - 1;
+    let mut end = mctc_agent::lineage::store::MAGIC.to_vec();
+    end.extend_from_slice(&last_seq.to_le_bytes());
+    end.extend_from_slice(&4u32.to_le_bytes());
+    end.extend_from_slice(&0u32.to_le_bytes());
+    end.extend_from_slice(&last_seq.to_le_bytes());
+    end.extend_from_slice(b"last");
     vec![
         seed("lineage_recovery", "one-segment", &[&[0], first]),
+        seed("lineage_recovery", "end-of-seq-space", &[&[4], &end]),
         seed("lineage_recovery", "torn-tail", &[&[0], &torn]),
         seed(
             "lineage_recovery",
