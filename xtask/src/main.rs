@@ -6,6 +6,7 @@
 //! - `demo`, `bench`, `chaos`, `dist` — see README.md.
 #![forbid(unsafe_code)]
 
+mod demo;
 mod fuzz;
 mod sys;
 mod test;
@@ -33,7 +34,8 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "test" => test::test(rest),
         "fuzz" => fuzz::fuzz(rest),
-        "demo" | "bench" | "chaos" | "dist" => Err(format!(
+        "demo" => demo::demo(rest),
+        "bench" | "chaos" | "dist" => Err(format!(
             "`cargo xtask {command}` is not implemented in this version yet"
         )),
         "help" | "--help" | "-h" => {

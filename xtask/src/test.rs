@@ -42,13 +42,16 @@ pub fn test(args: &[String]) -> Result<(), String> {
         ],
     )?;
     cargo_deny()?;
-    // End-to-end tests start the real binaries from target/debug.
-    run(
-        "build binaries",
-        "cargo",
-        &["build", "--workspace", "--bins", "--locked"],
-    )?;
+    // End-to-end tests start the real binaries from target/debug; cargo
+    // builds every bin target of a package whose integration tests it runs,
+    // before running any test, so no separate build (with other features,
+    // hence a second compile) is needed.
     run("tests", "cargo", &["test", "--workspace", "--locked"])?;
+    // The README's main command, non-interactively, on those binaries.
+    let proof = std::env::temp_dir().join(format!("mctc-demo-check-{}", std::process::id()));
+    let demo = crate::demo::check_with_built_binaries(&proof);
+    let _ = std::fs::remove_dir_all(&proof);
+    demo?;
     run(
         "no_std firmware build",
         "cargo",
