@@ -363,16 +363,44 @@ pub fn parse(text: &str) -> Result<Validated, AgentError> {
             .to_owned();
         match e.span() {
             Some(span) => {
-                let line = text
-                    .get(..span.start)
-                    .map_or(0, |t| t.bytes().filter(|b| *b == b'\n').count())
-                    + 1;
-                bad(format!("line {line}: {msg}"))
+                let before = text.get(..span.start).unwrap_or_default();
+                let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+                match key_at(text, line) {
+                    Some(key) => bad(format!("line {line} ({key}): {msg}")),
+                    None => bad(format!("line {line}: {msg}")),
+                }
             }
             None => bad(msg),
         }
     })?;
     validate(raw)
+}
+
+/// The dotted key set on line `line` (1-based) of a TOML text — the
+/// `[section]` above it plus the key before `=` — to name it in an error.
+fn key_at(text: &str, line: usize) -> Option<String> {
+    let mut section = String::new();
+    for (n, content) in text.lines().enumerate() {
+        let trimmed = content.trim();
+        if let Some(name) = trimmed.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            section = name
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+        }
+        if n + 1 == line {
+            let key = trimmed.split('=').next()?.trim();
+            if key.is_empty() || key.starts_with('[') || !trimmed.contains('=') {
+                return None;
+            }
+            return Some(if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            });
+        }
+    }
+    None
 }
 
 fn validate(raw: Config) -> Result<Validated, AgentError> {
