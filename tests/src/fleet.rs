@@ -569,7 +569,17 @@ pub type Received = (String, Vec<u8>, bool);
 pub struct MqttClient {
     client: rumqttc::AsyncClient,
     received: Arc<Mutex<Vec<Received>>>,
+    /// Set on drop: the client thread ends (it otherwise reconnects after
+    /// a broker restart and subscribes again, as a monitor would).
+    closed: Arc<std::sync::atomic::AtomicBool>,
     _thread: std::thread::JoinHandle<()>,
+}
+
+impl Drop for MqttClient {
+    fn drop(&mut self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 impl MqttClient {
@@ -581,6 +591,8 @@ impl MqttClient {
         let received = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let sink = Arc::clone(&received);
+        let closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = Arc::clone(&closed);
         let subscriber = client.clone();
         let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
         let thread = std::thread::spawn(move || {
@@ -617,11 +629,11 @@ impl MqttClient {
                         }
                         Ok(_) => {}
                         Err(_) => {
-                            if ready.is_none() {
-                                return;
-                            }
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
+                    }
+                    if stopped.load(std::sync::atomic::Ordering::Acquire) {
+                        return;
                     }
                 }
             });
@@ -632,6 +644,7 @@ impl MqttClient {
         MqttClient {
             client,
             received,
+            closed,
             _thread: thread,
         }
     }
@@ -668,4 +681,63 @@ impl MqttClient {
 /// Milliseconds since `start`, for messages.
 pub fn ms(start: Instant) -> u128 {
     start.elapsed().as_millis()
+}
+
+/// Clients hammering a device's gate socket with `unlock` requests, each with
+/// a unique `ref`, collecting every permit answered: (lineage seq, ref).
+#[derive(Debug)]
+pub struct Burst {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    permits: Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl Burst {
+    /// Starts `clients` threads asking `device`'s gate until [`Burst::stop`].
+    pub fn start(device: &Device, clients: usize) -> Burst {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let permits = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..clients)
+            .map(|client| {
+                let socket = device.socket.clone();
+                let stop = Arc::clone(&stop);
+                let permits = Arc::clone(&permits);
+                std::thread::spawn(move || {
+                    let mut i = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let reference = format!("c{client}-{i}");
+                        i += 1;
+                        let request = authorize_request("unlock", None, None, Some(&reference));
+                        match gate_request(&socket, &request, Duration::from_secs(5)) {
+                            Some(answer) if answer["decision"] == "permit" => {
+                                let seq = answer["seq"].as_u64().expect("a permit carries its seq");
+                                permits.lock().unwrap().push((seq, reference));
+                            }
+                            Some(_) => {}
+                            None => std::thread::sleep(Duration::from_millis(5)),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Burst {
+            stop,
+            threads,
+            permits,
+        }
+    }
+
+    /// Permits answered so far.
+    pub fn count(&self) -> usize {
+        self.permits.lock().unwrap().len()
+    }
+
+    /// Stops the clients and returns every permit they were answered.
+    pub fn stop(self) -> Vec<(u64, String)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        self.permits.lock().unwrap().clone()
+    }
 }

@@ -15,8 +15,10 @@
 //! Resends are idempotent at the collector (same seq, same bytes).
 //!
 //! Acks are not signed, so an ack is believed only up to the highest seq
-//! this agent actually sent: a forged ack can never get unsent records
-//! pruned.
+//! this agent process actually sent: a forged ack can never get unsent
+//! records pruned. An ack beyond that (the collector already holds records
+//! sent before a restart) is believed up to what was sent, so the resend
+//! after a restart still makes progress batch by batch.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -279,17 +281,23 @@ impl<O: Outbox> Forwarder<O> {
             // Whatever the collector lacks is resent; records are kept.
             self.restart_round();
         }
-        let Some(through) = ack.through_seq else {
+        let Some(claimed) = ack.through_seq else {
             return;
         };
-        if self.sent_high.is_none_or(|high| through > high) {
-            tracing::warn!(
-                through,
-                sent = ?self.sent_high,
-                "lineage ack beyond what was sent; ignored"
-            );
+        let Some(sent_high) = self.sent_high else {
+            tracing::debug!(claimed, "lineage ack before anything was sent; ignored");
             return;
+        };
+        if claimed > sent_high {
+            // Normal after a restart (the collector holds what an earlier
+            // run sent); a forged ack gets no further than this either.
+            tracing::debug!(
+                claimed,
+                sent_high,
+                "lineage ack beyond what was sent; believed up to it"
+            );
         }
+        let through = claimed.min(sent_high);
         if self.acked.is_some_and(|a| through <= a) {
             return;
         }

@@ -1,0 +1,164 @@
+//! Lineage from the real agent to the real collector, end to end: nothing
+//! the gate answered is lost or duplicated when the collector is down for a
+//! while, or when the agent is killed in the middle of a burst.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use mctc_collector::store::Store;
+use mctc_collector::store::sqlite::SqliteStore;
+use mctc_shim::lineage::{Body, Record, VerdictCode};
+use mctc_shim::{DeviceId, Message};
+use mctc_tests::fleet::{Burst, Device, Fleet, PATIENCE};
+use mctc_tests::wait_until;
+
+fn next_seq(device: &Device) -> u64 {
+    device.status()["lineage"]["next_seq"].as_u64().unwrap()
+}
+
+/// Waits until the collector acknowledged every record the agent wrote.
+fn wait_all_acked(fleet: &Fleet, device: &Device) {
+    let drained = wait_until(Duration::from_secs(120), || {
+        let status = device.status();
+        let next = status["lineage"]["next_seq"].as_u64().unwrap_or(u64::MAX);
+        status["lineage"]["acked_seq"]
+            .as_u64()
+            .is_some_and(|acked| acked + 1 >= next)
+    });
+    assert!(
+        drained.is_some(),
+        "not all acknowledged: {}\n--- collector ---\n{}",
+        device.status(),
+        fleet.collector_log()
+    );
+}
+
+/// Checks at the collector's database: the stored chain reaches `through`,
+/// every answered permit is stored as that permit, no anomaly was raised.
+fn check_collector(db: &Path, device: &Device, through: u64, permits: &[(u64, String)]) {
+    let store = SqliteStore::open(db).unwrap();
+    let id = DeviceId::new(&device.id).unwrap();
+    let head = store
+        .head(&id)
+        .unwrap()
+        .expect("the device has a stored chain");
+    assert!(
+        head.next_seq > through,
+        "collector head {} ≤ {through}",
+        head.next_seq
+    );
+    for (seq, reference) in permits {
+        let bytes = store.record(&id, *seq).unwrap().unwrap_or_else(|| {
+            panic!("permit at seq {seq} ({reference}) never reached the collector")
+        });
+        let record = Record::decode(&bytes).unwrap();
+        match record.body {
+            Body::Decision(d) => {
+                assert_eq!(d.verdict, VerdictCode::Permit, "seq {seq}");
+                assert_eq!(
+                    d.reference.map(|r| r.0),
+                    Some(reference.as_str()),
+                    "seq {seq}"
+                );
+            }
+            other => panic!("seq {seq} holds {other:?}, not the permit answered"),
+        }
+    }
+    let anomalies = store.anomalies(Some(&id)).unwrap();
+    assert!(anomalies.is_empty(), "anomalies: {anomalies:?}");
+}
+
+#[test]
+fn collector_down_during_a_thousand_decisions_then_up_delivers_them_all_exactly_once() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("deliver-1", "locker");
+    device.bring_up();
+    wait_all_acked(&fleet, &device);
+
+    fleet.kill_collector();
+    let burst = Burst::start(&device, 8);
+    assert!(wait_until(PATIENCE, || burst.count() >= 1000).is_some());
+    let permits = burst.stop();
+    let backlog = device.status()["lineage"]["backlog"].as_u64().unwrap();
+    assert!(
+        backlog >= 1000,
+        "the backlog waits for the collector: {backlog}"
+    );
+
+    fleet.start_collector();
+    wait_all_acked(&fleet, &device);
+    let through = next_seq(&device) - 1;
+    check_collector(
+        &fleet.dir.path().join("collector.db"),
+        &device,
+        through,
+        &permits,
+    );
+}
+
+#[test]
+fn every_permit_answered_before_a_sigkill_reaches_the_collector() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("deliver-2", "locker");
+    device.bring_up();
+
+    let burst = Burst::start(&device, 16);
+    assert!(wait_until(PATIENCE, || burst.count() >= 500).is_some());
+    device.kill();
+    let permits = burst.stop();
+
+    device.start();
+    device.wait_open();
+    wait_all_acked(&fleet, &device);
+    let through = next_seq(&device) - 1;
+    check_collector(
+        &fleet.dir.path().join("collector.db"),
+        &device,
+        through,
+        &permits,
+    );
+}
+
+/// The acknowledged seq is persisted lazily; a crash can leave it behind
+/// what the collector holds. After the restart the collector's acks are
+/// beyond anything this run of the agent sent: the agent must still make
+/// progress (believing each ack up to what it resent) instead of waiting for
+/// an ack it will never believe.
+#[test]
+fn a_restart_behind_the_collectors_head_still_drains_the_backlog() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("deliver-3", "locker");
+    device.bring_up();
+    // More than the forwarder's window (8 batches of 64) ahead of the
+    // persisted ack, so a resend cannot reach the collector's head at once.
+    let burst = Burst::start(&device, 8);
+    assert!(wait_until(PATIENCE, || burst.count() >= 1000).is_some());
+    let permits = burst.stop();
+    wait_all_acked(&fleet, &device);
+
+    device.kill();
+    // What a crash between receiving acks and persisting them leaves.
+    std::fs::write(device.state_dir().join("lineage-acked"), "1\n").unwrap();
+    device.start();
+    device.wait_open();
+    wait_all_acked(&fleet, &device);
+    let through = next_seq(&device) - 1;
+    check_collector(
+        &fleet.dir.path().join("collector.db"),
+        &device,
+        through,
+        &permits,
+    );
+}
