@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod demo;
+mod dist;
 mod fuzz;
 mod sys;
 mod test;
@@ -35,7 +36,8 @@ fn main() -> ExitCode {
         "test" => test::test(rest),
         "fuzz" => fuzz::fuzz(rest),
         "demo" => demo::demo(rest),
-        "bench" | "chaos" | "dist" => Err(format!(
+        "dist" => dist::dist(rest),
+        "bench" | "chaos" => Err(format!(
             "`cargo xtask {command}` is not implemented in this version yet"
         )),
         "help" | "--help" | "-h" => {
