@@ -63,7 +63,8 @@ fn fuzz_dir() -> PathBuf {
 }
 
 /// A nightly-cargo command in the repository root, without the toolchain
-/// choices of the `cargo xtask` invocation leaking into it.
+/// and target-dir choices of the `cargo xtask` invocation leaking into it:
+/// fuzz builds always live in `fuzz/target`.
 fn nightly_cargo() -> Command {
     let mut command = Command::new("cargo");
     command
@@ -72,8 +73,41 @@ fn nightly_cargo() -> Command {
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
         .env_remove("RUSTDOC")
-        .env_remove("CARGO");
+        .env_remove("CARGO")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET_DIR");
     command
+}
+
+/// The host triple, which cargo-fuzz builds for by default.
+fn host_triple() -> Result<String, String> {
+    let output = Command::new("rustc")
+        .args(["+nightly", "-vV"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .output()
+        .map_err(|e| format!("cannot run `rustc +nightly -vV`: {e}"))?;
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .map(|h| h.trim().to_owned())
+        .ok_or_else(|| "`rustc +nightly -vV` names no host triple".to_owned())
+}
+
+/// Where `cargo fuzz build` put `target`'s binary.
+fn binary(target: &str) -> Result<PathBuf, String> {
+    let path = fuzz_dir()
+        .join("target")
+        .join(host_triple()?)
+        .join("release")
+        .join(target);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: build it with `cargo +nightly fuzz build`",
+            path.display()
+        ))
+    }
 }
 
 fn succeeds(command: &mut Command) -> bool {
@@ -193,22 +227,29 @@ fn crash_input(log: &str) -> Option<PathBuf> {
     })
 }
 
-/// Runs one built target for `seconds` from its seeds.
+/// Runs one built target for `seconds` from its seeds. The binary `cargo
+/// fuzz build` made is run directly (as `cargo fuzz run` would, with the
+/// same artifact directory), so that sources edited in the meantime are not
+/// rebuilt into the middle of a timed run.
 pub fn run_target(target: &str, seconds: u64) -> Result<FuzzResult, String> {
     let fuzz = fuzz_dir();
     let corpus = fuzz.join("corpus").join(target);
     let seeds = fuzz.join("seeds").join(target);
+    let artifacts = fuzz.join("artifacts").join(target);
     let logs = fuzz.join("target").join("smoke-logs");
-    for dir in [&corpus, &logs] {
+    for dir in [&corpus, &artifacts, &logs] {
         std::fs::create_dir_all(dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let mut command = nightly_cargo();
-    command.args(["fuzz", "run", target]).arg(&corpus);
-    if seeds.is_dir() {
-        command.arg(&seeds);
-    }
-    command.arg("--").args([
+    // cargo-fuzz's own default for AddressSanitizer runs, kept with the
+    // caller's options.
+    let asan = match std::env::var("ASAN_OPTIONS") {
+        Ok(own) if !own.is_empty() => format!("{own}:detect_odr_violation=0"),
+        _ => "detect_odr_violation=0".to_owned(),
+    };
+    let mut command = Command::new(binary(target)?);
+    command.env("ASAN_OPTIONS", asan).current_dir(&fuzz).args([
+        format!("-artifact_prefix={}/", artifacts.display()),
         format!("-max_total_time={seconds}"),
         format!("-timeout={INPUT_TIMEOUT_SECS}"),
         "-print_final_stats=1".to_owned(),
@@ -216,11 +257,15 @@ pub fn run_target(target: &str, seconds: u64) -> Result<FuzzResult, String> {
     if LONG_INPUT_TARGETS.contains(&target) {
         command.arg(format!("-max_len={LONG_MAX_LEN}"));
     }
+    command.arg(&corpus);
+    if seeds.is_dir() {
+        command.arg(&seeds);
+    }
     println!("==> fuzz {target}: {seconds} s");
     let started = Instant::now();
     let output = command
         .output()
-        .map_err(|e| format!("cannot run `cargo fuzz run {target}`: {e}"))?;
+        .map_err(|e| format!("cannot run fuzz target {target}: {e}"))?;
     let took = started.elapsed().as_secs_f64();
     let text = output_text(&output);
     let log = logs.join(format!("{target}.log"));
