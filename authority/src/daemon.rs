@@ -197,7 +197,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             event = link.recv() => match event {
                 None => break Err(Error::Environment("the MQTT link stopped".into())),
-                Some(event) => dispatch(event, &jobs, &mut limiter, &clock),
+                Some(event) => dispatch(event, &jobs, &wake, &mut limiter, &clock),
             },
         }
     };
@@ -226,7 +226,13 @@ async fn join(handle: JoinHandle<()>) {
     }
 }
 
-fn dispatch(event: LinkEvent, jobs: &SyncSender<Job>, limiter: &mut RateLimiter, clock: &Now) {
+fn dispatch(
+    event: LinkEvent,
+    jobs: &SyncSender<Job>,
+    wake: &mpsc::Sender<Wake>,
+    limiter: &mut RateLimiter,
+    clock: &Now,
+) {
     let (topic, payload, retain) = match event {
         LinkEvent::Message {
             topic,
@@ -235,6 +241,7 @@ fn dispatch(event: LinkEvent, jobs: &SyncSender<Job>, limiter: &mut RateLimiter,
         } => (topic, payload, retain),
         LinkEvent::Connected { session } => {
             tracing::info!(session, "subscribed to device requests");
+            let _ = wake.send(Wake::Reannounce);
             return;
         }
         LinkEvent::Disconnected { reason } => {

@@ -28,6 +28,9 @@ const SWEEP_EVERY_MS: u64 = 10_000;
 pub enum Wake {
     /// Stop (and give the heartbeat lease up).
     Stop,
+    /// A new broker session: announce every device's latest control again
+    /// (see [`crate::store::Store::requeue_latest_controls`]).
+    Reannounce,
 }
 
 /// Heartbeat settings.
@@ -86,11 +89,22 @@ impl<S: Store> Housekeeper<S> {
         let mut next_pump = start;
         let mut next_sweep = start;
         loop {
-            match wake.recv_timeout(TICK) {
+            let reannounce = match wake.recv_timeout(TICK) {
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => {}
-            }
+                Ok(Wake::Reannounce) => true,
+                Err(RecvTimeoutError::Timeout) => false,
+            };
             let now = self.clock.refresh();
+            if reannounce {
+                match self.store.requeue_latest_controls(&now) {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(controls = n, "latest controls announced again");
+                        next_pump = now.boot_ms;
+                    }
+                    Err(e) => tracing::error!(error = %e, "controls not announced again"),
+                }
+            }
             alive.store(now.boot_ms, Ordering::Relaxed);
             if now.boot_ms >= next_beat {
                 self.beat(publisher, &now);

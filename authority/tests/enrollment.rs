@@ -28,7 +28,15 @@ async fn a_registered_device_enrolls_and_its_registry_record_is_published() {
     );
     assert_eq!(device.enroll().await, EnrollStatus::Ok);
 
-    // A collector (joining later) gets the retained, signed registry record.
+    // Once the record is out (a first subscriber sees it, live or
+    // retained), a collector joining later gets it retained and signed.
+    let mut early = fleet
+        .client("mctc-collector", &["mctc/v1/registry/#"])
+        .await;
+    early
+        .next_with(&topic(DeviceTopic::Registry, &device.id), ANSWER)
+        .await
+        .expect("the registry record is published");
     let mut collector = fleet
         .client("mctc-collector", &["mctc/v1/registry/#"])
         .await;

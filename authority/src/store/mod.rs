@@ -414,6 +414,13 @@ pub trait Store: Send {
     /// Deletes published outbox rows.
     fn ack_outbox(&mut self, ids: &[i64]) -> Result<(), StoreError>;
 
+    /// Queues again the latest control of every device that has one (same
+    /// seq: a device that already has it ignores it as a replay). An outbox
+    /// row is deleted once its message is handed to the MQTT client, which
+    /// cannot say whether the broker got it; re-announcing at start and on
+    /// every new broker session closes that window. Returns the rows queued.
+    fn requeue_latest_controls(&mut self, now: &Now) -> Result<usize, StoreError>;
+
     /// The learned baseline of `class`.
     fn learned(&mut self, class: &str) -> Result<Vec<LearnedDigest>, StoreError>;
 

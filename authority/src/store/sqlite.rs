@@ -1021,6 +1021,29 @@ impl Store for SqliteStore {
         Ok(items)
     }
 
+    fn requeue_latest_controls(&mut self, now: &Now) -> Result<usize, StoreError> {
+        let tx = self.immediate()?;
+        // The latest control follows from the status it produced: contained
+        // ← contain, revoked ← revoke, active (with a control) ← restore.
+        let queued = tx.execute(
+            "INSERT INTO outbox (kind, device, action, seq, reason, wall_ms) \
+             SELECT ?1, id, CASE status WHEN ?2 THEN ?3 WHEN ?4 THEN ?5 ELSE ?6 END, \
+                    control_seq, COALESCE(reason, ''), ?7 \
+             FROM devices WHERE control_seq > 0",
+            params![
+                OUTBOX_CONTROL,
+                DeviceStatus::Contained.code(),
+                ControlAction::Contain.code(),
+                DeviceStatus::Revoked.code(),
+                ControlAction::Revoke.code(),
+                ControlAction::Restore.code(),
+                now.wall_ms
+            ],
+        )?;
+        tx.commit()?;
+        Ok(queued)
+    }
+
     fn ack_outbox(&mut self, ids: &[i64]) -> Result<(), StoreError> {
         if ids.is_empty() {
             return Ok(());
@@ -1713,5 +1736,45 @@ mod tests {
         assert_eq!(learned[1].digest, [3; 32]);
         assert_eq!(learned[1].from, "d2");
         assert!(store.learned("other").unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_latest_control_of_each_device_can_be_announced_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = open(&dir);
+        let now = now_at(1000);
+        enrolled_device(&mut store, "d1", &now);
+        enrolled_device(&mut store, "quiet", &now);
+        let d = id("d1");
+        let drain = |store: &mut SqliteStore, at: u64| {
+            let items = store.claim_outbox(100, 5000, &now_at(at)).unwrap();
+            store
+                .ack_outbox(&items.iter().map(OutboxItem::id).collect::<Vec<_>>())
+                .unwrap();
+            items
+        };
+        drain(&mut store, 1000);
+        // Nothing was ever sent to either device: nothing to announce.
+        assert_eq!(store.requeue_latest_controls(&now).unwrap(), 0);
+
+        let steps = [
+            (StatusChange::Contain, ControlAction::Contain, 1),
+            (StatusChange::Restore, ControlAction::Restore, 2),
+            (StatusChange::Revoke, ControlAction::Revoke, 3),
+        ];
+        for (i, (change, action, seq)) in steps.into_iter().enumerate() {
+            let at = 2000 + 1000 * i as u64;
+            store.change_status(&d, change, "why", &now_at(at)).unwrap();
+            drain(&mut store, at);
+            assert_eq!(store.requeue_latest_controls(&now_at(at)).unwrap(), 1);
+            let again = drain(&mut store, at);
+            assert!(
+                matches!(
+                    again.as_slice(),
+                    [OutboxItem::Control { seq: s, action: a, .. }] if *s == seq && *a == action
+                ),
+                "{again:?}"
+            );
+        }
     }
 }
