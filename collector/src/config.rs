@@ -116,12 +116,13 @@ impl Config {
             reason,
         };
         let config: Config = toml::from_str(text).map_err(|e| {
-            bad(e
-                .message()
-                .lines()
-                .next()
-                .unwrap_or("invalid TOML")
-                .to_owned())
+            let message = e.message().lines().next().unwrap_or("invalid TOML");
+            // serde's message says what was wrong ("invalid type: string,
+            // expected u64") but not where: name the line and the key.
+            match e.span().map(|span| locate(text, span.start)) {
+                Some(place) => bad(format!("{place}: {message}")),
+                None => bad(message.to_owned()),
+            }
         })?;
         if config.authority.public_keys.is_empty() {
             return Err(bad(
@@ -154,6 +155,28 @@ impl Config {
             source,
         })?;
         Self::parse(&text, path)
+    }
+}
+
+/// `line N ([section] key)` for byte `offset` of a TOML text.
+fn locate(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'));
+    let key = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(key, _)| key.trim())
+        .filter(|key| !key.is_empty() && !key.starts_with('['));
+    match (section, key) {
+        (Some(section), Some(key)) => format!("line {line} ({section} {key})"),
+        (None, Some(key)) => format!("line {line} ({key})"),
+        _ => format!("line {line}"),
     }
 }
 
@@ -201,6 +224,30 @@ mod tests {
             assert!(!err.contains('\n'), "{err}");
         }
         let no_keys = minimal().replace("[\"a.pub\"]", "[]");
+        // A value of the wrong type or an unknown variant names its line
+        // and key, not only what was wrong.
+        for (extra, needle) in [
+            (
+                "[ingest]\ngap_grace_ms = \"soon\"\n",
+                "line 11 ([ingest] gap_grace_ms)",
+            ),
+            ("[ingest]\nheld_batches = -1\n", "([ingest] held_batches)"),
+        ] {
+            let text = minimal() + extra;
+            let err = Config::parse(&text, Path::new("t"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(needle), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let postgres = minimal().replace("path = \"db\"", "backend = \"postgres\"\npath = \"db\"");
+        let err = Config::parse(&postgres, Path::new("t"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("([store] backend)") && err.contains("postgres"),
+            "{err}"
+        );
         assert!(Config::parse(&no_keys, Path::new("t")).is_err());
     }
 }
