@@ -189,6 +189,8 @@ pub struct Enforcer<P: Platform, O: Outbox> {
     last_heartbeat_hb_ms: Option<u32>,
     tpm_ok: bool,
     persist_error: Option<String>,
+    /// The lineage store failed (IO) since it was last healthy.
+    lineage_failed: bool,
     published: Option<StatusCore>,
     next_status_ms: u64,
     watchdog: Option<Box<dyn Watchdog>>,
@@ -258,6 +260,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             last_heartbeat_hb_ms: None,
             tpm_ok: true,
             persist_error: None,
+            lineage_failed: false,
             published: None,
             next_status_ms: 0,
             watchdog,
@@ -572,6 +575,16 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let now = self.now();
         match health {
             Health::Ok => {
+                if std::mem::take(&mut self.lineage_failed)
+                    && self.gate.state() == &GateState::Closed(CloseReason::LineageUnavailable)
+                {
+                    // The failed store refused the record of this close;
+                    // written now, so the lineage says why decisions
+                    // stopped before the gate reopens.
+                    self.lineage.record(Entry::Gate(GateEvent::Closed(
+                        CloseReason::LineageUnavailable,
+                    )));
+                }
                 // Writable again: a closed gate may reopen through a new
                 // attestation.
                 if matches!(self.gate.state(), GateState::Closed(_)) {
@@ -579,6 +592,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 }
             }
             Health::QuotaReached | Health::Failed(_) => {
+                self.lineage_failed |= matches!(health, Health::Failed(_));
                 let events = self.gate.close_at(CloseReason::LineageUnavailable, now);
                 self.apply(events.as_slice());
             }

@@ -458,8 +458,8 @@ impl Store {
 
     /// Appends `payloads` as frames `next_seq..` with one write and one
     /// fdatasync. Returns only after the frames are durable. On any IO error
-    /// the store is failed for good: the error is returned now and every later
-    /// append returns [`StoreError::Failed`].
+    /// the store is failed: the error is returned now and every later append
+    /// returns [`StoreError::Failed`] until [`Store::recover`] succeeds.
     pub fn append(&mut self, payloads: &[&[u8]], priority: Priority) -> Result<u64, StoreError> {
         if let Some(why) = &self.failed {
             return Err(StoreError::Failed(why.clone()));
@@ -543,6 +543,65 @@ impl Store {
     fn fail(&mut self, error: StoreError) -> StoreError {
         self.failed = Some(error.to_string());
         error
+    }
+
+    /// Test seam: the active segment's handle can no longer write (as on a
+    /// file system gone read-only), so the next append fails.
+    #[cfg(test)]
+    pub(crate) fn lose_write_access(&mut self) {
+        if let Some(segment) = self.segments.last()
+            && let Ok(file) = File::open(&segment.path)
+        {
+            self.active = file;
+        }
+    }
+
+    /// Makes a failed store usable again once the disk is (a full disk
+    /// got room, a read-only file system became writable): whatever the
+    /// failed append left behind is cut off — the active segment is
+    /// truncated to the end of its last acknowledged frame and synced, and
+    /// a segment file the failed append was creating is removed — then a
+    /// probe file of one full batch is written and synced, so the store is
+    /// declared writable only when the disk takes a batch again.
+    ///
+    /// Nothing acknowledged is touched: an append is acknowledged only
+    /// after its fdatasync, and the bytes of a failed one (which may even
+    /// have reached the page cache) were never acknowledged to anyone. The
+    /// cut does not rely on the failed fdatasync's pages: they are dropped
+    /// with the truncation. On error the store stays failed.
+    pub fn recover(&mut self) -> Result<(), StoreError> {
+        if self.failed.is_none() {
+            return Ok(());
+        }
+        let dir = self.config.dir.clone();
+        let stray = dir.join(segment_name(self.next_seq));
+        if !self.segments.iter().any(|s| s.path == stray) && stray.exists() {
+            std::fs::remove_file(&stray).map_err(io_err(&stray))?;
+            sync_dir(&dir)?;
+        }
+        let probe = dir.join("writable.probe");
+        let written = File::create(&probe)
+            .and_then(|mut f| {
+                f.write_all(&[0u8; MAX_BATCH_BYTES])?;
+                f.sync_data()
+            })
+            .map_err(io_err(&probe));
+        let _ = std::fs::remove_file(&probe);
+        written?;
+        let Some(segment) = self.segments.last() else {
+            return Err(StoreError::Failed("no active segment".into()));
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&segment.path)
+            .map_err(io_err(&segment.path))?;
+        file.set_len(segment.len).map_err(io_err(&segment.path))?;
+        file.sync_all().map_err(io_err(&segment.path))?;
+        file.seek(SeekFrom::End(0)).map_err(io_err(&segment.path))?;
+        self.active = file;
+        self.failed = None;
+        Ok(())
     }
 
     /// Deletes every segment whose frames are all at or below `acked_seq`
@@ -662,6 +721,92 @@ mod tests {
 
     fn last_segment(dir: &Path) -> PathBuf {
         list_segments(dir).unwrap().pop().unwrap().1
+    }
+
+    #[test]
+    fn a_failed_append_is_cut_off_and_the_store_resumes_once_writable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(small(dir.path())).unwrap();
+        fill(&mut store, 10);
+        // The failing write got part of a frame into the file before the
+        // disk refused the rest; the handle can no longer write.
+        let active = store.segments.last().unwrap().path.clone();
+        OpenOptions::new()
+            .append(true)
+            .open(&active)
+            .unwrap()
+            .write_all(&[0x20, 0, 0, 0, 1, 2, 3])
+            .unwrap();
+        store.active = File::open(&active).unwrap();
+        assert!(matches!(
+            store.append(&[&payload(10)], Priority::Normal),
+            Err(StoreError::Io { .. })
+        ));
+        assert!(store.failure().is_some());
+        assert!(matches!(
+            store.append(&[&payload(10)], Priority::Normal),
+            Err(StoreError::Failed(_))
+        ));
+
+        store.recover().unwrap();
+        assert!(store.failure().is_none());
+        assert_eq!(store.append(&[&payload(10)], Priority::Normal).unwrap(), 10);
+        drop(store);
+        let (_, rec) = Store::open(small(dir.path())).unwrap();
+        assert_eq!(
+            rec.truncated_bytes, 0,
+            "recover() already cut the partial frame"
+        );
+        assert_eq!(rec.frames, 11);
+        let all = read_range(dir.path(), 0, 11, usize::MAX, usize::MAX).unwrap();
+        assert!(
+            all.iter()
+                .enumerate()
+                .all(|(i, f)| f.payload == payload(i as u64))
+        );
+    }
+
+    #[test]
+    fn a_segment_half_created_by_a_failed_rotation_is_removed_by_recover() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(small(dir.path())).unwrap();
+        while store.segments.last().unwrap().len < 4096 {
+            fill(&mut store, 1);
+        }
+        // The next append rotates; its new segment's file is in the way
+        // (a rotation that failed after creating it).
+        let next = store.next_seq();
+        std::fs::write(dir.path().join(segment_name(next)), b"MCTC").unwrap();
+        assert!(store.append(&[&payload(next)], Priority::Normal).is_err());
+        assert!(store.failure().is_some());
+
+        store.recover().unwrap();
+        assert_eq!(
+            store.append(&[&payload(next)], Priority::Normal).unwrap(),
+            next
+        );
+        drop(store);
+        let (store, rec) = Store::open(small(dir.path())).unwrap();
+        assert_eq!(store.next_seq(), next + 1);
+        assert_eq!(rec.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn recover_keeps_a_store_failed_while_the_disk_still_refuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(small(dir.path())).unwrap();
+        fill(&mut store, 3);
+        let active = store.segments.last().unwrap().path.clone();
+        store.active = File::open(&active).unwrap();
+        assert!(store.append(&[&payload(3)], Priority::Normal).is_err());
+        // The directory is gone: no probe can be written.
+        let moved = dir.path().with_extension("moved");
+        std::fs::rename(dir.path(), &moved).unwrap();
+        assert!(store.recover().is_err());
+        assert!(store.failure().is_some());
+        std::fs::rename(&moved, dir.path()).unwrap();
+        store.recover().unwrap();
+        assert_eq!(store.append(&[&payload(3)], Priority::Normal).unwrap(), 3);
     }
 
     #[test]

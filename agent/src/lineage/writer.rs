@@ -17,8 +17,13 @@
 //!   are refused; records of the gate closing and the agent stopping use the
 //!   reserve. Health says `QuotaReached` until acknowledged segments are
 //!   pruned.
-//! - a write or fdatasync error: the store refuses everything from then on
-//!   (never retried as if it had succeeded); health says `Failed`.
+//! - a write or fdatasync error: the store refuses everything (never
+//!   retried as if it had succeeded); health says `Failed`. Every
+//!   [`RECOVER_RETRY`] the writer asks the store to recover — cut off what
+//!   the failed write left and prove the disk takes a batch again (a full
+//!   disk got room, a read-only file system became writable) — and then
+//!   continues the chain from the last acknowledged record; health says
+//!   `Ok` and the gate may reopen through a new attestation.
 //! - the store could not be opened (corruption): health says `Failed` with
 //!   the report; nothing is written.
 //!
@@ -51,6 +56,8 @@ const CHUNK_BYTES: usize = 192 * 1024;
 /// After a failed checkpoint quote, the next try waits this long (a TPM
 /// that is gone must not stall every batch).
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
+/// After a failed write, the store is asked to recover this often.
+pub const RECOVER_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a record was not written.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -260,6 +267,8 @@ struct Writer {
     last_checkpoint_at: Instant,
     checkpoint_wanted: bool,
     checkpoint_retry_at: Option<Instant>,
+    /// When to try the failed store again (`None`: not failed by IO).
+    recover_at: Option<Instant>,
     prev_batch: usize,
     syncs: u64,
     records: u64,
@@ -355,6 +364,7 @@ impl Writer {
                 last_checkpoint_at: Instant::now(),
                 checkpoint_wanted: false,
                 checkpoint_retry_at: None,
+                recover_at: None,
                 prev_batch: 0,
                 syncs: 0,
                 records: 0,
@@ -365,10 +375,15 @@ impl Writer {
 
     fn run(mut self, rx: &mpsc::Receiver<Command>) {
         loop {
-            let first = match self.until_checkpoint_due() {
+            let wait = match (self.until_checkpoint_due(), self.until_recovery()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match wait {
                 Some(wait) => match rx.recv_timeout(wait) {
                     Ok(command) => command,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        self.recover_if_due();
                         self.checkpoint_if_due(Vec::new());
                         self.publish();
                         continue;
@@ -380,6 +395,8 @@ impl Writer {
                     Err(mpsc::RecvError) => break,
                 },
             };
+            // Before the batch: a store that recovered takes it.
+            self.recover_if_due();
             let batch = self.gather(first, rx);
             let mut appends = VecDeque::new();
             let mut waiters = Vec::new();
@@ -616,6 +633,7 @@ impl Writer {
         };
         if self.store.as_ref().is_some_and(|s| s.failure().is_some()) {
             self.set_health(Health::Failed(error.to_string()));
+            self.recover_at = Some(Instant::now() + RECOVER_RETRY);
         }
         for (_, reply) in chunk {
             if let Some(reply) = reply {
@@ -642,6 +660,38 @@ impl Writer {
         }
         if self.since_checkpoint >= self.settings.checkpoint_every_records {
             self.checkpoint_wanted = true;
+        }
+    }
+
+    fn until_recovery(&self) -> Option<Duration> {
+        self.recover_at
+            .map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Asks a store failed by IO to recover, once [`RECOVER_RETRY`] passed.
+    fn recover_if_due(&mut self) {
+        let Some(at) = self.recover_at else {
+            return;
+        };
+        if Instant::now() < at {
+            return;
+        }
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.recover() {
+            Ok(()) => {
+                self.recover_at = None;
+                tracing::warn!(
+                    next_seq = self.chain.next_seq(),
+                    "lineage store usable again: the failed write was cut off, the chain continues from the last durable record"
+                );
+                self.set_health(Health::Ok);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "lineage store still not writable");
+                self.recover_at = Some(Instant::now() + RECOVER_RETRY);
+            }
         }
     }
 
@@ -976,6 +1026,49 @@ mod tests {
         assert_eq!(seq, 6, "5 records and the stop checkpoint before it");
         stop(&lineage);
         assert_eq!(verify_log(dir.path()).len(), 8);
+    }
+
+    #[test]
+    fn a_store_failed_by_io_recovers_and_the_chain_continues_from_the_last_durable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        for i in 0..3 {
+            lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
+        }
+        stop(&lineage);
+        let (mut store, recovery) = Store::open(StoreConfig::new(dir.path())).unwrap();
+        store.lose_write_access();
+        let (lineage, _thread) = spawn(WriterStart {
+            store: Ok((store, recovery)),
+            device: device(),
+            clock: Arc::new(BootClock {
+                wall_trusted: false,
+            }),
+            boot: CurrentBoot::default(),
+            quoter: Box::new(FixedQuoter),
+            settings: WriterSettings {
+                commit_window: Duration::ZERO,
+                checkpoint_every_records: 1_000_000,
+                checkpoint_every: Duration::from_secs(3600),
+            },
+        })
+        .unwrap();
+        // 3 records and the stop checkpoint are durable; the next write fails.
+        assert!(matches!(
+            lineage.append(drift(3)).blocking_recv().unwrap(),
+            Err(Refused::Failed(_))
+        ));
+        assert!(matches!(lineage.current().health, Health::Failed(_)));
+        let started = Instant::now();
+        while !lineage.current().health.is_ok() {
+            assert!(started.elapsed() < RECOVER_RETRY * 5, "never recovered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let seq = lineage.append(drift(4)).blocking_recv().unwrap().unwrap();
+        assert_eq!(seq, 4, "the refused record took no seq");
+        stop(&lineage);
+        let log = verify_log(dir.path());
+        assert_eq!(log.len(), 6, "{log:?}");
     }
 
     #[test]
