@@ -17,9 +17,25 @@ pub fn root() -> PathBuf {
 pub fn run(step: &str, program: &str, args: &[&str]) -> Result<(), String> {
     println!("==> {step}: {program} {}", args.join(" "));
     let started = Instant::now();
-    let status = Command::new(program)
-        .args(args)
-        .current_dir(root())
+    let mut command = Command::new(program);
+    command.args(args).current_dir(root());
+    // `cargo run` (the `cargo xtask` alias) describes xtask to it in these
+    // variables; ring's build script watches some of them, so an inner
+    // cargo that inherited them would rebuild ring and everything above it
+    // on every run, and the next `cargo xtask` build would rebuild it back.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            command.env_remove(key.as_ref());
+        }
+    }
+    let status = command
         .status()
         .map_err(|e| format!("{step}: cannot start `{program}`: {e}"))?;
     let took = started.elapsed().as_secs_f64();
