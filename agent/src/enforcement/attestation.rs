@@ -470,6 +470,13 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     /// A message on the artifact topic: an artifact or a refusal, matched
     /// to a session by the nonce it answers.
     pub(super) fn on_artifact_topic(&mut self, payload: &[u8], received_ms: u64) {
+        // An answer that comes after its round's deadline is no answer, and
+        // the deadline is applied before the message, not only when the
+        // timer fires: after a suspension (SIGSTOP, a frozen VM, a stalled
+        // runtime) an artifact that waited in the socket would otherwise be
+        // installed with a full ttl counted from now, on evidence quoted
+        // longer ago than any ttl.
+        self.on_time();
         let waiting: Vec<(Which, [u8; 32])> = [Which::Renewal, Which::Fresh]
             .into_iter()
             .filter_map(|w| match self.sessions.phase(w) {

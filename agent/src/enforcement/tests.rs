@@ -25,11 +25,14 @@ const T0: u64 = 1_000_000;
 #[derive(Debug)]
 struct PausedClock {
     start: tokio::time::Instant,
+    /// CLOCK_BOOTTIME moved on while no task ran (a suspended process).
+    suspended_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Clock for PausedClock {
     fn now_ms(&self) -> u64 {
         T0 + u64::try_from(self.start.elapsed().as_millis()).unwrap()
+            + self.suspended_ms.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn wall_ms(&self) -> Option<u64> {
@@ -118,6 +121,7 @@ impl Harness {
         let device = DeviceId::new("d1").unwrap();
         let clock = Arc::new(PausedClock {
             start: tokio::time::Instant::now(),
+            suspended_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let (lineage, _thread) = writer::spawn(WriterStart {
             store: Store::open(StoreConfig::new(dir.path().join("lineage"))),
@@ -173,6 +177,13 @@ impl Harness {
 
     fn now(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The agent is suspended for `ms`: its clock jumps, no timer fires.
+    fn suspend(&self, ms: u64) {
+        self.clock
+            .suspended_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// The next publish on a topic ending in `suffix` (status publishes
@@ -405,6 +416,37 @@ async fn renewal_comes_at_half_life_within_jitter_and_quotes_next_nonce() {
     let status = h.status().await;
     assert_eq!(status["artifact"]["cti"], hex::encode([0xa2; 16]));
     assert_eq!(status["state"], "open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_that_waited_while_the_agent_was_suspended_does_not_reopen_the_gate() {
+    let mut h = Harness::start().await;
+    h.open(10_000).await;
+    let in_flight = h.evidence().await;
+    // Suspended (SIGSTOP) beyond the ttl right after sending the renewal
+    // evidence; the authority's answer waited in the socket and is the
+    // first thing handled on resume, before any timer.
+    h.suspend(15_000);
+    h.send(
+        Inbound::Artifact,
+        h.artifact(in_flight, [7; 32], 10_000, 0xc1),
+    )
+    .await;
+    let answer = h.authorize("unlock").await;
+    assert!(
+        !answer.permit,
+        "a permit on evidence quoted 15 s ago, ttl 10 s"
+    );
+    let status = h.status().await;
+    assert_eq!(status["state"], "closed");
+    assert_eq!(status["reason"], "artifact-expired");
+    assert_eq!(status["last_attestation"]["verdict"], "no-answer");
+    // Recovery: a new round with a requested nonce reopens.
+    h.give_nonce([8; 32]).await;
+    let fresh = h.evidence().await;
+    h.send(Inbound::Artifact, h.artifact(fresh, [9; 32], 10_000, 0xc2))
+        .await;
+    assert!(h.authorize("unlock").await.permit);
 }
 
 #[tokio::test(start_paused = true)]
