@@ -207,6 +207,16 @@ impl Broker {
             + &std::fs::read_to_string(self.dir.path().join("mosquitto.stderr")).unwrap_or_default()
     }
 
+    /// The Mosquitto process, while started (to stop and continue it: a
+    /// broker that holds its connections open but answers nothing).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
