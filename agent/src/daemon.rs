@@ -255,6 +255,7 @@ pub async fn run(
             inbox: inbox_tx.clone(),
             lineage: lineage.clone(),
             settings: config.raw.gate.clone(),
+            clock: Arc::clone(&clock),
         },
     ));
     let (first_tx, first_rx) = oneshot::channel();

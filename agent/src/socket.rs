@@ -31,6 +31,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as Async
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
+use crate::clock::Clock;
 use crate::config::GateSection;
 use crate::enforcement::{AuthorizeRequest, Input};
 use crate::error::AgentError;
@@ -164,6 +165,9 @@ pub struct Service {
     pub inbox: mpsc::Sender<Input>,
     pub lineage: LineageHandle,
     pub settings: GateSection,
+    /// The enforcement's clock (CLOCK_BOOTTIME): a permit is answered only
+    /// within the request timeout and before the gate's deadline on it.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// Accepts connections until the listener fails or the task is dropped.
@@ -266,6 +270,7 @@ async fn handle(request: Request, service: &Service) -> Value {
 }
 
 async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
+    let asked_ms = service.clock.now_ms();
     let (reply, pending) = oneshot::channel();
     let decide = Duration::from_millis(
         service
@@ -289,6 +294,21 @@ async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
     };
     let artifact = pending.cti.map(hex::encode);
     match tokio::time::timeout(durable, pending.durable).await {
+        // The timeout is decided on the boot clock too: after a suspension
+        // (SIGSTOP) both the record and the timer are ready on resume, and
+        // the record would win.
+        Ok(Ok(Ok(seq))) if pending.permit && late(service, asked_ms, pending.valid_until_ms) => {
+            tracing::warn!(
+                seq,
+                "permit durable only after its request timeout or the gate's deadline: answered deny"
+            );
+            json!({
+                "decision": "deny",
+                "reason": "timeout",
+                "seq": seq,
+                "artifact": artifact,
+            })
+        }
         Ok(Ok(Ok(seq))) => json!({
             "decision": if pending.permit { "permit" } else { "deny" },
             "reason": pending.reason,
@@ -306,6 +326,15 @@ async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
         }
         _ => deny("timeout"),
     }
+}
+
+/// Whether a permit asked at `asked_ms` is too late to answer now: past
+/// the request timeout, or at or after the gate's deadline it was decided
+/// under.
+fn late(service: &Service, asked_ms: u64, valid_until_ms: Option<u64>) -> bool {
+    let now = service.clock.now_ms();
+    now.saturating_sub(asked_ms) > service.settings.request_timeout_ms
+        || valid_until_ms.is_some_and(|deadline| now >= deadline)
 }
 
 /// The thin client: one request, one answer (blocking; for the CLI).
@@ -423,6 +452,9 @@ mod tests {
                 inbox,
                 lineage: lineage.clone(),
                 settings,
+                clock: Arc::new(crate::clock::BootClock {
+                    wall_trusted: false,
+                }),
             },
         ));
         (dir, path, inputs, lineage)
@@ -452,16 +484,18 @@ mod tests {
 
         // A permit is only answered once its record is durable.
         let mut client = UnixStream::connect(&path).await.unwrap();
+        let first = lineage.clone();
         let answering = tokio::spawn(async move {
             let Some(Input::Authorize { request, reply }) = inputs.recv().await else {
                 panic!("no authorize input");
             };
             assert_eq!(request.op, "unlock");
-            let durable = lineage.append(crate::lineage::entry::Entry::agent_start("t"));
+            let durable = first.append(crate::lineage::entry::Entry::agent_start("t"));
             let _ = reply.send(crate::enforcement::Pending {
                 permit: true,
                 reason: None,
                 cti: Some([7; 16]),
+                valid_until_ms: Some(mctc_service::clock::boottime_ms() + 60_000),
                 durable,
             });
             inputs
@@ -472,6 +506,34 @@ mod tests {
         assert_eq!(answer["decision"], "permit", "{answer}");
         assert_eq!(answer["seq"], 0);
         assert_eq!(answer["artifact"], hex::encode([7; 16]));
+        let mut inputs = answering.await.unwrap();
+
+        // A permit whose record became durable only at or after the gate's
+        // deadline (a stalled fdatasync, a suspended agent) is a deny: the
+        // client must not act on a lapsed authorization.
+        let answering = tokio::spawn(async move {
+            let Some(Input::Authorize { reply, .. }) = inputs.recv().await else {
+                panic!("no authorize input");
+            };
+            let durable = lineage.append(crate::lineage::entry::Entry::agent_start("t"));
+            let _ = reply.send(crate::enforcement::Pending {
+                permit: true,
+                reason: None,
+                cti: Some([7; 16]),
+                valid_until_ms: Some(mctc_service::clock::boottime_ms()),
+                durable,
+            });
+            inputs
+        });
+        let answer = ask(&mut client, "{\"authorize\":{\"op\":\"unlock\"}}\n")
+            .await
+            .unwrap();
+        assert_eq!(answer["decision"], "deny", "{answer}");
+        assert_eq!(answer["reason"], "timeout");
+        assert_eq!(
+            answer["seq"], 1,
+            "the record exists; the client must not act on it"
+        );
         let mut inputs = answering.await.unwrap();
 
         // Nobody answers: deny (timeout), never a hang.

@@ -76,12 +76,18 @@ impl AuthorizeRequest {
 }
 
 /// The gate's answer, valid only once `durable` says the decision record
-/// is on disk. A permit whose record is not durable is a deny.
+/// is on disk. A permit whose record is not durable is a deny, and so is one
+/// whose record became durable only at or after `valid_until_ms`.
 #[derive(Debug)]
 pub struct Pending {
     pub permit: bool,
     pub reason: Option<&'static str>,
     pub cti: Option<[u8; 16]>,
+    /// For a permit: the gate's deadline when it was decided (CLOCK_BOOTTIME
+    /// ms, the artifact's or the heartbeat window's). A client told
+    /// "permit" later would act on a lapsed authorization — after a stalled
+    /// fdatasync, or a suspension (SIGSTOP) between decision and answer.
+    pub valid_until_ms: Option<u64>,
     pub durable: oneshot::Receiver<Result<u64, Refused>>,
 }
 
@@ -647,6 +653,11 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         };
         tracing::debug!(op = %request.op, permit, reason, "decision");
         let cti = decision.cti;
+        let valid_until_ms = if permit {
+            self.gate.next_deadline()
+        } else {
+            None
+        };
         let durable = self.lineage.append(Entry::Decision {
             decision: Decision {
                 events: gate::Events::default(),
@@ -661,6 +672,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             permit,
             reason,
             cti,
+            valid_until_ms,
             durable,
         });
     }
