@@ -6,6 +6,7 @@
 //! - `demo`, `bench`, `chaos`, `dist` — see README.md.
 #![forbid(unsafe_code)]
 
+mod chaos;
 mod demo;
 mod dist;
 mod fuzz;
@@ -37,9 +38,10 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::fuzz(rest),
         "demo" => demo::demo(rest),
         "dist" => dist::dist(rest),
-        "bench" | "chaos" => Err(format!(
+        "bench" => Err(format!(
             "`cargo xtask {command}` is not implemented in this version yet"
         )),
+        "chaos" => chaos::chaos(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

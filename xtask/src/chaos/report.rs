@@ -1,0 +1,226 @@
+//! The suite's result: one row per fault, the crash-loop counts, the fuzz
+//! executions per target; printed, and saved as Markdown to
+//! `target/chaos/last-run.md` (the README's "Reliability" section is that
+//! file from the last full run).
+
+use std::fmt::Write as _;
+
+use super::crash_loop::CrashReport;
+use super::scenarios::Outcome;
+use crate::fuzz::FuzzResult;
+use crate::sys::root;
+
+/// One row of the fault matrix.
+#[derive(Debug)]
+pub struct Row {
+    pub fault: String,
+    pub expected: String,
+    pub observed: String,
+    pub close_ms: Option<u64>,
+    pub lost: u64,
+    pub pass: bool,
+    pub seconds: f64,
+    pub failures: Vec<String>,
+}
+
+impl Row {
+    pub fn new(fault: &str, expected: &str, outcome: Outcome, seconds: f64) -> Row {
+        Row {
+            fault: fault.to_owned(),
+            expected: expected.to_owned(),
+            observed: outcome.observed,
+            close_ms: outcome.close_ms,
+            lost: outcome.lost,
+            pass: outcome.failures.is_empty() && outcome.lost == 0,
+            seconds,
+            failures: outcome.failures,
+        }
+    }
+
+    fn close(&self) -> String {
+        self.close_ms.map_or("—".to_owned(), |ms| ms.to_string())
+    }
+
+    fn verdict(&self) -> &'static str {
+        if self.pass { "ok" } else { "FAIL" }
+    }
+
+    /// The progress line printed as the row finishes.
+    pub fn line(&self) -> String {
+        let mut line = format!(
+            "[{}] {} ({:.1} s): {}; close {} ms; lost {}",
+            self.verdict(),
+            self.fault,
+            self.seconds,
+            self.observed,
+            self.close(),
+            self.lost
+        );
+        for failure in &self.failures {
+            let _ = write!(line, "\n      - {failure}");
+        }
+        line
+    }
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub struct Summary {
+    pub quick: bool,
+    pub rows: Vec<Row>,
+    pub crash: CrashReport,
+    pub fuzz: Result<Vec<FuzzResult>, String>,
+    pub matrix_secs: f64,
+    pub crash_secs: f64,
+    pub fuzz_secs: f64,
+    pub total_secs: f64,
+}
+
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace('\n', " ")
+}
+
+impl Summary {
+    fn command(&self) -> &'static str {
+        if self.quick {
+            "cargo xtask chaos --quick"
+        } else {
+            "cargo xtask chaos"
+        }
+    }
+
+    /// The Markdown report.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let passed = self.rows.iter().filter(|r| r.pass).count();
+        let _ = writeln!(
+            out,
+            "`{}`: {passed}/{} faults passed; matrix {:.0} s, crash loop {:.0} s, fuzz {:.0} s, total {:.0} s (binaries already built).\n",
+            self.command(),
+            self.rows.len(),
+            self.matrix_secs,
+            self.crash_secs,
+            self.fuzz_secs,
+            self.total_secs
+        );
+        let _ = writeln!(
+            out,
+            "| # | fault | expected | observed | time to close (ms) | records lost | result |\n|---|---|---|---|---|---|---|"
+        );
+        for (i, row) in self.rows.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                i + 1,
+                cell(&row.fault),
+                cell(&row.expected),
+                cell(&row.observed),
+                row.close(),
+                row.lost,
+                row.verdict()
+            );
+        }
+        let failed: Vec<&Row> = self.rows.iter().filter(|r| !r.pass).collect();
+        if !failed.is_empty() {
+            let _ = writeln!(out, "\nFailures:");
+            for row in failed {
+                for failure in &row.failures {
+                    let _ = writeln!(out, "- {}: {}", row.fault, cell(failure));
+                }
+            }
+        }
+        let c = &self.crash;
+        let _ = writeln!(
+            out,
+            "\nCrash loop: {} iterations ({} SIGKILLed while permitting), {} permits and {} denies answered, \
+             {} torn tails cut on restart, {} records written, {} at the collector, records lost {}: {}.",
+            c.iterations,
+            c.killed_while_permitting,
+            c.permits,
+            c.denies,
+            c.torn_tails,
+            c.records,
+            c.collector_records,
+            c.lost,
+            if c.passed() { "ok" } else { "FAIL" }
+        );
+        for problem in &c.problems {
+            let _ = writeln!(out, "- {}", cell(problem));
+        }
+        match &self.fuzz {
+            Ok(results) => {
+                let _ = writeln!(
+                    out,
+                    "\nFuzz smoke run:\n\n| target | executions | execs/s | result |\n|---|---|---|---|"
+                );
+                for r in results {
+                    let _ = writeln!(
+                        out,
+                        "| {} | {} | {} | {} |",
+                        r.target,
+                        r.execs,
+                        r.execs_per_sec,
+                        cell(&r.outcome())
+                    );
+                }
+            }
+            Err(e) => {
+                let _ = writeln!(out, "\nFuzz smoke run could not run: {}", cell(e));
+            }
+        }
+        out
+    }
+
+    /// Saves the report to `target/chaos/last-run.md` (and, for a full run,
+    /// `target/chaos/last-full-run.md`).
+    pub fn save(&self) -> Result<(), String> {
+        let dir = root().join("target").join("chaos");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let text = self.render();
+        let mut names = vec!["last-run.md"];
+        if !self.quick {
+            names.push("last-full-run.md");
+        }
+        for name in names {
+            let path = dir.join(name);
+            std::fs::write(&path, &text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        println!("==> report saved to {}", dir.join("last-run.md").display());
+        Ok(())
+    }
+
+    /// Ok only if every row, the crash loop and every fuzz target passed.
+    pub fn verdict(&self) -> Result<(), String> {
+        let failed: Vec<&str> = self
+            .rows
+            .iter()
+            .filter(|r| !r.pass)
+            .map(|r| r.fault.as_str())
+            .collect();
+        let mut problems = Vec::new();
+        if !failed.is_empty() {
+            problems.push(format!("faults failed: {}", failed.join("; ")));
+        }
+        if !self.crash.passed() {
+            problems.push("the crash loop failed".to_owned());
+        }
+        match &self.fuzz {
+            Ok(results) => {
+                let crashed: Vec<&str> = results
+                    .iter()
+                    .filter(|r| r.crashed)
+                    .map(|r| r.target.as_str())
+                    .collect();
+                if !crashed.is_empty() {
+                    problems.push(format!("fuzz targets failed: {}", crashed.join(", ")));
+                }
+            }
+            Err(e) => problems.push(format!("fuzz smoke run: {e}")),
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems.join("\n"))
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! The fleet every scenario runs against: one private Mosquitto (TLS, the
+//! shipped ACL), the real authority and collector, and devices made of a
+//! private swtpm and the real agent (`mctc_tests::fleet`), plus what the
+//! suite adds: a spy on each device's topics, a way to start an agent
+//! with extra environment (libfaketime), and the accounting of permits
+//! against the device's lineage and the collector.
+//!
+//! Harness calls panic when the environment is broken; the suite runs each
+//! scenario under `catch_unwind` and turns that into a failed row.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use mctc_shim::lineage::Record;
+use mctc_shim::tpm::BootCounters;
+use mctc_shim::wire::Message;
+use mctc_tests::fleet::{Device, Fleet, MqttClient, class};
+use mctc_tests::{Proc, bin_path, wait_until};
+use serde_json::{Value, json};
+
+use super::lineage::{self, Collected, DiskLineage};
+use super::probe::Observation;
+
+/// The device class of the suite: artifacts live 4 s (renewed at about
+/// 2 s), the heartbeat window is 3 s (a heartbeat every second), the drift
+/// check runs every 250 ms (the agent's default).
+pub const CLASS: &str = "chaos";
+pub const TTL_MS: u64 = 4_000;
+pub const HB_MS: u64 = 3_000;
+pub const DRIFT_MS: u64 = 250;
+/// Scheduling slack on a loaded two-core machine: a bound is `design bound
+/// + SLACK`.
+pub const SLACK: Duration = Duration::from_millis(1_000);
+/// How long recovery may take (reconnect backoff, a fresh attestation).
+pub const RECOVERY: Duration = Duration::from_secs(30);
+
+/// Lineage sized so that quota scenarios take seconds, not minutes.
+pub const LINEAGE: &str =
+    "[lineage]\nsegment_bytes = 65536\nquota_bytes = 1048576\nreserve_bytes = 65536\n";
+
+pub fn policy() -> String {
+    let scopes = [
+        "op = \"unlock\"\nfresh_attestation = false",
+        "op = \"capture\"\nmax_amount = 50000\ncurrency = \"EUR\"\nfresh_attestation = false",
+        "op = \"refund\"\nmax_amount = 10000\nfresh_attestation = true",
+    ];
+    class(CLASS, TTL_MS, HB_MS, &scopes)
+}
+
+/// A device of the suite with a spy (certificate identity
+/// `mctc-authority`, which may read every device topic) recording its
+/// artifacts, controls and evidence and the fleet heartbeat.
+#[derive(Debug)]
+pub struct Dev {
+    pub device: Device,
+    pub spy: MqttClient,
+    /// Environment for every start of the agent.
+    pub env: Vec<(String, String)>,
+}
+
+impl Dev {
+    pub fn id(&self) -> &str {
+        &self.device.id
+    }
+
+    pub fn topic(&self, leaf: &str) -> String {
+        format!("mctc/v1/dev/{}/{leaf}", self.device.id)
+    }
+
+    /// Starts the agent (with [`Dev::env`]) and waits for its socket.
+    pub fn start(&mut self) {
+        let mut command = Command::new(bin_path("mctc-agent").unwrap_or_else(|e| panic!("{e}")));
+        command
+            .args(["run", "--config"])
+            .arg(&self.device.config)
+            .env("MCTC_LOG", "info,mctc_agent=debug");
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let proc = Proc::spawn_command("mctc-agent", command, &self.device.log_path())
+            .unwrap_or_else(|e| panic!("start mctc-agent: {e}"));
+        self.device.agent = Some(proc);
+        let up = wait_until(Duration::from_secs(30), || {
+            self.device.request(&json!({"status": {}})).is_some()
+        });
+        assert!(
+            up.is_some(),
+            "agent socket did not come up:\n{}",
+            self.device.log()
+        );
+    }
+
+    pub fn status(&self) -> Value {
+        self.device.status()
+    }
+
+    /// Waits until the gate permits; how long it took.
+    pub fn wait_open(&self, timeout: Duration) -> Option<Duration> {
+        wait_until(timeout, || self.device.state() == "open")
+    }
+
+    /// Asserts the gate opens within [`RECOVERY`].
+    pub fn must_open(&self) -> Duration {
+        match self.wait_open(RECOVERY) {
+            Some(took) => took,
+            None => panic!(
+                "{}: gate did not open: {}\n--- agent log (tail) ---\n{}",
+                self.id(),
+                self.status(),
+                tail(&self.device.log(), 40)
+            ),
+        }
+    }
+
+    /// The device's lineage as on disk (chain verified).
+    pub fn disk(&self) -> Result<DiskLineage, String> {
+        lineage::read_disk(&self.device.lineage_dir(), self.id())
+    }
+
+    /// The TPM boot counters of the newest record on disk.
+    pub fn boot(&self) -> Result<BootCounters, String> {
+        let disk = self.disk()?;
+        let last = disk.records.last().ok_or("no lineage yet")?;
+        Record::decode(&last.bytes)
+            .map(|r| r.boot)
+            .map_err(|e| format!("last record: {e}"))
+    }
+
+    /// Artifacts seen on the device's artifact topic (genuine ones come
+    /// from the authority; the suite's own injections are seen too).
+    pub fn artifacts_seen(&self) -> Vec<Vec<u8>> {
+        self.spy.received_on(&self.topic("artifact"))
+    }
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The fleet and the suite's main device.
+#[derive(Debug)]
+pub struct Rig {
+    pub fleet: Fleet,
+    pub main: Dev,
+    serial: u32,
+}
+
+/// How the permits of a scenario were accounted for.
+#[derive(Debug, Default)]
+pub struct Accounting {
+    /// Permits answered to a client whose decision record is missing (or
+    /// not a permit under the same artifact) on disk or at the collector.
+    pub lost: u64,
+    pub permits: usize,
+    pub problems: Vec<String>,
+    pub collector_next: u64,
+}
+
+impl Rig {
+    /// Broker, authority, collector and the main device, open.
+    pub fn new() -> Rig {
+        let mut fleet = Fleet::with_policy(&policy());
+        fleet.start_authority();
+        fleet.start_collector();
+        let mut rig = Rig {
+            main: new_dev(&fleet, "main-0", LINEAGE, Vec::new()),
+            fleet,
+            serial: 0,
+        };
+        rig.main.device.enroll();
+        rig.main.start();
+        rig.main.must_open();
+        rig
+    }
+
+    /// A new enrolled device `name-N` with `extra` configuration appended
+    /// (sections after `[status]`), not started.
+    pub fn device(&mut self, name: &str, extra: &str, env: Vec<(String, String)>) -> Dev {
+        self.serial += 1;
+        let dev = new_dev(&self.fleet, &format!("{name}-{}", self.serial), extra, env);
+        dev.device.enroll();
+        dev
+    }
+
+    pub fn collector_db(&self) -> PathBuf {
+        self.fleet.dir.path().join("collector.db")
+    }
+
+    pub fn collected(&self, dev: &Dev) -> Result<Collected, String> {
+        lineage::read_collector(&self.collector_db(), dev.id())
+    }
+
+    /// Checks every permit in `seen` against the device's lineage on disk
+    /// (present, a permit under the same artifact, chain verified) and the
+    /// collector (holds the same record, once it caught up).
+    pub fn account(&self, dev: &Dev, seen: &[Observation]) -> Accounting {
+        let permits = super::probe::permits(seen);
+        self.account_permits(dev, &permits)
+    }
+
+    pub fn account_permits(&self, dev: &Dev, permits: &[(u64, String)]) -> Accounting {
+        let mut acc = Accounting {
+            permits: permits.len(),
+            ..Accounting::default()
+        };
+        let disk = match dev.disk() {
+            Ok(disk) => disk,
+            Err(e) => {
+                acc.problems.push(format!("lineage on disk: {e}"));
+                acc.lost = permits.len() as u64;
+                return acc;
+            }
+        };
+        // The collector gets everything written so far once the agent
+        // forwarded it.
+        let target = permits
+            .iter()
+            .map(|(s, _)| s + 1)
+            .chain(disk.last_seq().map(|s| s + 1))
+            .max()
+            .unwrap_or(0);
+        let mut collected = Collected::default();
+        let caught_up = wait_until(RECOVERY, || {
+            match self.collected(dev) {
+                Ok(c) => collected = c,
+                Err(e) => {
+                    acc.problems.push(e);
+                    return true;
+                }
+            }
+            collected.next_seq() >= target
+        });
+        acc.collector_next = collected.next_seq();
+        if caught_up.is_none() {
+            acc.problems.push(format!(
+                "collector holds seqs below {} after {} s, device wrote below {target}",
+                collected.next_seq(),
+                RECOVERY.as_secs()
+            ));
+        }
+        for (seq, cti) in permits {
+            let on_disk = match disk.get(*seq) {
+                Some(record) => {
+                    if lineage::is_permit_under(&record.bytes, cti) {
+                        Some(record.hash)
+                    } else {
+                        acc.problems
+                            .push(format!("seq {seq}: answered permit, recorded otherwise"));
+                        acc.lost += 1;
+                        continue;
+                    }
+                }
+                // Pruned: the collector acknowledged it before.
+                None if disk.first_seq().is_some_and(|first| *seq < first) => None,
+                None => {
+                    acc.problems
+                        .push(format!("seq {seq}: answered permit, not on disk"));
+                    acc.lost += 1;
+                    continue;
+                }
+            };
+            match (collected.hashes.get(seq), on_disk) {
+                (Some(stored), Some(hash)) if *stored != hash => {
+                    acc.problems
+                        .push(format!("seq {seq}: the collector holds another record"));
+                    acc.lost += 1;
+                }
+                (None, _) => {
+                    acc.problems
+                        .push(format!("seq {seq}: not at the collector"));
+                    acc.lost += 1;
+                }
+                _ => {}
+            }
+        }
+        for record in &disk.records {
+            if let Some(stored) = collected.hashes.get(&record.seq)
+                && *stored != record.hash
+            {
+                acc.problems
+                    .push(format!("seq {}: collector and device differ", record.seq));
+                break;
+            }
+        }
+        acc.problems.truncate(5);
+        acc
+    }
+
+    /// Puts the fleet back after a failed scenario: every process running
+    /// and resumed, the main device open (a new one if it will not open).
+    pub fn heal(&mut self) {
+        let _ = Command::new("chattr")
+            .args(["-R", "-i"])
+            .arg(self.main.device.state_dir())
+            .status();
+        if let Some(agent) = &self.main.device.agent {
+            let _ = agent.signal(rustix::process::Signal::CONT);
+        }
+        if let Some(authority) = &self.fleet.authority {
+            let _ = authority.signal(rustix::process::Signal::CONT);
+        }
+        if let Some(pid) = self.fleet.broker.pid() {
+            let _ = rustix::process::Pid::from_raw(pid as i32)
+                .map(|p| rustix::process::kill_process(p, rustix::process::Signal::CONT));
+        }
+        if !self.fleet.broker.is_running() {
+            let _ = self.fleet.broker.start_again();
+        }
+        if self.fleet.authority.is_none() {
+            self.fleet.start_authority();
+        }
+        if self.fleet.collector.is_none() {
+            self.fleet.start_collector();
+        }
+        if !self.main.device.alive() {
+            self.main.start();
+        }
+        if self.main.wait_open(Duration::from_secs(15)).is_some() {
+            return;
+        }
+        reboot(&self.fleet, &mut self.main, true);
+        if self.main.wait_open(Duration::from_secs(15)).is_some() {
+            return;
+        }
+        // Beyond repair: a new main device.
+        self.serial += 1;
+        let mut fresh = new_dev(
+            &self.fleet,
+            &format!("main-{}", self.serial),
+            LINEAGE,
+            Vec::new(),
+        );
+        fresh.device.enroll();
+        fresh.start();
+        fresh.must_open();
+        self.main = fresh;
+    }
+}
+
+/// The fleet manager's CLI; panics unless it exits 0.
+pub fn cli(fleet: &Fleet, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.push("--json");
+    let out = fleet.cli(&all);
+    assert_eq!(out.code, 0, "mctc-authority {args:?}: {out:?}");
+    out.json()
+}
+
+/// Lifts a containment if the authority holds the device contained.
+pub fn restore_if_contained(fleet: &Fleet, dev: &Dev) {
+    let shown = cli(fleet, &["devices", "show", dev.id()]);
+    if shown["status"] == "contained" {
+        cli(
+            fleet,
+            &["devices", "restore", dev.id(), "--reason", "chaos recovery"],
+        );
+    }
+}
+
+/// What a reboot does: a TPM reset, the agent started again (it measures
+/// its files into the new boot). With `restore`, the fleet manager lifts a
+/// containment the drift caused, as an operator would after looking.
+pub fn reboot(fleet: &Fleet, dev: &mut Dev, restore: bool) {
+    dev.device.kill();
+    dev.device
+        .swtpm
+        .reset()
+        .unwrap_or_else(|e| panic!("swtpm reset: {e}"));
+    if restore {
+        restore_if_contained(fleet, dev);
+    }
+    dev.start();
+}
+
+fn new_dev(fleet: &Fleet, id: &str, extra: &str, env: Vec<(String, String)>) -> Dev {
+    let device = fleet.device_with(id, CLASS, extra);
+    let spy = MqttClient::connect(
+        &fleet.broker,
+        "mctc-authority",
+        &format!("chaos-spy-{id}"),
+        &[
+            &format!("mctc/v1/dev/{id}/artifact"),
+            &format!("mctc/v1/dev/{id}/control"),
+            &format!("mctc/v1/dev/{id}/evidence"),
+            "mctc/v1/fleet/heartbeat",
+        ],
+    );
+    Dev { device, spy, env }
+}
+
+/// Milliseconds, for rows.
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

@@ -1,0 +1,320 @@
+//! Faults of the platform under the agent: the TPM (killed, reset,
+//! restarted, its process restarted with its state), a PCR extended from
+//! outside, a measured file changed, the wall clock jumped.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use mctc_tests::fleet::MEASURED_CONTENT;
+use mctc_tests::wait_until;
+
+use super::{
+    Outcome, closes, first_close_reason, log_mark, reason, recover_and_account, sleep_ms, watch,
+};
+use crate::chaos::rig::{DRIFT_MS, Dev, LINEAGE, Rig, SLACK, TTL_MS, reboot};
+
+fn drift() -> Duration {
+    Duration::from_millis(DRIFT_MS)
+}
+
+/// How long a TPM that stopped answering may take to close the gate: the
+/// drift check's read fails after the TSS's own connect/IO timeout.
+const TPM_GONE: Duration = Duration::from_millis(2_000);
+
+/// The drift faults' shape: inject, the gate closes within the drift
+/// interval, the authority contains the device when it re-attests; the
+/// fault ends with a reboot (TPM reset, agent started again, files
+/// measured into the new boot) and the fleet manager lifting the
+/// containment.
+fn drift_fault(
+    rig: &mut Rig,
+    tag: &str,
+    expect_reason: &str,
+    inject: impl FnOnce(&mut Dev),
+    undo: impl FnOnce(&mut Dev),
+) -> Outcome {
+    let mut out = Outcome::default();
+    let probe = watch(&rig.main, tag);
+    let mark = log_mark(&rig.main);
+    let cut = Instant::now();
+    inject(&mut rig.main);
+    let closed = closes(&probe, cut, drift() + SLACK + SLACK);
+    let why = first_close_reason(&rig.main, mark).unwrap_or_else(|| reason(&rig.main));
+    let contained = wait_until(Duration::from_secs(15), || {
+        rig.main.device.state() == "contained"
+    });
+    undo(&mut rig.main);
+    reboot(&rig.fleet, &mut rig.main, true);
+    let back = Instant::now();
+    out.forbid_permits(&probe.observations(), cut + drift() + SLACK, back);
+    out.closed_after(&probe.observations(), cut);
+    out.require(closed.is_some(), || "the gate did not close".into());
+    out.require(why == expect_reason, || {
+        format!("closed for `{why}`, expected `{expect_reason}`")
+    });
+    out.require(contained.is_some(), || {
+        "the authority did not contain the device".into()
+    });
+    out.observed = format!(
+        "closed ({why}){}",
+        if contained.is_some() {
+            ", then contained by the authority"
+        } else {
+            ""
+        }
+    );
+    recover_and_account(&mut out, rig, &rig.main, probe, back);
+    out
+}
+
+pub fn pcr_extended(rig: &mut Rig) -> Outcome {
+    drift_fault(
+        rig,
+        "pcr",
+        "drift-pcr",
+        |dev| {
+            dev.device
+                .swtpm
+                .extend_pcr(7, b"chaos: unexpected boot component")
+                .unwrap_or_else(|e| panic!("{e}"));
+        },
+        |_| {},
+    )
+}
+
+pub fn measured_file_changed(rig: &mut Rig) -> Outcome {
+    drift_fault(
+        rig,
+        "file",
+        "drift-file",
+        |dev| {
+            std::fs::write(
+                &dev.device.measured_file,
+                b"locker-controller v6.6.6 (patched)\n",
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        },
+        |dev| {
+            std::fs::write(&dev.device.measured_file, MEASURED_CONTENT)
+                .unwrap_or_else(|e| panic!("{e}"));
+        },
+    )
+}
+
+pub fn tpm_reset(rig: &mut Rig) -> Outcome {
+    drift_fault(
+        rig,
+        "tpm-reset",
+        "drift-boot",
+        |dev| dev.device.swtpm.reset().unwrap_or_else(|e| panic!("{e}")),
+        |_| {},
+    )
+}
+
+pub fn tpm_restart(rig: &mut Rig) -> Outcome {
+    drift_fault(
+        rig,
+        "tpm-restart",
+        "drift-boot",
+        |dev| dev.device.swtpm.restart().unwrap_or_else(|e| panic!("{e}")),
+        |_| {},
+    )
+}
+
+pub fn tpm_process_restarted(rig: &mut Rig) -> Outcome {
+    drift_fault(
+        rig,
+        "tpm-process",
+        "drift-boot",
+        |dev| {
+            dev.device
+                .swtpm
+                .start_again()
+                .unwrap_or_else(|e| panic!("{e}"));
+        },
+        |_| {},
+    )
+}
+
+/// The TPM gone for good (its process killed); the fault ends with the
+/// TPM back after a power cycle (a reboot of the device).
+pub fn tpm_killed(rig: &mut Rig) -> Outcome {
+    let mut out = Outcome::default();
+    let probe = watch(&rig.main, "tpm-kill");
+    let cut = Instant::now();
+    rig.main.device.swtpm.kill();
+    let closed = closes(&probe, cut, drift() + TPM_GONE + SLACK + SLACK);
+    sleep_ms(1_000);
+    let status = rig.main.status();
+    rig.main.device.kill();
+    rig.main
+        .device
+        .swtpm
+        .start_again()
+        .unwrap_or_else(|e| panic!("swtpm start: {e}"));
+    rig.main.start();
+    let back = Instant::now();
+    out.forbid_permits(
+        &probe.observations(),
+        cut + drift() + TPM_GONE + SLACK,
+        back,
+    );
+    out.closed_after(&probe.observations(), cut);
+    out.require(closed.is_some(), || "the gate did not close".into());
+    out.require(status["tpm"] == "unavailable", || {
+        format!("status {status}")
+    });
+    out.observed = format!(
+        "closed ({}), tpm {}",
+        status["reason"].as_str().unwrap_or("?"),
+        status["tpm"].as_str().unwrap_or("?")
+    );
+    recover_and_account(&mut out, rig, &rig.main, probe, back);
+    out
+}
+
+const LIBFAKETIME: &[&str] = &[
+    "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/aarch64-linux-gnu/faketime/libfaketime.so.1",
+    "/usr/lib/faketime/libfaketime.so.1",
+];
+
+/// A device whose agent trusts its wall clock and runs under libfaketime
+/// (`FAKETIME_TIMESTAMP_FILE`, re-read on every call): the suite moves the
+/// agent's wall clock without touching the machine's. CLOCK_BOOTTIME,
+/// which the agent reads with a direct vDSO call, is not faked, and
+/// `FAKETIME_DONT_FAKE_MONOTONIC` keeps the monotonic clocks real.
+pub struct ClockDevice {
+    pub dev: Dev,
+    pub offset_file: PathBuf,
+}
+
+impl ClockDevice {
+    pub fn new(rig: &mut Rig) -> ClockDevice {
+        let library = LIBFAKETIME
+            .iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or_else(|| panic!("libfaketime not found (apt-get install libfaketime)"));
+        let offset_dir = tempfile::Builder::new()
+            .prefix("mctc-chaos-clock-")
+            .tempdir()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .keep();
+        let offset_file = offset_dir.join("offset");
+        std::fs::write(&offset_file, "+0\n").unwrap_or_else(|e| panic!("{e}"));
+        let env = vec![
+            ("LD_PRELOAD".to_owned(), (*library).to_owned()),
+            (
+                "FAKETIME_TIMESTAMP_FILE".to_owned(),
+                offset_file.display().to_string(),
+            ),
+            ("FAKETIME_NO_CACHE".to_owned(), "1".to_owned()),
+            ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
+        ];
+        let mut dev = rig.device("clock", LINEAGE, env);
+        let config = std::fs::read_to_string(&dev.device.config).unwrap_or_else(|e| panic!("{e}"));
+        let config = config.replacen(
+            "[attestation]\n",
+            "[attestation]\nwall_clock_trusted = true\n",
+            1,
+        );
+        std::fs::write(&dev.device.config, config).unwrap_or_else(|e| panic!("{e}"));
+        dev.start();
+        dev.must_open();
+        ClockDevice { dev, offset_file }
+    }
+
+    pub fn set_offset(&self, offset: &str) {
+        std::fs::write(&self.offset_file, format!("{offset}\n")).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// The agent's idea of the wall clock minus the machine's, seconds.
+    pub fn skew_secs(&self) -> i64 {
+        let agent = self.dev.status()["wall_ms"].as_i64().unwrap_or(0);
+        let real = i64::try_from(crate::chaos::forge::unix_now()).unwrap_or(0) * 1000;
+        (agent - real) / 1000
+    }
+}
+
+impl Drop for ClockDevice {
+    fn drop(&mut self) {
+        if let Some(dir) = self.offset_file.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// The device's wall clock three hours ahead: artifacts the authority
+/// issues now look expired to it, so renewals are refused and the gate
+/// closes at the installed artifact's deadline (CLOCK_BOOTTIME), at most
+/// one ttl later.
+pub fn clock_forward(rig: &mut Rig, clock: &ClockDevice) -> Outcome {
+    let mut out = Outcome::default();
+    let probe = watch(&clock.dev, "clock-fwd");
+    let cut = Instant::now();
+    clock.set_offset("+3h");
+    let ttl = Duration::from_millis(TTL_MS);
+    let closed = closes(&probe, cut, ttl + SLACK + SLACK);
+    sleep_ms(1_500);
+    let skew = clock.skew_secs();
+    let why = reason(&clock.dev);
+    clock.set_offset("+0");
+    let back = Instant::now();
+    out.forbid_permits(&probe.observations(), cut + ttl + SLACK, back);
+    out.closed_after(&probe.observations(), cut);
+    out.require(closed.is_some(), || "the gate did not close".into());
+    out.require((10_700..=10_900).contains(&skew), || {
+        format!("the agent's wall clock was {skew} s off, expected +10800")
+    });
+    out.require(why == "artifact-expired", || format!("closed for `{why}`"));
+    out.observed = format!("agent clock {skew:+} s; renewals refused as expired; closed ({why})");
+    recover_and_account(&mut out, rig, &clock.dev, probe, back);
+    out
+}
+
+/// The device's wall clock three hours behind: no artifact may live longer
+/// for it — every deadline stays within the ttl on CLOCK_BOOTTIME.
+pub fn clock_backward(rig: &mut Rig, clock: &ClockDevice) -> Outcome {
+    let mut out = Outcome::default();
+    let probe = watch(&clock.dev, "clock-back");
+    clock.set_offset("-3h");
+    let started = Instant::now();
+    let mut longest = 0u64;
+    let mut renewals = std::collections::BTreeSet::new();
+    while started.elapsed() < Duration::from_millis(TTL_MS * 2) {
+        let status = clock.dev.status();
+        if let Some(left) = status["artifact"]["expires_in_ms"].as_u64() {
+            longest = longest.max(left);
+        }
+        if let Some(cti) = status["artifact"]["cti"].as_str() {
+            renewals.insert(cti.to_owned());
+        }
+        sleep_ms(50);
+    }
+    let skew = clock.skew_secs();
+    clock.set_offset("+0");
+    let back = Instant::now();
+    let seen = probe.observations();
+    let denies = seen
+        .iter()
+        .filter(|o| o.sent >= started && !o.is_permit())
+        .count();
+    out.require((-10_900..=-10_700).contains(&skew), || {
+        format!("the agent's wall clock was {skew} s off, expected -10800")
+    });
+    out.require(longest <= TTL_MS, || {
+        format!("an artifact was valid for {longest} ms, more than its ttl {TTL_MS}")
+    });
+    out.require(renewals.len() >= 2, || {
+        "no renewal while the clock was behind".into()
+    });
+    out.require(denies == 0, || {
+        format!("{denies} denies while nothing was wrong")
+    });
+    out.observed = format!(
+        "agent clock {skew:+} s; stayed open through {} artifacts, longest validity {longest} ms ≤ ttl",
+        renewals.len()
+    );
+    recover_and_account(&mut out, rig, &clock.dev, probe, back);
+    out
+}
