@@ -166,25 +166,24 @@ impl SqliteStore {
 
     fn read_head(tx: &Connection, device: &DeviceId) -> Result<Option<Head>, StoreError> {
         let row = tx
-            .query_row(
+            .prepare_cached(
                 "SELECT next_seq, head, last_reset, last_restart, last_mono_ms,
                         quote_clock, quote_reset, quote_restart, quote_safe
                  FROM heads WHERE device = ?1",
-                [device.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, Vec<u8>>(1)?,
-                        r.get::<_, Option<i64>>(2)?,
-                        r.get::<_, Option<i64>>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
-                        r.get::<_, Option<i64>>(6)?,
-                        r.get::<_, Option<i64>>(7)?,
-                        r.get::<_, Option<i64>>(8)?,
-                    ))
-                },
-            )
+            )?
+            .query_row([device.as_str()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                    r.get::<_, Option<i64>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
+                    r.get::<_, Option<i64>>(6)?,
+                    r.get::<_, Option<i64>>(7)?,
+                    r.get::<_, Option<i64>>(8)?,
+                ))
+            })
             .optional()?;
         let Some((next, hash, reset, restart, mono, qclock, qreset, qrestart, qsafe)) = row else {
             return Ok(None);
@@ -223,7 +222,7 @@ impl SqliteStore {
         let boot = head.last_boot;
         let quote = head.last_quote_clock;
         let quote_clock = quote.map(|q| int("quote_clock", q.clock)).transpose()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO heads (device, next_seq, head, last_reset, last_restart, last_mono_ms,
                                 quote_clock, quote_reset, quote_restart, quote_safe, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
@@ -233,20 +232,20 @@ impl SqliteStore {
                 last_mono_ms = excluded.last_mono_ms, quote_clock = excluded.quote_clock,
                 quote_reset = excluded.quote_reset, quote_restart = excluded.quote_restart,
                 quote_safe = excluded.quote_safe, updated_ms = excluded.updated_ms",
-            params![
-                device.as_str(),
-                int("next_seq", head.next_seq)?,
-                &head.hash[..],
-                boot.map(|b| i64::from(b.reset)),
-                boot.map(|b| i64::from(b.restart)),
-                int("last_mono_ms", head.last_mono_ms)?,
-                quote_clock,
-                quote.map(|q| i64::from(q.reset_count)),
-                quote.map(|q| i64::from(q.restart_count)),
-                quote.map(|q| i64::from(q.safe)),
-                now_ms,
-            ],
-        )?;
+        )?
+        .execute(params![
+            device.as_str(),
+            int("next_seq", head.next_seq)?,
+            &head.hash[..],
+            boot.map(|b| i64::from(b.reset)),
+            boot.map(|b| i64::from(b.restart)),
+            int("last_mono_ms", head.last_mono_ms)?,
+            quote_clock,
+            quote.map(|q| i64::from(q.reset_count)),
+            quote.map(|q| i64::from(q.restart_count)),
+            quote.map(|q| i64::from(q.safe)),
+            now_ms,
+        ])?;
         Ok(())
     }
 
@@ -302,23 +301,22 @@ impl Store for SqliteStore {
     fn registry(&self, device: &DeviceId) -> Result<Option<RegistryEntry>, StoreError> {
         let row = self
             .conn
-            .query_row(
+            .prepare_cached(
                 "SELECT version, status, class, ak_public, ak_name, ek_sha256, iat, signed
                  FROM registry WHERE device = ?1",
-                [device.as_str()],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, Vec<u8>>(3)?,
-                        r.get::<_, Vec<u8>>(4)?,
-                        r.get::<_, Vec<u8>>(5)?,
-                        r.get::<_, i64>(6)?,
-                        r.get::<_, Vec<u8>>(7)?,
-                    ))
-                },
-            )
+            )?
+            .query_row([device.as_str()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, Vec<u8>>(4)?,
+                    r.get::<_, Vec<u8>>(5)?,
+                    r.get::<_, i64>(6)?,
+                    r.get::<_, Vec<u8>>(7)?,
+                ))
+            })
             .optional()?;
         let Some((version, status, class, ak_public, ak_name, ek, iat, signed)) = row else {
             return Ok(None);
@@ -397,22 +395,16 @@ impl Store for SqliteStore {
     fn record(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT bytes FROM records WHERE device = ?1 AND seq = ?2",
-                params![device.as_str(), int("seq", seq)?],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT bytes FROM records WHERE device = ?1 AND seq = ?2")?
+            .query_row(params![device.as_str(), int("seq", seq)?], |r| r.get(0))
             .optional()?)
     }
 
     fn pending(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn
-            .query_row(
-                "SELECT bytes FROM pending WHERE device = ?1 AND seq = ?2",
-                params![device.as_str(), int("seq", seq)?],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT bytes FROM pending WHERE device = ?1 AND seq = ?2")?
+            .query_row(params![device.as_str(), int("seq", seq)?], |r| r.get(0))
             .optional()?)
     }
 
@@ -519,10 +511,8 @@ impl Store for SqliteStore {
             .head
             .as_ref()
             .map_or(changes.expected_next, |h| h.next_seq);
-        tx.execute(
-            "DELETE FROM pending WHERE device = ?1 AND seq < ?2",
-            params![id, int("next_seq", next)?],
-        )?;
+        tx.prepare_cached("DELETE FROM pending WHERE device = ?1 AND seq < ?2")?
+            .execute(params![id, int("next_seq", next)?])?;
         let mut recorded = Vec::with_capacity(changes.anomalies.len());
         for a in &changes.anomalies {
             let evidence_sha256 = a.evidence.as_ref().map_or([0u8; 32], |e| {
