@@ -297,14 +297,18 @@ async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
         // The timeout is decided on the boot clock too: after a suspension
         // (SIGSTOP) both the record and the timer are ready on resume, and
         // the record would win.
-        Ok(Ok(Ok(seq))) if pending.permit && late(service, asked_ms, pending.valid_until_ms) => {
+        Ok(Ok(Ok(seq)))
+            if pending.permit
+                && let Some(reason) = late(service, asked_ms, pending.valid_until_ms) =>
+        {
             tracing::warn!(
                 seq,
+                reason,
                 "permit durable only after its request timeout or the gate's deadline: answered deny"
             );
             json!({
                 "decision": "deny",
-                "reason": "timeout",
+                "reason": reason,
                 "seq": seq,
                 "artifact": artifact,
             })
@@ -328,13 +332,19 @@ async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
     }
 }
 
-/// Whether a permit asked at `asked_ms` is too late to answer now: past
-/// the request timeout, or at or after the gate's deadline it was decided
-/// under.
-fn late(service: &Service, asked_ms: u64, valid_until_ms: Option<u64>) -> bool {
+/// Why a permit asked at `asked_ms` is too late to answer now, if it is:
+/// at or after the gate's deadline it was decided under ("closed": the
+/// writer recorded it as the closed gate's deny, its stamp being no earlier
+/// than now on the same clock), or past the request timeout ("timeout").
+fn late(service: &Service, asked_ms: u64, valid_until_ms: Option<u64>) -> Option<&'static str> {
     let now = service.clock.now_ms();
-    now.saturating_sub(asked_ms) > service.settings.request_timeout_ms
-        || valid_until_ms.is_some_and(|deadline| now >= deadline)
+    if valid_until_ms.is_some_and(|deadline| now >= deadline) {
+        Some("closed")
+    } else if now.saturating_sub(asked_ms) > service.settings.request_timeout_ms {
+        Some("timeout")
+    } else {
+        None
+    }
 }
 
 /// The thin client: one request, one answer (blocking; for the CLI).
@@ -529,7 +539,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer["decision"], "deny", "{answer}");
-        assert_eq!(answer["reason"], "timeout");
+        assert_eq!(answer["reason"], "closed");
         assert_eq!(
             answer["seq"], 1,
             "the record exists; the client must not act on it"

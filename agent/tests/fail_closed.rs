@@ -141,7 +141,8 @@ fn a_short_artifact_closes_the_gate_at_its_deadline_when_the_authority_goes_sile
     assert_eq!(status["state"], "closed");
     assert_eq!(status["reason"], "artifact-expired", "{status}");
     // The answer that ended the loop may be a permit decided just before the
-    // deadline but durable only after it (answered deny/timeout); the next
+    // deadline but durable only after it (answered, and recorded, as the
+    // closed gate's deny); the next
     // decision is the closed gate's own deny.
     assert_eq!(
         device.authorize("unlock", None, None, None)["reason"],

@@ -617,14 +617,13 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         if decision.verdict == Verdict::NeedsFreshAttestation {
             tracing::debug!(op = %request.op, "operation needs a fresh attestation");
             self.lineage.record(Entry::Decision {
-                decision: Decision {
-                    events: gate::Events::default(),
-                    ..decision
-                },
+                verdict: decision.verdict,
+                cti: decision.cti,
                 op: request.op.clone(),
                 amount: request.amount,
                 currency: request.currency,
                 reference: request.reference.clone(),
+                valid_until_ms: None,
             });
             self.fresh_queue.push_back(FreshRequest {
                 request,
@@ -659,14 +658,13 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             None
         };
         let durable = self.lineage.append(Entry::Decision {
-            decision: Decision {
-                events: gate::Events::default(),
-                ..decision
-            },
+            verdict: decision.verdict,
+            cti,
             op: request.op,
             amount: request.amount,
             currency: request.currency,
             reference: request.reference,
+            valid_until_ms,
         });
         let _ = reply.send(Pending {
             permit,

@@ -3,11 +3,11 @@
 //! which numbers and links it ([`mctc_shim::lineage::ChainHead`]).
 
 use mctc_shim::artifact::Currency;
-use mctc_shim::gate::{Decision, GateEvent, OpRequest};
+use mctc_shim::gate::{Decision, Events, GateEvent, OpRequest, Verdict};
 use mctc_shim::limits::{MAX_DRIFT_DETAIL_LEN, MAX_REASON_LEN, MAX_SW_VERSION_LEN};
 use mctc_shim::lineage::{
-    AgentStart, AgentStop, AttestVerdict, Attested, Body, Checkpoint, ControlReceived, Drift,
-    DriftKind, Enrolled, HeartbeatLapse,
+    AgentStart, AgentStop, AttestVerdict, Attested, Body, Checkpoint, ControlReceived, DenyCode,
+    Drift, DriftKind, Enrolled, HeartbeatLapse,
 };
 use mctc_shim::messages::{ControlAction, RefusalCode};
 use mctc_shim::wire::{Bstr, Bytes, Text, Token};
@@ -38,11 +38,19 @@ pub enum Entry {
     Gate(GateEvent),
     /// An answer of the gate, written before the answer is given.
     Decision {
-        decision: Decision,
+        /// The gate's verdict (its transitions are recorded as their own
+        /// entries).
+        verdict: Verdict,
+        /// The artifact it was decided under.
+        cti: Option<[u8; 16]>,
         op: String,
         amount: Option<u64>,
         currency: Option<Currency>,
         reference: Option<String>,
+        /// For a permit: the gate's deadline it was decided under (boot
+        /// clock ms). The writer records a permit stamped at or after it as
+        /// the deny it has become (see [`Entry::settle`]).
+        valid_until_ms: Option<u64>,
     },
     Drift {
         what: DriftKind,
@@ -77,6 +85,25 @@ pub fn clip(text: &str, max: usize) -> String {
 }
 
 impl Entry {
+    /// Settles the entry at the time it is stamped: a permit whose record
+    /// is stamped at or after the gate's deadline it was decided under
+    /// (a stalled fdatasync, a suspension between decision and write) is
+    /// recorded as a deny of the closed gate, so the lineage never shows a
+    /// permit at or past its deadline. The socket answers such a permit deny
+    /// too: it becomes durable only after the deadline, on the same clock.
+    pub fn settle(&mut self, stamped_ms: u64) {
+        if let Entry::Decision {
+            verdict,
+            valid_until_ms: Some(deadline),
+            ..
+        } = self
+            && *verdict == Verdict::Permit
+            && stamped_ms >= *deadline
+        {
+            *verdict = Verdict::Deny(DenyCode::Closed);
+        }
+    }
+
     pub fn agent_stop(reason: &str) -> Entry {
         Entry::AgentStop {
             reason: clip(reason, MAX_REASON_LEN),
@@ -122,12 +149,19 @@ impl Entry {
             }),
             Entry::Gate(event) => event.body(),
             Entry::Decision {
-                decision,
+                verdict,
+                cti,
                 op,
                 amount,
                 currency,
                 reference,
-            } => decision.body(
+                ..
+            } => Decision {
+                verdict: *verdict,
+                cti: *cti,
+                events: Events::default(),
+            }
+            .body(
                 &OpRequest {
                     op,
                     amount: *amount,

@@ -79,10 +79,6 @@ pub type Reply = oneshot::Sender<Result<u64, Refused>>;
 
 /// What the writer is asked to do.
 #[derive(Debug)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "appends are nearly every message; boxing would add an allocation to each"
-)]
 pub enum Command {
     Append {
         entry: Entry,
@@ -503,7 +499,8 @@ impl Writer {
         let mut buf = [0u8; MAX_RECORD_LEN];
         let mut encoded = Vec::with_capacity(entries.len());
         let mut kept = Vec::with_capacity(entries.len());
-        for (entry, reply) in entries.drain(..) {
+        for (mut entry, reply) in entries.drain(..) {
+            entry.settle(stamp.mono_ms);
             match chain.append(&self.crypto, stamp, entry.body(), &mut buf) {
                 Ok(appended) => {
                     encoded.push(appended.bytes.to_vec());
@@ -812,8 +809,8 @@ impl Writer {
 mod tests {
     use std::path::Path;
 
-    use mctc_shim::gate::{CloseReason, GateEvent};
-    use mctc_shim::lineage::{ChainVerifier, Step};
+    use mctc_shim::gate::{CloseReason, GateEvent, Verdict};
+    use mctc_shim::lineage::{ChainVerifier, DenyCode, Step, VerdictCode};
 
     use super::*;
     use crate::clock::BootClock;
@@ -923,6 +920,54 @@ mod tests {
             verify_log(dir.path()).len(),
             1281,
             "records + final checkpoint"
+        );
+    }
+
+    #[test]
+    fn a_permit_stamped_at_or_after_its_deadline_is_recorded_as_the_closed_gates_deny() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        let now = mctc_service::clock::boottime_ms();
+        let permit = |valid_until_ms| Entry::Decision {
+            verdict: Verdict::Permit,
+            cti: Some([1; 16]),
+            op: "unlock".into(),
+            amount: None,
+            currency: None,
+            reference: None,
+            valid_until_ms: Some(valid_until_ms),
+        };
+        // Still valid when written; lapsed before it was written (the
+        // deadline is "now", the stamp comes later).
+        lineage
+            .append(permit(now + 60_000))
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        lineage
+            .append(permit(now))
+            .blocking_recv()
+            .unwrap()
+            .unwrap();
+        stop(&lineage);
+        let frames = read_range(dir.path(), 0, 2, 2, usize::MAX).unwrap();
+        let mut chain = ChainVerifier::genesis(device());
+        let verdicts: Vec<_> = frames
+            .iter()
+            .map(|f| match chain.push(&RingCrypto, &f.payload).unwrap() {
+                Step::Appended { record, .. } => match record.body {
+                    Body::Decision(d) => (d.verdict, d.deny),
+                    other => panic!("not a decision: {other:?}"),
+                },
+                Step::Duplicate { .. } => panic!("duplicate"),
+            })
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                (VerdictCode::Permit, None),
+                (VerdictCode::Deny, Some(DenyCode::Closed))
+            ]
         );
     }
 
