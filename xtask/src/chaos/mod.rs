@@ -427,3 +427,26 @@ pub fn chaos(args: &[String]) -> Result<(), String> {
     }
     summary.verdict()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn quick_runs_fewer_crash_loops_and_shorter_fuzzing() {
+        let full = plan(&args(&[])).unwrap();
+        assert!(!full.quick);
+        assert_eq!((full.iterations, full.fuzz_seconds), (1_000, 60));
+        let quick = plan(&args(&["--quick"])).unwrap();
+        assert!(quick.quick);
+        assert_eq!((quick.iterations, quick.fuzz_seconds), (100, 3));
+        let only = plan(&args(&["--only", "broker", "--quick"])).unwrap();
+        assert_eq!(only.only.as_deref(), Some("broker"));
+        assert!(plan(&args(&["--only"])).is_err());
+        assert!(plan(&args(&["--fast"])).is_err());
+    }
+}

@@ -224,3 +224,64 @@ impl Summary {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(rows: Vec<Row>) -> Summary {
+        Summary {
+            quick: true,
+            rows,
+            crash: CrashReport {
+                iterations: 3,
+                ..CrashReport::default()
+            },
+            fuzz: Ok(Vec::new()),
+            matrix_secs: 1.0,
+            crash_secs: 1.0,
+            fuzz_secs: 1.0,
+            total_secs: 3.0,
+        }
+    }
+
+    #[test]
+    fn a_row_fails_on_any_failure_or_lost_record() {
+        let ok = Row::new("f", "e", Outcome::default(), 1.0);
+        assert!(ok.pass);
+        let lost = Row::new(
+            "f",
+            "e",
+            Outcome {
+                lost: 1,
+                ..Outcome::default()
+            },
+            1.0,
+        );
+        assert!(!lost.pass);
+        let mut failing = Outcome::default();
+        failing.fail("a permit while closed");
+        let failed = Row::new("g", "e", failing, 1.0);
+        assert!(!failed.pass);
+        let report = summary(vec![ok, failed]);
+        let text = report.render();
+        assert!(text.contains("| 2 | g | e |"), "{text}");
+        assert!(text.contains("- g: a permit while closed"), "{text}");
+        assert!(report.verdict().unwrap_err().contains("faults failed: g"));
+    }
+
+    #[test]
+    fn a_clean_run_passes_and_pipes_in_cells_are_escaped() {
+        let outcome = Outcome {
+            observed: "a | b".to_owned(),
+            close_ms: Some(12),
+            ..Outcome::default()
+        };
+        let report = summary(vec![Row::new("f", "e", outcome, 1.0)]);
+        assert!(report.verdict().is_ok());
+        assert!(report.render().contains("| a \\| b | 12 | 0 | ok |"));
+        let mut broken = summary(Vec::new());
+        broken.crash.lost = 1;
+        assert!(broken.verdict().is_err());
+    }
+}

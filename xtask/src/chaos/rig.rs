@@ -292,7 +292,7 @@ impl Rig {
     /// Puts the fleet back after a failed scenario: every process running
     /// and resumed, the main device open (a new one if it will not open).
     pub fn heal(&mut self) {
-        let _ = Command::new("chattr")
+        let _ = privileged("chattr")
             .args(["-R", "-i"])
             .arg(self.main.device.state_dir())
             .status();
@@ -389,6 +389,19 @@ fn new_dev(fleet: &Fleet, id: &str, extra: &str, env: Vec<(String, String)>) -> 
         ],
     );
     Dev { device, spy, env }
+}
+
+/// `program` as root: directly when the suite runs as root, otherwise
+/// through `sudo -n` (the tmpfs mount of the disk-full row and the
+/// immutable attribute of the read-only row need it).
+pub fn privileged(program: &str) -> Command {
+    if rustix::process::geteuid().is_root() {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("sudo");
+        command.args(["-n", program]);
+        command
+    }
 }
 
 /// Milliseconds, for rows.

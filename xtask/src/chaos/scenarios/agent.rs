@@ -15,7 +15,7 @@ use rustix::process::Signal;
 
 use super::{Outcome, closes, reason, recover_and_account, sleep_ms, watch};
 use crate::chaos::probe::{self, Answer, Probe};
-use crate::chaos::rig::{Dev, LINEAGE, Rig, SLACK, TTL_MS, ms};
+use crate::chaos::rig::{Dev, LINEAGE, Rig, SLACK, TTL_MS, ms, privileged};
 
 /// SIGKILL while 9 clients ask as fast as they can; restart.
 pub fn sigkill_in_burst(rig: &mut Rig) -> Outcome {
@@ -150,7 +150,7 @@ pub fn sigstop_beyond_ttl(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
 }
 
 fn chattr(flag: &str, path: &Path) -> Result<(), String> {
-    let status = Command::new("chattr")
+    let status = privileged("chattr")
         .args(["-R", flag])
         .arg(path)
         .status()
@@ -226,12 +226,16 @@ impl SmallDisk {
             }
         };
         copy(dir, keep.path())?;
-        let status = Command::new("mount")
+        let status = privileged("mount")
             .args([
                 "-t",
                 "tmpfs",
                 "-o",
-                &format!("size={size},mode=0700"),
+                &format!(
+                    "size={size},mode=0700,uid={},gid={}",
+                    rustix::process::getuid().as_raw(),
+                    rustix::process::getgid().as_raw()
+                ),
                 "tmpfs",
             ])
             .arg(dir)
@@ -239,7 +243,7 @@ impl SmallDisk {
             .map_err(|e| format!("mount: {e}"))?;
         if !status.success() {
             return Err(format!(
-                "mount -t tmpfs over {} failed ({status}): the disk-full scenario needs root",
+                "mount -t tmpfs over {} failed ({status}): the disk-full scenario needs root or `sudo -n`",
                 dir.display()
             ));
         }
@@ -271,7 +275,7 @@ impl SmallDisk {
 
 impl Drop for SmallDisk {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = privileged("umount").arg("-l").arg(&self.mount).status();
     }
 }
 
