@@ -17,7 +17,8 @@ use mctc_shim::messages::{
 use mctc_shim::topics::DeviceTopic;
 use mctc_shim::tpm::TPM_ALG_SHA256;
 use mctc_shim::wire::{Bstr, Bytes, List, Token, Version};
-use mctc_shim::{Message, RingCrypto};
+use mctc_service::keys::public_key_pem;
+use mctc_shim::{Message, RingCrypto, Signer};
 
 use crate::ak::{self, FixedAk};
 use crate::chain;
@@ -421,6 +422,11 @@ fn config(repo: &Path) -> Vec<Seed> {
         let text = std::fs::read(repo.join("configs").join(file)).expect("configs/ is readable");
         seed("config", file, &[&[selector], &text])
     })
+    .chain([seed(
+        "config",
+        "authority.pub",
+        &[&[4], public_key_pem(&fixtures::signer().public_key()).as_bytes()],
+    )])
     .collect()
 }
 
