@@ -6,6 +6,7 @@
 //! - `demo`, `bench`, `chaos`, `dist` — see README.md.
 #![forbid(unsafe_code)]
 
+mod bench;
 mod chaos;
 mod demo;
 mod dist;
@@ -38,9 +39,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::fuzz(rest),
         "demo" => demo::demo(rest),
         "dist" => dist::dist(rest),
-        "bench" => Err(format!(
-            "`cargo xtask {command}` is not implemented in this version yet"
-        )),
+        "bench" => bench::bench(rest),
         "chaos" => chaos::chaos(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
