@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use crate::sys::{root, run};
@@ -62,13 +63,28 @@ fn fuzz_dir() -> PathBuf {
     root().join("fuzz")
 }
 
-/// A nightly-cargo command in the repository root, without the toolchain
-/// and target-dir choices of the `cargo xtask` invocation leaking into it:
-/// fuzz builds always live in `fuzz/target`.
-fn nightly_cargo() -> Command {
+/// How fuzz builds get the unstable flags libFuzzer needs
+/// (`-Zsanitizer`): the nightly toolchain where there is one (or rustup can
+/// install it), otherwise the default toolchain with `RUSTC_BOOTSTRAP=1`
+/// (same flags, same compiler features; for machines whose only toolchain
+/// is the stable one). Decided once, by [`ensure_tools`].
+static NIGHTLY: OnceLock<bool> = OnceLock::new();
+
+fn use_nightly() -> bool {
+    *NIGHTLY.get_or_init(|| succeeds(plain_cargo(true).arg("--version")))
+}
+
+/// A cargo command in the repository root, without the toolchain and
+/// target-dir choices of the `cargo xtask` invocation leaking into it: fuzz
+/// builds always live in `fuzz/target`.
+fn plain_cargo(nightly: bool) -> Command {
     let mut command = Command::new("cargo");
+    if nightly {
+        command.arg("+nightly");
+    } else {
+        command.env("RUSTC_BOOTSTRAP", "1");
+    }
     command
-        .arg("+nightly")
         .current_dir(root())
         .env_remove("RUSTUP_TOOLCHAIN")
         .env_remove("RUSTC")
@@ -79,18 +95,32 @@ fn nightly_cargo() -> Command {
     command
 }
 
+/// The cargo that builds and runs the fuzz targets (see [`NIGHTLY`]).
+fn nightly_cargo() -> Command {
+    plain_cargo(use_nightly())
+}
+
+/// How a developer reproduces a run by hand with the same toolchain.
+fn cargo_fuzz_line() -> &'static str {
+    if use_nightly() {
+        "cargo +nightly fuzz"
+    } else {
+        "RUSTC_BOOTSTRAP=1 cargo fuzz"
+    }
+}
+
 /// The host triple, which cargo-fuzz builds for by default.
 fn host_triple() -> Result<String, String> {
     let output = Command::new("rustc")
-        .args(["+nightly", "-vV"])
+        .arg("-vV")
         .env_remove("RUSTUP_TOOLCHAIN")
         .output()
-        .map_err(|e| format!("cannot run `rustc +nightly -vV`: {e}"))?;
+        .map_err(|e| format!("cannot run `rustc -vV`: {e}"))?;
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .find_map(|l| l.strip_prefix("host: "))
         .map(|h| h.trim().to_owned())
-        .ok_or_else(|| "`rustc +nightly -vV` names no host triple".to_owned())
+        .ok_or_else(|| "`rustc -vV` names no host triple".to_owned())
 }
 
 /// Where `cargo fuzz build` put `target`'s binary.
@@ -104,8 +134,9 @@ fn binary(target: &str) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build it with `cargo +nightly fuzz build`",
-            path.display()
+            "{} is missing: build it with `{} build`",
+            path.display(),
+            cargo_fuzz_line()
         ))
     }
 }
@@ -117,16 +148,27 @@ fn succeeds(command: &mut Command) -> bool {
         .unwrap_or(false)
 }
 
-/// Installs what the fuzz build needs if it is missing: the nightly
-/// toolchain (libFuzzer's sanitizer flags are nightly-only) and cargo-fuzz.
+/// Installs what the fuzz build needs if it is missing: cargo-fuzz, and
+/// the nightly toolchain where rustup can fetch it (otherwise the stable
+/// one is used with `RUSTC_BOOTSTRAP=1`, said loudly).
 pub fn ensure_tools() -> Result<(), String> {
-    if !succeeds(nightly_cargo().arg("--version")) {
-        run(
+    let mut nightly = succeeds(plain_cargo(true).arg("--version"));
+    if !nightly {
+        nightly = run(
             "install nightly",
             "rustup",
             &["toolchain", "install", "nightly", "--profile", "minimal"],
-        )?;
+        )
+        .is_ok()
+            && succeeds(plain_cargo(true).arg("--version"));
+        if !nightly {
+            println!(
+                "!!! fuzz: no nightly toolchain and rustup cannot fetch one; building the fuzz\n\
+                 !!! targets with the default toolchain and RUSTC_BOOTSTRAP=1 (same -Z flags)."
+            );
+        }
     }
+    let _ = NIGHTLY.set(nightly);
     if !succeeds(nightly_cargo().args(["fuzz", "--version"])) {
         run(
             "install cargo-fuzz",
@@ -169,7 +211,7 @@ pub fn targets() -> Result<Vec<String>, String> {
 
 /// Builds every target once; returns the build time in seconds.
 pub fn build_all() -> Result<f64, String> {
-    println!("==> fuzz build: cargo +nightly fuzz build");
+    println!("==> fuzz build: {} build", cargo_fuzz_line());
     let started = Instant::now();
     let status = nightly_cargo()
         .args(["fuzz", "build"])
@@ -364,8 +406,9 @@ pub fn fuzz(args: &[String]) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "fuzz targets failed: {} (reproduce: cargo +nightly fuzz run <target> <crash input>)",
-            failed.join(", ")
+            "fuzz targets failed: {} (reproduce: {} run <target> <crash input>)",
+            failed.join(", "),
+            cargo_fuzz_line()
         ))
     }
 }

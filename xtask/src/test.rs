@@ -54,6 +54,11 @@ pub fn test(args: &[String]) -> Result<(), String> {
     let demo = crate::demo::check_with_built_binaries(&proof);
     let _ = std::fs::remove_dir_all(&proof);
     demo?;
+    // The reliability suite's reduced run: the fault matrix, 100 crash
+    // loops and a fuzz smoke run of every target, against real binaries.
+    println!("==> chaos --quick");
+    crate::chaos::chaos(&["--quick".to_owned()])?;
+    println!("<== chaos --quick: ok");
     run(
         "no_std firmware build",
         "cargo",
