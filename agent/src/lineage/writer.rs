@@ -810,7 +810,7 @@ mod tests {
     use std::path::Path;
 
     use mctc_shim::gate::{CloseReason, GateEvent, Verdict};
-    use mctc_shim::lineage::{ChainVerifier, DenyCode, Step, VerdictCode};
+    use mctc_shim::lineage::{ChainVerifier, DenyCode, Record, Step, VerdictCode};
 
     use super::*;
     use crate::clock::BootClock;
@@ -861,19 +861,33 @@ mod tests {
         Entry::drift(mctc_shim::lineage::DriftKind::Pcr, &format!("test {i}"))
     }
 
-    /// Verifies the whole log from genesis; returns (seq, is_checkpoint).
-    fn verify_log(dir: &Path) -> Vec<(u64, bool)> {
+    /// Verifies the whole log from genesis; returns `each` of every record.
+    fn verify_log_with<T>(dir: &Path, mut each: impl FnMut(&Record<'_>) -> T) -> Vec<T> {
         let frames = read_range(dir, 0, u64::MAX, usize::MAX, usize::MAX).unwrap();
         let mut chain = ChainVerifier::genesis(device());
         frames
             .iter()
             .map(|f| match chain.push(&RingCrypto, &f.payload).unwrap() {
-                Step::Appended { record, .. } => {
-                    (record.seq, matches!(record.body, Body::Checkpoint(_)))
-                }
+                Step::Appended { record, .. } => each(&record),
                 Step::Duplicate { .. } => panic!("duplicate in the log"),
             })
             .collect()
+    }
+
+    /// Verifies the whole log from genesis; returns (seq, is_checkpoint).
+    fn verify_log(dir: &Path) -> Vec<(u64, bool)> {
+        verify_log_with(dir, |record| {
+            (record.seq, matches!(record.body, Body::Checkpoint(_)))
+        })
+    }
+
+    /// The log's one segment file.
+    fn segment(dir: &Path) -> std::path::PathBuf {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "seg"))
+            .unwrap()
     }
 
     #[test]
@@ -950,23 +964,15 @@ mod tests {
             .unwrap()
             .unwrap();
         stop(&lineage);
-        let frames = read_range(dir.path(), 0, 2, 2, usize::MAX).unwrap();
-        let mut chain = ChainVerifier::genesis(device());
-        let verdicts: Vec<_> = frames
-            .iter()
-            .map(|f| match chain.push(&RingCrypto, &f.payload).unwrap() {
-                Step::Appended { record, .. } => match record.body {
-                    Body::Decision(d) => (d.verdict, d.deny),
-                    other => panic!("not a decision: {other:?}"),
-                },
-                Step::Duplicate { .. } => panic!("duplicate"),
-            })
-            .collect();
+        let verdicts = verify_log_with(dir.path(), |record| match &record.body {
+            Body::Decision(d) => Some((d.verdict, d.deny)),
+            _ => None,
+        });
         assert_eq!(
-            verdicts,
+            verdicts[..2],
             [
-                (VerdictCode::Permit, None),
-                (VerdictCode::Deny, Some(DenyCode::Closed))
+                Some((VerdictCode::Permit, None)),
+                Some((VerdictCode::Deny, Some(DenyCode::Closed)))
             ]
         );
     }
@@ -1058,11 +1064,7 @@ mod tests {
         }
         stop(&lineage);
         // A crash in the middle of the next write: half a frame.
-        let segment = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
+        let segment = segment(dir.path());
         let mut bytes = std::fs::read(&segment).unwrap();
         bytes.extend_from_slice(&[0x40, 0, 0, 0, 1, 2, 3]);
         std::fs::write(&segment, &bytes).unwrap();
@@ -1124,11 +1126,7 @@ mod tests {
             lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
         }
         stop(&lineage);
-        let segment = std::fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .find(|p| p.extension().is_some_and(|e| e == "seg"))
-            .unwrap();
+        let segment = segment(dir.path());
         let mut bytes = std::fs::read(&segment).unwrap();
         // Pad the tail beyond the torn-write bound so the damage is "middle".
         let middle = 16 + 40;
