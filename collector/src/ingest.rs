@@ -528,14 +528,15 @@ impl<S: Store> Ingest<S> {
         }
         let recorded = self.store.apply(device, &pass.changes, now_ms)?;
         self.publish_alerts(&pass.changes, &recorded, out);
-        if !pass.changes.records.is_empty() {
-            tracing::debug!(
-                device = %device,
-                appended = pass.changes.records.len(),
-                through = pass.head.through_seq(),
-                "lineage stored"
-            );
-        }
+        // One line per batch, whether it extended the chain or was held
+        // back until an earlier batch (maybe at another instance) lands.
+        tracing::debug!(
+            device = %device,
+            appended = pass.changes.records.len(),
+            held = pass.changes.pending_add.len(),
+            through = pass.head.through_seq(),
+            "lineage batch handled"
+        );
         out.push(self.ack(device, &pass.head, pass.stopped));
         Ok(())
     }
