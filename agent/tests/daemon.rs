@@ -241,7 +241,10 @@ fn the_gate_answers_concurrent_clients_with_shared_fdatasyncs_in_a_small_footpri
         raw,
         rate / raw
     );
-    assert!(idle_cpu < 0.02, "idle CPU {:.2} %", idle_cpu * 100.0);
+    // No busy polling: a spinning loop would show tens of percent. The real
+    // figure (target < 0.5 %, release build) is `cargo xtask bench`'s; this
+    // debug build on a loaded CI machine only has to stay clear of a spin.
+    assert!(idle_cpu < 0.10, "idle CPU {:.2} %", idle_cpu * 100.0);
     assert!(
         idle_rss.1 < 16 * 1024,
         "idle anonymous RSS {idle_rss:?} KiB"

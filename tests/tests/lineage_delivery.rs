@@ -18,18 +18,18 @@ use mctc_shim::{DeviceId, Message};
 use mctc_tests::fleet::{Burst, Device, Fleet, PATIENCE};
 use mctc_tests::wait_until;
 
-fn next_seq(device: &Device) -> u64 {
-    device.status()["lineage"]["next_seq"].as_u64().unwrap()
-}
-
-/// Waits until the collector acknowledged every record the agent wrote.
-fn wait_all_acked(fleet: &Fleet, device: &Device) {
+/// Waits until the collector acknowledged every record the agent wrote, and
+/// returns the acknowledged seq seen then (the agent may write more records,
+/// such as a checkpoint, right after, so a later status is not the bound).
+fn wait_all_acked(fleet: &Fleet, device: &Device) -> u64 {
+    let mut through = None;
     let drained = wait_until(Duration::from_secs(120), || {
         let status = device.status();
         let next = status["lineage"]["next_seq"].as_u64().unwrap_or(u64::MAX);
-        status["lineage"]["acked_seq"]
+        through = status["lineage"]["acked_seq"]
             .as_u64()
-            .is_some_and(|acked| acked + 1 >= next)
+            .filter(|acked| acked + 1 >= next);
+        through.is_some()
     });
     assert!(
         drained.is_some(),
@@ -37,6 +37,7 @@ fn wait_all_acked(fleet: &Fleet, device: &Device) {
         device.status(),
         fleet.collector_log()
     );
+    through.unwrap_or_default()
 }
 
 /// Checks at the collector's database: the stored chain reaches `through`,
@@ -94,8 +95,7 @@ fn collector_down_during_a_thousand_decisions_then_up_delivers_them_all_exactly_
     );
 
     fleet.start_collector();
-    wait_all_acked(&fleet, &device);
-    let through = next_seq(&device) - 1;
+    let through = wait_all_acked(&fleet, &device);
     check_collector(
         &fleet.dir.path().join("collector.db"),
         &device,
@@ -119,8 +119,7 @@ fn every_permit_answered_before_a_sigkill_reaches_the_collector() {
 
     device.start();
     device.wait_open();
-    wait_all_acked(&fleet, &device);
-    let through = next_seq(&device) - 1;
+    let through = wait_all_acked(&fleet, &device);
     check_collector(
         &fleet.dir.path().join("collector.db"),
         &device,
@@ -153,8 +152,7 @@ fn a_restart_behind_the_collectors_head_still_drains_the_backlog() {
     std::fs::write(device.state_dir().join("lineage-acked"), "1\n").unwrap();
     device.start();
     device.wait_open();
-    wait_all_acked(&fleet, &device);
-    let through = next_seq(&device) - 1;
+    let through = wait_all_acked(&fleet, &device);
     check_collector(
         &fleet.dir.path().join("collector.db"),
         &device,

@@ -639,7 +639,11 @@ impl Writer {
         }
     }
 
+    /// Counts a durable chunk, publishes the status that includes it, and
+    /// only then answers its waiters: whoever holds an answer also sees it
+    /// counted.
     fn answer(&mut self, chunk: Vec<(Entry, Option<Reply>)>, first: u64) {
+        let mut replies = Vec::with_capacity(chunk.len());
         for (seq, (entry, reply)) in (first..).zip(chunk) {
             self.records += 1;
             self.since_checkpoint += 1;
@@ -652,11 +656,15 @@ impl Writer {
                 self.last_checkpoint_at = Instant::now();
             }
             if let Some(reply) = reply {
-                let _ = reply.send(Ok(seq));
+                replies.push((seq, reply));
             }
         }
         if self.since_checkpoint >= self.settings.checkpoint_every_records {
             self.checkpoint_wanted = true;
+        }
+        self.publish();
+        for (seq, reply) in replies {
+            let _ = reply.send(Ok(seq));
         }
     }
 
