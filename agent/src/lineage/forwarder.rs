@@ -33,7 +33,7 @@ use mctc_shim::wire::{Bstr, List, Message, Version};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::store::{Frame, read_range};
+use super::store::{Cursor, Frame, read_range_at};
 use super::writer::LineageHandle;
 use crate::outbox::Outbox;
 use crate::state::StateDir;
@@ -85,6 +85,9 @@ pub struct Forwarder<O: Outbox> {
     sent_high: Option<u64>,
     /// Last seq of each batch in flight.
     in_flight: VecDeque<u64>,
+    /// Where the last read stopped: the next read continues there when it
+    /// starts at `next_send` (a resend starts over from the segment).
+    cursor: Option<Cursor>,
     last_progress: Instant,
     connected: bool,
     status: watch::Sender<ForwardStatus>,
@@ -117,6 +120,7 @@ impl<O: Outbox> Forwarder<O> {
             persisted: acked,
             last_persist: None,
             next_send: 0,
+            cursor: None,
             sent_high: None,
             in_flight: VecDeque::new(),
             last_progress: Instant::now(),
@@ -179,24 +183,28 @@ impl<O: Outbox> Forwarder<O> {
             if self.next_send >= end {
                 break;
             }
-            // One read for every batch the window has room for: reading a
-            // segment scans it, so per-batch reads would scan it again and
-            // again.
+            // One read for every batch the window has room for, continuing
+            // where the last read stopped.
             let room = self.settings.window - self.in_flight.len();
             let from = self.next_send;
             let dir = self.dir.clone();
+            let hint = self.cursor;
             let frames = match tokio::task::spawn_blocking(move || {
-                read_range(
+                read_range_at(
                     &dir,
                     from,
                     end,
                     MAX_BATCH_RECORDS * room,
                     BATCH_PAYLOAD_BYTES * room,
+                    hint,
                 )
             })
             .await
             {
-                Ok(Ok(frames)) => frames,
+                Ok(Ok((frames, cursor))) => {
+                    self.cursor = cursor;
+                    frames
+                }
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, from, "lineage read for forwarding failed");
                     break;

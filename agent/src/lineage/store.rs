@@ -642,6 +642,18 @@ impl Store {
     }
 }
 
+/// Where a sequential reader stopped: the segment (by its first seq), the
+/// byte offset of the next frame in it, and that frame's seq. Handing it back
+/// to [`read_range_at`] continues there instead of walking the segment from
+/// its start again (segments are append-only, so a position below the
+/// durable end stays valid until the segment is pruned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub segment: u64,
+    pub offset: u64,
+    pub seq: u64,
+}
+
 /// Reads frames `from..` (and below `end`, the first seq not yet durable)
 /// from the store directory, up to `max_frames` and roughly `max_bytes` of
 /// payload (at least one frame). Safe to call while the writer appends: it
@@ -654,9 +666,25 @@ pub fn read_range(
     max_frames: usize,
     max_bytes: usize,
 ) -> Result<Vec<Frame>, StoreError> {
+    read_range_at(dir, from, end, max_frames, max_bytes, None).map(|(frames, _)| frames)
+}
+
+/// [`read_range`] for a sequential reader: starts at `hint` when it names
+/// `from` (else walks the segment holding `from` from its start), and
+/// returns where the next read continues. Streams the segment through a
+/// small buffer: frames below `from` are stepped over by their length, and
+/// only the frames returned are checksummed and copied.
+pub fn read_range_at(
+    dir: &Path,
+    from: u64,
+    end: u64,
+    max_frames: usize,
+    max_bytes: usize,
+    hint: Option<Cursor>,
+) -> Result<(Vec<Frame>, Option<Cursor>), StoreError> {
     let mut out = Vec::new();
     if from >= end || max_frames == 0 {
-        return Ok(out);
+        return Ok((out, hint));
     }
     let segments = list_segments(dir)?;
     // The segment holding `from` is the last one starting at or before it.
@@ -664,37 +692,164 @@ pub fn read_range(
         .iter()
         .rposition(|(first, _)| *first <= from)
         .unwrap_or(0);
-    let mut bytes_out = 0usize;
-    let mut next = from;
+    let mut reading = Reading {
+        out: &mut out,
+        next: from,
+        end,
+        max_frames,
+        max_bytes,
+        bytes_out: 0,
+        cursor: None,
+    };
     for (first_seq, path) in segments.iter().skip(start) {
-        if next >= end || out.len() >= max_frames || (bytes_out >= max_bytes && !out.is_empty()) {
+        if reading.full() {
             break;
         }
-        let mut bytes = Vec::new();
-        match File::open(path) {
-            Ok(mut f) => f.read_to_end(&mut bytes).map_err(io_err(path))?,
+        let at = hint
+            .filter(|h| h.segment == *first_seq && h.seq == reading.next)
+            .map(|h| (h.offset, h.seq));
+        let file = match File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(io_err(path)(e)),
         };
-        if check_header(&bytes, *first_seq).is_err() {
-            continue;
-        }
-        for (seq, offset, len) in scan(&bytes, *first_seq).frames {
-            if seq < next {
-                continue;
-            }
-            if seq >= end || out.len() >= max_frames || (bytes_out >= max_bytes && !out.is_empty())
-            {
-                break;
-            }
-            let start = offset as usize;
-            let payload = bytes.get(start..start + len).unwrap_or_default().to_vec();
-            bytes_out += payload.len();
-            out.push(Frame { seq, payload });
-            next = seq + 1;
+        let before = reading.out.len();
+        reading
+            .segment(file, *first_seq, at)
+            .map_err(io_err(path))?;
+        if at.is_some() && reading.out.len() == before && !reading.full() {
+            // The hint led nowhere (cannot happen for a cursor this function
+            // returned on a durable record): walk the segment from its start.
+            let file = File::open(path).map_err(io_err(path))?;
+            reading
+                .segment(file, *first_seq, None)
+                .map_err(io_err(path))?;
         }
     }
-    Ok(out)
+    let cursor = reading.cursor;
+    Ok((out, cursor))
+}
+
+/// The state of one [`read_range_at`] call.
+struct Reading<'a> {
+    out: &'a mut Vec<Frame>,
+    next: u64,
+    end: u64,
+    max_frames: usize,
+    max_bytes: usize,
+    bytes_out: usize,
+    cursor: Option<Cursor>,
+}
+
+impl Reading<'_> {
+    fn full(&self) -> bool {
+        self.next >= self.end
+            || self.out.len() >= self.max_frames
+            || (self.bytes_out >= self.max_bytes && !self.out.is_empty())
+    }
+
+    /// Reads one segment's frames from `at` (offset, seq) or its start,
+    /// stopping at the first frame that is short, out of range, out of
+    /// sequence or (when returned) fails its checksum: past it nothing is
+    /// trusted, as in [`scan`].
+    fn segment(
+        &mut self,
+        file: File,
+        first_seq: u64,
+        at: Option<(u64, u64)>,
+    ) -> std::io::Result<()> {
+        use std::io::BufReader;
+        let mut reader = BufReader::with_capacity(64 * 1024, file);
+        let (mut offset, mut expect) = match at {
+            Some((offset, seq)) => {
+                reader.seek(SeekFrom::Start(offset))?;
+                (offset, seq)
+            }
+            None => {
+                let mut header = [0u8; HEADER_BYTES as usize];
+                if !read_full(&mut reader, &mut header)?
+                    || check_header(&header, first_seq).is_err()
+                {
+                    return Ok(());
+                }
+                (HEADER_BYTES, first_seq)
+            }
+        };
+        while !self.full() {
+            let mut header = [0u8; FRAME_OVERHEAD as usize];
+            if !read_full(&mut reader, &mut header)? {
+                return Ok(());
+            }
+            let (len, crc, seq) = frame_header(&header);
+            if len > MAX_PAYLOAD_BYTES || seq != expect || seq == u64::MAX {
+                return Ok(());
+            }
+            let frame_end = offset + FRAME_OVERHEAD + len as u64;
+            if seq < self.next {
+                reader.seek_relative(len as i64)?;
+            } else {
+                let mut payload = vec![0u8; len];
+                if !read_full(&mut reader, &mut payload)?
+                    || crc32c::crc32c_append(crc32c::crc32c(&seq.to_le_bytes()), &payload) != crc
+                {
+                    return Ok(());
+                }
+                self.bytes_out += len;
+                self.out.push(Frame { seq, payload });
+                self.next = seq + 1;
+                self.cursor = Some(Cursor {
+                    segment: first_seq,
+                    offset: frame_end,
+                    seq: seq + 1,
+                });
+            }
+            offset = frame_end;
+            expect = seq + 1;
+        }
+        Ok(())
+    }
+}
+
+/// Reads exactly `buf.len()` bytes; `false` at end of file (or a short
+/// tail, which a concurrent append can leave for a moment).
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(buf.get_mut(filled..).unwrap_or_default()) {
+            Ok(0) => return Ok(false),
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// (payload length, crc, seq) of a frame header.
+fn frame_header(header: &[u8; FRAME_OVERHEAD as usize]) -> (usize, u32, u64) {
+    let [
+        l0,
+        l1,
+        l2,
+        l3,
+        c0,
+        c1,
+        c2,
+        c3,
+        s0,
+        s1,
+        s2,
+        s3,
+        s4,
+        s5,
+        s6,
+        s7,
+    ] = *header;
+    (
+        u32::from_le_bytes([l0, l1, l2, l3]) as usize,
+        u32::from_le_bytes([c0, c1, c2, c3]),
+        u64::from_le_bytes([s0, s1, s2, s3, s4, s5, s6, s7]),
+    )
 }
 
 #[cfg(test)]
@@ -1123,6 +1278,86 @@ mod tests {
         let got = read_range(dir.path(), 0, 50, 100, 1).unwrap();
         assert_eq!(got.len(), 1, "at least one frame even over the byte budget");
         assert!(read_range(dir.path(), 50, 50, 10, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_sequential_reader_continues_at_its_cursor_across_segments_and_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(small(dir.path())).unwrap();
+        fill(&mut store, 30);
+        let mut cursor = None;
+        let mut next = 0;
+        let mut seen = Vec::new();
+        // Reads of 7 interleaved with appends: rotation happens under the
+        // reader (4 KiB segments hold ~35 records).
+        while next < 300 {
+            let end = store.next_seq();
+            let (frames, after) =
+                read_range_at(dir.path(), next, end, 7, usize::MAX, cursor).unwrap();
+            if let Some(last) = frames.last() {
+                assert_eq!(after.map(|c| c.seq), Some(last.seq + 1));
+                next = last.seq + 1;
+            }
+            seen.extend(frames);
+            cursor = after;
+            if store.next_seq() < 300 {
+                fill(&mut store, 5);
+            }
+        }
+        assert!(list_segments(dir.path()).unwrap().len() > 5);
+        let expected = read_range(dir.path(), 0, 300, usize::MAX, usize::MAX).unwrap();
+        assert_eq!(seen, expected);
+        for frame in &expected {
+            assert_eq!(frame.payload, payload(frame.seq));
+        }
+    }
+
+    #[test]
+    fn a_cursor_that_does_not_name_the_start_is_not_trusted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(small(dir.path())).unwrap();
+        fill(&mut store, 20);
+        let (_, cursor) = read_range_at(dir.path(), 0, 20, 10, usize::MAX, None).unwrap();
+        let cursor = cursor.unwrap();
+        assert_eq!(cursor.seq, 10);
+        let seqs = |frames: Vec<Frame>| frames.iter().map(|f| f.seq).collect::<Vec<_>>();
+        // A resend from 3 ignores the cursor at 10.
+        let (frames, _) = read_range_at(dir.path(), 3, 20, 3, usize::MAX, Some(cursor)).unwrap();
+        assert_eq!(seqs(frames), vec![3, 4, 5]);
+        // A cursor whose offset is wrong for its seq falls back to a walk.
+        let wrong = Cursor {
+            offset: cursor.offset + 1,
+            ..cursor
+        };
+        let (frames, _) = read_range_at(dir.path(), 10, 20, 3, usize::MAX, Some(wrong)).unwrap();
+        assert_eq!(seqs(frames), vec![10, 11, 12]);
+        let past = Cursor {
+            offset: 1 << 30,
+            ..cursor
+        };
+        let (frames, _) = read_range_at(dir.path(), 10, 20, 3, usize::MAX, Some(past)).unwrap();
+        assert_eq!(seqs(frames), vec![10, 11, 12]);
+    }
+
+    #[test]
+    fn a_reader_stops_at_a_damaged_frame_it_would_return() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(StoreConfig::new(dir.path())).unwrap();
+        fill(&mut store, 10);
+        let (_, cursor) = read_range_at(dir.path(), 0, 10, 5, usize::MAX, None).unwrap();
+        let cursor = cursor.unwrap();
+        // Flip a payload byte of record 6 (one frame after the cursor).
+        let path = last_segment(dir.path());
+        let mut bytes = std::fs::read(&path).unwrap();
+        let frame = FRAME_OVERHEAD as usize + payload(5).len();
+        let at = cursor.offset as usize + frame + FRAME_OVERHEAD as usize + 3;
+        bytes[at] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        for hint in [Some(cursor), None] {
+            let (frames, _) = read_range_at(dir.path(), 5, 10, 10, usize::MAX, hint).unwrap();
+            assert_eq!(frames.len(), 1, "record 5 only, nothing past the damage");
+            assert_eq!(frames[0].seq, 5);
+        }
     }
 
     #[test]

@@ -132,12 +132,51 @@ pub fn rss_mb(pid: u32) -> Result<f64, String> {
     status_mb(pid, "VmRSS")
 }
 
-/// "anonymous a MB, file-backed f MB" (what the RSS is made of).
+/// "anonymous a MB, file-backed f MB (largest: …)" (what the RSS is made of).
 fn rss_parts(pid: u32) -> String {
     match (status_mb(pid, "RssAnon"), status_mb(pid, "RssFile")) {
-        (Ok(anon), Ok(file)) => format!("anonymous {anon:.1} MB, file-backed {file:.1} MB"),
+        (Ok(anon), Ok(file)) => format!(
+            "anonymous {anon:.1} MB, file-backed {file:.1} MB (largest: {})",
+            largest_files(pid, 4)
+        ),
         _ => String::new(),
     }
+}
+
+/// The `n` files with the most resident pages in the process, from
+/// /proc/PID/smaps: "libcrypto.so.3 3.1 MB, …".
+fn largest_files(pid: u32, n: usize) -> String {
+    let Ok(smaps) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return "smaps unreadable".to_owned();
+    };
+    let mut by_file: Vec<(String, u64)> = Vec::new();
+    let mut current: Option<String> = None;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let first = fields.next().unwrap_or_default();
+        if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            // A mapping header: range perms offset dev inode [path].
+            current = fields
+                .nth(4)
+                .filter(|path| path.starts_with('/'))
+                .map(|path| path.rsplit('/').next().unwrap_or(path).to_owned());
+        } else if first == "Rss:"
+            && let Some(file) = &current
+        {
+            let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            match by_file.iter_mut().find(|(name, _)| name == file) {
+                Some((_, total)) => *total += kb,
+                None => by_file.push((file.clone(), kb)),
+            }
+        }
+    }
+    by_file.sort_by_key(|b| std::cmp::Reverse(b.1));
+    by_file
+        .iter()
+        .take(n)
+        .map(|(name, kb)| format!("{name} {:.1} MB", *kb as f64 * 1024.0 / 1e6))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn heartbeat_seq(device: &Device) -> Option<u64> {
