@@ -272,7 +272,7 @@ fn default_resend() -> u64 {
     10_000
 }
 fn default_commit_window() -> u64 {
-    500
+    0
 }
 
 impl Default for LineageSection {
