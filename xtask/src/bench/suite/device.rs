@@ -192,7 +192,7 @@ fn idle(figures: &mut Figures, device: &Device, window: Duration) -> Result<(), 
     figures.set("agent_binary_mb", size as f64 / 1e6);
     figures.note(
         "agent_binary_mb",
-        "target/release/mctc-agent: LTO, codegen-units 1, symbols stripped (the release profile)",
+        "target/release/mctc-agent: LTO, codegen-units 1, panic=abort, symbols stripped (the release profile)",
     );
     // Let start-up work (first checkpoint, lineage forwarding) settle.
     std::thread::sleep(Duration::from_secs(3));
