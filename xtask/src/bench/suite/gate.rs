@@ -28,11 +28,12 @@ use crate::stats::Samples;
 
 /// The artifacts' ttl.
 const WINDOW_MS: u64 = 1_000;
-/// The heartbeat window: three heartbeats a second keep it from ever
-/// lapsing before the artifact, whose deadline the device reports to the
-/// millisecond (`expires_in_ms`). A heartbeat deadline is decided by the
+/// The heartbeat window: longer than the artifacts' ttl and counted from
+/// each artifact's receipt as well as each heartbeat's, so it never lapses
+/// before the artifact, whose deadline the device reports to the
+/// millisecond (`expires_in_ms`). (A heartbeat deadline is decided by the
 /// same gate code, but only the device knows when it received its last
-/// heartbeat, so it cannot be predicted from outside to a millisecond.
+/// heartbeat, so it cannot be predicted from outside to a millisecond.)
 const HEARTBEAT_WINDOW_MS: u64 = 3_000;
 /// Probing starts this long before the predicted deadline.
 const LEAD: Duration = Duration::from_millis(15);
@@ -53,11 +54,18 @@ fn predict(device: &Device, monitor: &Monitor, stopped: Instant) -> Result<Predi
         .ok_or_else(|| format!("no artifact in the status: {status}"))?;
     let asked = before + (after - before) / 2;
     let artifact = asked + Duration::from_millis(expires_in);
+    // The heartbeat window runs from the later of the last heartbeat and
+    // the artifact's receipt (the gate's rule), so with artifacts shorter
+    // than the window it cannot end first; it is still checked, as the gate
+    // would.
+    let received = artifact
+        .checked_sub(Duration::from_millis(WINDOW_MS))
+        .unwrap_or(artifact);
     // A heartbeat published just before the stop may still be on its way.
     std::thread::sleep(Duration::from_millis(20));
     let heartbeat = monitor
         .last_before(HEARTBEAT, stopped + Duration::from_millis(20))
-        .map(|at| at + Duration::from_millis(HEARTBEAT_WINDOW_MS));
+        .map(|at| at.max(received) + Duration::from_millis(HEARTBEAT_WINDOW_MS));
     Ok(match heartbeat {
         Some(hb) if hb < artifact => Prediction {
             deadline: hb,
