@@ -306,7 +306,13 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                         let _ = reply.send(());
                         return;
                     }
-                    Some(input) => self.handle(input),
+                    Some(input) => {
+                        // Deadlines first: an input that arrives after one
+                        // (a status request in the same millisecond as the
+                        // timer) sees the gate as it is now.
+                        self.on_time();
+                        self.handle(input);
+                    }
                     None => return,
                 },
                 changed = lineage.changed(), if lineage_open => {

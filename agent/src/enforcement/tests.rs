@@ -399,6 +399,20 @@ async fn the_gate_closes_exactly_at_the_artifact_deadline() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_status_asked_past_the_deadline_says_closed_before_any_timer_fires() {
+    let mut h = Harness::start().await;
+    h.open(10_000).await;
+    assert_eq!(h.state().await, "open");
+    // The clock passes the deadline while no timer runs (the status request
+    // is handled first): the status is the gate as of now, not as of the
+    // last timer.
+    h.suspend(10_000);
+    let status = h.status().await;
+    assert_eq!(status["state"], "closed", "{status}");
+    assert_eq!(status["reason"], "artifact-expired");
+}
+
+#[tokio::test(start_paused = true)]
 async fn renewal_comes_at_half_life_within_jitter_and_quotes_next_nonce() {
     let mut h = Harness::start().await;
     let opened_at = h.now();
