@@ -44,7 +44,12 @@ fn ca_pem(tpm: &Swtpm, which: &[usize]) -> Vec<u8> {
 async fn identity(tpm: &Swtpm, ek: EkKind) -> (Identity, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let device = open(tpm, dir.path(), ek, AkKind::EccP256).await;
-    (device.identity().await.unwrap(), dir)
+    let id = device.identity().await.unwrap();
+    // Close the connection before the caller opens the same swtpm again
+    // (it serves one connection at a time; a dropped handle closes its
+    // connection later, on the worker thread).
+    device.shutdown().await;
+    (id, dir)
 }
 
 #[tokio::test]
