@@ -66,7 +66,7 @@ pub(crate) fn create_ek(ctx: &mut Context, kind: EkKind) -> Result<KeyHandle, Er
 /// towards dictionary-attack lockout. stClear makes saved contexts invalid
 /// after any Startup(CLEAR), so even a resource manager's cached copy of the
 /// AK disappears on a TPM Reset or Restart, which `boot_counters` relies on.
-pub(crate) fn ak_template(kind: AkKind) -> Result<Public, Error> {
+pub fn ak_template(kind: AkKind) -> Result<Public, Error> {
     let template = |e| Error::Tpm(tpm_error(TpmOp::CreateAk, e));
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)

@@ -27,6 +27,7 @@ use crate::evidence::{BootCounters, ClockInfo, Evidence};
 use crate::pcr::{PcrSelection, PcrValues};
 use crate::verifier::public_key_fingerprint;
 pub use crate::verifier::{AkKind, EkKind};
+pub use keys::ak_template;
 use worker::Worker;
 
 /// The TCTI used when none is configured: the kernel resource manager.

@@ -10,16 +10,10 @@ use std::time::{Duration, Instant};
 
 use mctc_tests::Swtpm;
 use tss_esapi::Context;
-use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{
-    Data, EccPoint, EccScheme, HashScheme, KeyDerivationFunctionScheme, PcrSelectSize,
-    PcrSelectionList, PcrSlot, PublicBuilder, PublicEccParametersBuilder, SignatureScheme,
-    SymmetricDefinitionObject,
-};
+use tss_esapi::structures::{Data, PcrSelectSize, PcrSelectionList, PcrSlot, SignatureScheme};
 use tss_esapi::tcti_ldr::TctiNameConf;
 
 use crate::stats::Samples;
@@ -38,36 +32,10 @@ pub fn raw_quotes(samples: usize) -> Result<Samples, String> {
     let swtpm = Swtpm::start().map_err(|e| e.to_string())?;
     let tcti = TctiNameConf::from_str(&swtpm.tcti()).map_err(tss("TCTI"))?;
     let mut ctx = Context::new(tcti).map_err(tss("connect to swtpm"))?;
-    // The same key kind as the agent's AK (attest/src/device/keys.rs), as a
-    // primary key so no EK policy session is needed for the limit.
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_sign_encrypt(true)
-        .build()
-        .map_err(tss("AK attributes"))?;
-    let params = PublicEccParametersBuilder::new()
-        .with_symmetric(SymmetricDefinitionObject::Null)
-        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
-        .with_curve(EccCurve::NistP256)
-        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-        .with_is_signing_key(true)
-        .with_is_decryption_key(false)
-        .with_restricted(true)
-        .build()
-        .map_err(tss("AK parameters"))?;
-    let public = PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(params)
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .map_err(tss("AK template"))?;
+    // The agent's AK template (ECC P-256 restricted signing), as a primary
+    // key so no EK policy session is needed for the limit.
+    let public = mctc_attest::device::ak_template(mctc_attest::device::AkKind::EccP256)
+        .map_err(|e| format!("AK template: {e}"))?;
     let key = ctx
         .execute_with_session(Some(AuthSession::Password), |ctx| {
             ctx.create_primary(Hierarchy::Owner, public, None, None, None, None)

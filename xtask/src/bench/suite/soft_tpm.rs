@@ -11,7 +11,7 @@ use std::time::Instant;
 use mctc_shim::limits::MAX_EVIDENCE_LEN;
 use mctc_shim::messages::Evidence;
 use mctc_shim::wire::{Bstr, Bytes, List, Version};
-use mctc_shim::{DeviceId, Message};
+use mctc_shim::{Crypto, DeviceId, Message, RingCrypto};
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
 
@@ -81,13 +81,7 @@ impl Out {
 }
 
 fn sha256(parts: &[&[u8]]) -> [u8; 32] {
-    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-    for part in parts {
-        ctx.update(part);
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    out
+    RingCrypto.sha256(parts)
 }
 
 /// An ECC P-256 `TPMT_PUBLIC` with the given attributes, symmetric

@@ -68,35 +68,41 @@ pub fn broker_restarted(rig: &mut Rig) -> Outcome {
 /// The broker alive but answering nothing (SIGSTOP) for longer than the
 /// heartbeat window.
 pub fn broker_unreachable(rig: &mut Rig) -> Outcome {
-    let mut out = Outcome::default();
-    let probe = watch(&rig.main, "broker-stop");
-    let cut = Instant::now();
-    signal_broker(rig, Signal::STOP);
-    let closed = closes(&probe, cut, hb() + SLACK + SLACK);
-    // Stay unreachable a while after the close.
-    sleep_ms(1_500);
-    let why = reason(&rig.main);
-    signal_broker(rig, Signal::CONT);
-    let back = Instant::now();
-    out.forbid_permits(&probe.observations(), cut + hb() + SLACK, back);
-    out.closed_after(&probe.observations(), cut);
-    out.require(closed.is_some(), || "the gate did not close".into());
-    out.require(silence_noticed(&why), || format!("closed for `{why}`"));
-    out.observed = format!("closed ({why})");
-    recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    silence(
+        rig,
+        "broker-stop",
+        |rig| signal_broker(rig, Signal::STOP),
+        |rig| signal_broker(rig, Signal::CONT),
+    )
 }
 
 /// The authority killed (heartbeats stop), later started again.
 pub fn authority_killed(rig: &mut Rig) -> Outcome {
+    silence(
+        rig,
+        "authority-kill",
+        |rig| rig.fleet.kill_authority(),
+        |rig| rig.fleet.start_authority(),
+    )
+}
+
+/// The fleet falls silent (`cut_off`) for longer than the heartbeat window:
+/// the gate must close within it, stay closed, and reopen once `restore`d.
+fn silence(
+    rig: &mut Rig,
+    name: &str,
+    cut_off: impl FnOnce(&mut Rig),
+    restore: impl FnOnce(&mut Rig),
+) -> Outcome {
     let mut out = Outcome::default();
-    let probe = watch(&rig.main, "authority-kill");
+    let probe = watch(&rig.main, name);
     let cut = Instant::now();
-    rig.fleet.kill_authority();
+    cut_off(rig);
     let closed = closes(&probe, cut, hb() + SLACK + SLACK);
+    // Stay silent a while after the close.
     sleep_ms(1_500);
     let why = reason(&rig.main);
-    rig.fleet.start_authority();
+    restore(rig);
     let back = Instant::now();
     out.forbid_permits(&probe.observations(), cut + hb() + SLACK, back);
     out.closed_after(&probe.observations(), cut);
