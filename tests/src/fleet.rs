@@ -564,11 +564,11 @@ pub fn gate_request(socket: &Path, request: &Value, timeout: Duration) -> Option
 pub type Received = (String, Vec<u8>, bool);
 
 /// A plain MQTT client (its own thread and runtime) with broker identity
-/// `cn`, recording what it receives.
+/// `cn`, recording what it receives and when it arrived.
 #[derive(Debug)]
 pub struct MqttClient {
     client: rumqttc::AsyncClient,
-    received: Arc<Mutex<Vec<Received>>>,
+    received: Arc<Mutex<Vec<(Instant, Received)>>>,
     /// Set on drop: the client thread ends (it otherwise reconnects after
     /// a broker restart and subscribes again, as a monitor would).
     closed: Arc<std::sync::atomic::AtomicBool>,
@@ -584,8 +584,22 @@ impl Drop for MqttClient {
 
 impl MqttClient {
     pub fn connect(broker: &Broker, cn: &str, client_id: &str, filters: &[&str]) -> MqttClient {
-        let identity = broker.identity(cn).unwrap();
-        let mut options = broker.mqtt_options(client_id, &identity).unwrap();
+        MqttClient::try_connect(broker, cn, client_id, filters)
+            .expect("test MQTT client connected and subscribed")
+    }
+
+    /// Connects, subscribes to `filters` and returns once the broker
+    /// acknowledged the subscriptions (within 10 s).
+    pub fn try_connect(
+        broker: &Broker,
+        cn: &str,
+        client_id: &str,
+        filters: &[&str],
+    ) -> Result<MqttClient, String> {
+        let identity = broker.identity(cn).map_err(|e| e.to_string())?;
+        let mut options = broker
+            .mqtt_options(client_id, &identity)
+            .map_err(|e| e.to_string())?;
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -596,20 +610,21 @@ impl MqttClient {
         let subscriber = client.clone();
         let filters: Vec<String> = filters.iter().map(|f| (*f).to_owned()).collect();
         let thread = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .unwrap();
+            else {
+                return;
+            };
             runtime.block_on(async move {
                 let mut ready = Some(ready_tx);
                 loop {
                     match eventloop.poll().await {
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
                             for filter in &filters {
-                                subscriber
+                                let _ = subscriber
                                     .subscribe(filter, rumqttc::QoS::AtLeastOnce)
-                                    .await
-                                    .unwrap();
+                                    .await;
                             }
                             if filters.is_empty()
                                 && let Some(ready) = ready.take()
@@ -623,9 +638,10 @@ impl MqttClient {
                             }
                         }
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
-                            sink.lock()
-                                .unwrap()
-                                .push((p.topic, p.payload.to_vec(), p.retain));
+                            let at = Instant::now();
+                            if let Ok(mut sink) = sink.lock() {
+                                sink.push((at, (p.topic, p.payload.to_vec(), p.retain)));
+                            }
                         }
                         Ok(_) => {}
                         Err(_) => {
@@ -640,13 +656,13 @@ impl MqttClient {
         });
         ready_rx
             .recv_timeout(Duration::from_secs(10))
-            .expect("test MQTT client connected and subscribed");
-        MqttClient {
+            .map_err(|_| format!("MQTT client {client_id} did not subscribe within 10 s"))?;
+        Ok(MqttClient {
             client,
             received,
             closed,
             _thread: thread,
-        }
+        })
     }
 
     /// Queues a publish, waiting while the client's queue is full.
@@ -666,7 +682,31 @@ impl MqttClient {
     }
 
     pub fn received(&self) -> Vec<Received> {
-        self.received.lock().unwrap().clone()
+        self.stamped().into_iter().map(|(_, r)| r).collect()
+    }
+
+    /// Everything received, with its arrival time.
+    pub fn stamped(&self) -> Vec<(Instant, Received)> {
+        self.received.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    /// Payloads on `topic` that arrived at or after `since`, with their
+    /// arrival times.
+    pub fn since(&self, topic: &str, since: Instant) -> Vec<(Instant, Vec<u8>)> {
+        self.stamped()
+            .into_iter()
+            .filter(|(at, (t, _, _))| *at >= since && t == topic)
+            .map(|(at, (_, payload, _))| (at, payload))
+            .collect()
+    }
+
+    /// When the last message on `topic` at or before `until` arrived.
+    pub fn last_before(&self, topic: &str, until: Instant) -> Option<Instant> {
+        self.stamped()
+            .into_iter()
+            .filter(|(at, (t, _, _))| *at <= until && t == topic)
+            .map(|(at, _)| at)
+            .max()
     }
 
     pub fn received_on(&self, topic: &str) -> Vec<Vec<u8>> {

@@ -19,10 +19,9 @@ use std::time::{Duration, Instant};
 
 use mctc_shim::DeviceId;
 use mctc_shim::topics::{DeviceTopic, HEARTBEAT};
-use mctc_tests::fleet::{Device, Fleet, authorize_request};
+use mctc_tests::fleet::{Device, Fleet, MqttClient, authorize_request};
 
 use crate::device::bring_up;
-use crate::monitor::Monitor;
 use crate::report::Figures;
 use crate::stats::Samples;
 
@@ -45,7 +44,7 @@ struct Prediction {
 
 /// The device's deadline as seen from outside, right after the authority
 /// was stopped at `stopped`.
-fn predict(device: &Device, monitor: &Monitor, stopped: Instant) -> Result<Prediction, String> {
+fn predict(device: &Device, monitor: &MqttClient, stopped: Instant) -> Result<Prediction, String> {
     let before = Instant::now();
     let status = device.status();
     let after = Instant::now();
@@ -111,7 +110,7 @@ fn probe(device: &Device, deadline: Instant) -> Result<Instant, String> {
 }
 
 /// The first status with a state other than `open` received after `since`.
-fn status_closed(monitor: &Monitor, topic: &str, since: Instant) -> Option<Instant> {
+fn status_closed(monitor: &MqttClient, topic: &str, since: Instant) -> Option<Instant> {
     monitor
         .since(topic, since)
         .into_iter()
@@ -166,7 +165,8 @@ pub fn measure(figures: &mut Figures, cycles: usize) -> Result<(), String> {
         .map(String::as_str)
         .chain([HEARTBEAT])
         .collect();
-    let monitor = Monitor::connect(&fleet.broker, &filters)?;
+    let monitor =
+        MqttClient::try_connect(&fleet.broker, "mctc-monitor", "bench-monitor", &filters)?;
     let (mut socket, mut status) = (Samples::new(), Samples::new());
     let (mut by_artifact, mut by_heartbeat) = (0, 0);
     let result = (|| {

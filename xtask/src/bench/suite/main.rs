@@ -30,7 +30,6 @@ mod device;
 mod fleet;
 mod gate;
 mod limits;
-mod monitor;
 mod report;
 mod soft_tpm;
 mod stats;
