@@ -245,7 +245,23 @@ fn forged_artifacts_are_stopped_by_the_broker_acl_or_rejected_by_the_agent() {
 
     // A rogue key signs a plausible artifact for this device.
     let rogue = mctc_shim::RingSigner::from_seed(&[7; 32]).unwrap();
-    let forged = forged_artifact(&rogue, "forge-1");
+    let forged = mctc_tests::forge::artifact(
+        &mctc_tests::forge::ArtifactSpec {
+            sub: "forge-1".into(),
+            nonce: [0; 32],
+            boot: mctc_shim::tpm::BootCounters::default(),
+            pcr_mask: 1,
+            pcr_digest: [0; 32],
+            iat: 1,
+            exp: 4_000_000_000,
+            ttl_ms: 86_400_000,
+            hb_ms: 3_600_000,
+            hb_seq: 0,
+            epoch: 0,
+        },
+        &rogue,
+    )
+    .unwrap();
 
     // 1. Another device's identity: the broker's ACL drops it. A spy with
     // the authority's rights proves nothing reached the topic.
@@ -282,46 +298,6 @@ fn forged_artifacts_are_stopped_by_the_broker_acl_or_rejected_by_the_agent() {
         "the forged artifact was not installed"
     );
     assert!(device.permits());
-}
-
-fn forged_artifact(signer: &mctc_shim::RingSigner, device: &str) -> Vec<u8> {
-    use mctc_shim::Signed;
-    use mctc_shim::artifact::{Claims, ScopeEntry};
-    use mctc_shim::tpm::BootCounters;
-    use mctc_shim::wire::{Bytes, List, Token, Version};
-    let mut scope = List::new();
-    scope
-        .push(ScopeEntry {
-            op: Token("unlock"),
-            max_amount: None,
-            currency: None,
-            fresh_attestation: false,
-        })
-        .unwrap();
-    let claims = Claims {
-        iss: Token(common::AUTHORITY_ID),
-        sub: mctc_shim::DeviceId::new(device).unwrap(),
-        exp: 4_000_000_000,
-        iat: 1,
-        cti: Bytes([0xee; 16]),
-        v: Version::CURRENT,
-        ttl_ms: 86_400_000,
-        nonce: Bytes([0; 32]),
-        pcr_alg: 0x000b,
-        pcr_mask: 1,
-        pcr_digest: Bytes([0; 32]),
-        boot: BootCounters::default(),
-        scope,
-        next_nonce: Bytes([1; 32]),
-        hb_ms: 3_600_000,
-        hb_seq: 0,
-        epoch: 0,
-    };
-    let mut buf = [0u8; 2048];
-    claims
-        .sign(signer, &mctc_shim::RingCrypto, &mut buf)
-        .unwrap()
-        .to_vec()
 }
 
 #[test]

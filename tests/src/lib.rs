@@ -23,6 +23,7 @@
 mod broker;
 mod error;
 pub mod fleet;
+pub mod forge;
 mod pki;
 mod ports;
 mod process;

@@ -16,13 +16,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use mctc_shim::artifact::{Claims, ScopeEntry};
 use mctc_shim::messages::{Evidence, Heartbeat, Nonce, NonceRequest};
 use mctc_shim::tpm::BootCounters;
-use mctc_shim::wire::{Bytes, List, Message, Token, Version};
-use mctc_shim::{DeviceId, RingCrypto, RingSigner, Signed};
+use mctc_shim::wire::{Bytes, List, Message, Version};
+use mctc_shim::{RingCrypto, RingSigner, Signed};
 use mctc_tests::Broker;
-use mctc_tests::fleet::{AUTHORITY_ID, MqttClient};
+use mctc_tests::fleet::MqttClient;
+pub use mctc_tests::forge::{ArtifactSpec, artifact, random, unix_now};
 use ring::rand::SecureRandom;
 use rustls_pki_types::PrivatePkcs8KeyDer;
 use rustls_pki_types::pem::PemObject;
@@ -42,74 +42,6 @@ pub fn rogue_signer() -> Result<RingSigner, String> {
         .fill(&mut seed)
         .map_err(|_| "no randomness".to_owned())?;
     RingSigner::from_seed(&seed).map_err(|e| format!("rogue key: {e}"))
-}
-
-pub fn random<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    // A failing system RNG leaves zeros: still distinct enough for a test
-    // whose nonces are matched by the device itself.
-    let _ = ring::rand::SystemRandom::new().fill(&mut out);
-    out
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Everything an artifact claims.
-#[derive(Debug, Clone)]
-pub struct ArtifactSpec {
-    pub sub: String,
-    pub nonce: [u8; 32],
-    pub boot: BootCounters,
-    pub pcr_mask: u32,
-    pub pcr_digest: [u8; 32],
-    pub iat: u64,
-    pub exp: u64,
-    pub ttl_ms: u32,
-    pub hb_ms: u32,
-    pub hb_seq: u64,
-    pub epoch: u64,
-}
-
-/// Signs an artifact scoped to `unlock`.
-pub fn artifact(spec: &ArtifactSpec, signer: &RingSigner) -> Result<Vec<u8>, String> {
-    let mut scope = List::new();
-    scope
-        .push(ScopeEntry {
-            op: Token("unlock"),
-            max_amount: None,
-            currency: None,
-            fresh_attestation: false,
-        })
-        .map_err(|_| "scope full".to_owned())?;
-    let claims = Claims {
-        iss: Token(AUTHORITY_ID),
-        sub: DeviceId::new(&spec.sub).map_err(|e| format!("sub {}: {e}", spec.sub))?,
-        exp: spec.exp,
-        iat: spec.iat,
-        cti: Bytes(random()),
-        v: Version::CURRENT,
-        ttl_ms: spec.ttl_ms,
-        nonce: Bytes(spec.nonce),
-        pcr_alg: 0x000b,
-        pcr_mask: spec.pcr_mask,
-        pcr_digest: Bytes(spec.pcr_digest),
-        boot: spec.boot,
-        scope,
-        next_nonce: Bytes(random()),
-        hb_ms: spec.hb_ms,
-        hb_seq: spec.hb_seq,
-        epoch: spec.epoch,
-    };
-    let mut buf = [0u8; 2048];
-    claims
-        .sign(signer, &RingCrypto, &mut buf)
-        .map(<[u8]>::to_vec)
-        .map_err(|e| format!("sign artifact: {e}"))
 }
 
 /// Signs a heartbeat revoking nobody.
