@@ -138,27 +138,19 @@ impl Probe {
 
     /// Whether a permit was answered to a request asked at or after `t`.
     pub fn permitted_since(&self, t: Instant) -> bool {
-        self.seen
-            .lock()
-            .map(|s| {
-                s.iter()
-                    .rev()
-                    .take_while(|o| o.sent >= t)
-                    .any(Observation::is_permit)
-            })
-            .unwrap_or(false)
+        self.any_since(t, Observation::is_permit)
     }
 
     /// Whether a request asked at or after `t` was not permitted.
     pub fn denied_since(&self, t: Instant) -> bool {
+        self.any_since(t, |o| !o.is_permit())
+    }
+
+    /// Whether an answer to a request asked at or after `t` matches.
+    fn any_since(&self, t: Instant, matches: impl Fn(&Observation) -> bool) -> bool {
         self.seen
             .lock()
-            .map(|s| {
-                s.iter()
-                    .rev()
-                    .take_while(|o| o.sent >= t)
-                    .any(|o| !o.is_permit())
-            })
+            .map(|s| s.iter().rev().take_while(|o| o.sent >= t).any(&matches))
             .unwrap_or(false)
     }
 
