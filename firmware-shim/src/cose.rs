@@ -39,6 +39,7 @@ pub const fn content_type(kind: MessageKind) -> Option<&'static str> {
         MessageKind::Control => Some("application/vnd.mctc.control+cbor"),
         MessageKind::RegistryRecord => Some("application/vnd.mctc.registry+cbor"),
         MessageKind::EnrollResult => Some("application/vnd.mctc.enroll-result+cbor"),
+        MessageKind::Receipt => Some("application/vnd.mctc.receipt+cbor"),
         _ => None,
     }
 }
@@ -69,6 +70,43 @@ impl AuthorityKey {
     /// The key id carried in the protected header.
     pub const fn kid(&self) -> &[u8; KID_LEN] {
         &self.kid
+    }
+}
+
+impl AsRef<AuthorityKey> for AuthorityKey {
+    fn as_ref(&self) -> &AuthorityKey {
+        self
+    }
+}
+
+/// A collector's receipt public key, which a device trusts for lineage
+/// receipts only. A separate type from [`AuthorityKey`] so that the role is
+/// checked, not only the signature: receipts open only with collector keys
+/// ([`crate::receipt::verify_receipt`]) and the authority's kinds only with
+/// authority keys ([`Signed::open`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CollectorKey(AuthorityKey);
+
+impl CollectorKey {
+    /// Trusts the Ed25519 public key `public` for receipts.
+    pub fn new(crypto: &dyn Crypto, public: [u8; 32]) -> Self {
+        Self(AuthorityKey::new(crypto, public))
+    }
+
+    /// The Ed25519 public key.
+    pub const fn public(&self) -> &[u8; 32] {
+        self.0.public()
+    }
+
+    /// The key id carried in the protected header.
+    pub const fn kid(&self) -> &[u8; KID_LEN] {
+        self.0.kid()
+    }
+}
+
+impl AsRef<AuthorityKey> for CollectorKey {
+    fn as_ref(&self) -> &AuthorityKey {
+        &self.0
     }
 }
 
@@ -168,10 +206,10 @@ pub(crate) fn seal<'b>(
 
 /// Verifies the envelope of a signed message of `kind`; returns the payload
 /// bytes (not yet decoded).
-pub(crate) fn open<'a>(
+pub(crate) fn open<'a, K: AsRef<AuthorityKey>>(
     bytes: &'a [u8],
     kind: MessageKind,
-    keys: &[AuthorityKey],
+    keys: &[K],
     crypto: &dyn Crypto,
 ) -> Result<&'a [u8], Error> {
     wire::check_len(bytes, kind)?;
@@ -195,6 +233,7 @@ pub(crate) fn open<'a>(
     }
     let key = keys
         .iter()
+        .map(AsRef::as_ref)
         .find(|k| k.kid == header.kid.0)
         .ok_or(EnvelopeError::UnknownKey)?;
 

@@ -41,6 +41,8 @@ pub enum MessageKind {
     LineageAck,
     /// [`crate::lineage::Record`].
     Record,
+    /// [`crate::receipt::Receipt`] (signed by a collector).
+    Receipt,
     /// The COSE_Sign1 envelope around a signed message.
     CoseSign1,
     /// The protected header inside a COSE_Sign1 envelope.
@@ -67,6 +69,7 @@ impl MessageKind {
             | Self::Heartbeat
             | Self::Control
             | Self::RegistryRecord
+            | Self::Receipt
             | Self::CoseSign1
             | Self::ProtectedHeader => limits::MAX_SIGNED_LEN,
         }
@@ -90,6 +93,7 @@ impl MessageKind {
             Self::LineageBatch => "lineage-batch",
             Self::LineageAck => "lineage-ack",
             Self::Record => "lineage-record",
+            Self::Receipt => "receipt",
             Self::CoseSign1 => "cose-sign1",
             Self::ProtectedHeader => "protected-header",
         }

@@ -53,18 +53,20 @@ pub mod id;
 pub mod limits;
 pub mod lineage;
 pub mod messages;
+pub mod receipt;
 pub mod topics;
 pub mod tpm;
 pub mod wire;
 
 pub use crate::artifact::{VerifiedArtifact, VerifyContext, verify_artifact};
-pub use crate::cose::{AuthorityKey, Signed};
+pub use crate::cose::{AuthorityKey, CollectorKey, Signed};
 pub use crate::crypto::{Crypto, Signer};
 #[cfg(feature = "ring")]
 pub use crate::crypto::{RingCrypto, RingSigner};
 pub use crate::error::{Error, ErrorClass, MessageKind};
 pub use crate::gate::{Gate, GateConfig, GateEvent, GateState, OpRequest, Verdict};
 pub use crate::id::DeviceId;
+pub use crate::receipt::{Receipt, VerifiedReceipt, verify_receipt};
 pub use crate::wire::Message;
 
 /// Traits the crate's types implement but other crates must not: they carry

@@ -54,6 +54,12 @@ pub const MAX_CREDENTIAL_SECRET_LEN: usize = 64;
 /// Largest COSE_Sign1 message (artifact, refusal, heartbeat, control,
 /// registry record, enrollment result), envelope included.
 pub const MAX_SIGNED_LEN: usize = 2048;
+/// Reserved receipt field 8 (the collector log's checkpoint, opaque in v1):
+/// a C2SP signed note with a few cosignatures fits.
+pub const MAX_RECEIPT_LOG_CHECKPOINT_LEN: usize = 512;
+/// Reserved receipt field 9 (an inclusion proof, opaque in v1): 32 hashes of
+/// 32 bytes, a tree of up to 2^32 entries.
+pub const MAX_RECEIPT_PROOF_LEN: usize = 1024;
 /// Largest artifact: the same bound as every signed message.
 pub const MAX_ARTIFACT_LEN: usize = MAX_SIGNED_LEN;
 /// Largest canonical encoding of one lineage record. A checkpoint (the
