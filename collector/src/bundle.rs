@@ -6,7 +6,8 @@
 //! ```text
 //! bundle = header, count * record
 //! header = {0: 1 (v), 1: device (tstr), 2: from_seq (uint), 3: count (uint, ≥ 1),
-//!           4: head (bstr 32), 5: registry (bstr, COSE_Sign1), 6: ak_public (bstr)}
+//!           4: head (bstr 32), 5: registry (bstr, COSE_Sign1), 6: ak_public (bstr),
+//!           ? 7: receipt (bstr, COSE_Sign1 by a collector receipt key)}
 //! record = bstr            ; one record's exact encoding, ≤ 2048 bytes, ascending seq
 //! ```
 //!
@@ -55,6 +56,9 @@ pub struct Header<'a> {
     pub registry: &'a [u8],
     /// The AK's `TPM2B_PUBLIC` (must equal the registry record's).
     pub ak_public: &'a [u8],
+    /// Key 7, optional: the latest receipt (COSE_Sign1 by a collector's
+    /// receipt key) the exporter held.
+    pub receipt: Option<&'a [u8]>,
 }
 
 struct Reader<'a> {
@@ -159,16 +163,16 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// A map of exactly `keys.len()` entries whose keys are `0, 1, …` in
-    /// order; returns after reading the map head.
-    fn map(&mut self, what: &str, entries: u64) -> Result<(), BundleError> {
+    /// A map of `min ..= max` entries whose keys are `0, 1, …` in order;
+    /// returns the number of entries after reading the map head.
+    fn map(&mut self, what: &str, min: u64, max: u64) -> Result<u64, BundleError> {
         let start = self.pos;
         let len = self.expect(MAJOR_MAP, what)?;
-        if len != entries {
+        if !(min..=max).contains(&len) {
             self.pos = start;
-            return Err(self.error(format!("{what}: {len} entries, expected {entries}")));
+            return Err(self.error(format!("{what}: {len} entries, expected {min} to {max}")));
         }
-        Ok(())
+        Ok(len)
     }
 
     fn key(&mut self, what: &str, key: u64) -> Result<(), BundleError> {
@@ -202,7 +206,7 @@ impl<'a> BundleReader<'a> {
     /// [`BundleReader::next_record`].
     pub fn open(bytes: &'a [u8]) -> Result<(Header<'a>, Self), BundleError> {
         let mut r = Reader { bytes, pos: 0 };
-        r.map("header", 7)?;
+        let entries = r.map("header", 7, 8)?;
         r.key("header", 0)?;
         let version = r.uint("header v")?;
         r.key("header", 1)?;
@@ -228,6 +232,12 @@ impl<'a> BundleReader<'a> {
         let registry = r.bstr("header registry", MAX_SIGNED_LEN)?;
         r.key("header", 6)?;
         let ak_public = r.bstr("header ak_public", MAX_AK_PUBLIC_LEN)?;
+        let receipt = if entries == 8 {
+            r.key("header", 7)?;
+            Some(r.bstr("header receipt", MAX_SIGNED_LEN)?)
+        } else {
+            None
+        };
         Ok((
             Header {
                 version,
@@ -237,6 +247,7 @@ impl<'a> BundleReader<'a> {
                 head,
                 registry,
                 ak_public,
+                receipt,
             },
             Self {
                 reader: r,
@@ -248,6 +259,19 @@ impl<'a> BundleReader<'a> {
     /// The byte offset of the next record.
     pub fn offset(&self) -> usize {
         self.reader.pos
+    }
+
+    /// The next record's encoding without consuming it (`None` at the end
+    /// or where the next record would not parse).
+    pub fn peek_record(&self) -> Option<&'a [u8]> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let mut r = Reader {
+            bytes: self.reader.bytes,
+            pos: self.reader.pos,
+        };
+        r.bstr("record", MAX_RECORD_LEN).ok()
     }
 
     /// The next record's encoding; `None` once `count` records were read
@@ -270,6 +294,81 @@ impl<'a> BundleReader<'a> {
         self.remaining -= 1;
         Some(self.reader.bstr("record", MAX_RECORD_LEN))
     }
+}
+
+/// Everything a bundle holds, to write one (`mctc-collector export`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BundleParts<'a> {
+    /// The device.
+    pub device: &'a str,
+    /// The seq of the first record.
+    pub from_seq: u64,
+    /// The hash of the last record.
+    pub head: [u8; 32],
+    /// The signed registry record.
+    pub registry: &'a [u8],
+    /// The AK's `TPM2B_PUBLIC`.
+    pub ak_public: &'a [u8],
+    /// The receipt (header key 7), if any.
+    pub receipt: Option<&'a [u8]>,
+}
+
+fn write_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    // Shortest form (core deterministic encoding).
+    match arg {
+        0..=23 => out.push(m | arg as u8),
+        24..=0xff => out.extend_from_slice(&[m | 24, arg as u8]),
+        0x100..=0xffff => {
+            out.push(m | 25);
+            out.extend_from_slice(&(arg as u16).to_be_bytes());
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.push(m | 26);
+            out.extend_from_slice(&(arg as u32).to_be_bytes());
+        }
+        _ => {
+            out.push(m | 27);
+            out.extend_from_slice(&arg.to_be_bytes());
+        }
+    }
+}
+
+fn write_bytes(out: &mut Vec<u8>, major: u8, bytes: &[u8]) {
+    write_head(out, major, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Encodes a bundle in the one encoding [`BundleReader`] accepts.
+pub fn encode_bundle(parts: &BundleParts<'_>, records: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 3).sum::<usize>() + 4096);
+    write_head(
+        &mut out,
+        MAJOR_MAP,
+        if parts.receipt.is_some() { 8 } else { 7 },
+    );
+    write_head(&mut out, MAJOR_UINT, 0);
+    write_head(&mut out, MAJOR_UINT, BUNDLE_VERSION);
+    write_head(&mut out, MAJOR_UINT, 1);
+    write_bytes(&mut out, MAJOR_TSTR, parts.device.as_bytes());
+    write_head(&mut out, MAJOR_UINT, 2);
+    write_head(&mut out, MAJOR_UINT, parts.from_seq);
+    write_head(&mut out, MAJOR_UINT, 3);
+    write_head(&mut out, MAJOR_UINT, records.len() as u64);
+    write_head(&mut out, MAJOR_UINT, 4);
+    write_bytes(&mut out, MAJOR_BSTR, &parts.head);
+    write_head(&mut out, MAJOR_UINT, 5);
+    write_bytes(&mut out, MAJOR_BSTR, parts.registry);
+    write_head(&mut out, MAJOR_UINT, 6);
+    write_bytes(&mut out, MAJOR_BSTR, parts.ak_public);
+    if let Some(receipt) = parts.receipt {
+        write_head(&mut out, MAJOR_UINT, 7);
+        write_bytes(&mut out, MAJOR_BSTR, receipt);
+    }
+    for record in records {
+        write_bytes(&mut out, MAJOR_BSTR, record);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -306,6 +405,28 @@ mod tests {
         assert_eq!(records.next_record(), Some(Ok(&[0xaa, 0xbb][..])));
         assert_eq!(records.next_record(), Some(Ok(&[0xcc][..])));
         assert_eq!(records.next_record(), None);
+    }
+
+    #[test]
+    fn the_encoder_writes_what_the_reader_reads() {
+        let records = vec![vec![0xaa; 30], vec![0xbb; 300]];
+        for receipt in [None, Some(&[5u8; 100][..])] {
+            let parts = BundleParts {
+                device: "d1",
+                from_seq: 70_000,
+                head: [7; 32],
+                registry: &[1, 2, 3],
+                ak_public: &[9; 24],
+                receipt,
+            };
+            let bytes = encode_bundle(&parts, &records);
+            let (h, mut r) = BundleReader::open(&bytes).unwrap();
+            assert_eq!((h.from_seq, h.count, h.receipt), (70_000, 2, receipt));
+            assert_eq!(r.peek_record(), Some(&records[0][..]));
+            assert_eq!(r.next_record(), Some(Ok(&records[0][..])));
+            assert_eq!(r.next_record(), Some(Ok(&records[1][..])));
+            assert_eq!(r.next_record(), None);
+        }
     }
 
     #[test]

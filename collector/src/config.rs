@@ -21,6 +21,8 @@ pub struct Config {
     pub authority: AuthorityConfig,
     /// `[store]`: where lineage is kept.
     pub store: StoreConfig,
+    /// `[receipts]`: the key every lineage ack is signed with.
+    pub receipts: ReceiptsConfig,
     /// `[ingest]`: tuning, all optional.
     #[serde(default)]
     pub ingest: IngestSettings,
@@ -33,6 +35,15 @@ pub struct AuthorityConfig {
     /// PEM SubjectPublicKeyInfo files of the authority's Ed25519 keys
     /// (`authority.pub`); more than one during a key rotation.
     pub public_keys: Vec<PathBuf>,
+}
+
+/// `[receipts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiptsConfig {
+    /// The collector's own Ed25519 receipt key (PEM PKCS#8, mode 0600;
+    /// `mctc-collector keygen` writes it). Never the authority's key.
+    pub key: PathBuf,
 }
 
 /// Which database.
@@ -199,7 +210,8 @@ mod tests {
 
     fn minimal() -> String {
         "[broker]\nurl = \"mqtts://h:1\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
-         [authority]\npublic_keys = [\"a.pub\"]\n[store]\npath = \"db\"\n"
+         [authority]\npublic_keys = [\"a.pub\"]\n[store]\npath = \"db\"\n\
+         [receipts]\nkey = \"r.key\"\n"
             .to_owned()
     }
 
@@ -229,7 +241,7 @@ mod tests {
         for (extra, needle) in [
             (
                 "[ingest]\ngap_grace_ms = \"soon\"\n",
-                "line 11 ([ingest] gap_grace_ms)",
+                "line 13 ([ingest] gap_grace_ms)",
             ),
             ("[ingest]\nheld_batches = -1\n", "([ingest] held_batches)"),
         ] {

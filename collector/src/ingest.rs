@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use mctc_attest::verifier::AkPublic;
 use mctc_shim::limits::MAX_BATCH_LEN;
-use mctc_shim::lineage::{BreakKind, ChainVerifier, Record};
+use mctc_shim::lineage::{BreakKind, ChainVerifier, Record, record_hash};
 use mctc_shim::messages::{LineageAck, LineageBatch};
 use mctc_shim::topics::{self, DeviceTopic};
 use mctc_shim::wire::Version;
@@ -32,7 +32,8 @@ use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
 use crate::alert::{self, ALERT_TOPIC};
 use crate::chain::{Fault, check_next};
 use crate::checkpoint::clock_regression;
-use crate::registry::{status_name, verify_registry};
+use crate::receipt::{ReceiptFields, ReceiptSigner};
+use crate::registry::{RegistryEntry, status_name, verify_registry};
 use crate::store::{
     Anomaly, AnomalyKind, Changes, Head, NewAnomaly, NewCheckpoint, NewRecord, RegistryChange,
     Store, StoreError,
@@ -68,6 +69,19 @@ impl Default for IngestConfig {
             held_ttl_ms: 600_000,
         }
     }
+}
+
+/// A device's bundle as the collector holds it ([`Ingest::export`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Export {
+    /// Records `0 ..= checkpoint`, each as stored.
+    pub records: Vec<Vec<u8>>,
+    /// The hash of the last one.
+    pub head: [u8; 32],
+    /// The registry record the checkpoints verified against.
+    pub registry: RegistryEntry,
+    /// A receipt for the last record, signed at export.
+    pub receipt: Vec<u8>,
 }
 
 /// A message to publish.
@@ -230,6 +244,7 @@ pub struct Ingest<S: Store> {
     keys: Vec<AuthorityKey>,
     config: IngestConfig,
     instance: String,
+    receipts: ReceiptSigner,
     aks: HashMap<DeviceId, AkPublic>,
     held: Held,
     /// The next seq at which a gap was last flagged, per device (so a
@@ -238,15 +253,22 @@ pub struct Ingest<S: Store> {
 }
 
 impl<S: Store> Ingest<S> {
-    /// An ingest core trusting the authority `keys`; `instance` names this
-    /// collector in alerts.
-    pub fn new(store: S, keys: Vec<AuthorityKey>, config: IngestConfig, instance: String) -> Self {
+    /// An ingest core trusting the authority `keys` and signing its acks
+    /// with `receipts`; `instance` names this collector in alerts.
+    pub fn new(
+        store: S,
+        keys: Vec<AuthorityKey>,
+        receipts: ReceiptSigner,
+        config: IngestConfig,
+        instance: String,
+    ) -> Self {
         Self {
             store,
             crypto: RingCrypto,
             keys,
             config,
             instance,
+            receipts,
             aks: HashMap::new(),
             held: Held::default(),
             gaps_flagged: HashMap::new(),
@@ -423,7 +445,7 @@ impl<S: Store> Ingest<S> {
             evidence: None,
         };
         self.record_anomalies(device, vec![anomaly], now_ms, out)?;
-        out.push(self.ack(device, &head, Some((kind, head.next_seq))));
+        out.extend(self.ack(device, &head, Some((kind, head.next_seq)), now_ms)?);
         Ok(())
     }
 
@@ -476,31 +498,103 @@ impl<S: Store> Ingest<S> {
         }
     }
 
-    fn ack(&self, device: &DeviceId, head: &Head, anomaly: Option<(AnomalyKind, u64)>) -> Publish {
+    /// The ack for `head` (the stored head, after this batch's changes).
+    /// Once anything is stored it is a signed receipt for the verified chain
+    /// `0 ..= head` naming the newest verified checkpoint in it, so a device
+    /// prunes only what a verified checkpoint covers. Before that it is the
+    /// unsigned `LineageAck`, which carries only an anomaly and on which a
+    /// device prunes nothing.
+    fn ack(
+        &self,
+        device: &DeviceId,
+        head: &Head,
+        anomaly: Option<(AnomalyKind, u64)>,
+        now_ms: u64,
+    ) -> Result<Option<Publish>, StoreError> {
         let code = anomaly.and_then(|(kind, seq)| kind.ack_code().map(|code| (code, seq)));
-        let ack = LineageAck {
-            v: Version::CURRENT,
-            device: device.clone(),
-            through_seq: head.through_seq(),
-            anomaly: code.map(|(c, _)| c),
-            at_seq: code.map(|(_, seq)| seq),
+        let topic = DeviceTopic::LineageAck.topic(device).as_str().to_owned();
+        let Some(seq) = head.through_seq() else {
+            let ack = LineageAck {
+                v: Version::CURRENT,
+                device: device.clone(),
+                through_seq: None,
+                anomaly: code.map(|(c, _)| c),
+                at_seq: code.map(|(_, seq)| seq),
+            };
+            let mut buf = [0u8; 256];
+            return Ok(match ack.encode(&mut buf) {
+                Ok(bytes) => Some(Publish {
+                    topic,
+                    payload: bytes.to_vec(),
+                    retain: false,
+                }),
+                Err(error) => {
+                    // An ack of a valid device id and integers always fits
+                    // 256 bytes; without one the device resends later.
+                    tracing::error!(device = %device, %error, "could not encode an ack");
+                    None
+                }
+            });
         };
-        let mut buf = [0u8; 256];
-        let payload = match ack.encode(&mut buf) {
-            Ok(bytes) => bytes.to_vec(),
-            Err(error) => {
-                // An ack of a valid device id and integers always fits 256
-                // bytes; should it not, an empty ack is refused by the agent
-                // (fail closed: nothing is pruned).
-                tracing::error!(device = %device, %error, "could not encode an ack");
-                Vec::new()
-            }
+        let fields = ReceiptFields {
+            device,
+            seq,
+            hash: head.hash,
+            checkpoint: self.store.latest_checkpoint(device, seq)?,
+            anomaly: code,
         };
-        Publish {
-            topic: DeviceTopic::LineageAck.topic(device).as_str().to_owned(),
+        Ok(self.receipts.sign(&fields, now_ms).map(|payload| Publish {
+            topic,
             payload,
             retain: false,
-        }
+        }))
+    }
+
+    /// What `mctc-collector export` writes: the stored chain from seq 0
+    /// through the newest verified checkpoint, with a receipt for that
+    /// checkpoint signed now, and the registry record. `None` while no
+    /// checkpoint of the device is verified (nothing a bundle could end at).
+    pub fn export(&self, device: &DeviceId, now_ms: u64) -> Result<Option<Export>, StoreError> {
+        let Some(head) = self.store.head(device)? else {
+            return Ok(None);
+        };
+        let Some(through) = head.through_seq() else {
+            return Ok(None);
+        };
+        let Some(checkpoint) = self.store.latest_checkpoint(device, through)? else {
+            return Ok(None);
+        };
+        let Some(registry) = self.store.registry(device)? else {
+            return Ok(None);
+        };
+        let records = self.store.records_range(device, 0, checkpoint)?;
+        let expected = checkpoint
+            .checked_add(1)
+            .and_then(|n| usize::try_from(n).ok());
+        let (Some(last), true) = (records.last(), Some(records.len()) == expected) else {
+            return Err(StoreError::Corrupt(format!(
+                "{device}: records 0..={checkpoint} are not all stored"
+            )));
+        };
+        let hash = record_hash(&self.crypto, last);
+        let fields = ReceiptFields {
+            device,
+            seq: checkpoint,
+            hash,
+            checkpoint: Some(checkpoint),
+            anomaly: None,
+        };
+        let Some(receipt) = self.receipts.sign(&fields, now_ms) else {
+            return Err(StoreError::Corrupt(format!(
+                "{device}: the receipt does not encode"
+            )));
+        };
+        Ok(Some(Export {
+            records,
+            head: hash,
+            registry,
+            receipt,
+        }))
     }
 
     fn ingest_records(
@@ -537,7 +631,7 @@ impl<S: Store> Ingest<S> {
             through = pass.head.through_seq(),
             "lineage batch handled"
         );
-        out.push(self.ack(device, &pass.head, pass.stopped));
+        out.extend(self.ack(device, &pass.head, pass.stopped, now_ms)?);
         Ok(())
     }
 
@@ -769,7 +863,12 @@ impl<S: Store> Ingest<S> {
                 evidence: None,
             };
             self.record_anomalies(&device, vec![anomaly], now_ms, out)?;
-            out.push(self.ack(&device, &head, Some((AnomalyKind::Gap, head.next_seq))));
+            out.extend(self.ack(
+                &device,
+                &head,
+                Some((AnomalyKind::Gap, head.next_seq)),
+                now_ms,
+            )?);
         }
         Ok(())
     }

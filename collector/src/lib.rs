@@ -20,6 +20,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod receipt;
 pub mod registry;
 pub mod service;
 pub mod store;

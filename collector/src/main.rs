@@ -1,5 +1,7 @@
-//! `mctc-collector`: `run --config FILE` (the daemon) and
-//! `verify BUNDLE --authority-key FILE [--json]` (offline).
+//! `mctc-collector`: `run --config FILE` (the daemon), `keygen --out DIR`
+//! (the receipt key), `export DEVICE --config FILE --out BUNDLE` (a bundle
+//! from the store with a fresh receipt) and `verify BUNDLE --authority-key
+//! FILE [--collector-key FILE] [--json]` (offline).
 //!
 //! Exit codes: 0 success (a bundle verified); 1 verification failed; 2 usage,
 //! configuration or IO error. Every error is one line on stderr.
@@ -10,11 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mctc_collector::bundle::MAX_BUNDLE_LEN;
+use mctc_collector::bundle::{BundleParts, MAX_BUNDLE_LEN, encode_bundle};
 use mctc_collector::config::Config;
+use mctc_collector::receipt::KEY_STEM;
 use mctc_collector::verify::{Report, verify_bundle};
 use mctc_collector::{Error, service};
-use mctc_shim::{AuthorityKey, RingCrypto};
+use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, RingCrypto};
 
 /// mctc lineage collector.
 #[derive(Debug, Parser)]
@@ -32,8 +35,31 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Generate the collector's receipt key: DIR/receipt.key (0600) and
+    /// DIR/receipt.pub (for devices and auditors). Refuses to overwrite.
+    Keygen {
+        /// The directory to write into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Export a device's lineage bundle from this collector's store: records
+    /// 0 through the newest verified checkpoint, with a receipt for it
+    /// signed now. Exit 1 if the store holds no verified checkpoint of the
+    /// device.
+    Export {
+        /// The device id.
+        #[arg(value_name = "DEVICE")]
+        device: String,
+        /// The configuration file (TOML) of the collector whose store to read.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Where to write the bundle.
+        #[arg(long, value_name = "BUNDLE")]
+        out: PathBuf,
+    },
     /// Verify an exported lineage bundle offline (no database, no network).
-    /// Exit 0 only if every record chains and every quote verifies.
+    /// Exit 0 only if every record chains and every quote verifies, and,
+    /// with --collector-key, the bundle reaches its receipt's seq and hash.
     Verify {
         /// The bundle file.
         #[arg(value_name = "BUNDLE")]
@@ -42,6 +68,11 @@ enum Command {
         /// repeat for a key rotation.
         #[arg(long = "authority-key", value_name = "FILE", required = true)]
         authority_keys: Vec<PathBuf>,
+        /// A collector's receipt public key (receipt.pub); repeat for several
+        /// collectors or a rotation. With it, the bundle must carry a receipt
+        /// by one of them and reach the receipt's seq with its hash.
+        #[arg(long = "collector-key", value_name = "FILE")]
+        collector_keys: Vec<PathBuf>,
         /// Print the report as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -69,11 +100,18 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run { config } => run(&config),
+        Command::Keygen { out } => keygen(&out),
+        Command::Export {
+            device,
+            config,
+            out,
+        } => export(&device, &config, &out),
         Command::Verify {
             bundle,
             authority_keys,
+            collector_keys,
             json,
-        } => verify(&bundle, &authority_keys, json),
+        } => verify(&bundle, &authority_keys, &collector_keys, json),
     }
 }
 
@@ -120,6 +158,72 @@ fn run(config: &Path) -> ExitCode {
     }
 }
 
+fn keygen(out: &Path) -> ExitCode {
+    match mctc_service::keys::generate_named(out, KEY_STEM) {
+        Ok(public) => {
+            println!("public key:  {}", hex::encode(public));
+            println!("fingerprint: {}", mctc_service::keys::fingerprint(&public));
+            println!(
+                "private key: {} (0600; [receipts] key)",
+                out.join(format!("{KEY_STEM}.key")).display()
+            );
+            println!(
+                "public key:  {} (give this to devices and auditors)",
+                out.join(format!("{KEY_STEM}.pub")).display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&Error::Service(e)),
+    }
+}
+
+fn export(device: &str, config: &Path, out: &Path) -> ExitCode {
+    let config = match Config::load(config) {
+        Ok(config) => config,
+        Err(e) => return fail(&e),
+    };
+    let device = match DeviceId::new(device) {
+        Ok(device) => device,
+        Err(e) => {
+            eprintln!("mctc-collector: device id {device:?}: {e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    let ingest = match service::open_ingest(&config, "mctc-collector-export".to_owned()) {
+        Ok(ingest) => ingest,
+        Err(e) => return fail(&e),
+    };
+    let export = match ingest.export(&device, mctc_service::clock::wall_ms()) {
+        Ok(Some(export)) => export,
+        Ok(None) => {
+            eprintln!(
+                "mctc-collector: {device}: this collector holds no verified checkpoint of the device"
+            );
+            return ExitCode::from(FAILED);
+        }
+        Err(e) => return fail(&Error::Store(e)),
+    };
+    let parts = BundleParts {
+        device: device.as_str(),
+        from_seq: 0,
+        head: export.head,
+        registry: &export.registry.signed,
+        ak_public: &export.registry.ak_public,
+        receipt: Some(&export.receipt),
+    };
+    let bytes = encode_bundle(&parts, &export.records);
+    if let Err(e) = mctc_service::files::write_atomic(out, &bytes, 0o644) {
+        return fail(&Error::Service(e));
+    }
+    println!(
+        "{device}: {} records (seq 0..={}) with a receipt signed now -> {}",
+        export.records.len(),
+        export.records.len().saturating_sub(1),
+        out.display()
+    );
+    ExitCode::SUCCESS
+}
+
 fn read_bundle(path: &Path) -> Result<Vec<u8>, Error> {
     let bad = |reason: String| Error::BundleRead {
         path: path.to_owned(),
@@ -138,7 +242,12 @@ fn read_bundle(path: &Path) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
-fn verify(bundle: &Path, key_files: &[PathBuf], json: bool) -> ExitCode {
+fn verify(
+    bundle: &Path,
+    key_files: &[PathBuf],
+    collector_files: &[PathBuf],
+    json: bool,
+) -> ExitCode {
     let mut keys = Vec::with_capacity(key_files.len());
     for path in key_files {
         match mctc_service::keys::read_public_key(path) {
@@ -146,11 +255,25 @@ fn verify(bundle: &Path, key_files: &[PathBuf], json: bool) -> ExitCode {
             Err(e) => return fail(&Error::Service(e)),
         }
     }
+    let mut collectors = Vec::with_capacity(collector_files.len());
+    for path in collector_files {
+        match mctc_service::keys::read_public_key(path) {
+            Ok(key) if keys.iter().any(|k| *k.public() == key) => {
+                eprintln!(
+                    "mctc-collector: {}: an authority key is not a collector's receipt key",
+                    path.display()
+                );
+                return ExitCode::from(USAGE);
+            }
+            Ok(key) => collectors.push(CollectorKey::new(&RingCrypto, key)),
+            Err(e) => return fail(&Error::Service(e)),
+        }
+    }
     let bytes = match read_bundle(bundle) {
         Ok(bytes) => bytes,
         Err(e) => return fail(&e),
     };
-    let report = verify_bundle(&bytes, &keys);
+    let report = verify_bundle(&bytes, &keys, &collectors);
     if json {
         match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
@@ -182,8 +305,17 @@ fn print_report(report: &Report) {
                     r.version, r.status, r.class
                 )
             });
+            let completeness = report.receipt.as_ref().map_or_else(
+                || "; completeness not checked (no --collector-key)".to_owned(),
+                |r| {
+                    format!(
+                        "; complete through seq {} per the collector's receipt of {} ms, {} unacknowledged after it",
+                        r.seq, r.time_ms, r.unacknowledged
+                    )
+                },
+            );
             println!(
-                "OK {device}: {} records (seq {}..={}), {} checkpoints{registry}",
+                "OK {device}: {} records (seq {}..={}), {} checkpoints{registry}{completeness}",
                 report.records,
                 report.from_seq.unwrap_or(0),
                 report.last_seq.unwrap_or(0),

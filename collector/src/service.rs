@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Backend, Config};
 use crate::error::Error;
 use crate::ingest::{Ingest, Publish};
+use crate::receipt::ReceiptSigner;
 use crate::store::sqlite::SqliteStore;
 
 /// Messages queued towards the worker before the link waits.
@@ -72,14 +73,39 @@ fn notify(state: &[NotifyState<'_>]) {
     }
 }
 
-/// Runs the collector until `shutdown` completes or a fatal error.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
-    let keys = authority_keys(&config)?;
+/// Opens the store and the keys: the ingest core `run` drives and `export`
+/// reads. The receipt key must not be one of the authority's keys (each
+/// role has its own key).
+pub fn open_ingest(config: &Config, instance: String) -> Result<Ingest<SqliteStore>, Error> {
+    let keys = authority_keys(config)?;
+    let receipts = ReceiptSigner::load(&config.receipts.key)?;
+    let public = mctc_shim::Signer::public_key(&receipts);
+    if keys.iter().any(|k| *k.public() == public) {
+        return Err(Error::Config {
+            path: config.receipts.key.clone(),
+            reason: "[receipts] key is an authority key; the collector needs its own".into(),
+        });
+    }
     let store = match config.store.backend {
         Backend::Sqlite => SqliteStore::open(&config.store.path)?,
     };
+    tracing::info!(
+        receipt_key = %keys::fingerprint(&public),
+        "lineage acks are receipts signed with this key"
+    );
+    Ok(Ingest::new(
+        store,
+        keys,
+        receipts,
+        config.ingest.ingest_config(),
+        instance,
+    ))
+}
+
+/// Runs the collector until `shutdown` completes or a fatal error.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let instance = client_id(&config);
-    let ingest = Ingest::new(store, keys, config.ingest.ingest_config(), instance.clone());
+    let ingest = open_ingest(&config, instance.clone())?;
 
     let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (output_tx, mut output_rx) = mpsc::unbounded_channel::<Publish>();

@@ -1,5 +1,13 @@
 //! Offline verification of a lineage bundle: no database, no network, only
-//! the bundle and the authority's public key(s).
+//! the bundle, the authority's public key(s) and, for completeness, the
+//! collector's receipt key(s).
+//!
+//! With collector keys, the bundle must carry a receipt by one of them for
+//! its device; the bundle must then reach the receipt's seq with the
+//! receipt's hash (a bundle cut or thinned below it fails at the first
+//! missing seq), and whatever follows is reported as the unacknowledged
+//! tail. `collector/README.md` ("What OK proves") states exactly what a
+//! pass means with and without them.
 //!
 //! A bundle passes only if the registry record verifies with a trusted
 //! authority key, names the bundle's device and vouches for the bundle's AK;
@@ -12,7 +20,7 @@
 //! something else.
 
 use mctc_shim::lineage::{ChainVerifier, Record};
-use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
+use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, Message, RingCrypto, verify_receipt};
 use serde::Serialize;
 
 use crate::bundle::{BUNDLE_VERSION, BundleReader};
@@ -31,6 +39,22 @@ pub struct RegistrySummary {
     pub class: String,
     /// SHA-256 (hex) of the AK's `TPM2B_PUBLIC`.
     pub ak_sha256: String,
+}
+
+/// The receipt in the bundle, once it verified.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReceiptSummary {
+    /// The collector held the verified chain `0 ..= seq`.
+    pub seq: u64,
+    /// The hash of record `seq` (hex).
+    pub hash: String,
+    /// The collector's wall clock when it signed, Unix ms.
+    pub time_ms: u64,
+    /// The newest checkpoint the collector had verified at or below `seq`.
+    pub checkpoint: Option<u64>,
+    /// Records in the bundle after `seq`: written by the device, not yet
+    /// acknowledged by a collector when the receipt was signed.
+    pub unacknowledged: u64,
 }
 
 /// The first thing that failed.
@@ -62,6 +86,9 @@ pub struct Report {
     pub records: u64,
     /// Checkpoints verified.
     pub checkpoints: u64,
+    /// The collector's receipt, when collector keys were given and it
+    /// verified.
+    pub receipt: Option<ReceiptSummary>,
     /// Things that are not failures but deserve a look (TPM clock or boot
     /// counters going backwards between quotes).
     pub warnings: Vec<String>,
@@ -81,8 +108,9 @@ impl Report {
     }
 }
 
-/// Verifies `bundle` against the trusted authority `keys`.
-pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey]) -> Report {
+/// Verifies `bundle` against the trusted authority `keys` and, if any are
+/// given, for completeness against the trusted `collectors`' receipt keys.
+pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey], collectors: &[CollectorKey]) -> Report {
     let crypto = RingCrypto;
     let report = Report::default();
     let (header, mut records) = match BundleReader::open(bundle) {
@@ -127,6 +155,55 @@ pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey]) -> Report {
         );
     }
 
+    // With collector keys the receipt is required: without one, nothing
+    // shows how far the device's lineage reached.
+    let receipt = match (collectors.is_empty(), header.receipt) {
+        (true, _) => None,
+        (false, None) => {
+            return report.fail(
+                None,
+                "no_receipt",
+                "the bundle carries no collector receipt, so its completeness cannot be checked",
+            );
+        }
+        (false, Some(bytes)) => match verify_receipt(bytes, collectors, &crypto, &device) {
+            Ok(verified) => {
+                let r = verified.receipt();
+                Some((r.seq, r.hash.0, r.time_ms, r.checkpoint))
+            }
+            Err(e) => return report.fail(None, "receipt", format!("receipt: {e}")),
+        },
+    };
+    if let Some((seq, hash, _, _)) = receipt {
+        let after = seq.saturating_add(1);
+        if header.from_seq > after {
+            return report.fail(
+                Some(after),
+                "missing",
+                format!(
+                    "the bundle starts at seq {} but the receipt covers only up to {seq}: records {after}..{} are missing",
+                    header.from_seq,
+                    header.from_seq - 1
+                ),
+            );
+        }
+        if header.from_seq == after {
+            // The receipt's record is the one before the bundle: the first
+            // record must link to it.
+            let first_prev = records
+                .peek_record()
+                .and_then(|bytes| Record::decode(bytes).ok())
+                .map(|r| r.prev.0);
+            if first_prev != Some(hash) {
+                return report.fail(
+                    Some(after),
+                    "receipt_mismatch",
+                    format!("record {after} does not link to the receipt's record {seq}"),
+                );
+            }
+        }
+    }
+
     let mut verifier: Option<ChainVerifier> = None;
     let mut last_clock = None;
     let mut last_is_checkpoint = false;
@@ -160,6 +237,19 @@ pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey]) -> Report {
         };
         match check_next(chain, &crypto, &device, &ak, bytes) {
             Ok(checked) => {
+                if let Some((seq, hash, _, _)) = receipt {
+                    if checked.record.seq == seq && checked.hash != hash {
+                        return report.fail(
+                            Some(seq),
+                            "receipt_mismatch",
+                            format!(
+                                "record {seq} is not the one the collector acknowledged (bundle {}, receipt {})",
+                                hex::encode(checked.hash.get(..8).unwrap_or_default()),
+                                hex::encode(hash.get(..8).unwrap_or_default())
+                            ),
+                        );
+                    }
+                }
                 report.records += 1;
                 report.last_seq = Some(checked.record.seq);
                 last_is_checkpoint = checked.checkpoint.is_some();
@@ -181,6 +271,25 @@ pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey]) -> Report {
     };
     if let Err(b) = chain.finish(&header.head) {
         return report.fail(Some(b.seq), "head_mismatch", b.to_string());
+    }
+    if let Some((seq, hash, time_ms, checkpoint)) = receipt {
+        if last < seq {
+            return report.fail(
+                Some(last + 1),
+                "truncated",
+                format!(
+                    "the bundle ends at seq {last} but the collector acknowledged records through {seq}: records {}..={seq} are missing",
+                    last + 1
+                ),
+            );
+        }
+        report.receipt = Some(ReceiptSummary {
+            seq,
+            hash: hex::encode(hash),
+            time_ms,
+            checkpoint,
+            unacknowledged: last - seq,
+        });
     }
     if !last_is_checkpoint {
         return report.fail(

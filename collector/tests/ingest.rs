@@ -12,10 +12,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Authority, Client, Collector, Device, batch};
+use common::{Ack, Authority, Client, Collector, Device, batch, decode_ack};
+use mctc_shim::DeviceId;
 use mctc_shim::lineage::ChainHead;
-use mctc_shim::messages::{AckAnomaly, DeviceStatus, LineageAck};
-use mctc_shim::{DeviceId, Message};
+use mctc_shim::messages::{AckAnomaly, DeviceStatus};
 use mctc_tests::Broker;
 
 const ALERTS: &str = "mctc/v1/collector/alerts";
@@ -120,12 +120,12 @@ async fn send_all(client: &Client, device: &Device, per_batch: usize) {
 }
 
 /// Reads acks until one says `through` (returns it) or the wait ends.
-async fn ack_through(client: &mut Client, through: Option<u64>) -> LineageAck {
+async fn ack_through(client: &mut Client, through: Option<u64>) -> Ack {
     let deadline = Instant::now() + WAIT;
     let mut last = None;
     while Instant::now() < deadline {
-        if let Some((_, payload, _)) = client.next(Duration::from_millis(200)).await {
-            let ack = LineageAck::decode(&payload).unwrap();
+        if let Some((topic, payload, _)) = client.next(Duration::from_millis(200)).await {
+            let ack = decode_ack(&topic, &payload);
             if ack.through_seq == through {
                 return ack;
             }
@@ -136,12 +136,12 @@ async fn ack_through(client: &mut Client, through: Option<u64>) -> LineageAck {
 }
 
 /// Every ack received within `window`.
-async fn acks_within(client: &mut Client, window: Duration) -> Vec<LineageAck> {
+async fn acks_within(client: &mut Client, window: Duration) -> Vec<Ack> {
     client
         .drain(window)
         .await
         .into_iter()
-        .map(|(_, p, _)| LineageAck::decode(&p).unwrap())
+        .map(|(t, p, _)| decode_ack(&t, &p))
         .collect()
 }
 
@@ -181,8 +181,8 @@ async fn a_genuine_chain_is_stored_and_acked_and_resends_change_nothing() {
     let deadline = Instant::now() + WAIT;
     loop {
         send(&client, &device.id, &device.records[190..]).await;
-        if let Some((_, payload, _)) = client.next(Duration::from_millis(500)).await {
-            let ack = LineageAck::decode(&payload).unwrap();
+        if let Some((topic, payload, _)) = client.next(Duration::from_millis(500)).await {
+            let ack = decode_ack(&topic, &payload);
             assert_eq!(ack.through_seq, Some(more as u64 + 9));
             break;
         }

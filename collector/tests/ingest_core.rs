@@ -10,15 +10,15 @@
 
 mod common;
 
-use common::{Authority, Device, batch};
+use common::{Authority, Device, batch, decode_ack, receipt_signer};
 use mctc_collector::alert::ALERT_TOPIC;
 use mctc_collector::ingest::{Ingest, IngestConfig, Publish};
 use mctc_collector::store::sqlite::SqliteStore;
 use mctc_collector::store::{AnomalyKind, Store};
 use mctc_shim::lineage::{Body, ChainHead, Stamp};
-use mctc_shim::messages::{AckAnomaly, DeviceStatus, LineageAck};
+use mctc_shim::messages::{AckAnomaly, DeviceStatus};
 use mctc_shim::tpm::BootCounters;
-use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
+use mctc_shim::{AuthorityKey, DeviceId, RingCrypto};
 
 struct Core {
     ingest: Ingest<SqliteStore>,
@@ -33,7 +33,7 @@ impl Core {
         let key = mctc_service::keys::read_public_key(&authority.key_path).unwrap();
         let keys = vec![AuthorityKey::new(&RingCrypto, key)];
         Core {
-            ingest: Ingest::new(store, keys, config, "test".into()),
+            ingest: Ingest::new(store, keys, receipt_signer(), config, "test".into()),
             now: 1_000_000,
             _dir: dir,
         }
@@ -89,7 +89,7 @@ fn ack(out: &[Publish]) -> (Option<u64>, Option<AckAnomaly>, Option<u64>) {
     let acks: Vec<_> = out
         .iter()
         .filter(|p| p.topic.ends_with("/lineage/ack"))
-        .map(|p| LineageAck::decode(&p.payload).unwrap())
+        .map(|p| decode_ack(&p.topic, &p.payload))
         .collect();
     assert_eq!(acks.len(), 1, "{out:?}");
     (acks[0].through_seq, acks[0].anomaly, acks[0].at_seq)
@@ -278,7 +278,7 @@ async fn unknown_devices_are_held_within_bounds_and_replayed() {
     let acks: Vec<_> = out
         .iter()
         .filter(|p| p.topic.ends_with("/ack"))
-        .map(|p| LineageAck::decode(&p.payload).unwrap().through_seq)
+        .map(|p| decode_ack(&p.topic, &p.payload).through_seq)
         .collect();
     assert_eq!(acks, vec![None, None]);
     assert_eq!(
@@ -371,4 +371,89 @@ async fn random_payloads_on_any_topic_never_panic_and_never_move_a_head() {
         ack(&core.send(&device.id, &device.records[4..])),
         (Some(5), None, None)
     );
+}
+
+/// The signed receipt among `out` (exactly one ack, and it is signed).
+fn receipt(out: &[Publish], device: &DeviceId) -> mctc_shim::Receipt<'static> {
+    let acks: Vec<_> = out
+        .iter()
+        .filter(|p| p.topic.ends_with("/lineage/ack"))
+        .collect();
+    assert_eq!(acks.len(), 1, "{out:?}");
+    let bytes: &'static [u8] = acks[0].payload.clone().leak();
+    mctc_shim::verify_receipt(bytes, &[common::receipt_key()], &RingCrypto, device)
+        .unwrap()
+        .receipt()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ack_is_a_receipt_naming_the_stored_hash_and_the_newest_verified_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    // Checkpoints at 2 and 5.
+    device.write(8, 3).await;
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+
+    // Nothing stored yet (only a record above the head): the unsigned ack,
+    // which claims nothing.
+    let out = core.send(&device.id, &device.records[1..2]);
+    assert!(!decode_ack(&out[0].topic, &out[0].payload).signed);
+
+    let out = core.send(&device.id, &device.records[0..4]);
+    let r = receipt(&out, &device.id);
+    assert_eq!((r.seq, r.checkpoint), (3, Some(2)));
+    assert_eq!(
+        r.hash.0,
+        mctc_shim::lineage::record_hash(&RingCrypto, &device.records[3])
+    );
+    assert_eq!(r.time_ms, core.now);
+    let out = core.send(&device.id, &device.records[4..8]);
+    let r = receipt(&out, &device.id);
+    assert_eq!((r.seq, r.checkpoint), (7, Some(5)));
+
+    // The collector's own export: records 0..=5 (the newest verified
+    // checkpoint) with a receipt for 5 signed now; it verifies offline with
+    // the collector's key, and a cut copy of it does not.
+    let export = core
+        .ingest
+        .export(&device.id, core.now + 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(export.records.len(), 6);
+    let parts = mctc_collector::bundle::BundleParts {
+        device: device.id.as_str(),
+        from_seq: 0,
+        head: export.head,
+        registry: &export.registry.signed,
+        ak_public: &export.registry.ak_public,
+        receipt: Some(&export.receipt),
+    };
+    let key = mctc_service::keys::read_public_key(&authority.key_path).unwrap();
+    let keys = [AuthorityKey::new(&RingCrypto, key)];
+    let bytes = mctc_collector::bundle::encode_bundle(&parts, &export.records);
+    let report = mctc_collector::verify::verify_bundle(&bytes, &keys, &[common::receipt_key()]);
+    assert!(report.ok, "{report:?}");
+    let summary = report.receipt.unwrap();
+    assert_eq!((summary.seq, summary.unacknowledged), (5, 0));
+    assert_eq!(summary.time_ms, core.now + 1);
+
+    let cut = &export.records[..3];
+    let parts = mctc_collector::bundle::BundleParts {
+        head: mctc_shim::lineage::record_hash(&RingCrypto, cut.last().unwrap()),
+        ..parts
+    };
+    let report = mctc_collector::verify::verify_bundle(
+        &mctc_collector::bundle::encode_bundle(&parts, cut),
+        &keys,
+        &[common::receipt_key()],
+    );
+    let failure = report.failure.unwrap();
+    assert_eq!((failure.seq, failure.reason), (Some(3), "truncated"));
+
+    // Nothing to export for a device without a verified checkpoint.
+    let unknown = DeviceId::new("pos-2").unwrap();
+    assert!(core.ingest.export(&unknown, core.now).unwrap().is_none());
 }

@@ -67,7 +67,7 @@ async fn a_genuine_bundle_verifies() {
     device.checkpoint().await;
     let registry = authority.registry(&device, 3, DeviceStatus::Active);
     let b = bundle(&device, &registry, 0);
-    let report = verify_bundle(&b.bytes, &keys(&authority));
+    let report = verify_bundle(&b.bytes, &keys(&authority), &[]);
     assert!(report.ok, "{report:?}");
     assert_eq!(report.records, 9);
     assert_eq!(report.checkpoints, 3);
@@ -84,7 +84,7 @@ async fn every_single_byte_change_and_every_truncation_fails_at_the_right_seq() 
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
     let b = bundle(&device, &registry, 0);
     let keys = keys(&authority);
-    assert!(verify_bundle(&b.bytes, &keys).ok);
+    assert!(verify_bundle(&b.bytes, &keys, &[]).ok);
     let last = b.records.last().unwrap().0;
 
     let mut flips = 0;
@@ -92,7 +92,7 @@ async fn every_single_byte_change_and_every_truncation_fails_at_the_right_seq() 
         for mask in [0x01u8, 0x80, 0xff] {
             let mut bad = b.bytes.clone();
             bad[i] ^= mask;
-            let report = verify_bundle(&bad, &keys);
+            let report = verify_bundle(&bad, &keys, &[]);
             assert!(!report.ok, "byte {i} ^ {mask:#04x} went unnoticed");
             let (seq, reason) = failure(&report);
             if let Some(&(k, _, _)) = b.records.iter().find(|(_, s, e)| (*s..*e).contains(&i)) {
@@ -116,7 +116,7 @@ async fn every_single_byte_change_and_every_truncation_fails_at_the_right_seq() 
         }
     }
     for len in 0..b.bytes.len() {
-        let report = verify_bundle(&b.bytes[..len], &keys);
+        let report = verify_bundle(&b.bytes[..len], &keys, &[]);
         assert!(!report.ok, "truncation to {len} bytes went unnoticed");
         if len >= b.records[0].1 {
             assert!(report.failure.unwrap().seq.is_some(), "truncation to {len}");
@@ -151,7 +151,7 @@ async fn dropped_duplicated_and_reordered_records_fail_where_the_chain_breaks() 
             &head,
             &rs,
         );
-        verify_bundle(&b.bytes, &keys)
+        verify_bundle(&b.bytes, &keys, &[])
     };
 
     for k in 0..n {
@@ -187,7 +187,8 @@ async fn dropped_duplicated_and_reordered_records_fail_where_the_chain_breaks() 
     assert_eq!(
         failure(&verify_bundle(
             &bundle_of(&device, &registry, 0, short).bytes,
-            &keys
+            &keys,
+            &[]
         )),
         (Some(3), "unanchored")
     );
@@ -206,7 +207,7 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     rs[2] = other.records[2].clone();
     let b = bundle_of(&device, &registry, 0, &rs);
     assert_eq!(
-        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        failure(&verify_bundle(&b.bytes, &keys(&authority), &[])),
         (Some(2), "wrong_device")
     );
 
@@ -223,7 +224,7 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     device.checkpoint().await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
     let b = bundle(&device, &registry, 0);
-    let report = verify_bundle(&b.bytes, &keys(&authority));
+    let report = verify_bundle(&b.bytes, &keys(&authority), &[]);
     assert_eq!(failure(&report), (Some(2), "bad_checkpoint"));
     assert!(
         report.failure.unwrap().detail.contains("signature"),
@@ -241,7 +242,7 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     device.checkpoint().await;
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
     let b = bundle(&device, &registry, 0);
-    let report = verify_bundle(&b.bytes, &keys(&authority));
+    let report = verify_bundle(&b.bytes, &keys(&authority), &[]);
     assert_eq!(failure(&report), (Some(2), "bad_checkpoint"));
     assert!(report.failure.unwrap().detail.contains("qualifying data"));
 
@@ -255,7 +256,7 @@ async fn checkpoints_from_another_device_or_for_another_head_fail_at_that_seq() 
     let registry = authority.registry(&device, 1, DeviceStatus::Active);
     let b = bundle(&device, &registry, 0);
     assert_eq!(
-        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        failure(&verify_bundle(&b.bytes, &keys(&authority), &[])),
         (Some(1), "bad_checkpoint")
     );
 }
@@ -271,21 +272,21 @@ async fn the_registry_record_must_come_from_the_authority_and_name_the_device() 
     let forged = impostor.registry(&device, 1, DeviceStatus::Active);
     let b = bundle(&device, &forged, 0);
     assert_eq!(
-        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        failure(&verify_bundle(&b.bytes, &keys(&authority), &[])),
         (None, "registry")
     );
     // Genuine, but for another device (whose AK did not sign these quotes).
     let misdirected = authority.registry(&other, 1, DeviceStatus::Active);
     let b = bundle(&device, &misdirected, 0);
     assert_eq!(
-        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        failure(&verify_bundle(&b.bytes, &keys(&authority), &[])),
         (None, "registry")
     );
     // Genuine and for this device, but vouching for the other device's AK.
     let wrong_ak = authority.registry_for(&device.id, &other.identity, 1, DeviceStatus::Active);
     let b = bundle(&device, &wrong_ak, 0);
     assert_eq!(
-        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        failure(&verify_bundle(&b.bytes, &keys(&authority), &[])),
         (None, "ak_mismatch")
     );
     // ... and a header that agrees with it: the quotes do not verify.
@@ -299,13 +300,13 @@ async fn the_registry_record_must_come_from_the_authority_and_name_the_device() 
         &device.records,
     );
     assert_eq!(
-        failure(&verify_bundle(&b.bytes, &keys(&authority))),
+        failure(&verify_bundle(&b.bytes, &keys(&authority), &[])),
         (Some(2), "bad_checkpoint")
     );
     // A revoked device's lineage still verifies; the status is reported.
     let revoked = authority.registry(&device, 9, DeviceStatus::Revoked);
     let b = bundle(&device, &revoked, 0);
-    let report = verify_bundle(&b.bytes, &keys(&authority));
+    let report = verify_bundle(&b.bytes, &keys(&authority), &[]);
     assert!(report.ok);
     assert_eq!(report.registry.unwrap().status, "revoked");
 }
@@ -320,14 +321,14 @@ async fn a_bundle_may_start_after_pruned_records_and_names_its_ak() {
     let keys = keys(&authority);
 
     let tail = bundle(&device, &registry, 3);
-    let report = verify_bundle(&tail.bytes, &keys);
+    let report = verify_bundle(&tail.bytes, &keys, &[]);
     assert!(report.ok, "{report:?}");
     assert_eq!((report.from_seq, report.records), (Some(3), 3));
 
     // from_seq that does not match the first record.
     let wrong = bundle_of(&device, &registry, 2, &device.records[3..]);
     assert_eq!(
-        failure(&verify_bundle(&wrong.bytes, &keys)),
+        failure(&verify_bundle(&wrong.bytes, &keys, &[])),
         (Some(2), "gap")
     );
 
@@ -342,7 +343,7 @@ async fn a_bundle_may_start_after_pruned_records_and_names_its_ak() {
         &device.records,
     );
     assert_eq!(
-        failure(&verify_bundle(&swapped.bytes, &keys)),
+        failure(&verify_bundle(&swapped.bytes, &keys, &[])),
         (None, "ak_mismatch")
     );
     // A header head that is not the last record's.
@@ -355,7 +356,7 @@ async fn a_bundle_may_start_after_pruned_records_and_names_its_ak() {
         &device.records,
     );
     assert_eq!(
-        failure(&verify_bundle(&off.bytes, &keys)),
+        failure(&verify_bundle(&off.bytes, &keys, &[])),
         (Some(5), "head_mismatch")
     );
 }
@@ -468,7 +469,7 @@ async fn random_bytes_and_random_multi_byte_damage_never_panic_or_pass() {
     });
     runner
         .run(&proptest::collection::vec(any::<u8>(), 0..4096), |bytes| {
-            prop_assert!(!verify_bundle(&bytes, &keys).ok);
+            prop_assert!(!verify_bundle(&bytes, &keys, &[]).ok);
             Ok(())
         })
         .unwrap();
@@ -488,10 +489,156 @@ async fn random_bytes_and_random_multi_byte_damage_never_panic_or_pass() {
                 // Edits may cancel out (same byte, same mask twice) and keep
                 // may be the full length: only a changed bundle must fail.
                 if bad != genuine {
-                    prop_assert!(!verify_bundle(&bad, &keys).ok);
+                    prop_assert!(!verify_bundle(&bad, &keys, &[]).ok);
                 }
                 Ok(())
             },
         )
         .unwrap();
+}
+
+// --- Completeness: the collector's receipt. ---
+
+/// A receipt by `signer` for record `seq` of `device` (hash as given).
+fn receipt_for(
+    signer: &mctc_collector::receipt::ReceiptSigner,
+    device: &mctc_shim::DeviceId,
+    seq: u64,
+    hash: [u8; 32],
+) -> Vec<u8> {
+    signer
+        .sign(
+            &mctc_collector::receipt::ReceiptFields {
+                device,
+                seq,
+                hash,
+                checkpoint: Some(seq),
+                anomaly: None,
+            },
+            1_764_000_000_000,
+        )
+        .unwrap()
+}
+
+/// A bundle of `records` (from `from_seq`) carrying `receipt`.
+fn with_receipt(
+    device: &Device,
+    registry: &[u8],
+    from_seq: u64,
+    records: &[Vec<u8>],
+    receipt: Option<&[u8]>,
+) -> Vec<u8> {
+    let parts = mctc_collector::bundle::BundleParts {
+        device: device.id.as_str(),
+        from_seq,
+        head: record_hash(&RingCrypto, records.last().unwrap()),
+        registry,
+        ak_public: &device.identity.ak_public,
+        receipt,
+    };
+    mctc_collector::bundle::encode_bundle(&parts, records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receipt_makes_truncation_below_it_fail_and_reports_the_unacknowledged_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    // Checkpoints at 2, 5 and 8.
+    let mut device = small_chain("locker-1").await;
+    device.decision(6);
+    device.decision(7);
+    device.checkpoint().await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let keys = keys(&authority);
+    let collectors = [common::receipt_key()];
+    let signer = common::receipt_signer();
+    let r = &device.records;
+    let receipt = receipt_for(&signer, &device.id, 5, record_hash(&RingCrypto, &r[5]));
+
+    // The whole bundle: complete through 5, 6..=8 unacknowledged.
+    let full = with_receipt(&device, &registry, 0, r, Some(&receipt));
+    let report = verify_bundle(&full, &keys, &collectors);
+    assert!(report.ok, "{report:?}");
+    let summary = report.receipt.as_ref().unwrap();
+    assert_eq!((summary.seq, summary.unacknowledged), (5, 3));
+
+    // Cut after the earlier checkpoint 2, header recomputed: without the
+    // collector's key that still passes (authentic, not complete); with it,
+    // the cut fails at the first missing seq.
+    let cut = with_receipt(&device, &registry, 0, &r[..3], Some(&receipt));
+    assert!(verify_bundle(&cut, &keys, &[]).ok);
+    assert_eq!(
+        failure(&verify_bundle(&cut, &keys, &collectors)),
+        (Some(3), "truncated")
+    );
+    // The same cut with the receipt removed: no receipt, no completeness.
+    let stripped = with_receipt(&device, &registry, 0, &r[..3], None);
+    assert_eq!(
+        failure(&verify_bundle(&stripped, &keys, &collectors)),
+        (None, "no_receipt")
+    );
+
+    // Records missing before the receipt: the first missing seq.
+    let mut thinned = r.clone();
+    thinned.remove(1);
+    let thinned = with_receipt(&device, &registry, 0, &thinned, Some(&receipt));
+    assert_eq!(
+        failure(&verify_bundle(&thinned, &keys, &collectors)),
+        (Some(1), "gap")
+    );
+
+    // A bundle starting right after the receipt links to it; one starting
+    // later misses the records in between.
+    let after = with_receipt(&device, &registry, 6, &r[6..], Some(&receipt));
+    assert!(verify_bundle(&after, &keys, &collectors).ok);
+    let later = with_receipt(&device, &registry, 7, &r[7..], Some(&receipt));
+    assert_eq!(
+        failure(&verify_bundle(&later, &keys, &collectors)),
+        (Some(6), "missing")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receipts_by_another_key_for_another_device_or_another_record_fail() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let device = small_chain("locker-1").await;
+    let registry = authority.registry(&device, 1, DeviceStatus::Active);
+    let keys = keys(&authority);
+    let collectors = [common::receipt_key()];
+    let r = &device.records;
+    let hash5 = record_hash(&RingCrypto, &r[5]);
+
+    let rogue = mctc_collector::receipt::ReceiptSigner::from_seed(&[0x77; 32]).unwrap();
+    let foreign_key = receipt_for(&rogue, &device.id, 5, hash5);
+    let b = with_receipt(&device, &registry, 0, r, Some(&foreign_key));
+    assert_eq!(
+        failure(&verify_bundle(&b, &keys, &collectors)),
+        (None, "receipt")
+    );
+
+    let other = mctc_shim::DeviceId::new("locker-2").unwrap();
+    let foreign_device = receipt_for(&common::receipt_signer(), &other, 5, hash5);
+    let b = with_receipt(&device, &registry, 0, r, Some(&foreign_device));
+    assert_eq!(
+        failure(&verify_bundle(&b, &keys, &collectors)),
+        (None, "receipt")
+    );
+
+    // The collector acknowledged another record 4 than the bundle's.
+    let hash4 = record_hash(&RingCrypto, &r[3]);
+    let other_record = receipt_for(&common::receipt_signer(), &device.id, 4, hash4);
+    let b = with_receipt(&device, &registry, 0, r, Some(&other_record));
+    assert_eq!(
+        failure(&verify_bundle(&b, &keys, &collectors)),
+        (Some(4), "receipt_mismatch")
+    );
+
+    // The authority's key is not a collector's: an authority-signed
+    // message never opens as a receipt.
+    let b = with_receipt(&device, &registry, 0, r, Some(&registry));
+    assert_eq!(
+        failure(&verify_bundle(&b, &keys, &collectors)),
+        (None, "receipt")
+    );
 }

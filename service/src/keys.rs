@@ -74,7 +74,14 @@ pub fn read_signing_key(path: &Path) -> Result<Ed25519KeyPair, ServiceError> {
 /// Generates a key pair and writes `authority.key` (0600) and
 /// `authority.pub` into `dir`; refuses to overwrite an existing key.
 pub fn generate(dir: &Path) -> Result<[u8; 32], ServiceError> {
-    let key_path = dir.join("authority.key");
+    generate_named(dir, "authority")
+}
+
+/// Generates a key pair and writes `{stem}.key` (0600) and `{stem}.pub`
+/// into `dir` (each role has its own key: `authority`, the collector's
+/// `receipt`); refuses to overwrite an existing key.
+pub fn generate_named(dir: &Path, stem: &str) -> Result<[u8; 32], ServiceError> {
+    let key_path = dir.join(format!("{stem}.key"));
     if key_path.exists() {
         return Err(ServiceError::File {
             path: key_path.display().to_string(),
@@ -103,7 +110,7 @@ pub fn generate(dir: &Path) -> Result<[u8; 32], ServiceError> {
         pem_encode("PRIVATE KEY", pkcs8.as_ref()).as_bytes(),
     )?;
     files::write_atomic(
-        &dir.join("authority.pub"),
+        &dir.join(format!("{stem}.pub")),
         public_key_pem(&public).as_bytes(),
         0o644,
     )?;
@@ -120,7 +127,8 @@ pub fn fingerprint(public: &[u8; 32]) -> String {
     out
 }
 
-fn pem_encode(label: &str, der: &[u8]) -> String {
+/// PEM armour (RFC 7468) of `der` under `label`.
+pub fn pem_encode(label: &str, der: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
     for chunk in der.chunks(3) {

@@ -301,6 +301,19 @@ pub trait Store: Send {
     /// The stored record at `seq`.
     fn record(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
 
+    /// The seq of the newest verified checkpoint record at or below
+    /// `at_most` (`None`: none).
+    fn latest_checkpoint(&self, device: &DeviceId, at_most: u64)
+    -> Result<Option<u64>, StoreError>;
+
+    /// The stored records `from ..= through`, ascending (an export).
+    fn records_range(
+        &self,
+        device: &DeviceId,
+        from: u64,
+        through: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError>;
+
     /// The pending record at `seq`.
     fn pending(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -400,6 +400,41 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn latest_checkpoint(
+        &self,
+        device: &DeviceId,
+        at_most: u64,
+    ) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT MAX(seq) FROM checkpoints WHERE device = ?1 AND seq <= ?2")?
+            .query_row(
+                params![device.as_str(), int("seq", at_most.min(i64::MAX as u64))?],
+                |r| r.get(0),
+            )?;
+        seq.map(|s| uint("checkpoint seq", s)).transpose()
+    }
+
+    fn records_range(
+        &self,
+        device: &DeviceId,
+        from: u64,
+        through: u64,
+    ) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT bytes FROM records WHERE device = ?1 AND seq >= ?2 AND seq <= ?3 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map(
+            params![device.as_str(), int("seq", from)?, int("seq", through)?],
+            |r| r.get::<_, Vec<u8>>(0),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+
     fn pending(&self, device: &DeviceId, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(self
             .conn

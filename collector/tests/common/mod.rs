@@ -9,11 +9,15 @@ use std::time::Duration;
 
 use mctc_attest::PcrSelection;
 use mctc_attest::device::{Identity, Tpm, TpmConfig};
+use mctc_collector::receipt::ReceiptSigner;
 use mctc_shim::lineage::{Body, ChainHead, Checkpoint, Decision, Stamp, VerdictCode};
+use mctc_shim::messages::{AckAnomaly, LineageAck};
 use mctc_shim::messages::{DeviceStatus, LineageBatch, RegistryRecord};
 use mctc_shim::tpm::BootCounters;
 use mctc_shim::wire::{Bstr, Bytes, List, Text, Token, Version};
-use mctc_shim::{DeviceId, Message, RingCrypto, RingSigner, Signed, Signer};
+use mctc_shim::{
+    CollectorKey, DeviceId, Message, RingCrypto, RingSigner, Signed, Signer, verify_receipt,
+};
 use mctc_tests::{Broker, Proc, Swtpm};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use tokio::sync::mpsc;
@@ -445,6 +449,81 @@ pub struct Collector {
     pub dir: tempfile::TempDir,
 }
 
+/// The seed of every test collector's receipt key.
+pub const RECEIPT_SEED: [u8; 32] = [0x5a; 32];
+
+/// The test collectors' receipt signer.
+pub fn receipt_signer() -> ReceiptSigner {
+    ReceiptSigner::from_seed(&RECEIPT_SEED).unwrap()
+}
+
+/// What a device trusts receipts with.
+pub fn receipt_key() -> CollectorKey {
+    CollectorKey::new(
+        &RingCrypto,
+        RingSigner::from_seed(&RECEIPT_SEED).unwrap().public_key(),
+    )
+}
+
+/// Writes the receipt key (PKCS#8 v1 PEM, 0600) into `dir`; returns its path.
+pub fn write_receipt_key(dir: &Path) -> PathBuf {
+    // RFC 8410 PKCS#8 v1 of an Ed25519 seed: fixed prefix + the seed.
+    let mut der = vec![
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    der.extend_from_slice(&RECEIPT_SEED);
+    let path = dir.join("receipt.key");
+    mctc_service::files::write_secret(
+        &path,
+        mctc_service::keys::pem_encode("PRIVATE KEY", &der).as_bytes(),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("receipt.pub"),
+        mctc_service::keys::public_key_pem(receipt_key().public()),
+    )
+    .unwrap();
+    path
+}
+
+/// An ack as the tests look at it: a receipt (verified with the test
+/// receipt key) or, while the collector holds nothing, the unsigned ack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub through_seq: Option<u64>,
+    pub checkpoint: Option<u64>,
+    pub anomaly: Option<AckAnomaly>,
+    pub at_seq: Option<u64>,
+    pub signed: bool,
+}
+
+/// Decodes an ack published on `topic`.
+pub fn decode_ack(topic: &str, payload: &[u8]) -> Ack {
+    let (_, device) = mctc_shim::topics::parse(topic).unwrap();
+    if payload.first() == Some(&0xd2) {
+        let v = verify_receipt(payload, &[receipt_key()], &RingCrypto, &device).unwrap();
+        let r = v.receipt();
+        Ack {
+            through_seq: Some(r.seq),
+            checkpoint: r.checkpoint,
+            anomaly: r.anomaly,
+            at_seq: r.at_seq,
+            signed: true,
+        }
+    } else {
+        let a = LineageAck::decode(payload).unwrap();
+        assert_eq!(a.through_seq, None, "an unsigned ack never claims records");
+        Ack {
+            through_seq: a.through_seq,
+            checkpoint: None,
+            anomaly: a.anomaly,
+            at_seq: a.at_seq,
+            signed: false,
+        }
+    }
+}
+
 /// Writes a collector config for `broker` trusting `authority_keys`.
 pub fn collector_config(
     broker: &Broker,
@@ -461,7 +540,9 @@ pub fn collector_config(
         "[broker]\nurl = {url:?}\nca = {ca:?}\ncert = {cert:?}\nkey = {key:?}\nkeep_alive_secs = 5\n\
          [authority]\npublic_keys = [{keys}]\n\
          [store]\npath = {db:?}\n\
+         [receipts]\nkey = {receipt:?}\n\
          [ingest]\nclient_id = {client:?}\n{extra_ingest}\n",
+        receipt = write_receipt_key(dir).display().to_string(),
         url = broker.url(),
         ca = certs.ca.display().to_string(),
         cert = certs.cert.display().to_string(),
