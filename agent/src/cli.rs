@@ -284,6 +284,24 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
     }
 }
 
+/// Asks a running agent for a checkpoint now, so the bundle covers
+/// everything up to this moment; returns a note for the operator when there
+/// is none (the bundle then ends at the last checkpoint on disk).
+fn checkpoint_now(config: &Validated) -> String {
+    match socket::request(
+        &config.raw.gate.socket,
+        &json!({"checkpoint": {}}),
+        Duration::from_secs(10),
+    ) {
+        Ok(answer) if answer.get("checkpoint").is_some() => String::new(),
+        Ok(answer) => format!(
+            "  (agent did not checkpoint: {}; the bundle ends at the last checkpoint)\n",
+            answer.get("error").and_then(Value::as_str).unwrap_or("?")
+        ),
+        Err(_) => "  (agent not running; the bundle ends at the last checkpoint)\n".into(),
+    }
+}
+
 fn export(
     config: &Validated,
     out: &std::path::Path,
@@ -302,32 +320,51 @@ fn export(
         })?,
     };
     let ak_public = bundle::registry_ak(&registry, &keys, &config.device)?;
-    // A running agent checkpoints now, so the bundle covers everything up
-    // to this moment; without one, it ends at the last checkpoint on disk.
-    let mut note = String::new();
-    match socket::request(
-        &config.raw.gate.socket,
-        &json!({"checkpoint": {}}),
-        Duration::from_secs(10),
-    ) {
-        Ok(answer) if answer.get("checkpoint").is_some() => {}
-        Ok(answer) => {
-            note = format!(
-                "  (agent did not checkpoint: {}; the bundle ends at the last checkpoint)\n",
-                answer.get("error").and_then(Value::as_str).unwrap_or("?")
-            );
+    // The latest receipt the agent verified: with it, a verifier holding
+    // the collector's key checks the bundle reaches what was acknowledged.
+    // It is read before the checkpoint is asked for, so the checkpoint
+    // covers it; should the running agent persist a newer receipt and prune
+    // while the bundle is read, the export is made again.
+    let read_receipt = || {
+        state.lineage_receipt().and_then(|bytes| {
+            let collectors = config::collector_keys(config).ok()?;
+            let seq = mctc_shim::verify_receipt(
+                &bytes,
+                &collectors,
+                &mctc_shim::RingCrypto,
+                &config.device,
+            )
+            .ok()?
+            .receipt()
+            .seq;
+            Some((bytes, seq))
+        })
+    };
+    let mut attempt = 0;
+    let (bundle, mut summary, note) = loop {
+        attempt += 1;
+        let receipt = read_receipt();
+        let note = checkpoint_now(config);
+        match bundle::build(
+            &state.lineage_dir(),
+            &config.device,
+            from,
+            registry.clone(),
+            ak_public.clone(),
+            receipt.clone(),
+        ) {
+            Ok((bundle, summary)) => {
+                let reaches = receipt
+                    .as_ref()
+                    .is_none_or(|(_, seq)| bundle.from_seq <= seq.saturating_add(1));
+                if reaches || attempt >= 3 {
+                    break (bundle, summary, note);
+                }
+            }
+            Err(e) if attempt >= 3 || read_receipt() == receipt => return Err(e),
+            Err(_) => {}
         }
-        Err(_) => {
-            note = "  (agent not running; the bundle ends at the last checkpoint)\n".into();
-        }
-    }
-    let (bundle, mut summary) = bundle::build(
-        &state.lineage_dir(),
-        &config.device,
-        from,
-        registry,
-        ak_public,
-    )?;
+    };
     summary.bytes = bundle::write(out, &bundle)?;
     Ok(Outcome {
         stdout: format!(

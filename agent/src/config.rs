@@ -25,6 +25,7 @@ pub struct Config {
     pub tpm: TpmSection,
     pub broker: mctc_service::BrokerConfig,
     pub authority: AuthoritySection,
+    pub collector: CollectorSection,
     #[serde(default)]
     pub attestation: AttestationSection,
     #[serde(default)]
@@ -72,6 +73,17 @@ pub struct AuthoritySection {
     pub public_keys: Vec<PathBuf>,
     /// The `iss` every artifact must carry.
     pub issuer: String,
+}
+
+/// `[collector]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSection {
+    /// PEM `PUBLIC KEY` files (Ed25519 SPKI, `receipt.pub` from
+    /// `mctc-collector keygen`) of the collectors whose signed receipts the
+    /// agent prunes lineage on; several for several collectors or a
+    /// rotation. Never an authority key.
+    pub receipt_keys: Vec<PathBuf>,
 }
 
 /// `[attestation]`
@@ -336,6 +348,28 @@ pub fn authority_keys(config: &Validated) -> Result<Vec<mctc_shim::AuthorityKey>
         .collect()
 }
 
+/// Reads the collectors' receipt public keys named in the configuration; a
+/// key that is also an authority key is refused (each role has its own).
+pub fn collector_keys(config: &Validated) -> Result<Vec<mctc_shim::CollectorKey>, AgentError> {
+    let authority = authority_keys(config)?;
+    config
+        .raw
+        .collector
+        .receipt_keys
+        .iter()
+        .map(|path| {
+            let public = mctc_service::keys::read_public_key(path)?;
+            if authority.iter().any(|k| *k.public() == public) {
+                return Err(bad(format!(
+                    "collector.receipt_keys: {} is an authority key; the collector signs receipts with its own",
+                    path.display()
+                )));
+            }
+            Ok(mctc_shim::CollectorKey::new(&mctc_shim::RingCrypto, public))
+        })
+        .collect()
+}
+
 fn bad(what: impl Into<String>) -> AgentError {
     AgentError::Config(what.into())
 }
@@ -443,6 +477,11 @@ fn validate(raw: Config) -> Result<Validated, AgentError> {
     if raw.authority.public_keys.is_empty() {
         return Err(bad("authority.public_keys: at least one key file"));
     }
+    if raw.collector.receipt_keys.is_empty() {
+        return Err(bad(
+            "collector.receipt_keys: at least one key file (without it nothing is ever pruned)",
+        ));
+    }
     if raw.authority.issuer.is_empty()
         || raw.authority.issuer.len() > mctc_shim::limits::MAX_AUTHORITY_ID_LEN
     {
@@ -516,6 +555,8 @@ key = "d1.key"
 [authority]
 public_keys = ["authority.pub"]
 issuer = "mctc-authority"
+[collector]
+receipt_keys = ["receipt.pub"]
 "#;
 
     #[test]
@@ -566,6 +607,10 @@ issuer = "mctc-authority"
             (
                 ("public_keys = [\"authority.pub\"]", "public_keys = []"),
                 "public_keys",
+            ),
+            (
+                ("receipt_keys = [\"receipt.pub\"]", "receipt_keys = []"),
+                "collector.receipt_keys",
             ),
         ] {
             let text = MINIMAL.replace(edit.0, edit.1);

@@ -202,6 +202,7 @@ pub async fn run(
         ForwarderSettings {
             window: l.forward_window_batches,
             resend_after: Duration::from_millis(l.resend_after_ms),
+            receipt_keys: config::collector_keys(&config)?,
         },
     );
     let forwarder_task = tokio::spawn(forwarder.run(forward_rx));

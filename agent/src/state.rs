@@ -6,7 +6,7 @@
 //! | `lock` | an exclusive `flock` while an agent runs | — |
 //! | `revoked` | present = revoked (JSON detail) | still revoked: presence decides |
 //! | `control-seq` | last accepted control seq (decimal) | refuse to start (a lost seq would let an old `restore` be replayed) |
-//! | `lineage-acked` | highest seq the collector acknowledged | resend from the start (idempotent) |
+//! | `lineage-receipt` | the latest verified collector receipt (COSE_Sign1) | resend from the oldest record on disk (idempotent); nothing more is pruned until a new receipt |
 //! | `enrollment.json` | AK name, EK/AK fingerprints of the last enrollment | `enroll` again |
 //! | `registry.cose` | the authority's signed registry record for this device | export without it fails; `enroll` again |
 //! | `measured.json` | digests extended for measured files, per TPM boot | extend again (shows as drift) |
@@ -216,14 +216,16 @@ impl StateDir {
         self.write("control-seq", format!("{seq}\n").as_bytes())
     }
 
-    /// The collector's last acknowledged seq; a damaged file only means
-    /// resending from the start.
-    pub fn lineage_acked(&self) -> Option<u64> {
-        self.read_u64("lineage-acked").ok().flatten()
+    /// The latest verified collector receipt (COSE_Sign1 bytes as
+    /// received); it is checked again when read. A missing or damaged
+    /// file only means resending from the oldest record on disk.
+    pub fn lineage_receipt(&self) -> Option<Vec<u8>> {
+        self.read_optional("lineage-receipt").ok().flatten()
     }
 
-    pub fn set_lineage_acked(&self, seq: u64) -> Result<(), AgentError> {
-        self.write("lineage-acked", format!("{seq}\n").as_bytes())
+    /// Written (atomically, synced) before anything it covers is pruned.
+    pub fn set_lineage_receipt(&self, receipt: &[u8]) -> Result<(), AgentError> {
+        self.write("lineage-receipt", receipt)
     }
 
     pub fn enrollment(&self) -> Result<Option<Enrollment>, AgentError> {

@@ -285,9 +285,9 @@ fn at_the_quota_the_gate_closes_nothing_is_dropped_and_the_collector_drains_the_
     assert!(
         mctc_agent::state::StateDir::open(&device.state_dir())
             .unwrap()
-            .lineage_acked()
+            .lineage_receipt()
             .is_some(),
-        "the acknowledged seq is persisted"
+        "the latest verified receipt is persisted"
     );
 }
 
@@ -376,11 +376,22 @@ fn ten_thousand_decisions_reach_the_collector_and_the_store_is_pruned() {
         t.join().unwrap();
     }
     let elapsed = started.elapsed();
+    // A checkpoint now, so the collector's receipt covers everything: the
+    // agent prunes only what a verified checkpoint covers.
+    let checkpoint = device
+        .request(&serde_json::json!({"checkpoint": {}}))
+        .unwrap()["checkpoint"]
+        .as_u64()
+        .unwrap();
     let last = device.status()["lineage"]["next_seq"].as_u64().unwrap() - 1;
     let drained = wait_until(Duration::from_secs(120), || {
-        device.status()["lineage"]["acked_seq"]
+        let status = device.status();
+        status["lineage"]["acked_seq"]
             .as_u64()
             .is_some_and(|acked| acked >= last)
+            && status["lineage"]["pruned_through"]
+                .as_u64()
+                .is_some_and(|pruned| pruned >= checkpoint)
     });
     assert!(
         drained.is_some(),

@@ -122,6 +122,8 @@ pub struct Fleet {
     pub broker: Broker,
     pub dir: tempfile::TempDir,
     pub authority_pub: PathBuf,
+    /// The collector's receipt public key (devices verify acks with it).
+    pub collector_pub: PathBuf,
 }
 
 impl Fleet {
@@ -139,6 +141,9 @@ impl Fleet {
             .unwrap();
         let keys = dir.path().join("keys");
         let out = run("mctc-authority", &["keygen", "--out", &path_str(&keys)]);
+        assert_eq!(out.code, 0, "{out:?}");
+        // The collector's own receipt key (never the authority's).
+        let out = run("mctc-collector", &["keygen", "--out", &path_str(&keys)]);
         assert_eq!(out.code, 0, "{out:?}");
         std::fs::write(dir.path().join("policy.toml"), policy).unwrap();
         let id = broker.identity("mctc-authority").unwrap();
@@ -183,6 +188,8 @@ backend = "sqlite"
 path = "{db}"
 [ingest]
 gap_grace_ms = 2000
+[receipts]
+key = "{receipt_key}"
 "#,
             url = broker.url(),
             ca = path_str(&collector.ca),
@@ -190,6 +197,7 @@ gap_grace_ms = 2000
             key = path_str(&collector.key),
             pubkey = path_str(&keys.join("authority.pub")),
             db = path_str(&dir.path().join("collector.db")),
+            receipt_key = path_str(&keys.join("receipt.key")),
         );
         std::fs::write(dir.path().join("collector.toml"), config).unwrap();
         Fleet {
@@ -197,6 +205,7 @@ gap_grace_ms = 2000
             collector: None,
             broker,
             authority_pub: keys.join("authority.pub"),
+            collector_pub: keys.join("receipt.pub"),
             dir,
         }
     }
@@ -361,6 +370,8 @@ keep_alive_secs = 5
 [authority]
 public_keys = ["{pubkey}"]
 issuer = "{AUTHORITY_ID}"
+[collector]
+receipt_keys = ["{collector_pub}"]
 [attestation]
 pcrs = [0, 7, {MEASURED_PCR}]
 answer_timeout_ms = 2000
@@ -382,6 +393,7 @@ interval_ms = 2000
             cert = path_str(&identity.cert),
             key = path_str(&identity.key),
             pubkey = path_str(&fleet.authority_pub),
+            collector_pub = path_str(&fleet.collector_pub),
             measured = path_str(&measured),
             socket = path_str(&socket),
         );

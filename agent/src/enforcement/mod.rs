@@ -756,6 +756,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 error,
                 next_seq: lineage.next_seq,
                 acked_seq: forward.acked,
+                pruned_through: forward.pruned_through,
+                rejected_receipts: forward.rejected_receipts,
                 backlog: lineage.next_seq.saturating_sub(acked_next),
                 used_bytes: lineage.used_bytes,
                 quota_bytes: lineage.quota_bytes,

@@ -57,8 +57,14 @@ pub struct LineageCore {
     pub error: Option<String>,
     /// The next record's seq (everything below is durable).
     pub next_seq: u64,
-    /// The collector's last acknowledgement.
+    /// The seq of the latest verified collector receipt.
     pub acked_seq: Option<u64>,
+    /// The checkpoint of the persisted receipt: records through it may be
+    /// pruned.
+    pub pruned_through: Option<u64>,
+    /// Receipts that changed nothing (forged, foreign, replayed, for a seq
+    /// not sent, or naming another record).
+    pub rejected_receipts: u64,
     /// Records not yet acknowledged.
     pub backlog: u64,
     pub used_bytes: u64,

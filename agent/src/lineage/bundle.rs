@@ -14,6 +14,7 @@
 //!   4: bstr .size 32,              ; head: hash of the last record
 //!   5: bstr,                       ; registry: the authority's signed RegistryRecord (COSE_Sign1, as received)
 //!   6: bstr,                       ; ak_public: the AK's TPM2B_PUBLIC (equals the registry record's)
+//!   ? 7: bstr,                     ; receipt: the latest verified collector receipt (COSE_Sign1)
 //! }
 //! record = bstr                    ; one record's exact canonical encoding, ascending seq
 //! ```
@@ -35,6 +36,8 @@ use crate::error::AgentError;
 /// Bundle format version.
 pub const BUNDLE_VERSION: u64 = 1;
 const HEADER_KEYS: u64 = 7;
+/// With the optional receipt (key 7).
+const HEADER_KEYS_WITH_RECEIPT: u64 = 8;
 /// Largest item a reader accepts (a registry record is ≤ 2048 bytes, a
 /// record ≤ 2048 bytes).
 const MAX_ITEM_BYTES: u64 = 64 * 1024;
@@ -47,6 +50,8 @@ pub struct Bundle {
     pub head: [u8; 32],
     pub registry: Vec<u8>,
     pub ak_public: Vec<u8>,
+    /// The latest collector receipt the agent verified (header key 7).
+    pub receipt: Option<Vec<u8>>,
     pub records: Vec<Vec<u8>>,
 }
 
@@ -170,7 +175,12 @@ impl Bundle {
         let mut out = Vec::with_capacity(
             256 + self.registry.len() + self.records.iter().map(|r| r.len() + 3).sum::<usize>(),
         );
-        put_head(&mut out, 5, HEADER_KEYS);
+        let keys = if self.receipt.is_some() {
+            HEADER_KEYS_WITH_RECEIPT
+        } else {
+            HEADER_KEYS
+        };
+        put_head(&mut out, 5, keys);
         put_uint(&mut out, 0);
         put_uint(&mut out, BUNDLE_VERSION);
         put_uint(&mut out, 1);
@@ -185,6 +195,10 @@ impl Bundle {
         put_bytes(&mut out, &self.registry);
         put_uint(&mut out, 6);
         put_bytes(&mut out, &self.ak_public);
+        if let Some(receipt) = &self.receipt {
+            put_uint(&mut out, 7);
+            put_bytes(&mut out, receipt);
+        }
         for record in &self.records {
             put_bytes(&mut out, record);
         }
@@ -194,8 +208,9 @@ impl Bundle {
     /// Parses the structure (nothing is verified here).
     pub fn parse(bytes: &[u8]) -> Result<Bundle, String> {
         let mut r = Reader { bytes, at: 0 };
-        if r.expect(5, "header map")? != HEADER_KEYS {
-            return Err("header must have exactly keys 0-6".into());
+        let keys = r.expect(5, "header map")?;
+        if keys != HEADER_KEYS && keys != HEADER_KEYS_WITH_RECEIPT {
+            return Err("header must have exactly keys 0-6, or 0-7".into());
         }
         let v = expect_key(&mut r, 0)?.uint("version")?;
         if v != BUNDLE_VERSION {
@@ -208,6 +223,11 @@ impl Bundle {
             .map_err(|_| "head must be 32 bytes".to_owned())?;
         let registry = expect_key(&mut r, 5)?.bytes("registry")?.to_vec();
         let ak_public = expect_key(&mut r, 6)?.bytes("ak_public")?.to_vec();
+        let receipt = if keys == HEADER_KEYS_WITH_RECEIPT {
+            Some(expect_key(&mut r, 7)?.bytes("receipt")?.to_vec())
+        } else {
+            None
+        };
         let mut records = Vec::new();
         while r.at < bytes.len() {
             records.push(r.bytes("record")?.to_vec());
@@ -224,6 +244,7 @@ impl Bundle {
             head,
             registry,
             ak_public,
+            receipt,
             records,
         })
     }
@@ -266,13 +287,15 @@ pub fn registry_ak(
 
 /// Builds the bundle of `lineage_dir` from `from` (default: the oldest
 /// record on disk) through the last checkpoint, checking the chain on the
-/// way.
+/// way; `receipt` is the latest verified receipt and the seq it covers
+/// (the bundle must reach it).
 pub fn build(
     lineage_dir: &Path,
     device: &DeviceId,
     from: Option<u64>,
     registry: Vec<u8>,
     ak_public: Vec<u8>,
+    receipt: Option<(Vec<u8>, u64)>,
 ) -> Result<(Bundle, Exported), AgentError> {
     let frames = read_range(
         lineage_dir,
@@ -329,17 +352,26 @@ pub fn build(
         .last()
         .map(|r| record_hash(&crypto, r))
         .unwrap_or_default();
+    let last_seq = first + last as u64;
+    if let Some((_, seq)) = &receipt {
+        if *seq > last_seq {
+            return Err(AgentError::Bundle(format!(
+                "the collector acknowledged records through {seq}, after the last checkpoint ({last_seq}); start the agent so it checkpoints, then export"
+            )));
+        }
+    }
     let bundle = Bundle {
         device: device.as_str().to_owned(),
         from_seq: first,
         head,
         registry,
         ak_public,
+        receipt: receipt.map(|(bytes, _)| bytes),
         records,
     };
     let summary = Exported {
         from_seq: first,
-        last_seq: first + last as u64,
+        last_seq,
         records: last + 1,
         checkpoints,
         bytes: 0,
@@ -365,8 +397,20 @@ mod tests {
             head: [7; 32],
             registry: vec![0xd2; 40],
             ak_public: vec![1; 90],
+            receipt: None,
             records: vec![vec![0xa8; 10], vec![0xa9; 300]],
         }
+    }
+
+    #[test]
+    fn a_receipt_is_header_key_7() {
+        let bundle = Bundle {
+            receipt: Some(vec![0xd2; 120]),
+            ..sample()
+        };
+        let bytes = bundle.encode();
+        assert_eq!(bytes[0], 0xa8, "map of 8");
+        assert_eq!(Bundle::parse(&bytes).unwrap(), bundle);
     }
 
     #[test]

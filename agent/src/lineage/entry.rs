@@ -203,10 +203,14 @@ impl Entry {
     /// gate or permit something is refused at the quota.
     pub fn priority(&self) -> Priority {
         match self {
+            // A checkpoint is what lets the collector's receipt cover the
+            // backlog, and so what lets it be pruned: at the quota it must
+            // still be written, or nothing could ever be pruned again.
             Entry::AgentStop { .. }
             | Entry::Drift { .. }
             | Entry::HeartbeatLapse { .. }
-            | Entry::ControlReceived { .. } => Priority::Essential,
+            | Entry::ControlReceived { .. }
+            | Entry::Checkpoint { .. } => Priority::Essential,
             Entry::Gate(event) => match event {
                 GateEvent::Opened { .. } | GateEvent::Renewed { .. } => Priority::Normal,
                 GateEvent::Closed(_)
@@ -217,8 +221,7 @@ impl Entry {
             Entry::AgentStart { .. }
             | Entry::Enrolled { .. }
             | Entry::Attested { .. }
-            | Entry::Decision { .. }
-            | Entry::Checkpoint { .. } => Priority::Normal,
+            | Entry::Decision { .. } => Priority::Normal,
         }
     }
 

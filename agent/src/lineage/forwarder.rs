@@ -3,10 +3,10 @@
 //! Durable records (below the writer's `next_seq`) are read back from the
 //! segment files and sent as [`LineageBatch`]es (≤ 64 records, ≤ 64 KiB,
 //! QoS 1) on `dev/{id}/lineage`, at most `window` batches ahead of the last
-//! acknowledgement. The collector answers on `dev/{id}/lineage/ack` with
-//! the highest seq through which it holds a verified chain; the agent then
-//! persists that seq and lets the writer prune fully acknowledged
-//! segments.
+//! acknowledgement. The collector answers on `dev/{id}/lineage/ack` with a
+//! signed receipt ([`mctc_shim::Receipt`]): the verified chain it holds
+//! through `seq`, the hash of record `seq`, and the newest checkpoint it
+//! verified in it.
 //!
 //! Delivery is the application's job (rumqttc cannot match a PUBACK to its
 //! publish, and a new clean session loses what was in flight): after every
@@ -14,26 +14,38 @@
 //! `resend_after`, sending starts again from the last acknowledged seq.
 //! Resends are idempotent at the collector (same seq, same bytes).
 //!
-//! Acks are not signed, so an ack is believed only up to the highest seq
-//! this agent process actually sent: a forged ack can never get unsent
-//! records pruned. An ack beyond that (the collector already holds records
-//! sent before a restart) is believed up to what was sent, so the resend
-//! after a restart still makes progress batch by batch.
+//! A receipt counts only if, in this order: it is signed by a configured
+//! collector receipt key for this device (shim [`verify_receipt`]); its
+//! `seq` is not below the kept receipt's (else a replay); `seq` is a record
+//! this agent has sent (in this run, or durable at its start, when an
+//! earlier run may have sent it); the agent's own record at `seq` hashes to
+//! the receipt's `hash`; and the agent's record at `checkpoint` is a
+//! checkpoint. Anything else changes nothing, is counted and logged (at
+//! most one line per [`LOG_EVERY`] per reason). The anyone-can-publish
+//! unsigned `LineageAck` (sent by a collector that holds nothing of the
+//! device yet) only triggers a resend.
+//!
+//! The latest accepted receipt is persisted (`state_dir/lineage-receipt`,
+//! at most once a second and at stop) and only then are segments pruned,
+//! and only through the persisted receipt's `checkpoint`: nothing is pruned
+//! that a verified checkpoint the collector holds does not cover, and the
+//! receipt an export carries always covers what was pruned.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use mctc_service::link::QoS;
-use mctc_shim::DeviceId;
-use mctc_shim::limits::{MAX_BATCH_LEN, MAX_BATCH_RECORDS};
+use mctc_shim::limits::{MAX_BATCH_LEN, MAX_BATCH_RECORDS, MAX_RECORD_LEN};
+use mctc_shim::lineage::{Body, Record, record_hash};
 use mctc_shim::messages::{AckAnomaly, LineageAck, LineageBatch};
 use mctc_shim::topics::DeviceTopic;
 use mctc_shim::wire::{Bstr, List, Message, Version};
+use mctc_shim::{CollectorKey, DeviceId, RingCrypto, verify_receipt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::store::{Cursor, Frame, read_range_at};
+use super::store::{Cursor, Frame, read_range, read_range_at};
 use super::writer::LineageHandle;
 use crate::outbox::Outbox;
 use crate::state::StateDir;
@@ -41,9 +53,11 @@ use crate::state::StateDir;
 /// Record bytes per batch, leaving room for the batch's own encoding and
 /// one record past the budget (`read_range` stops after crossing it).
 const BATCH_PAYLOAD_BYTES: usize = MAX_BATCH_LEN - 4 * 1024;
-/// The acknowledged seq is persisted at most this often (losing it only
-/// means resending; the collector deduplicates).
+/// The latest receipt is persisted (and pruning follows it) at most this
+/// often; losing an unpersisted one only means resending and pruning later.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// At most one log line per rejection reason this often.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What the router hands the forwarder.
 #[derive(Debug)]
@@ -56,15 +70,96 @@ pub enum ForwarderInput {
 /// For status.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ForwardStatus {
+    /// The seq of the latest accepted receipt (the collector's verified
+    /// head when it signed).
     pub acked: Option<u64>,
     pub sent: Option<u64>,
     pub anomaly: Option<String>,
+    /// The checkpoint of the persisted receipt: lineage is pruned through it.
+    pub pruned_through: Option<u64>,
+    /// Receipts that changed nothing: forged, foreign, replayed, for a seq
+    /// not sent or a record that differs.
+    pub rejected_receipts: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct ForwarderSettings {
     pub window: usize,
     pub resend_after: Duration,
+    /// The collectors' receipt keys.
+    pub receipt_keys: Vec<CollectorKey>,
+}
+
+/// A receipt this agent accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Kept {
+    seq: u64,
+    hash: [u8; 32],
+    checkpoint: Option<u64>,
+    bytes: Vec<u8>,
+}
+
+/// Why a receipt changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptRejection {
+    /// Not signed by a configured collector key, not a receipt, not for
+    /// this device, or malformed.
+    #[error("does not verify: {0}")]
+    Unverified(mctc_shim::Error),
+    /// Older than the receipt already kept (a replay or a late duplicate).
+    #[error("seq {seq} is below the kept receipt's {kept} (replay)")]
+    Stale { seq: u64, kept: u64 },
+    /// For a seq this agent has not sent.
+    #[error("seq {seq} was never sent (highest sent: {sent:?})")]
+    NotSent { seq: u64, sent: Option<u64> },
+    /// The agent's own record at `seq` is not the one the receipt names.
+    #[error("record {seq} differs from the one the receipt names")]
+    HashMismatch { seq: u64 },
+    /// The named checkpoint is not a checkpoint in the agent's log.
+    #[error("record {seq} named as the checkpoint is not one")]
+    NotACheckpoint { seq: u64 },
+    /// The agent's record could not be read.
+    #[error("record {seq} could not be read: {reason}")]
+    Unreadable { seq: u64, reason: String },
+}
+
+impl ReceiptRejection {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Unverified(_) => "unverified",
+            Self::Stale { .. } => "stale",
+            Self::NotSent { .. } => "not-sent",
+            Self::HashMismatch { .. } => "hash-mismatch",
+            Self::NotACheckpoint { .. } => "not-a-checkpoint",
+            Self::Unreadable { .. } => "unreadable",
+        }
+    }
+}
+
+/// One log line per reason per [`LOG_EVERY`], with the count suppressed.
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    last: std::collections::HashMap<&'static str, (Instant, u64)>,
+}
+
+impl RateLimitedLog {
+    fn rejected(&mut self, rejection: &ReceiptRejection, total: u64) {
+        let reason = rejection.reason();
+        let now = Instant::now();
+        let entry = self.last.entry(reason).or_insert((now, 0));
+        let first = entry.1 == 0 && entry.0 == now;
+        if first || now.duration_since(entry.0) >= LOG_EVERY {
+            let suppressed = entry.1;
+            *entry = (now, 0);
+            if matches!(rejection, ReceiptRejection::Stale { .. }) {
+                tracing::info!(reason, %rejection, suppressed, total, "lineage receipt ignored");
+            } else {
+                tracing::warn!(reason, %rejection, suppressed, total, "lineage receipt rejected; nothing pruned");
+            }
+        } else {
+            entry.1 += 1;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -76,9 +171,19 @@ pub struct Forwarder<O: Outbox> {
     lineage: LineageHandle,
     state: StateDir,
     settings: ForwarderSettings,
+    /// Flow control: the seq of the latest accepted receipt, at most what
+    /// was sent.
     acked: Option<u64>,
-    persisted: Option<u64>,
+    /// The latest accepted receipt.
+    kept: Option<Kept>,
+    /// The receipt last written to `state_dir` (pruning follows it).
+    persisted: Option<Kept>,
     last_persist: Option<Instant>,
+    /// Records durable when this run started: an earlier run may have sent
+    /// any of them.
+    sent_before: Option<u64>,
+    rejected: u64,
+    log: RateLimitedLog,
     /// First seq not yet sent in this round.
     next_send: u64,
     /// Highest seq ever sent: acks above it are not believed.
@@ -102,9 +207,31 @@ impl<O: Outbox> Forwarder<O> {
         state: StateDir,
         settings: ForwarderSettings,
     ) -> (Forwarder<O>, watch::Receiver<ForwardStatus>) {
-        let acked = state.lineage_acked();
+        let kept = state.lineage_receipt().and_then(|bytes| {
+            match verify_receipt(&bytes, &settings.receipt_keys, &RingCrypto, &device) {
+                Ok(v) => {
+                    let r = v.receipt();
+                    Some(Kept {
+                        seq: r.seq,
+                        hash: r.hash.0,
+                        checkpoint: r.checkpoint,
+                        bytes: bytes.clone(),
+                    })
+                }
+                Err(error) => {
+                    // A rotated-out collector key or a damaged file: start
+                    // without one (resend everything, prune nothing until
+                    // the next receipt).
+                    tracing::warn!(%error, "the stored lineage receipt does not verify; ignored");
+                    None
+                }
+            }
+        });
+        let acked = kept.as_ref().map(|k| k.seq);
+        let sent_before = lineage.current().next_seq.checked_sub(1);
         let (status, rx) = watch::channel(ForwardStatus {
             acked,
+            pruned_through: kept.as_ref().and_then(|k| k.checkpoint),
             ..ForwardStatus::default()
         });
         let topic = DeviceTopic::Lineage.topic(&device).as_str().to_owned();
@@ -117,8 +244,12 @@ impl<O: Outbox> Forwarder<O> {
             state,
             settings,
             acked,
-            persisted: acked,
+            persisted: kept.clone(),
+            kept,
             last_persist: None,
+            sent_before,
+            rejected: 0,
+            log: RateLimitedLog::default(),
             next_send: 0,
             cursor: None,
             sent_high: None,
@@ -134,11 +265,16 @@ impl<O: Outbox> Forwarder<O> {
     /// out.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<ForwarderInput>) {
         let mut durable = self.lineage.status();
+        // What the persisted receipt covers may not have been pruned yet
+        // (a stop between persisting and pruning).
+        if let Some(through) = self.persisted.as_ref().and_then(|k| k.checkpoint) {
+            self.lineage.prune(through);
+        }
         self.restart_round();
         loop {
             let resend_at = self.last_progress + self.settings.resend_after;
             let waiting = !self.in_flight.is_empty() && self.connected;
-            let unpersisted = self.persisted != self.acked;
+            let unpersisted = self.persisted != self.kept;
             let persist_at = self
                 .last_persist
                 .map_or_else(Instant::now, |at| at + PERSIST_EVERY);
@@ -149,7 +285,7 @@ impl<O: Outbox> Forwarder<O> {
                         self.restart_round();
                     }
                     Some(ForwarderInput::Disconnected) => self.connected = false,
-                    Some(ForwarderInput::Ack(bytes)) => self.on_ack(&bytes),
+                    Some(ForwarderInput::Ack(bytes)) => self.on_ack(&bytes).await,
                     None => break,
                 },
                 changed = durable.changed() => {
@@ -270,7 +406,30 @@ impl<O: Outbox> Forwarder<O> {
         }
     }
 
-    fn on_ack(&mut self, bytes: &[u8]) {
+    async fn on_ack(&mut self, bytes: &[u8]) {
+        // A COSE_Sign1 starts with tag 18; anything else is the unsigned
+        // ack of a collector that holds nothing of this device yet.
+        if bytes.first() != Some(&0xd2) {
+            self.on_unsigned_ack(bytes);
+            return;
+        }
+        match self.check_receipt(bytes).await {
+            Ok(Some(kept)) => self.accept(kept, bytes),
+            // The kept receipt again (a duplicate delivery): nothing new,
+            // but it still reports the collector's anomaly, if any.
+            Ok(None) => self.on_anomaly_of(bytes),
+            Err(rejection) => {
+                self.rejected += 1;
+                self.log.rejected(&rejection, self.rejected);
+                let rejected = self.rejected;
+                self.status.send_modify(|s| s.rejected_receipts = rejected);
+            }
+        }
+    }
+
+    /// An unsigned ack proves nothing (the device's own broker identity
+    /// may publish on the ack topic): at most it makes the agent resend.
+    fn on_unsigned_ack(&mut self, bytes: &[u8]) {
         let ack = match LineageAck::decode(bytes) {
             Ok(ack) => ack,
             Err(e) => {
@@ -283,50 +442,140 @@ impl<O: Outbox> Forwarder<O> {
             return;
         }
         if let Some(anomaly) = ack.anomaly {
-            let text = format!("{} at seq {:?}", anomaly_name(anomaly), ack.at_seq);
-            tracing::error!(anomaly = %text, "collector reports a lineage anomaly");
-            self.status.send_modify(|s| s.anomaly = Some(text));
-            // Whatever the collector lacks is resent; records are kept.
-            self.restart_round();
+            self.report_anomaly(anomaly, ack.at_seq);
         }
-        let Some(claimed) = ack.through_seq else {
-            return;
+    }
+
+    fn report_anomaly(&mut self, anomaly: AckAnomaly, at_seq: Option<u64>) {
+        let text = format!("{} at seq {:?}", anomaly_name(anomaly), at_seq);
+        tracing::error!(anomaly = %text, "collector reports a lineage anomaly");
+        self.status.send_modify(|s| s.anomaly = Some(text));
+        // Whatever the collector lacks is resent; records are kept.
+        self.restart_round();
+    }
+
+    fn on_anomaly_of(&mut self, bytes: &[u8]) {
+        if let Ok(v) = verify_receipt(
+            bytes,
+            &self.settings.receipt_keys,
+            &RingCrypto,
+            &self.device,
+        ) {
+            if let (Some(anomaly), at) = (v.receipt().anomaly, v.receipt().at_seq) {
+                self.report_anomaly(anomaly, at);
+            }
+        }
+    }
+
+    /// Every check of a receipt; `Ok(None)` for the kept receipt's seq and
+    /// hash again.
+    async fn check_receipt(&self, bytes: &[u8]) -> Result<Option<Kept>, ReceiptRejection> {
+        let verified = verify_receipt(
+            bytes,
+            &self.settings.receipt_keys,
+            &RingCrypto,
+            &self.device,
+        )
+        .map_err(ReceiptRejection::Unverified)?;
+        let r = verified.receipt();
+        let (seq, hash, checkpoint) = (r.seq, r.hash.0, r.checkpoint);
+        if let Some(kept) = &self.kept {
+            if seq < kept.seq || (seq == kept.seq && hash == kept.hash) {
+                return if seq == kept.seq {
+                    Ok(None)
+                } else {
+                    Err(ReceiptRejection::Stale {
+                        seq,
+                        kept: kept.seq,
+                    })
+                };
+            }
+        }
+        let sent = match (self.sent_high, self.sent_before) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
         };
-        let Some(sent_high) = self.sent_high else {
-            tracing::debug!(claimed, "lineage ack before anything was sent; ignored");
-            return;
-        };
-        if claimed > sent_high {
-            // Normal after a restart (the collector holds what an earlier
-            // run sent); a forged ack gets no further than this either.
-            tracing::debug!(
-                claimed,
-                sent_high,
-                "lineage ack beyond what was sent; believed up to it"
-            );
+        if sent.is_none_or(|sent| seq > sent) {
+            return Err(ReceiptRejection::NotSent { seq, sent });
         }
-        let through = claimed.min(sent_high);
-        if self.acked.is_some_and(|a| through <= a) {
-            return;
+        let own = self.read_record(seq).await?;
+        if record_hash(&RingCrypto, &own) != hash {
+            return Err(ReceiptRejection::HashMismatch { seq });
         }
-        self.acked = Some(through);
-        self.last_progress = Instant::now();
+        if let Some(c) = checkpoint {
+            // The checkpoint may already be pruned only if an earlier
+            // receipt covered it (then it was checked then).
+            let covered = self
+                .persisted
+                .as_ref()
+                .and_then(|k| k.checkpoint)
+                .is_some_and(|p| c <= p);
+            if !covered {
+                let own = if c == seq {
+                    own
+                } else {
+                    self.read_record(c).await?
+                };
+                let is_checkpoint = Record::decode(&own)
+                    .is_ok_and(|record| matches!(record.body, Body::Checkpoint(_)));
+                if !is_checkpoint {
+                    return Err(ReceiptRejection::NotACheckpoint { seq: c });
+                }
+            }
+        }
+        Ok(Some(Kept {
+            seq,
+            hash,
+            checkpoint,
+            bytes: bytes.to_vec(),
+        }))
+    }
+
+    async fn read_record(&self, seq: u64) -> Result<Vec<u8>, ReceiptRejection> {
+        let dir = self.dir.clone();
+        let end = seq.saturating_add(1);
+        let read =
+            tokio::task::spawn_blocking(move || read_range(&dir, seq, end, 1, MAX_RECORD_LEN))
+                .await;
+        let unreadable = |reason: String| ReceiptRejection::Unreadable { seq, reason };
+        match read {
+            Ok(Ok(frames)) => frames
+                .into_iter()
+                .find(|f| f.seq == seq)
+                .map(|f| f.payload)
+                .ok_or_else(|| unreadable("not on disk".into())),
+            Ok(Err(e)) => Err(unreadable(e.to_string())),
+            Err(e) => Err(unreadable(e.to_string())),
+        }
+    }
+
+    fn accept(&mut self, kept: Kept, bytes: &[u8]) {
+        let through = kept.seq;
+        tracing::debug!(seq = through, checkpoint = ?kept.checkpoint, "lineage receipt accepted");
+        self.kept = Some(kept);
+        self.sent_high = Some(self.sent_high.map_or(through, |h| h.max(through)));
+        if self.acked.is_none_or(|a| through > a) {
+            self.acked = Some(through);
+            self.last_progress = Instant::now();
+        }
         while self.in_flight.front().is_some_and(|last| *last <= through) {
             self.in_flight.pop_front();
         }
         if self.next_send <= through {
             self.next_send = through + 1;
         }
-        self.lineage.prune(through);
+        self.on_anomaly_of(bytes);
         self.persist(false);
         self.publish_status();
     }
 
+    /// Persists the kept receipt (if due) and then prunes through its
+    /// checkpoint: a receipt is on disk before anything it covers is gone.
     fn persist(&mut self, force: bool) {
-        let Some(acked) = self.acked else {
+        let Some(kept) = self.kept.clone() else {
             return;
         };
-        if self.persisted == Some(acked) {
+        if self.persisted.as_ref() == Some(&kept) {
             return;
         }
         let due = self
@@ -335,12 +584,19 @@ impl<O: Outbox> Forwarder<O> {
         if !force && !due {
             return;
         }
-        match self.state.set_lineage_acked(acked) {
+        match self.state.set_lineage_receipt(&kept.bytes) {
             Ok(()) => {
-                self.persisted = Some(acked);
                 self.last_persist = Some(Instant::now());
+                if let Some(through) = kept.checkpoint {
+                    self.lineage.prune(through);
+                }
+                self.status
+                    .send_modify(|s| s.pruned_through = kept.checkpoint);
+                self.persisted = Some(kept);
             }
-            Err(e) => tracing::warn!(error = %e, "could not persist the lineage ack"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not persist the lineage receipt; nothing pruned");
+            }
         }
     }
 
