@@ -552,8 +552,10 @@ fn walk_lifecycle(walk: &mut Walk, options: &Options) -> Result<DemoFleet, Strin
         device_failure(locker)
     })?;
 
-    // 9. Proof persisted: the collector acknowledged every record; each
-    //    exported bundle verifies offline with only the authority's key.
+    // 9. Proof persisted: the collector acknowledged every record with a
+    //    signed receipt; each device's exported bundle verifies offline with
+    //    the authority's key and is complete through its receipt by the
+    //    collector's key; so does the collector's own export.
     walk.phase(
         9,
         "proof persisted — lineage at the collector, verifiable offline",
@@ -586,6 +588,9 @@ fn walk_lifecycle(walk: &mut Walk, options: &Options) -> Result<DemoFleet, Strin
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("{}: {e}", out_dir.display()))?;
     let key = out_dir.join("authority.pub");
     std::fs::copy(&fleet.authority_pub, &key).map_err(|e| format!("copy authority.pub: {e}"))?;
+    let receipt_key = out_dir.join("collector-receipt.pub");
+    std::fs::copy(&fleet.collector_pub, &receipt_key)
+        .map_err(|e| format!("copy the collector's receipt.pub: {e}"))?;
     for device in &devices {
         let bundle = out_dir.join(format!("{}.bundle", device.id));
         let exported = device.cli(&["lineage", "export", "--out", path(&bundle)]);
@@ -594,22 +599,53 @@ fn walk_lifecycle(walk: &mut Walk, options: &Options) -> Result<DemoFleet, Strin
             &format!("{}: lineage exported to {}", device.id, bundle.display()),
             || format!("{exported:?}"),
         )?;
-        let verified = mctc_tests::fleet::run(
+        let from_collector = out_dir.join(format!("{}.collector.bundle", device.id));
+        let config = fleet.collector_config();
+        let exported = mctc_tests::fleet::run(
             "mctc-collector",
-            &["verify", path(&bundle), "--authority-key", path(&key)],
+            &[
+                "export",
+                &device.id,
+                "--config",
+                &config,
+                "--out",
+                path(&from_collector),
+            ],
         );
         walk.check(
-            verified.code == 0,
+            exported.code == 0,
             &format!(
-                "mctc-collector verify {}: {}",
-                bundle.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
-                verified.stdout.trim()
+                "{}: the collector exported its copy with a fresh receipt to {}",
+                device.id,
+                from_collector.display()
             ),
-            || format!("{verified:?}"),
+            || format!("{exported:?}"),
         )?;
+        for bundle in [&bundle, &from_collector] {
+            let verified = mctc_tests::fleet::run(
+                "mctc-collector",
+                &[
+                    "verify",
+                    path(bundle),
+                    "--authority-key",
+                    path(&key),
+                    "--collector-key",
+                    path(&receipt_key),
+                ],
+            );
+            walk.check(
+                verified.code == 0,
+                &format!(
+                    "mctc-collector verify {}: {}",
+                    bundle.file_name().and_then(|n| n.to_str()).unwrap_or("?"),
+                    verified.stdout.trim()
+                ),
+                || format!("{verified:?}"),
+            )?;
+        }
     }
     println!(
-        "   proof and the authority's public key are in {}",
+        "   proof, the authority's public key and the collector's receipt key are in {}",
         out_dir.display()
     );
     if !walk.failures.is_empty() {

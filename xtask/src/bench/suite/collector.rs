@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use mctc_authority::store::RegistryRow;
 use mctc_collector::ingest::{Ingest, IngestConfig};
+use mctc_collector::receipt::ReceiptSigner;
 use mctc_collector::store::sqlite::SqliteStore;
 use mctc_shim::lineage::{Body, Decision, VerdictCode};
-use mctc_shim::messages::{DeviceStatus, LineageAck};
+use mctc_shim::messages::DeviceStatus;
 use mctc_shim::topics::DeviceTopic;
 use mctc_shim::wire::{Bytes, Text, Token};
-use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
+use mctc_shim::{AuthorityKey, DeviceId, RingCrypto, Signer as _};
+use mctc_shim::{CollectorKey, verify_receipt};
 
 use crate::chain::{SimChain, batches};
 use crate::report::Figures;
@@ -103,7 +105,15 @@ pub fn measure(figures: &mut Figures, count: u64) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let store = SqliteStore::open(&dir.path().join("collector.db")).map_err(|e| e.to_string())?;
     let keys = vec![AuthorityKey::new(&RingCrypto, issuer.public_key())];
-    let mut ingest = Ingest::new(store, keys, IngestConfig::default(), "bench".into());
+    let receipts = ReceiptSigner::from_seed(&[0x5a; 32]).ok_or("receipt key")?;
+    let receipt_key = CollectorKey::new(&RingCrypto, receipts.public_key());
+    let mut ingest = Ingest::new(
+        store,
+        keys,
+        receipts,
+        IngestConfig::default(),
+        "bench".into(),
+    );
     let now = mctc_service::clock::wall_ms();
     ingest.handle(
         DeviceTopic::Registry.topic(&device).as_str(),
@@ -115,11 +125,16 @@ pub fn measure(figures: &mut Figures, count: u64) -> Result<(), String> {
     let mut last_ack = None;
     for payload in &payloads {
         for publish in ingest.handle(&topic, payload, now) {
-            if let Ok(ack) = LineageAck::decode(&publish.payload) {
-                if ack.anomaly.is_some() {
-                    return Err(format!("the collector reported an anomaly: {ack:?}"));
+            // Every ack is a signed receipt once records are stored: the
+            // measured path includes signing it.
+            if let Ok(receipt) =
+                verify_receipt(&publish.payload, &[receipt_key], &RingCrypto, &device)
+            {
+                let receipt = receipt.receipt();
+                if receipt.anomaly.is_some() {
+                    return Err(format!("the collector reported an anomaly: {receipt:?}"));
                 }
-                last_ack = ack.through_seq;
+                last_ack = Some(receipt.seq);
             }
         }
     }

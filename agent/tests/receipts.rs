@@ -1,0 +1,534 @@
+//! Lineage receipts end to end (issue 13, parts 3 and 4), against the real
+//! broker (the shipped ACL, which lets a device publish on its own
+//! `lineage/ack` topic), authority, collector and agent:
+//!
+//! - acks forged with the device's own broker identity while the collector
+//!   is down prune nothing: the store fills, the gate denies at the quota,
+//!   and once the collector is back every record reaches it with no gap;
+//! - receipts by another key, for another device, for a record the
+//!   collector does not hold, or replayed, change nothing and are counted;
+//! - a bundle cut or thinned below its receipt fails `mctc-collector
+//!   verify` at the first missing seq, and the collector's own export
+//!   verifies.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Device, Fleet, MqttClient, run};
+use mctc_agent::lineage::bundle::Bundle;
+use mctc_agent::lineage::store::read_range;
+use mctc_shim::lineage::record_hash;
+use mctc_shim::messages::LineageAck;
+use mctc_shim::wire::{Bytes, Version};
+use mctc_shim::{DeviceId, Message, Receipt, RingCrypto, RingSigner, Signer};
+use mctc_tests::wait_until;
+use ring::signature::{Ed25519KeyPair, KeyPair};
+use serde_json::Value;
+
+/// A small store: the quota fills within a few hundred permits.
+const SMALL_STORE: &str = "[lineage]\nsegment_bytes = 16384\nquota_bytes = 65536\nreserve_bytes = 16384\nresend_after_ms = 1000\n";
+
+/// The collector's receipt key, as the fleet generated it.
+struct KeyFile(Ed25519KeyPair);
+
+impl Signer for KeyFile {
+    fn public_key(&self) -> [u8; 32] {
+        self.0.public_key().as_ref().try_into().unwrap()
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], mctc_shim::Error> {
+        Ok(self.0.sign(message).as_ref().try_into().unwrap())
+    }
+}
+
+fn collector_signer(fleet: &Fleet) -> KeyFile {
+    let path = fleet.dir.path().join("keys").join("receipt.key");
+    KeyFile(mctc_service::keys::read_signing_key(&path).unwrap())
+}
+
+fn ack_topic(device: &Device) -> String {
+    format!("mctc/v1/dev/{}/lineage/ack", device.id)
+}
+
+/// A receipt for `seq` with `hash`, signed by `signer`.
+fn receipt(
+    signer: &dyn Signer,
+    device: &str,
+    seq: u64,
+    hash: [u8; 32],
+    checkpoint: Option<u64>,
+) -> Vec<u8> {
+    let r = Receipt {
+        v: Version::CURRENT,
+        device: DeviceId::new(device).unwrap(),
+        seq,
+        hash: Bytes(hash),
+        time_ms: 1_764_000_000_000,
+        checkpoint,
+        anomaly: None,
+        at_seq: None,
+        log_checkpoint: None,
+        inclusion_proof: None,
+    };
+    let mut buf = [0u8; 2048];
+    r.sign(signer, &RingCrypto, &mut buf).unwrap().to_vec()
+}
+
+/// The device's durable records from `from`.
+fn records(device: &Device, from: u64) -> Vec<(u64, Vec<u8>)> {
+    read_range(
+        &device.lineage_dir(),
+        from,
+        u64::MAX,
+        usize::MAX,
+        usize::MAX,
+    )
+    .unwrap()
+    .into_iter()
+    .map(|f| (f.seq, f.payload))
+    .collect()
+}
+
+fn first_on_disk(device: &Device) -> u64 {
+    records(device, 0).first().unwrap().0
+}
+
+/// The newest checkpoint record on disk and its hash.
+fn last_checkpoint(device: &Device) -> (u64, [u8; 32]) {
+    records(device, 0)
+        .into_iter()
+        .rev()
+        .find(|(_, bytes)| {
+            matches!(
+                common::record(bytes).body,
+                mctc_shim::lineage::Body::Checkpoint(_)
+            )
+        })
+        .map(|(seq, bytes)| (seq, record_hash(&RingCrypto, &bytes)))
+        .unwrap()
+}
+
+fn lineage(device: &Device) -> Value {
+    device.status()["lineage"].clone()
+}
+
+fn rejected(device: &Device) -> u64 {
+    lineage(device)["rejected_receipts"].as_u64().unwrap()
+}
+
+/// Everything an attacker holding the device's broker key can publish on
+/// its ack topic to claim that everything up to `seq` is acknowledged: the
+/// old unsigned ack, and receipts signed by a key of their own (with the
+/// right record hash, read from the device's own disk).
+fn forged_acks(device: &Device, rogue: &RingSigner, seq: u64, hash: [u8; 32]) -> Vec<Vec<u8>> {
+    let unsigned = LineageAck {
+        v: Version::CURRENT,
+        device: DeviceId::new(&device.id).unwrap(),
+        through_seq: Some(seq),
+        anomaly: None,
+        at_seq: None,
+    };
+    let mut buf = [0u8; 256];
+    vec![
+        unsigned.encode(&mut buf).unwrap().to_vec(),
+        receipt(rogue, &device.id, seq, hash, Some(seq)),
+    ]
+}
+
+#[test]
+fn acks_forged_with_the_devices_own_identity_prune_nothing_and_the_collector_gets_every_record() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device_with("forged-1", "locker", SMALL_STORE);
+    device.bring_up();
+    // The collector is down from the start: nothing is acknowledged.
+    // Meanwhile someone holding the device's own certificate publishes
+    // acks on its ack topic (the broker's ACL allows it) claiming every
+    // record, as fast as the device writes them.
+    let forger = MqttClient::connect(&fleet.broker, &device.id, "forged-1-forger", &[]);
+    let rogue = RingSigner::from_seed(&[0x66; 32]).unwrap();
+    let topic = ack_topic(&device);
+    let mut permits = Vec::new();
+    let mut forged = 0;
+    let denied = loop {
+        let answer = device.authorize("unlock", None, None, Some("forged-ack"));
+        if answer["decision"] == "permit" {
+            permits.push(answer["seq"].as_u64().unwrap());
+        } else {
+            break answer;
+        }
+        if permits.len() % 20 == 0 {
+            let (seq, hash) = last_checkpoint(&device);
+            for ack in forged_acks(&device, &rogue, seq, hash) {
+                forger.publish(&topic, &ack, false);
+                forged += 1;
+            }
+        }
+        assert!(
+            permits.len() < 5_000,
+            "the quota never filled: {}",
+            device.status()
+        );
+    };
+    // The deny: the store filled because nothing was pruned on the forged
+    // acks; before receipts, they pruned and the gate stayed open.
+    assert_eq!(denied["reason"], "lineage-unavailable", "{denied}");
+    assert!(permits.len() > 100, "only {} permits", permits.len());
+    assert!(
+        wait_until(Duration::from_secs(10), || rejected(&device) >= forged / 2).is_some(),
+        "forged receipts were not all rejected: {} of {forged}",
+        rejected(&device)
+    );
+    let status = lineage(&device);
+    assert_eq!(status["acked_seq"], Value::Null, "{status}");
+    assert_eq!(status["pruned_through"], Value::Null, "{status}");
+    assert_eq!(first_on_disk(&device), 0, "nothing pruned on a forged ack");
+    assert!(device.log().contains("lineage receipt rejected"));
+
+    // The collector comes back: every record arrives (from seq 0, no gap),
+    // the device prunes on the genuine receipts and the gate reopens.
+    fleet.start_collector();
+    assert!(
+        device.wait_state("open", Duration::from_secs(60)).is_some(),
+        "{}\n--- collector ---\n{}",
+        device.status(),
+        fleet.collector_log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || first_on_disk(&device) > 0).is_some(),
+        "nothing pruned on the genuine receipts: {}",
+        device.status()
+    );
+    assert!(!fleet.collector_log().contains("lineage anomaly"));
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("collector.bundle");
+    let export = run(
+        "mctc-collector",
+        &[
+            "export",
+            &device.id,
+            "--config",
+            &fleet.collector_config(),
+            "--out",
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(export.code, 0, "{export:?}");
+    let verified = verify(&fleet, &bundle);
+    assert_eq!(verified.code, 0, "{verified:?}");
+    // Every permit answered is at the collector, in the verified chain
+    // from seq 0.
+    let held = Bundle::parse(&std::fs::read(&bundle).unwrap()).unwrap();
+    assert_eq!(held.from_seq, 0);
+    let last = held.records.len() as u64 - 1;
+    assert!(
+        permits.iter().all(|seq| *seq <= last),
+        "permits beyond the collector's export (last {last}): {:?}",
+        permits.last()
+    );
+    for seq in &permits {
+        let record = common::record(&held.records[*seq as usize]);
+        assert!(
+            matches!(record.body, mctc_shim::lineage::Body::Decision(_)),
+            "record {seq} is not the permit's decision"
+        );
+    }
+}
+
+#[test]
+fn receipts_by_another_key_for_another_device_or_a_record_the_collector_does_not_hold_change_nothing()
+ {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("foreign-1", "locker");
+    device.bring_up();
+    // A genuine receipt first, captured as the device receives it.
+    let spy = MqttClient::connect(
+        &fleet.broker,
+        &device.id,
+        "foreign-1-spy",
+        &[&ack_topic(&device)],
+    );
+    for i in 0..20 {
+        assert!(device.permits(), "permit {i}");
+    }
+    let checkpoint = device
+        .request(&serde_json::json!({"checkpoint": {}}))
+        .unwrap()["checkpoint"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            lineage(&device)["pruned_through"]
+                .as_u64()
+                .is_some_and(|p| p >= checkpoint)
+        })
+        .is_some(),
+        "{}",
+        device.status()
+    );
+    let genuine_early = spy
+        .received_on(&ack_topic(&device))
+        .into_iter()
+        .find(|p| p.first() == Some(&0xd2))
+        .unwrap();
+    fleet.kill_collector();
+    for i in 0..20 {
+        assert!(device.permits(), "permit {i} with the collector down");
+    }
+    // A checkpoint no collector has seen.
+    device
+        .request(&serde_json::json!({"checkpoint": {}}))
+        .unwrap();
+    let before = lineage(&device);
+    let before_rejected = rejected(&device);
+    let first = first_on_disk(&device);
+
+    let collector = collector_signer(&fleet);
+    let rogue = RingSigner::from_seed(&[0x66; 32]).unwrap();
+    let (seq, hash) = last_checkpoint(&device);
+    let next = before["next_seq"].as_u64().unwrap();
+    let other_hash = record_hash(&RingCrypto, &records(&device, seq - 1)[0].1);
+    let attempts = [
+        // Another key, the right device, seq and hash.
+        receipt(&rogue, &device.id, seq, hash, Some(seq)),
+        // The collector's key, another device.
+        receipt(&collector, "foreign-2", seq, hash, Some(seq)),
+        // The collector's key, a seq the device never wrote (so neither
+        // sent nor held).
+        receipt(
+            &collector,
+            &device.id,
+            next + 1_000,
+            hash,
+            Some(next + 1_000),
+        ),
+        // The collector's key, a seq the device wrote but another record.
+        receipt(&collector, &device.id, seq, other_hash, Some(seq)),
+        // The authority's word is not a collector's: a registry record.
+        std::fs::read(device.state_dir().join("registry.cose")).unwrap(),
+        // A genuine but old receipt, replayed.
+        genuine_early,
+    ];
+    let forger = MqttClient::connect(&fleet.broker, &device.id, "foreign-1-forger", &[]);
+    for attempt in &attempts {
+        forger.publish(&ack_topic(&device), attempt, false);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            rejected(&device) >= before_rejected + attempts.len() as u64
+        })
+        .is_some(),
+        "rejected {} of {}",
+        rejected(&device) - before_rejected,
+        attempts.len()
+    );
+    let after = lineage(&device);
+    assert_eq!(after["acked_seq"], before["acked_seq"], "{after}");
+    assert_eq!(after["pruned_through"], before["pruned_through"], "{after}");
+    assert_eq!(first_on_disk(&device), first, "nothing more pruned");
+    let log = device.log();
+    for reason in ["unverified", "not-sent", "hash-mismatch", "stale"] {
+        assert!(log.contains(reason), "no {reason} rejection logged");
+    }
+
+    // The control: the same collector key, this device, the device's own
+    // record at a checkpoint it wrote: accepted, and pruned through it.
+    let good = receipt(&collector, &device.id, seq, hash, Some(seq));
+    forger.publish(&ack_topic(&device), &good, false);
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            lineage(&device)["pruned_through"].as_u64() == Some(seq)
+        })
+        .is_some(),
+        "a genuine receipt was not accepted: {}",
+        device.status()
+    );
+    assert_eq!(rejected(&device), before_rejected + attempts.len() as u64);
+}
+
+fn verify(fleet: &Fleet, bundle: &Path) -> common::Output {
+    run(
+        "mctc-collector",
+        &[
+            "verify",
+            bundle.to_str().unwrap(),
+            "--authority-key",
+            fleet.authority_pub.to_str().unwrap(),
+            "--collector-key",
+            fleet.collector_pub.to_str().unwrap(),
+        ],
+    )
+}
+
+/// The seq of the receipt the agent persisted.
+fn persisted_receipt_seq(fleet: &Fleet, device: &Device) -> Option<u64> {
+    let bytes = std::fs::read(device.state_dir().join("lineage-receipt")).ok()?;
+    let key = mctc_service::keys::read_public_key(&fleet.collector_pub).unwrap();
+    let verified = mctc_shim::verify_receipt(
+        &bytes,
+        &[mctc_shim::CollectorKey::new(&RingCrypto, key)],
+        &RingCrypto,
+        &DeviceId::new(&device.id).unwrap(),
+    )
+    .ok()?;
+    Some(verified.receipt().seq)
+}
+
+fn rewrite(bundle: &Bundle, from_seq: u64, records: Vec<Vec<u8>>, path: &Path) {
+    let cut = Bundle {
+        from_seq,
+        head: record_hash(&RingCrypto, records.last().unwrap()),
+        records,
+        ..bundle.clone()
+    };
+    std::fs::write(path, cut.encode()).unwrap();
+}
+
+#[test]
+fn bundles_cut_or_thinned_below_their_receipt_fail_and_the_collectors_export_verifies() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("bundle-1", "locker");
+    device.bring_up();
+    for _ in 0..3 {
+        for _ in 0..10 {
+            assert!(device.permits());
+        }
+        device
+            .request(&serde_json::json!({"checkpoint": {}}))
+            .unwrap();
+    }
+    // Wait for the receipt of everything so far to be persisted.
+    let next = lineage(&device)["next_seq"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            persisted_receipt_seq(&fleet, &device).is_some_and(|seq| seq + 1 >= next)
+        })
+        .is_some(),
+        "{}",
+        device.status()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("device.bundle");
+    let out = device.cli(&["lineage", "export", "--out", path.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let ok = verify(&fleet, &path);
+    assert_eq!(ok.code, 0, "{ok:?}");
+    assert!(ok.stdout.contains("complete through seq"), "{ok:?}");
+    let bundle = Bundle::parse(&std::fs::read(&path).unwrap()).unwrap();
+    assert!(bundle.receipt.is_some(), "the export carries the receipt");
+    let receipt_seq = mctc_shim::verify_receipt(
+        bundle.receipt.as_ref().unwrap(),
+        &[mctc_shim::CollectorKey::new(
+            &RingCrypto,
+            mctc_service::keys::read_public_key(&fleet.collector_pub).unwrap(),
+        )],
+        &RingCrypto,
+        &DeviceId::new(&device.id).unwrap(),
+    )
+    .unwrap()
+    .receipt()
+    .seq;
+    assert!(receipt_seq > bundle.from_seq + 3, "receipt {receipt_seq}");
+
+    // Cut after an earlier checkpoint (the unsigned header recomputed):
+    // authentic, so it passes without the collector's key, but with it the
+    // cut is found at the first missing seq.
+    let index = |seq: u64| (seq - bundle.from_seq) as usize;
+    let earlier = bundle.records[..index(receipt_seq)]
+        .iter()
+        .rposition(|r| {
+            matches!(
+                common::record(r).body,
+                mctc_shim::lineage::Body::Checkpoint(_)
+            )
+        })
+        .unwrap();
+    let cut_path = dir.path().join("cut.bundle");
+    rewrite(
+        &bundle,
+        bundle.from_seq,
+        bundle.records[..=earlier].to_vec(),
+        &cut_path,
+    );
+    let without_key = run(
+        "mctc-collector",
+        &[
+            "verify",
+            cut_path.to_str().unwrap(),
+            "--authority-key",
+            fleet.authority_pub.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(without_key.code, 0, "{without_key:?}");
+    assert!(without_key.stdout.contains("completeness not checked"));
+    let cut = verify(&fleet, &cut_path);
+    assert_eq!(cut.code, 1, "{cut:?}");
+    let first_missing = bundle.from_seq + earlier as u64 + 1;
+    assert!(
+        cut.stderr
+            .contains(&format!("at seq {first_missing}: truncated")),
+        "{cut:?}"
+    );
+    assert_eq!(cut.stderr.lines().count(), 1, "one line: {cut:?}");
+
+    // A record missing before the receipt: fails at that seq.
+    let mut thinned = bundle.records.clone();
+    let gone = index(receipt_seq) / 2;
+    thinned.remove(gone);
+    let thin_path = dir.path().join("thin.bundle");
+    rewrite(&bundle, bundle.from_seq, thinned, &thin_path);
+    let thin = verify(&fleet, &thin_path);
+    assert_eq!(thin.code, 1, "{thin:?}");
+    let missing = bundle.from_seq + gone as u64;
+    assert!(
+        thin.stderr.contains(&format!("at seq {missing}: gap")),
+        "{thin:?}"
+    );
+
+    // The collector's own export, with a fresh receipt, verifies; cut, it
+    // fails like the device's.
+    let from_collector = dir.path().join("collector.bundle");
+    let export = run(
+        "mctc-collector",
+        &[
+            "export",
+            &device.id,
+            "--config",
+            &fleet.collector_config(),
+            "--out",
+            from_collector.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(export.code, 0, "{export:?}");
+    let verified = verify(&fleet, &from_collector);
+    assert_eq!(verified.code, 0, "{verified:?}");
+    assert!(verified.stdout.contains("0 unacknowledged"), "{verified:?}");
+    let held = Bundle::parse(&std::fs::read(&from_collector).unwrap()).unwrap();
+    rewrite(&held, 0, held.records[..3].to_vec(), &cut_path);
+    assert_eq!(verify(&fleet, &cut_path).code, 1);
+    // A device the collector holds nothing of: exit 1, one line.
+    let none = run(
+        "mctc-collector",
+        &[
+            "export",
+            "nobody-1",
+            "--config",
+            &fleet.collector_config(),
+            "--out",
+            dir.path().join("none.bundle").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(none.code, 1, "{none:?}");
+}
