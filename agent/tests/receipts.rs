@@ -180,7 +180,11 @@ fn acks_forged_with_the_devices_own_identity_prune_nothing_and_the_collector_get
     };
     // The deny: the store filled because nothing was pruned on the forged
     // acks; before receipts, they pruned and the gate stayed open.
-    assert_eq!(denied["reason"], "lineage-unavailable", "{denied}");
+    assert_eq!(denied["decision"], "deny", "{denied}");
+    let status = device.status();
+    assert_eq!(status["state"], "closed", "{status}");
+    assert_eq!(status["reason"], "lineage-unavailable", "{status}");
+    assert_eq!(status["lineage"]["health"], "quota-reached", "{status}");
     assert!(permits.len() > 100, "only {} permits", permits.len());
     assert!(
         wait_until(Duration::from_secs(10), || rejected(&device) >= forged / 2).is_some(),
@@ -281,39 +285,38 @@ fn receipts_by_another_key_for_another_device_or_a_record_the_collector_does_not
         .into_iter()
         .find(|p| p.first() == Some(&0xd2))
         .unwrap();
-    fleet.kill_collector();
-    for i in 0..20 {
-        assert!(device.permits(), "permit {i} with the collector down");
-    }
-    // A checkpoint no collector has seen.
-    device
-        .request(&serde_json::json!({"checkpoint": {}}))
-        .unwrap();
+    // Everything is receipted and the device is idle: no genuine receipt
+    // comes until it writes again.
+    let next = lineage(&device)["next_seq"].as_u64().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            lineage(&device)["acked_seq"].as_u64() == Some(next - 1)
+        })
+        .is_some(),
+        "{}",
+        device.status()
+    );
     let before = lineage(&device);
     let before_rejected = rejected(&device);
     let first = first_on_disk(&device);
 
     let collector = collector_signer(&fleet);
     let rogue = RingSigner::from_seed(&[0x66; 32]).unwrap();
-    let (seq, hash) = last_checkpoint(&device);
-    let next = before["next_seq"].as_u64().unwrap();
-    let other_hash = record_hash(&RingCrypto, &records(&device, seq - 1)[0].1);
+    let seq = next - 1;
+    let own = records(&device, seq - 1);
+    let hash = record_hash(&RingCrypto, &own[1].1);
+    let other_hash = record_hash(&RingCrypto, &own[0].1);
     let attempts = [
         // Another key, the right device, seq and hash.
-        receipt(&rogue, &device.id, seq, hash, Some(seq)),
+        receipt(&rogue, &device.id, seq, hash, Some(checkpoint)),
         // The collector's key, another device.
-        receipt(&collector, "foreign-2", seq, hash, Some(seq)),
+        receipt(&collector, "foreign-2", seq, hash, Some(checkpoint)),
         // The collector's key, a seq the device never wrote (so neither
         // sent nor held).
-        receipt(
-            &collector,
-            &device.id,
-            next + 1_000,
-            hash,
-            Some(next + 1_000),
-        ),
-        // The collector's key, a seq the device wrote but another record.
-        receipt(&collector, &device.id, seq, other_hash, Some(seq)),
+        receipt(&collector, &device.id, next + 1_000, hash, Some(checkpoint)),
+        // The collector's key, a seq the device sent but another record
+        // than the device's.
+        receipt(&collector, &device.id, seq, other_hash, Some(checkpoint)),
         // The authority's word is not a collector's: a registry record.
         std::fs::read(device.state_dir().join("registry.cose")).unwrap(),
         // A genuine but old receipt, replayed.
@@ -341,13 +344,17 @@ fn receipts_by_another_key_for_another_device_or_a_record_the_collector_does_not
         assert!(log.contains(reason), "no {reason} rejection logged");
     }
 
-    // The control: the same collector key, this device, the device's own
-    // record at a checkpoint it wrote: accepted, and pruned through it.
-    let good = receipt(&collector, &device.id, seq, hash, Some(seq));
-    forger.publish(&ack_topic(&device), &good, false);
+    // Still receipting: new records get a genuine receipt and are pruned
+    // through their checkpoint.
+    assert!(device.permits());
+    let checkpoint = device
+        .request(&serde_json::json!({"checkpoint": {}}))
+        .unwrap()["checkpoint"]
+        .as_u64()
+        .unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || {
-            lineage(&device)["pruned_through"].as_u64() == Some(seq)
+            lineage(&device)["pruned_through"].as_u64() == Some(checkpoint)
         })
         .is_some(),
         "a genuine receipt was not accepted: {}",
