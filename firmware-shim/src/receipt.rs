@@ -131,7 +131,10 @@ pub fn verify_receipt<'a>(
 }
 
 #[cfg(all(test, feature = "ring"))]
-#[expect(clippy::unwrap_used, reason = "test fixtures: a failure stops the test")]
+#[expect(
+    clippy::unwrap_used,
+    reason = "test fixtures: a failure stops the test"
+)]
 mod tests {
     use super::*;
     use crate::crypto::{RingCrypto, RingSigner};

@@ -38,6 +38,9 @@ fn decode_everything(bytes: &[u8]) {
     let _ = Nonce::decode(bytes);
     let _ = Evidence::decode(bytes);
     let _ = LineageAck::decode(bytes);
+    let _ = mctc_shim::Receipt::decode(bytes);
+    let collector = [mctc_shim::CollectorKey::new(c, *keys[0].public())];
+    let _ = mctc_shim::verify_receipt(bytes, &collector, c, &dev);
     let _ = Record::decode(bytes);
     let _ = Claims::decode(bytes);
     let _ = Heartbeat::decode(bytes);

@@ -626,6 +626,37 @@ fn the_largest_message_of_every_kind_fits_its_limit() {
     rf.iat = u64::MAX;
     sizes.push((MessageKind::Refusal, signed_round_trip(&rf, &mut buf)));
 
+    // A receipt with the reserved log fields at their limits: it still fits,
+    // so filling them later needs no new limit.
+    let (log, proof) = (vec![9u8; 512], vec![10u8; 1024]);
+    let receipt = mctc_shim::Receipt {
+        v: Version::CURRENT,
+        device: dev.clone(),
+        seq: u64::MAX,
+        hash: Bytes([0xff; 32]),
+        time_ms: u64::MAX,
+        checkpoint: Some(u64::MAX),
+        anomaly: Some(AckAnomaly::ClockRegression),
+        at_seq: Some(u64::MAX),
+        log_checkpoint: Some(Bstr(&log)),
+        inclusion_proof: Some(Bstr(&proof)),
+    };
+    let signer = mctc_shim::RingSigner::from_seed(&[0x5a; 32]).unwrap();
+    let mut receipt_buf = [0u8; 2048];
+    let receipt_bytes = receipt
+        .sign(&signer, &RingCrypto, &mut receipt_buf)
+        .unwrap()
+        .to_vec();
+    let key = mctc_shim::CollectorKey::new(&RingCrypto, mctc_shim::Signer::public_key(&signer));
+    let opened = mctc_shim::verify_receipt(&receipt_bytes, &[key], &RingCrypto, &dev).unwrap();
+    assert_eq!(*opened.receipt(), receipt);
+    assert!(
+        receipt_bytes.len() < 1900,
+        "receipt: {}",
+        receipt_bytes.len()
+    );
+    sizes.push((MessageKind::Receipt, receipt_bytes.len()));
+
     let class = "c".repeat(32);
     let mut reg = registry(&ak, &name, &class);
     reg.sub = dev.clone();

@@ -28,9 +28,12 @@ use mctc_fuzz::cose::seal;
 use mctc_fuzz::fixtures;
 use mctc_fuzz::input::Input;
 use mctc_shim::lineage::{ChainVerifier, Step};
+use mctc_collector::receipt::ReceiptSigner;
 use mctc_shim::messages::LineageAck;
 use mctc_shim::topics::{self, DeviceTopic};
-use mctc_shim::{DeviceId, Message, MessageKind, RingCrypto};
+use mctc_shim::{CollectorKey, DeviceId, Message, MessageKind, RingCrypto, Signer, verify_receipt};
+
+const RECEIPT_SEED: [u8; 32] = [0x5a; 32];
 
 fn genuine_registry() -> &'static [u8] {
     static REGISTRY: OnceLock<Vec<u8>> = OnceLock::new();
@@ -74,15 +77,35 @@ fn check_acks(published: &[Publish], ingest: &Ingest<SqliteStore>) {
         let Some((DeviceTopic::LineageAck, device)) = topics::parse(&publish.topic) else {
             continue;
         };
-        let ack = LineageAck::decode(&publish.payload).expect("acks are well-formed");
-        assert_eq!(ack.device, device);
-        if let Some(through) = ack.through_seq {
-            let stored = check_store(ingest, &device);
-            assert!(
-                stored.is_some_and(|top| through <= top),
-                "ack through {through} beyond the stored chain {stored:?}"
-            );
+        if publish.payload.first() != Some(&0xd2) {
+            // Unsigned: only while nothing is stored, and it claims nothing.
+            let ack = LineageAck::decode(&publish.payload).expect("acks are well-formed");
+            assert_eq!(ack.device, device);
+            assert_eq!(ack.through_seq, None, "an unsigned ack claims records");
+            assert_eq!(check_store(ingest, &device), None);
+            continue;
         }
+        let signer = ReceiptSigner::from_seed(&RECEIPT_SEED).expect("a key from a seed");
+        let key = CollectorKey::new(&RingCrypto, signer.public_key());
+        let receipt = verify_receipt(&publish.payload, &[key], &RingCrypto, &device)
+            .expect("receipts verify for their topic's device");
+        let receipt = receipt.receipt();
+        let stored = check_store(ingest, &device);
+        assert!(
+            stored.is_some_and(|top| receipt.seq <= top),
+            "receipt for {} beyond the stored chain {stored:?}",
+            receipt.seq
+        );
+        let bytes = ingest
+            .store()
+            .record(&device, receipt.seq)
+            .expect("the store answers")
+            .expect("the receipted record is stored");
+        assert_eq!(
+            mctc_shim::lineage::record_hash(&RingCrypto, &bytes),
+            receipt.hash.0,
+            "a receipt names another record"
+        );
     }
 }
 
@@ -94,6 +117,7 @@ fuzz_target!(|data: &[u8]| {
     let mut ingest = Ingest::new(
         store,
         fixtures::keys(),
+        ReceiptSigner::from_seed(&RECEIPT_SEED).expect("a key from a seed"),
         IngestConfig::default(),
         "fuzz".to_owned(),
     );

@@ -26,7 +26,7 @@ use mctc_shim::messages::{
     EnrollChallenge, EnrollProof, EnrollRequest, EnrollResult, Evidence, LineageAck, Nonce,
     NonceRequest, Refusal, RegistryRecord,
 };
-use mctc_shim::{Message, MessageKind, RingCrypto, topics};
+use mctc_shim::{CollectorKey, Message, MessageKind, Receipt, RingCrypto, topics, verify_receipt};
 
 fn plain<'a, T: Message<'a> + Debug>(bytes: &'a [u8]) {
     if let Ok(message) = T::decode(bytes) {
@@ -62,6 +62,20 @@ fn refusal(bytes: &[u8]) {
     }
 }
 
+/// A receipt under a collector key made from the fixture signer (the seal
+/// helper signs with it): whatever verifies names the fixture device and
+/// re-encodes to its payload.
+fn receipt(bytes: &[u8]) {
+    let Some(key) = fixtures::keys().first().map(|k| CollectorKey::new(&RingCrypto, *k.public()))
+    else {
+        return;
+    };
+    if let Ok(v) = verify_receipt(bytes, &[key], &RingCrypto, &fixtures::device()) {
+        assert_eq!(v.receipt().device, fixtures::device());
+        assert!(v.receipt().checkpoint.is_none_or(|c| c <= v.receipt().seq));
+    }
+}
+
 fn topic(bytes: &[u8]) {
     let Ok(text) = std::str::from_utf8(bytes) else {
         return;
@@ -73,7 +87,7 @@ fn topic(bytes: &[u8]) {
 
 fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
-    let selector = input.u8() % 15;
+    let selector = input.u8() % 18;
     let payload = input.rest();
     match selector {
         0 => plain::<EnrollRequest<'_>>(payload),
@@ -98,6 +112,9 @@ fuzz_target!(|data: &[u8]| {
         13 => {
             signed::<RegistryRecord<'_>>(&seal(MessageKind::RegistryRecord, payload));
         }
+        15 => plain::<Receipt<'_>>(payload),
+        16 => receipt(payload),
+        17 => receipt(&seal(MessageKind::Receipt, payload)),
         _ => topic(payload),
     }
 });
