@@ -21,6 +21,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use mctc_collector::ingest::{Ingest, IngestConfig, Publish};
+use mctc_collector::receipt::ReceiptSigner;
 use mctc_collector::store::Store;
 use mctc_collector::store::sqlite::SqliteStore;
 use mctc_fuzz::ak::FixedAk;
@@ -28,7 +29,6 @@ use mctc_fuzz::cose::seal;
 use mctc_fuzz::fixtures;
 use mctc_fuzz::input::Input;
 use mctc_shim::lineage::{ChainVerifier, Step};
-use mctc_collector::receipt::ReceiptSigner;
 use mctc_shim::messages::LineageAck;
 use mctc_shim::topics::{self, DeviceTopic};
 use mctc_shim::{CollectorKey, DeviceId, Message, MessageKind, RingCrypto, Signer, verify_receipt};

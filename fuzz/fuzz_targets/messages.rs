@@ -66,7 +66,9 @@ fn refusal(bytes: &[u8]) {
 /// helper signs with it): whatever verifies names the fixture device and
 /// re-encodes to its payload.
 fn receipt(bytes: &[u8]) {
-    let Some(key) = fixtures::keys().first().map(|k| CollectorKey::new(&RingCrypto, *k.public()))
+    let Some(key) = fixtures::keys()
+        .first()
+        .map(|k| CollectorKey::new(&RingCrypto, *k.public()))
     else {
         return;
     };

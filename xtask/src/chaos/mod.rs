@@ -203,6 +203,12 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
     ));
     rows.extend(one(
         rig,
+        "forged lineage acks (device's own key), collector down",
+        "nothing pruned; deny at quota; all collected; reopen",
+        scenarios::receipts::forged_acks,
+    ));
+    rows.extend(one(
+        rig,
         "replayed heartbeat",
         "ignored; deny ≤ hb_ms",
         messages::heartbeat_replayed,
