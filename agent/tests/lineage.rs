@@ -405,19 +405,26 @@ fn ten_thousand_decisions_reach_the_collector_and_the_store_is_pruned() {
         serde_json::Value::Null,
         "{status}"
     );
-    // Acknowledged segments are gone; what is left starts late in the chain.
-    let first = segments(&device.lineage_dir())
-        .first()
-        .map(|p| {
-            p.file_stem()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .parse::<u64>()
-                .unwrap()
-        })
-        .unwrap();
-    assert!(first > 9_000, "oldest segment starts at {first}");
+    // Acknowledged segments are gone (the writer prunes right after the
+    // receipt is persisted); what is left starts late in the chain.
+    let oldest = || {
+        segments(&device.lineage_dir())
+            .first()
+            .map(|p| {
+                p.file_stem()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            })
+            .unwrap()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || oldest() > 9_000).is_some(),
+        "oldest segment starts at {}",
+        oldest()
+    );
     eprintln!(
         "{} permits in {elapsed:?}, acknowledged through {last} after {:?} more",
         permits.lock().unwrap().len(),

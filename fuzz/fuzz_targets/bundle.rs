@@ -17,7 +17,14 @@ use mctc_collector::verify::verify_bundle;
 use mctc_fuzz::fixtures;
 
 fuzz_target!(|data: &[u8]| {
-    let report = verify_bundle(data, &fixtures::keys());
+    let report = verify_bundle(data, &fixtures::keys(), &[]);
+    // Completeness only adds checks: whatever passes with the collector's
+    // key passes without it, and names its receipt.
+    let complete = verify_bundle(data, &fixtures::keys(), &[fixtures::collector_key()]);
+    if complete.ok {
+        assert!(report.ok, "complete but not authentic: {report:?}");
+        assert!(complete.receipt.is_some());
+    }
     let parsed = Bundle::parse(data);
     if report.ok {
         assert!(report.failure.is_none());

@@ -69,6 +69,37 @@ pub fn keys() -> Vec<AuthorityKey> {
     vec![AuthorityKey::new(&RingCrypto, signer().public_key())]
 }
 
+/// The collector's receipt key (fixed, its own: never the authority's).
+pub fn collector_signer() -> RingSigner {
+    RingSigner::from_seed(&[0x5a; 32]).expect("fixed Ed25519 seed")
+}
+
+/// The collector receipt key devices and auditors trust.
+pub fn collector_key() -> mctc_shim::CollectorKey {
+    mctc_shim::CollectorKey::new(&RingCrypto, collector_signer().public_key())
+}
+
+/// A receipt by [`collector_signer`] for record `seq` of `device`.
+pub fn receipt(device: &DeviceId, seq: u64, hash: [u8; 32]) -> Vec<u8> {
+    let receipt = mctc_shim::Receipt {
+        v: Version::CURRENT,
+        device: device.clone(),
+        seq,
+        hash: Bytes(hash),
+        time_ms: 1_750_000_000_000,
+        checkpoint: Some(seq),
+        anomaly: None,
+        at_seq: None,
+        log_checkpoint: None,
+        inclusion_proof: None,
+    };
+    let mut buf = [0u8; MAX_SIGNED_LEN];
+    receipt
+        .sign(&collector_signer(), &RingCrypto, &mut buf)
+        .expect("a receipt of a valid device signs")
+        .to_vec()
+}
+
 /// What the device knows when an artifact arrives; with or without a
 /// trusted wall clock.
 pub fn context<'c>(

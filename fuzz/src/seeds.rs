@@ -8,6 +8,7 @@ use std::path::Path;
 
 use mctc_agent::lineage::bundle::Bundle;
 use mctc_agent::lineage::store::{Priority, Store, StoreConfig};
+use mctc_service::keys::public_key_pem;
 use mctc_shim::artifact::{Currency, ScopeEntry};
 use mctc_shim::lineage::record_hash;
 use mctc_shim::messages::{
@@ -17,7 +18,6 @@ use mctc_shim::messages::{
 use mctc_shim::topics::DeviceTopic;
 use mctc_shim::tpm::TPM_ALG_SHA256;
 use mctc_shim::wire::{Bstr, Bytes, List, Token, Version};
-use mctc_service::keys::public_key_pem;
 use mctc_shim::{Message, RingCrypto, Signer};
 
 use crate::ak::{self, FixedAk};
@@ -231,6 +231,11 @@ fn messages(ak: &FixedAk) -> Vec<Seed> {
     let (evidence, _, _) = evidence_message(ak);
     let topic = DeviceTopic::LineageAck.topic(&fixtures::device());
     vec![
+        seed(
+            "messages",
+            "receipt",
+            &[&[16], &fixtures::receipt(&fixtures::device(), 41, [7; 32])],
+        ),
         seed("messages", "enroll-request", &[&[0], &encode(&request)]),
         seed("messages", "enroll-challenge", &[&[1], &encode(&challenge)]),
         seed("messages", "enroll-proof", &[&[2], &encode(&proof)]),
@@ -390,9 +395,18 @@ fn bundle(ak: &FixedAk) -> Vec<Seed> {
         head,
         registry: fixtures::sign(&fixtures::registry(device.clone(), ak, 1)),
         ak_public: ak.public().to_vec(),
+        receipt: None,
         records,
     };
-    vec![seed("bundle", "genuine", &[&bundle.encode()])]
+    let receipt = fixtures::receipt(&device, 3, record_hash(&RingCrypto, &bundle.records[3]));
+    let with_receipt = Bundle {
+        receipt: Some(receipt),
+        ..bundle.clone()
+    };
+    vec![
+        seed("bundle", "genuine", &[&bundle.encode()]),
+        seed("bundle", "with-receipt", &[&with_receipt.encode()]),
+    ]
 }
 
 fn gate_request() -> Vec<Seed> {
@@ -425,7 +439,10 @@ fn config(repo: &Path) -> Vec<Seed> {
     .chain([seed(
         "config",
         "authority.pub",
-        &[&[4], public_key_pem(&fixtures::signer().public_key()).as_bytes()],
+        &[
+            &[4],
+            public_key_pem(&fixtures::signer().public_key()).as_bytes(),
+        ],
     )])
     .collect()
 }

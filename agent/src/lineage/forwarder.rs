@@ -56,6 +56,8 @@ const BATCH_PAYLOAD_BYTES: usize = MAX_BATCH_LEN - 4 * 1024;
 /// The latest receipt is persisted (and pruning follows it) at most this
 /// often; losing an unpersisted one only means resending and pruning later.
 const PERSIST_EVERY: Duration = Duration::from_secs(1);
+/// Batch-end hashes remembered for checking receipts (beyond: a disk read).
+const SENT_HASHES: usize = 4096;
 /// At most one log line per rejection reason this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -190,6 +192,10 @@ pub struct Forwarder<O: Outbox> {
     sent_high: Option<u64>,
     /// Last seq of each batch in flight.
     in_flight: VecDeque<u64>,
+    /// The hash of the last record of each batch sent and not yet covered
+    /// by the kept receipt: a receipt names the collector's head, which is
+    /// almost always the end of a batch, so its check needs no disk read.
+    sent_hashes: std::collections::BTreeMap<u64, [u8; 32]>,
     /// Where the last read stopped: the next read continues there when it
     /// starts at `next_send` (a resend starts over from the segment).
     cursor: Option<Cursor>,
@@ -254,6 +260,7 @@ impl<O: Outbox> Forwarder<O> {
             cursor: None,
             sent_high: None,
             in_flight: VecDeque::new(),
+            sent_hashes: std::collections::BTreeMap::new(),
             last_progress: Instant::now(),
             connected: false,
             status,
@@ -375,6 +382,13 @@ impl<O: Outbox> Forwarder<O> {
                     break 'read;
                 }
                 tracing::debug!(first, last, "lineage batch sent");
+                if let Some(frame) = batch.last() {
+                    self.sent_hashes
+                        .insert(last, record_hash(&RingCrypto, &frame.payload));
+                    while self.sent_hashes.len() > SENT_HASHES {
+                        self.sent_hashes.pop_first();
+                    }
+                }
                 self.next_send = last + 1;
                 self.sent_high = Some(self.sent_high.map_or(last, |h| h.max(last)));
                 self.in_flight.push_back(last);
@@ -498,24 +512,26 @@ impl<O: Outbox> Forwarder<O> {
         if sent.is_none_or(|sent| seq > sent) {
             return Err(ReceiptRejection::NotSent { seq, sent });
         }
-        let own = self.read_record(seq).await?;
-        if record_hash(&RingCrypto, &own) != hash {
+        let own_hash = match self.sent_hashes.get(&seq) {
+            Some(hash) => *hash,
+            None => {
+                let own = self.read_record(seq).await?;
+                record_hash(&RingCrypto, &own)
+            }
+        };
+        if own_hash != hash {
             return Err(ReceiptRejection::HashMismatch { seq });
         }
         if let Some(c) = checkpoint {
-            // The checkpoint may already be pruned only if an earlier
-            // receipt covered it (then it was checked then).
-            let covered = self
-                .persisted
-                .as_ref()
-                .and_then(|k| k.checkpoint)
-                .is_some_and(|p| c <= p);
-            if !covered {
-                let own = if c == seq {
-                    own
-                } else {
-                    self.read_record(c).await?
-                };
+            // A checkpoint an earlier accepted receipt named was checked
+            // then (and may be pruned since); a new one is read back once.
+            let checked = [self.kept.as_ref(), self.persisted.as_ref()]
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.checkpoint)
+                .any(|p| c <= p);
+            if !checked {
+                let own = self.read_record(c).await?;
                 let is_checkpoint = Record::decode(&own)
                     .is_ok_and(|record| matches!(record.body, Body::Checkpoint(_)));
                 if !is_checkpoint {
@@ -553,6 +569,7 @@ impl<O: Outbox> Forwarder<O> {
         let through = kept.seq;
         tracing::debug!(seq = through, checkpoint = ?kept.checkpoint, "lineage receipt accepted");
         self.kept = Some(kept);
+        self.sent_hashes = self.sent_hashes.split_off(&through.saturating_add(1));
         self.sent_high = Some(self.sent_high.map_or(through, |h| h.max(through)));
         if self.acked.is_none_or(|a| through > a) {
             self.acked = Some(through);
