@@ -14,8 +14,11 @@
 //!   harmless resend, different is a fork. A record above the head waits in
 //!   `pending` (within `pending_window`) until the hole fills; a hole that
 //!   stays longer than `gap_grace_ms` is a gap.
-//! - The ack names the highest seq of the verified chain from seq 0, and the
-//!   anomaly that stopped the batch, if any. Nothing unverified is acked.
+//! - The ack is a receipt signed with the collector's own key: the highest
+//!   seq of the verified chain from seq 0, its record hash, the newest
+//!   verified checkpoint at or below it (a device prunes only through that)
+//!   and the anomaly that stopped the batch, if any. Nothing unverified is
+//!   acked; while nothing is stored the ack is unsigned and claims nothing.
 //! - A batch from a device without a registry record is not acked; the last
 //!   few are held in memory (bounded) and replayed when the record arrives.
 
@@ -273,6 +276,11 @@ impl<S: Store> Ingest<S> {
             held: Held::default(),
             gaps_flagged: HashMap::new(),
         }
+    }
+
+    /// The public key receipts are signed with.
+    pub fn receipt_key(&self) -> [u8; 32] {
+        mctc_shim::Signer::public_key(&self.receipts)
     }
 
     /// The store.

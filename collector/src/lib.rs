@@ -4,7 +4,9 @@
 //!
 //! - [`service`]: `run` — the MQTT edge and the worker thread that owns
 //!   the store.
-//! - [`ingest`]: the sans-IO ingest core (messages in, acks and alerts out).
+//! - [`ingest`]: the sans-IO ingest core (messages in, receipts and alerts
+//!   out; `export` of a device's bundle from the store).
+//! - [`receipt`]: the collector's own receipt key and what it signs.
 //! - [`store`]: the [`store::Store`] trait and its SQLite implementation.
 //! - [`verify`] and [`bundle`]: offline verification of a lineage bundle.
 //! - [`chain`], [`checkpoint`], [`registry`]: the checks both paths share.

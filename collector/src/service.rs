@@ -89,10 +89,6 @@ pub fn open_ingest(config: &Config, instance: String) -> Result<Ingest<SqliteSto
     let store = match config.store.backend {
         Backend::Sqlite => SqliteStore::open(&config.store.path)?,
     };
-    tracing::info!(
-        receipt_key = %keys::fingerprint(&public),
-        "lineage acks are receipts signed with this key"
-    );
     Ok(Ingest::new(
         store,
         keys,
@@ -106,6 +102,7 @@ pub fn open_ingest(config: &Config, instance: String) -> Result<Ingest<SqliteSto
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let instance = client_id(&config);
     let ingest = open_ingest(&config, instance.clone())?;
+    let receipt_key = keys::fingerprint(&ingest.receipt_key());
 
     let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (output_tx, mut output_rx) = mpsc::unbounded_channel::<Publish>();
@@ -129,6 +126,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tracing::info!(
         instance,
         store = %config.store.path.display(),
+        receipt_key = %receipt_key,
         "collector started"
     );
     notify(&[NotifyState::Ready]);

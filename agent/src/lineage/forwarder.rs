@@ -101,6 +101,15 @@ struct Kept {
     bytes: Vec<u8>,
 }
 
+/// A receipt that passed every check.
+#[derive(Debug)]
+struct Checked {
+    /// `None`: the kept receipt again.
+    kept: Option<Kept>,
+    /// The collector's anomaly report, and where.
+    anomaly: Option<(AckAnomaly, Option<u64>)>,
+}
+
 /// Why a receipt changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptRejection {
@@ -428,10 +437,16 @@ impl<O: Outbox> Forwarder<O> {
             return;
         }
         match self.check_receipt(bytes).await {
-            Ok(Some(kept)) => self.accept(kept, bytes),
-            // The kept receipt again (a duplicate delivery): nothing new,
-            // but it still reports the collector's anomaly, if any.
-            Ok(None) => self.on_anomaly_of(bytes),
+            Ok(Checked { kept, anomaly }) => {
+                // `None`: the kept receipt again (a duplicate delivery):
+                // nothing new, but it still reports the collector's anomaly.
+                if let Some(kept) = kept {
+                    self.accept(kept);
+                }
+                if let Some((anomaly, at_seq)) = anomaly {
+                    self.report_anomaly(anomaly, at_seq, true);
+                }
+            }
             Err(rejection) => {
                 self.rejected += 1;
                 self.log.rejected(&rejection, self.rejected);
@@ -456,34 +471,24 @@ impl<O: Outbox> Forwarder<O> {
             return;
         }
         if let Some(anomaly) = ack.anomaly {
-            self.report_anomaly(anomaly, ack.at_seq);
+            self.report_anomaly(anomaly, ack.at_seq, false);
         }
     }
 
-    fn report_anomaly(&mut self, anomaly: AckAnomaly, at_seq: Option<u64>) {
-        let text = format!("{} at seq {:?}", anomaly_name(anomaly), at_seq);
+    /// `signed`: from a verified receipt; an unsigned report is shown as
+    /// such (anyone with the device's broker key could have sent it).
+    fn report_anomaly(&mut self, anomaly: AckAnomaly, at_seq: Option<u64>, signed: bool) {
+        let source = if signed { "" } else { " (unsigned ack)" };
+        let text = format!("{} at seq {:?}{source}", anomaly_name(anomaly), at_seq);
         tracing::error!(anomaly = %text, "collector reports a lineage anomaly");
         self.status.send_modify(|s| s.anomaly = Some(text));
         // Whatever the collector lacks is resent; records are kept.
         self.restart_round();
     }
 
-    fn on_anomaly_of(&mut self, bytes: &[u8]) {
-        if let Ok(v) = verify_receipt(
-            bytes,
-            &self.settings.receipt_keys,
-            &RingCrypto,
-            &self.device,
-        ) {
-            if let (Some(anomaly), at) = (v.receipt().anomaly, v.receipt().at_seq) {
-                self.report_anomaly(anomaly, at);
-            }
-        }
-    }
-
-    /// Every check of a receipt; `Ok(None)` for the kept receipt's seq and
-    /// hash again.
-    async fn check_receipt(&self, bytes: &[u8]) -> Result<Option<Kept>, ReceiptRejection> {
+    /// Every check of a receipt; `kept: None` for the kept receipt's seq
+    /// and hash again.
+    async fn check_receipt(&self, bytes: &[u8]) -> Result<Checked, ReceiptRejection> {
         let verified = verify_receipt(
             bytes,
             &self.settings.receipt_keys,
@@ -493,10 +498,14 @@ impl<O: Outbox> Forwarder<O> {
         .map_err(ReceiptRejection::Unverified)?;
         let r = verified.receipt();
         let (seq, hash, checkpoint) = (r.seq, r.hash.0, r.checkpoint);
+        let anomaly = r.anomaly.map(|a| (a, r.at_seq));
         if let Some(kept) = &self.kept {
             if seq < kept.seq || (seq == kept.seq && hash == kept.hash) {
                 return if seq == kept.seq {
-                    Ok(None)
+                    Ok(Checked {
+                        kept: None,
+                        anomaly,
+                    })
                 } else {
                     Err(ReceiptRejection::Stale {
                         seq,
@@ -539,12 +548,15 @@ impl<O: Outbox> Forwarder<O> {
                 }
             }
         }
-        Ok(Some(Kept {
-            seq,
-            hash,
-            checkpoint,
-            bytes: bytes.to_vec(),
-        }))
+        Ok(Checked {
+            kept: Some(Kept {
+                seq,
+                hash,
+                checkpoint,
+                bytes: bytes.to_vec(),
+            }),
+            anomaly,
+        })
     }
 
     async fn read_record(&self, seq: u64) -> Result<Vec<u8>, ReceiptRejection> {
@@ -565,7 +577,7 @@ impl<O: Outbox> Forwarder<O> {
         }
     }
 
-    fn accept(&mut self, kept: Kept, bytes: &[u8]) {
+    fn accept(&mut self, kept: Kept) {
         let through = kept.seq;
         tracing::debug!(seq = through, checkpoint = ?kept.checkpoint, "lineage receipt accepted");
         self.kept = Some(kept);
@@ -581,7 +593,6 @@ impl<O: Outbox> Forwarder<O> {
         if self.next_send <= through {
             self.next_send = through + 1;
         }
-        self.on_anomaly_of(bytes);
         self.persist(false);
         self.publish_status();
     }
