@@ -539,3 +539,59 @@ fn bundles_cut_or_thinned_below_their_receipt_fail_and_the_collectors_export_ver
     );
     assert_eq!(none.code, 1, "{none:?}");
 }
+
+#[test]
+fn the_latest_receipt_survives_a_restart_and_a_damaged_one_is_ignored() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("durable-1", "locker");
+    device.bring_up();
+    for _ in 0..10 {
+        assert!(device.permits());
+    }
+    let checkpoint = device
+        .request(&serde_json::json!({"checkpoint": {}}))
+        .unwrap()["checkpoint"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            lineage(&device)["pruned_through"]
+                .as_u64()
+                .is_some_and(|p| p >= checkpoint)
+        })
+        .is_some(),
+        "{}",
+        device.status()
+    );
+    // No collector from here on: whatever the agent knows after the
+    // restart, it knows from its own state directory.
+    fleet.kill_collector();
+    let before = lineage(&device);
+    let stored = persisted_receipt_seq(&fleet, &device);
+    assert_eq!(device.stop().code(), Some(0));
+    let after_stop = persisted_receipt_seq(&fleet, &device);
+    assert!(after_stop >= stored && after_stop.is_some());
+    device.start();
+    let after = lineage(&device);
+    assert_eq!(after["acked_seq"].as_u64(), after_stop, "{after}");
+    assert_eq!(after["pruned_through"], before["pruned_through"], "{after}");
+
+    // A damaged receipt file is ignored (logged), never trusted.
+    device.stop();
+    let file = device.state_dir().join("lineage-receipt");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    device.start();
+    let damaged = lineage(&device);
+    assert_eq!(damaged["acked_seq"], Value::Null, "{damaged}");
+    assert_eq!(damaged["pruned_through"], Value::Null, "{damaged}");
+    assert!(
+        device
+            .log()
+            .contains("the stored lineage receipt does not verify")
+    );
+}

@@ -642,3 +642,71 @@ async fn receipts_by_another_key_for_another_device_or_another_record_fail() {
         (None, "receipt")
     );
 }
+
+#[test]
+fn the_receipt_key_has_its_own_role_keygen_never_overwrites_and_export_needs_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    // keygen: receipt.key (0600) and receipt.pub; never overwritten.
+    let keys = dir.path().join("keys");
+    let (code, out, err) = collector(&["keygen", "--out", path(&keys)]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("receipt.pub"), "{out}");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(keys.join("receipt.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let (code, _, err) = collector(&["keygen", "--out", path(&keys)]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+
+    let config = |authority_pub: &Path, receipt_key: &Path| {
+        let text = format!(
+            "[broker]\nurl = \"mqtts://127.0.0.1:1\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n\
+             [authority]\npublic_keys = [{:?}]\n[store]\npath = {:?}\n[receipts]\nkey = {:?}\n",
+            authority_pub.display().to_string(),
+            dir.path().join("c.db").display().to_string(),
+            receipt_key.display().to_string(),
+        );
+        let file = dir.path().join("collector.toml");
+        std::fs::write(&file, text).unwrap();
+        file
+    };
+    // The receipt key is refused as an authority key: each role its own.
+    let same = config(&keys.join("receipt.pub"), &keys.join("receipt.key"));
+    let (code, _, err) = collector(&["run", "--config", path(&same)]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(err.contains("authority key"), "{err}");
+    let (code, _, err) = collector(&[
+        "verify",
+        "/nonexistent.bundle",
+        "--authority-key",
+        path(&keys.join("receipt.pub")),
+        "--collector-key",
+        path(&keys.join("receipt.pub")),
+    ]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+    assert!(err.contains("not a collector's receipt key"), "{err}");
+    // A receipt key others can read is refused.
+    let loose = dir.path().join("loose.key");
+    std::fs::copy(keys.join("receipt.key"), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let loose_config = config(&authority.key_path, &loose);
+    let (code, _, err) = collector(&["run", "--config", path(&loose_config)]);
+    assert_eq!((code, err.lines().count()), (2, 1), "{err}");
+
+    // An empty store: nothing to export (exit 1, one line).
+    let good = config(&authority.key_path, &keys.join("receipt.key"));
+    let out = dir.path().join("x.bundle");
+    let (code, _, err) = collector(&[
+        "export",
+        "locker-1",
+        "--config",
+        path(&good),
+        "--out",
+        path(&out),
+    ]);
+    assert_eq!((code, err.lines().count()), (1, 1), "{err}");
+    assert!(!out.exists());
+}
