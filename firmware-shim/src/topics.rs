@@ -13,7 +13,7 @@
 //! | `mctc/v1/dev/{dev}/artifact` | authority → agent | signed [`crate::artifact::Claims`] or signed [`crate::messages::Refusal`] |
 //! | `mctc/v1/dev/{dev}/control` | authority → agent | signed [`crate::messages::Control`] |
 //! | `mctc/v1/dev/{dev}/lineage` | agent → collector | [`crate::messages::LineageBatch`] |
-//! | `mctc/v1/dev/{dev}/lineage/ack` | collector → agent | [`crate::messages::LineageAck`] |
+//! | `mctc/v1/dev/{dev}/lineage/ack` | collector → agent | signed [`crate::receipt::Receipt`] (or [`crate::messages::LineageAck`] while the collector holds nothing) |
 //! | `mctc/v1/dev/{dev}/status` | agent → monitors | JSON (the agent's), retained |
 //! | `mctc/v1/fleet/heartbeat` | authority → all | signed [`crate::messages::Heartbeat`] |
 //! | `mctc/v1/registry/{dev}` | authority → collectors | signed [`crate::messages::RegistryRecord`], retained |
