@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use mctc_collector::bundle::{BundleParts, MAX_BUNDLE_LEN, encode_bundle};
 use mctc_collector::config::Config;
 use mctc_collector::receipt::KEY_STEM;
-use mctc_collector::verify::{Report, verify_bundle};
+use mctc_collector::verify::{Report, utc, verify_bundle};
 use mctc_collector::{Error, service};
 use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, RingCrypto};
 
@@ -309,8 +309,10 @@ fn print_report(report: &Report) {
                 || "; completeness not checked (no --collector-key)".to_owned(),
                 |r| {
                     format!(
-                        "; complete through seq {} per the collector's receipt of {} ms, {} unacknowledged after it",
-                        r.seq, r.time_ms, r.unacknowledged
+                        "; complete through seq {} per the collector's receipt of {}, {} unacknowledged after it",
+                        r.seq,
+                        utc(r.time_ms),
+                        r.unacknowledged
                     )
                 },
             );
