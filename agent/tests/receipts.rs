@@ -581,7 +581,8 @@ fn the_latest_receipt_survives_a_restart_and_a_damaged_one_is_ignored() {
     // A damaged receipt file is ignored (logged), never trusted.
     device.stop();
     let file = device.state_dir().join("lineage-receipt");
-    let mut bytes = std::fs::read(&file).unwrap();
+    let genuine = std::fs::read(&file).unwrap();
+    let mut bytes = genuine.clone();
     let last = bytes.len() - 1;
     bytes[last] ^= 0x01;
     std::fs::write(&file, bytes).unwrap();
@@ -594,4 +595,21 @@ fn the_latest_receipt_survives_a_restart_and_a_damaged_one_is_ignored() {
             .log()
             .contains("the stored lineage receipt does not verify")
     );
+
+    // A genuine receipt of another chain (the lineage directory moved aside
+    // to start anew) is not about this log: not trusted, nothing of the new
+    // chain skipped or pruned.
+    device.stop();
+    std::fs::write(&file, &genuine).unwrap();
+    std::fs::rename(device.lineage_dir(), device.state_dir().join("lineage.old")).unwrap();
+    device.start();
+    let fresh = lineage(&device);
+    assert_eq!(fresh["acked_seq"], Value::Null, "{fresh}");
+    assert_eq!(fresh["pruned_through"], Value::Null, "{fresh}");
+    assert!(
+        device
+            .log()
+            .contains("the stored lineage receipt is not about this log")
+    );
+    assert_eq!(first_on_disk(&device), 0);
 }

@@ -281,6 +281,7 @@ impl<O: Outbox> Forwarder<O> {
     /// out.
     pub async fn run(mut self, mut inputs: mpsc::Receiver<ForwarderInput>) {
         let mut durable = self.lineage.status();
+        self.check_stored_receipt().await;
         // What the persisted receipt covers may not have been pruned yet
         // (a stop between persisting and pruning).
         if let Some(through) = self.persisted.as_ref().and_then(|k| k.checkpoint) {
@@ -318,6 +319,37 @@ impl<O: Outbox> Forwarder<O> {
             self.pump().await;
         }
         self.persist(true);
+    }
+
+    /// The stored receipt must be about this log: its record is on disk
+    /// with its hash, or already pruned. A receipt of another chain (the
+    /// lineage directory was moved aside to start anew) would otherwise
+    /// skip and prune records no collector has.
+    async fn check_stored_receipt(&mut self) {
+        let Some(kept) = self.kept.clone() else {
+            return;
+        };
+        let current = self.lineage.current();
+        let pruned = current.first_seq.is_some_and(|first| kept.seq < first);
+        let matches = pruned
+            || (kept.seq < current.next_seq
+                && self
+                    .read_record(kept.seq)
+                    .await
+                    .is_ok_and(|own| record_hash(&RingCrypto, &own) == kept.hash));
+        if !matches {
+            tracing::warn!(
+                seq = kept.seq,
+                "the stored lineage receipt is not about this log; ignored"
+            );
+            self.kept = None;
+            self.persisted = None;
+            self.acked = None;
+            self.status.send_modify(|s| {
+                s.acked = None;
+                s.pruned_through = None;
+            });
+        }
     }
 
     fn restart_round(&mut self) {
