@@ -11,6 +11,7 @@
 //! session is not resumed. Lineage therefore acknowledges by sequence number,
 //! and anything queued carries its own expiry.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::{
@@ -200,25 +201,39 @@ async fn drive(
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(options.backoff_base, options.backoff_cap);
+    // A refused subscription is asked for again after a backoff of its own:
+    // the broker refuses a device it has not been granted yet (the
+    // authority grants it when the device is added), and a device must
+    // start hearing its topics once it is, without a restart.
+    let mut refusals = Backoff::new(options.backoff_base, options.backoff_cap);
+    // The filters of each SUBSCRIBE not yet answered, oldest first (a broker
+    // answers them in order).
+    let mut pending: VecDeque<Vec<(String, QoS)>> = VecDeque::new();
+    let mut retry: Option<(tokio::time::Instant, Vec<(String, QoS)>)> = None;
     let mut session = 0u64;
     let mut disconnecting = false;
     loop {
+        let retry_at = retry.as_ref().map(|(at, _)| *at);
         let polled = tokio::select! {
             () = stop.cancelled() => return,
+            () = sleep_until(retry_at), if retry_at.is_some() => {
+                if let Some((_, filters)) = retry.take() {
+                    tracing::info!(filters = filters.len(), "asking again for refused subscriptions");
+                    subscribe(&client, &mut pending, filters);
+                }
+                continue;
+            }
             polled = eventloop.poll() => polled,
         };
         let event = match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 session += 1;
                 backoff.reset();
+                refusals.reset();
+                pending.clear();
+                retry = None;
                 if !options.subscriptions.is_empty() {
-                    let filters = options
-                        .subscriptions
-                        .iter()
-                        .map(|(topic, qos)| SubscribeFilter::new(topic.clone(), *qos));
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::error!(error = %e, "could not queue subscriptions");
-                    }
+                    subscribe(&client, &mut pending, options.subscriptions.clone());
                 }
                 let _ = connected.send(true);
                 tracing::info!(session, "broker session up");
@@ -230,7 +245,9 @@ async fn drive(
                 retain: p.retain,
             }),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                for (code, (topic, _)) in ack.return_codes.iter().zip(&options.subscriptions) {
+                let asked = pending.pop_front().unwrap_or_default();
+                let mut refused = Vec::new();
+                for (code, (topic, qos)) in ack.return_codes.iter().zip(asked) {
                     if matches!(code, SubscribeReasonCode::Failure) {
                         tracing::error!(topic, "broker refused subscription");
                         if tx
@@ -242,6 +259,14 @@ async fn drive(
                         {
                             return;
                         }
+                        refused.push((topic, qos));
+                    }
+                }
+                if !refused.is_empty() {
+                    let at = tokio::time::Instant::now() + refusals.next_delay();
+                    match &mut retry {
+                        Some((_, filters)) => filters.extend(refused),
+                        None => retry = Some((at, refused)),
                     }
                 }
                 None
@@ -274,5 +299,27 @@ async fn drive(
         {
             return;
         }
+    }
+}
+
+/// Queues one SUBSCRIBE for `filters` and remembers what it asked for.
+fn subscribe(
+    client: &AsyncClient,
+    pending: &mut VecDeque<Vec<(String, QoS)>>,
+    filters: Vec<(String, QoS)>,
+) {
+    let request = filters
+        .iter()
+        .map(|(topic, qos)| SubscribeFilter::new(topic.clone(), *qos));
+    match client.try_subscribe_many(request) {
+        Ok(()) => pending.push_back(filters),
+        Err(e) => tracing::error!(error = %e, "could not queue subscriptions"),
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
