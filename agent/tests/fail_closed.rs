@@ -263,9 +263,9 @@ fn forged_artifacts_are_stopped_by_the_broker_acl_or_rejected_by_the_agent() {
     )
     .unwrap();
 
-    // 1. Another device's identity: the broker's ACL drops it. A spy with
-    // the authority's rights proves nothing reached the topic.
-    let spy = MqttClient::connect(&fleet.broker, "mctc-authority", "spy", &[topic]);
+    // 1. Another device's identity: the broker drops it. An observer that
+    // reads every topic proves nothing reached the topic.
+    let spy = MqttClient::connect(&fleet.broker, mctc_tests::OBSERVER, "spy", &[topic]);
     let intruder = MqttClient::connect(&fleet.broker, "intruder-1", "intruder", &[]);
     intruder.publish(topic, &forged, false);
     std::thread::sleep(Duration::from_millis(1000));
@@ -274,9 +274,9 @@ fn forged_artifacts_are_stopped_by_the_broker_acl_or_rejected_by_the_agent() {
         "the ACL let a foreign identity publish"
     );
 
-    // 2. A test-only identity with the device's own topic rights: the
-    // message arrives and the agent rejects it.
-    let injector = MqttClient::connect(&fleet.broker, "forge-1", "injector", &[]);
+    // 2. An identity the broker lets write the topic (the authority's
+    // certificate, say, stolen): the message arrives and the agent rejects it.
+    let injector = MqttClient::connect(&fleet.broker, "mctc-authority", "injector", &[]);
     injector.publish(topic, &forged, false);
     assert!(
         wait_until(Duration::from_secs(5), || spy.received_on(topic).len() == 1).is_some(),
@@ -356,13 +356,22 @@ fn garbage_on_every_subscribed_topic_changes_nothing() {
         serde_json::to_vec(&serde_json::json!({"authorize": {"op": "unlock"}})).unwrap(),
         vec![0x00; 200 * 1024],
     ];
-    for topic in ["nonce", "artifact", "control", "lineage/ack"] {
+    // Each topic from an identity the broker lets write it (a stolen
+    // service key); the device's own key may write none of them.
+    let collector = MqttClient::connect(&fleet.broker, "mctc-collector", "junk-collector", &[]);
+    for (client, topic) in [
+        (&authority, "nonce"),
+        (&authority, "artifact"),
+        (&authority, "control"),
+        (&collector, "lineage/ack"),
+    ] {
         for payload in &junk {
+            client.publish(&format!("mctc/v1/dev/junk-1/{topic}"), payload, false);
             own.publish(&format!("mctc/v1/dev/junk-1/{topic}"), payload, false);
         }
     }
     for payload in &junk {
-        own.publish("mctc/v1/enroll/junk-1/result", payload, false);
+        authority.publish("mctc/v1/enroll/junk-1/result", payload, false);
         authority.publish("mctc/v1/fleet/heartbeat", payload, false);
     }
     std::thread::sleep(Duration::from_secs(2));

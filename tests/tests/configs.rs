@@ -1,7 +1,7 @@
 //! Every file in configs/ is a working example: the daemons' own parsers
 //! accept the TOML examples, and Mosquitto starts with the broker config and
-//! ACL (paths pointed at a throw-away PKI). A new file there needs a case
-//! here.
+//! its dynamic-security roles (paths pointed at a throw-away PKI). A new
+//! file there needs a case here.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,8 +10,6 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
 fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
@@ -31,54 +29,18 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn check_mosquitto_conf(conf: &Path, acl: &Path) {
-    mctc_tests::require_program("mosquitto", "mosquitto").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = mctc_tests::Pki::new(&dir.path().join("pki")).unwrap();
-    let server = pki.server("mctc-broker").unwrap();
-    let port = mctc_tests::free_port();
-    let text = std::fs::read_to_string(conf).unwrap();
-    let mut rewritten = String::new();
-    if rustix::process::geteuid().is_root() {
-        rewritten.push_str("user root\n");
-    }
-    for line in text.lines() {
-        let key = line.split_whitespace().next().unwrap_or("");
-        let replaced = match key {
-            "acl_file" => format!("acl_file {}", acl.display()),
-            "cafile" => format!("cafile {}", server.ca.display()),
-            "certfile" => format!("certfile {}", server.cert.display()),
-            "keyfile" => format!("keyfile {}", server.key.display()),
-            "persistence_location" => format!("persistence_location {}/", dir.path().display()),
-            "listener" => format!("listener {port} 127.0.0.1"),
-            "log_dest" => format!("log_dest file {}", dir.path().join("log").display()),
-            _ => line.to_owned(),
-        };
-        rewritten.push_str(&replaced);
-        rewritten.push('\n');
-    }
-    let test_conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&test_conf, rewritten).unwrap();
-    let mut child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&test_conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let up = mctc_tests::wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let exited = child.try_wait().unwrap();
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        up.is_some() && exited.is_none(),
-        "mosquitto did not start with {}: {}\n{}",
-        conf.display(),
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+/// Mosquitto starts from the shipped broker configuration and its
+/// dynamic-security file (the harness's broker is exactly that, with paths
+/// and port replaced), and a service identity can use it.
+fn check_broker_config() {
+    let broker = mctc_tests::Broker::start().unwrap_or_else(|e| panic!("mosquitto: {e}"));
+    let monitor = mctc_tests::fleet::MqttClient::try_connect(
+        &broker,
+        "mctc-monitor",
+        "configs-check",
+        &["mctc/v1/fleet/heartbeat"],
     );
+    assert!(monitor.is_ok(), "{monitor:?}\n{}", broker.log());
 }
 
 #[test]
@@ -108,12 +70,24 @@ fn every_file_in_configs_parses() {
                 mctc_collector::config::Config::load(&path)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
-            "mosquitto/mosquitto.conf" => {
-                check_mosquitto_conf(&path, &dir.join("mosquitto/mctc.acl"));
+            "mosquitto/mosquitto.conf" => check_broker_config(),
+            // Every broker the harness starts loads it verbatim
+            // (tests/tests/broker_smoke.rs checks what it allows); here,
+            // that it is the plugin's JSON with the roles the services use.
+            "mosquitto/dynamic-security.json" => {
+                let json: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                for role in ["mctc-authority", "mctc-collector", "mctc-monitor", "mctc-device"] {
+                    assert!(
+                        json["roles"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|r| r["rolename"] == role),
+                        "{name}: no role {role}"
+                    );
+                }
             }
-            // Loaded verbatim by every broker the harness starts, and by the
-            // mosquitto.conf check above.
-            "mosquitto/mctc.acl" => {}
             other => panic!("configs/{other} has no check: add one here"),
         }
         checked.push(name);

@@ -120,11 +120,17 @@ impl Impostor {
         let device = setup.device.clone();
         let nonce_req = format!("mctc/v1/dev/{device}/nonce/req");
         let evidence = format!("mctc/v1/dev/{device}/evidence");
+        // A share group of its own: with the authority's certificate (the
+        // only one the broker lets hear requests) it gets a copy of each,
+        // beside the real authority's group.
         let client = MqttClient::connect(
             broker,
             "mctc-authority",
             &format!("chaos-impostor-{device}"),
-            &[&nonce_req, &evidence],
+            &[
+                &format!("$share/chaos-impostor/{nonce_req}"),
+                &format!("$share/chaos-impostor/{evidence}"),
+            ],
         );
         let variant = Arc::new(Mutex::new(Variant::Genuine));
         let running = Arc::new(AtomicBool::new(true));

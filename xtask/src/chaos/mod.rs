@@ -158,7 +158,7 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     let s = &signer;
-    use scenarios::{agent, fleet, input, messages, platform};
+    use scenarios::{agent, broker, fleet, input, messages, platform};
     rows.extend(one(
         rig,
         "config file with bad values",
@@ -170,6 +170,12 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
         "garbage and oversized payloads on every topic",
         "dropped; all up; gate unaffected",
         |r| input::garbage_everywhere(r, s),
+    ));
+    rows.extend(one(
+        rig,
+        "stolen certificates join the services' share groups",
+        "refused; gate open; renewed; nothing lost",
+        broker::share_group_hijack,
     ));
     rows.extend(one(
         rig,
