@@ -159,3 +159,87 @@ pub async fn run<P: Platform>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::platform::{Observation, Quote};
+
+    /// A TPM the test can take away and bring back.
+    #[derive(Debug, Clone)]
+    struct Unplugged(Arc<AtomicBool>);
+
+    impl Platform for Unplugged {
+        async fn quote(&self, _qualifying_data: [u8; 32]) -> Result<Quote, String> {
+            Err("not used".into())
+        }
+
+        async fn observe(&self, _selection: PcrSelection) -> Result<Observation, String> {
+            if self.0.load(Ordering::Acquire) {
+                Ok(Observation {
+                    pcr_digest: [0; 32],
+                    boot: BootCounters::default(),
+                })
+            } else {
+                Err("connection refused".into())
+            }
+        }
+
+        async fn extend(&self, _pcr: u8, _digest: [u8; 32]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    /// The next finding within two drift intervals.
+    async fn next_finding(inbox: &mut mpsc::Receiver<Input>) -> Finding {
+        match tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await {
+            Ok(Some(Input::Finding(finding))) => finding,
+            Ok(other) => panic!("expected a finding, got {other:?}"),
+            Err(_) => panic!("no finding within two drift intervals"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_tpm_is_reported_on_every_check_until_it_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let present = Arc::new(AtomicBool::new(true));
+        let (baseline_tx, baseline) = watch::channel(Some(Baseline {
+            cti: [1; 16],
+            selection: PcrSelection::sha256(1),
+            pcr_digest: [0; 32],
+            boot: BootCounters::default(),
+        }));
+        let (inbox_tx, mut inbox) = mpsc::channel(16);
+        tokio::spawn(run(
+            Unplugged(Arc::clone(&present)),
+            Duration::from_millis(250),
+            baseline,
+            None,
+            CurrentBoot::default(),
+            StateDir::open(&dir.path().join("state")).unwrap(),
+            inbox_tx,
+        ));
+        present.store(false, Ordering::Release);
+        assert!(matches!(
+            next_finding(&mut inbox).await,
+            Finding::TpmUnavailable { .. }
+        ));
+        // The gate closed: no baseline any more. The TPM is still watched
+        // and still reported, so nothing can keep the gate open without it.
+        baseline_tx.send_replace(None);
+        for _ in 0..5 {
+            assert!(matches!(
+                next_finding(&mut inbox).await,
+                Finding::TpmUnavailable { .. }
+            ));
+        }
+        present.store(true, Ordering::Release);
+        assert_eq!(next_finding(&mut inbox).await, Finding::TpmBack);
+        // Back and no baseline: quiet again.
+        let quiet = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
+    }
+}
