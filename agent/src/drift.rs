@@ -8,6 +8,12 @@
 //! nothing while the gate is not open. A finding names the artifact it was
 //! compared with, so a finding about an artifact already replaced is
 //! ignored.
+//!
+//! A TPM that cannot be read is reported on every check, not only the
+//! first, and it is read on every check until it answers again, with the
+//! gate open or not: the enforcement task keeps the gate closed and starts
+//! no attestation while the reports come, and re-attests on
+//! [`Finding::TpmBack`].
 
 use std::time::Duration;
 
@@ -19,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use crate::clock::CurrentBoot;
 use crate::enforcement::Input;
 use crate::measured::MeasuredFiles;
-use crate::platform::Platform;
+use crate::platform::{Observation, Platform};
 use crate::state::StateDir;
 
 /// What an open gate's artifact attested.
@@ -52,6 +58,23 @@ fn describe(selection: PcrSelection) -> String {
     format!("PCR composite over [{}] differs", list.join(","))
 }
 
+/// How `observed` differs from what `base` attested, if it does.
+fn compare(base: &Baseline, observed: &Observation) -> Option<(DriftKind, String)> {
+    if observed.boot != base.boot {
+        Some((
+            DriftKind::Boot,
+            format!(
+                "TPM boot {}/{} is not the attested {}/{}",
+                observed.boot.reset, observed.boot.restart, base.boot.reset, base.boot.restart
+            ),
+        ))
+    } else if observed.pcr_digest != base.pcr_digest {
+        Some((DriftKind::Pcr, describe(base.selection)))
+    } else {
+        None
+    }
+}
+
 /// Runs until the enforcement inbox closes.
 pub async fn run<P: Platform>(
     platform: P,
@@ -66,6 +89,9 @@ pub async fn run<P: Platform>(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tpm_ok = true;
     let mut reported: Option<[u8; 16]> = None;
+    // What to read while the TPM is away and the gate closed: the last
+    // baseline's selection (the TPM was last seen through it).
+    let mut last_selection: Option<PcrSelection> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -79,31 +105,24 @@ pub async fn run<P: Platform>(
         let current = *baseline.borrow_and_update();
         let mut findings = Vec::new();
         if let Some(base) = current {
-            match platform.observe(base.selection).await {
+            last_selection = Some(base.selection);
+        }
+        let selection = match (current, tpm_ok) {
+            (Some(base), _) => Some(base.selection),
+            (None, false) => last_selection,
+            (None, true) => None,
+        };
+        if let Some(selection) = selection {
+            match platform.observe(selection).await {
                 Ok(observed) => {
                     boot.set(observed.boot);
                     if !tpm_ok {
                         tpm_ok = true;
                         findings.push(Finding::TpmBack);
                     }
-                    let drift = if observed.boot != base.boot {
-                        Some((
-                            DriftKind::Boot,
-                            format!(
-                                "TPM boot {}/{} is not the attested {}/{}",
-                                observed.boot.reset,
-                                observed.boot.restart,
-                                base.boot.reset,
-                                base.boot.restart
-                            ),
-                        ))
-                    } else if observed.pcr_digest != base.pcr_digest {
-                        Some((DriftKind::Pcr, describe(base.selection)))
-                    } else {
-                        None
-                    };
-                    if let Some((kind, detail)) = drift
+                    if let Some(base) = current
                         && reported != Some(base.cti)
+                        && let Some((kind, detail)) = compare(&base, &observed)
                     {
                         reported = Some(base.cti);
                         findings.push(Finding::Drift {
@@ -114,10 +133,8 @@ pub async fn run<P: Platform>(
                     }
                 }
                 Err(detail) => {
-                    if tpm_ok {
-                        tpm_ok = false;
-                        findings.push(Finding::TpmUnavailable { detail });
-                    }
+                    tpm_ok = false;
+                    findings.push(Finding::TpmUnavailable { detail });
                 }
             }
         }
@@ -166,7 +183,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     use super::*;
-    use crate::platform::{Observation, Quote};
+    use crate::platform::Quote;
 
     /// A TPM the test can take away and bring back.
     #[derive(Debug, Clone)]
