@@ -58,6 +58,12 @@ fn describe(selection: PcrSelection) -> String {
     format!("PCR composite over [{}] differs", list.join(","))
 }
 
+/// How long one TPM read may take before the TPM counts as unavailable: a
+/// hung TPM (or resource manager) must close the gate like a missing one,
+/// not stall the check until the artifact's deadline. A PCR read takes
+/// milliseconds on any TPM, even queued behind a quote.
+pub const TPM_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// How `observed` differs from what `base` attested, if it does.
 fn compare(base: &Baseline, observed: &Observation) -> Option<(DriftKind, String)> {
     if observed.boot != base.boot {
@@ -113,7 +119,15 @@ pub async fn run<P: Platform>(
             (None, true) => None,
         };
         if let Some(selection) = selection {
-            match platform.observe(selection).await {
+            let read = tokio::time::timeout(TPM_READ_TIMEOUT, platform.observe(selection))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {} ms",
+                        TPM_READ_TIMEOUT.as_millis()
+                    ))
+                });
+            match read {
                 Ok(observed) => {
                     boot.set(observed.boot);
                     if !tpm_ok {
@@ -185,9 +199,10 @@ mod tests {
     use super::*;
     use crate::platform::Quote;
 
-    /// A TPM the test can take away and bring back.
+    /// A TPM the test can take away and bring back; `hangs` makes a read
+    /// never answer instead of failing.
     #[derive(Debug, Clone)]
-    struct Unplugged(Arc<AtomicBool>);
+    struct Unplugged(Arc<AtomicBool>, bool);
 
     impl Platform for Unplugged {
         async fn quote(&self, _qualifying_data: [u8; 32]) -> Result<Quote, String> {
@@ -200,6 +215,8 @@ mod tests {
                     pcr_digest: [0; 32],
                     boot: BootCounters::default(),
                 })
+            } else if self.1 {
+                std::future::pending().await
             } else {
                 Err("connection refused".into())
             }
@@ -210,17 +227,28 @@ mod tests {
         }
     }
 
-    /// The next finding within two drift intervals.
-    async fn next_finding(inbox: &mut mpsc::Receiver<Input>) -> Finding {
-        match tokio::time::timeout(Duration::from_millis(500), inbox.recv()).await {
+    async fn next_finding(inbox: &mut mpsc::Receiver<Input>, within: Duration) -> Finding {
+        match tokio::time::timeout(within, inbox.recv()).await {
             Ok(Some(Input::Finding(finding))) => finding,
             Ok(other) => panic!("expected a finding, got {other:?}"),
-            Err(_) => panic!("no finding within two drift intervals"),
+            Err(_) => panic!("no finding within {within:?}"),
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_unavailable_tpm_is_reported_on_every_check_until_it_is_back() {
+        reported_until_back(false, Duration::from_millis(500)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_tpm_is_reported_like_a_missing_one() {
+        reported_until_back(true, TPM_READ_TIMEOUT + Duration::from_millis(500)).await;
+    }
+
+    /// The TPM goes away (failing, or hanging) with the gate open; it is
+    /// reported on every check, also once the gate closed, until it answers
+    /// again. `within`: how long one check may take to report.
+    async fn reported_until_back(hangs: bool, within: Duration) {
         let dir = tempfile::tempdir().unwrap();
         let present = Arc::new(AtomicBool::new(true));
         let (baseline_tx, baseline) = watch::channel(Some(Baseline {
@@ -231,7 +259,7 @@ mod tests {
         }));
         let (inbox_tx, mut inbox) = mpsc::channel(16);
         tokio::spawn(run(
-            Unplugged(Arc::clone(&present)),
+            Unplugged(Arc::clone(&present), hangs),
             Duration::from_millis(250),
             baseline,
             None,
@@ -241,7 +269,7 @@ mod tests {
         ));
         present.store(false, Ordering::Release);
         assert!(matches!(
-            next_finding(&mut inbox).await,
+            next_finding(&mut inbox, within).await,
             Finding::TpmUnavailable { .. }
         ));
         // The gate closed: no baseline any more. The TPM is still watched
@@ -249,12 +277,17 @@ mod tests {
         baseline_tx.send_replace(None);
         for _ in 0..5 {
             assert!(matches!(
-                next_finding(&mut inbox).await,
+                next_finding(&mut inbox, within).await,
                 Finding::TpmUnavailable { .. }
             ));
         }
         present.store(true, Ordering::Release);
-        assert_eq!(next_finding(&mut inbox).await, Finding::TpmBack);
+        let mut finding = next_finding(&mut inbox, within).await;
+        if hangs && matches!(finding, Finding::TpmUnavailable { .. }) {
+            // The read under way when it came back still times out.
+            finding = next_finding(&mut inbox, within).await;
+        }
+        assert_eq!(finding, Finding::TpmBack);
         // Back and no baseline: quiet again.
         let quiet = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
         assert!(quiet.is_err(), "{quiet:?}");

@@ -558,3 +558,51 @@ fn a_tpm_that_stays_away_keeps_the_gate_closed_for_the_whole_outage_and_its_retu
         ms(back)
     );
 }
+
+#[test]
+fn a_hung_tpm_closes_the_gate_until_it_answers_again_then_a_new_attestation_reopens_it() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("tpm-3", "locker");
+    device.bring_up();
+
+    device.swtpm.pause().unwrap();
+    // A read that gets no answer counts as a missing TPM after 2 s. (Asked
+    // through the status: a permit asked just before the hang waits for
+    // its record, and the lineage writer for its checkpoint quote.)
+    let after = wait_until(Duration::from_secs(10), || {
+        device.status()["reason"] == "attestation-failed"
+    });
+    assert!(
+        after.is_some_and(|a| a <= Duration::from_millis(250 + 2000 + 1000)),
+        "closed {after:?} after the TPM hung: {}",
+        device.status()
+    );
+    let after = after.unwrap();
+    let closed = Instant::now();
+    while closed.elapsed() < Duration::from_secs(4) {
+        let answer = device.authorize("unlock", None, None, None);
+        assert_eq!(
+            answer["decision"],
+            "deny",
+            "permit {} ms into the hang: {answer}",
+            ms(closed)
+        );
+    }
+    let status = device.status();
+    assert_eq!(status["tpm"], "unavailable", "{status}");
+    assert_eq!(status["reason"], "attestation-failed", "{status}");
+
+    // It answers again with its state intact (same boot, same PCRs): the
+    // agent re-attests by itself and the gate reopens in place.
+    device.swtpm.resume().unwrap();
+    let back = Instant::now();
+    device.wait_open();
+    assert!(device.permits());
+    assert_eq!(device.status()["tpm"], "ok");
+    eprintln!(
+        "closed {} ms after the hang; reopened {} ms after the TPM answered again",
+        after.as_millis(),
+        ms(back)
+    );
+}
