@@ -12,17 +12,17 @@
 //! stateDiagram-v2
 //!     [*] --> Closed: start (reason Startup)
 //!     [*] --> Revoked: start with persisted revocation
-//!     Closed --> Open: install(VerifiedArtifact)
-//!     Open --> Open: install (renewal) / valid heartbeat
+//!     Closed --> Open: install(VerifiedArtifact, quoted in this generation)
+//!     Open --> Open: install (renewal, quoted in this generation) / valid heartbeat
 //!     Open --> Closed: deadline passed / heartbeat lapsed (generation kept)
 //!     Open --> Closed: drift / refusal / revocation gap / close(reason) / clock went back (generation + 1)
-//!     Closed --> Closed: any cause but expiry (generation + 1)
+//!     Closed --> Closed: drift / TPM loss / refusal / clock went back, found while closed (generation + 1)
 //!     Closed --> Contained: control contain / refusal (contained) (generation + 1)
 //!     Open --> Contained: control contain / refusal (contained) (generation + 1)
 //!     Contained --> Closed: control restore (reason Restored)
-//!     Closed --> Revoked: control revoke / listed in heartbeat / refusal (revoked)
-//!     Open --> Revoked: control revoke / listed in heartbeat / refusal (revoked)
-//!     Contained --> Revoked: control revoke / listed in heartbeat / refusal (revoked)
+//!     Closed --> Revoked: control revoke / listed in heartbeat / refusal (revoked) (generation + 1)
+//!     Open --> Revoked: control revoke / listed in heartbeat / refusal (revoked) (generation + 1)
+//!     Contained --> Revoked: control revoke / listed in heartbeat / refusal (revoked) (generation + 1)
 //!     Revoked --> [*]
 //! ```
 //!
