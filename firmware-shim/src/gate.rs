@@ -549,7 +549,10 @@ pub const DEFAULT_MAX_FRESH_AGE_MS: u64 = 10_000;
 /// containment and every revocation. Taken from [`Gate::generation`] when
 /// the quote is made, handed back to [`Gate::install`] and
 /// [`Gate::decide_fresh`] with the artifact that answers it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Only equality means anything: evidence counts in the generation it was
+/// quoted in and no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Generation(u64);
 
 impl Generation {
