@@ -99,7 +99,7 @@ struct Harness {
     device: DeviceId,
     control_seq: u64,
     hb_seq: u64,
-    _lineage: LineageHandle,
+    lineage: LineageHandle,
     _dir: tempfile::TempDir,
 }
 
@@ -120,6 +120,11 @@ fn settings() -> Settings {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(StoreConfig::new).await
+    }
+
+    /// With the lineage store configured by `store` (given its directory).
+    async fn start_with(store: impl FnOnce(std::path::PathBuf) -> StoreConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let device = DeviceId::new("d1").unwrap();
         let clock = Arc::new(PausedClock {
@@ -128,7 +133,7 @@ impl Harness {
             rewound_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let (lineage, _thread) = writer::spawn(WriterStart {
-            store: Store::open(StoreConfig::new(dir.path().join("lineage"))),
+            store: Store::open(store(dir.path().join("lineage"))),
             device: device.clone(),
             clock: clock.clone(),
             boot: CurrentBoot::default(),
@@ -174,7 +179,7 @@ impl Harness {
             device,
             control_seq: 0,
             hb_seq: 0,
-            _lineage: lineage,
+            lineage,
             _dir: dir,
         }
     }
@@ -884,4 +889,34 @@ async fn an_artifact_expiry_keeps_the_renewal_in_flight() {
     .await;
     assert_eq!(h.state().await, "open", "renewal after expiry as before");
     assert!(h.authorize("unlock").await.permit);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lineage_loss_voids_the_renewal_in_flight() {
+    let mut h = Harness::start_with(|dir| StoreConfig {
+        segment_bytes: 2_048,
+        quota_bytes: 16_384,
+        reserve_bytes: 8_192,
+        ..StoreConfig::new(dir)
+    })
+    .await;
+    let quoted = renewal_in_flight(&mut h).await;
+    // Permits fill the store to its quota while the renewal is out; the
+    // writer thread is real, so ask until it said so (no timer runs
+    // meanwhile: paused time moves only when every task is idle).
+    let mut asked = 0;
+    while h.status().await["reason"] != "lineage-unavailable" {
+        let _ = h.authorize("unlock").await;
+        asked += 1;
+        assert!(asked < 100_000, "the quota never closed the gate");
+    }
+    // The collector catches up: acknowledged segments are pruned and the
+    // store is writable again — while the renewal's answer is still due.
+    let next = h.status().await["lineage"]["next_seq"].as_u64().unwrap();
+    h.lineage.prune(next - 1);
+    while h.status().await["lineage"]["health"] != "ok" {
+        tokio::task::yield_now().await;
+    }
+    stale_answer_stays_closed(&mut h, quoted, "lineage-unavailable").await;
+    fresh_round_reopens(&mut h).await;
 }
