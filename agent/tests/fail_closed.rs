@@ -15,6 +15,12 @@ use common::{DeviceLineage, Fleet, MqttClient, PATIENCE, ms};
 use mctc_shim::lineage::{Body, CloseCode, VerdictCode};
 use mctc_tests::wait_until;
 
+/// Pace of the tests that ask the gate throughout an outage: a request
+/// every 10 ms resolves a reopening far below the drift interval (250 ms)
+/// without flooding the lineage, which would slow the timing-sensitive
+/// tests running alongside.
+const PROBE_PACE: Duration = Duration::from_millis(10);
+
 /// Polls the gate until it denies; returns when (or fails).
 fn denied_within(device: &common::Device, limit: Duration, start: Instant) -> Duration {
     let closed = wait_until(limit + Duration::from_secs(5), || !device.permits());
@@ -471,4 +477,149 @@ fn a_broker_outage_longer_than_the_heartbeat_window_closes_the_gate_and_reconnec
     assert_eq!(status["connected"], true);
     assert_eq!(status["session"], 2, "a new session counted");
     assert!(device.permits());
+}
+
+#[test]
+fn a_tpm_that_stays_away_keeps_the_gate_closed_for_the_whole_outage_and_its_return_is_recovered() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("tpm-2", "locker");
+    let nonce_req = "mctc/v1/dev/tpm-2/nonce/req";
+    let evidence = "mctc/v1/dev/tpm-2/evidence";
+    let spy = MqttClient::connect(
+        &fleet.broker,
+        "mctc-authority",
+        "tpm-spy",
+        &[nonce_req, evidence],
+    );
+    device.bring_up();
+
+    let killed = Instant::now();
+    device.swtpm.kill();
+    denied_within(&device, Duration::from_millis(250), killed);
+    let closed = Instant::now();
+    let mark = device.log().len();
+    // The outage outlasts the heartbeat window (3 s) and many drift
+    // intervals: every request is denied, every status says so.
+    let mut asked = 0;
+    while closed.elapsed() < Duration::from_secs(5) {
+        let answer = device.authorize("unlock", None, None, None);
+        assert_eq!(
+            answer["decision"],
+            "deny",
+            "permit {} ms into the TPM outage: {answer}\n{}",
+            ms(closed),
+            device.log()
+        );
+        asked += 1;
+        std::thread::sleep(PROBE_PACE);
+        if asked % 50 == 0 {
+            let status = device.status();
+            assert_eq!(status["tpm"], "unavailable", "{status}");
+            assert_eq!(status["state"], "closed", "{status}");
+        }
+    }
+    // The drift task kept reporting, and no attestation round started
+    // (one already asked for when the gate closed is allowed to finish
+    // failing).
+    let reports = device.log()[mark..]
+        .matches("TPM still unavailable")
+        .count();
+    assert!(
+        reports >= 8,
+        "{reports} reports in 5 s of outage (drift interval 250 ms)"
+    );
+    let settled = closed + Duration::from_secs(1);
+    assert!(
+        spy.since(nonce_req, settled).is_empty() && spy.since(evidence, settled).is_empty(),
+        "an attestation round ran without a TPM\n{}",
+        device.log()
+    );
+
+    // The TPM comes back (power-cycled: a new boot, PCRs cleared): the
+    // agent notices and re-attests by itself.
+    device.swtpm.start_again().unwrap();
+    let back = Instant::now();
+    let noticed = wait_until(Duration::from_secs(10), || device.status()["tpm"] == "ok");
+    assert!(noticed.is_some(), "{}\n{}", device.status(), device.log());
+    let reattested = wait_until(PATIENCE, || !spy.since(evidence, back).is_empty());
+    assert!(
+        reattested.is_some(),
+        "no round after the TPM came back\n{}",
+        device.log()
+    );
+    // That evidence shows the measured PCR cleared by the power cycle:
+    // policy contains the device, as for a TPM reset.
+    let contained = device.wait_state("contained", PATIENCE);
+    assert!(contained.is_some(), "{}\n{}", device.status(), device.log());
+    // Recovery as policy allows: the agent starts again in the new boot
+    // (measuring its files into it) and the fleet manager lifts the
+    // containment.
+    assert!(device.stop().success());
+    let out = fleet.cli(&["devices", "restore", "tpm-2", "--reason", "tpm replaced"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    device.start();
+    device.wait_open();
+    assert!(device.permits());
+    let last = device.lineage().last().unwrap().0;
+    let collected = wait_until(PATIENCE, || {
+        device.status()["lineage"]["acked_seq"]
+            .as_u64()
+            .is_some_and(|acked| acked >= last)
+    });
+    assert!(collected.is_some(), "{}", device.status());
+    eprintln!(
+        "{asked} requests denied during a 5 s TPM outage, {reports} reports; TPM noticed back {} ms after its restart",
+        ms(back)
+    );
+}
+
+#[test]
+fn a_hung_tpm_closes_the_gate_until_it_answers_again_then_a_new_attestation_reopens_it() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("tpm-3", "locker");
+    device.bring_up();
+
+    device.swtpm.pause().unwrap();
+    // A read that gets no answer counts as a missing TPM after 2 s. (Asked
+    // through the status: a permit asked just before the hang waits for
+    // its record, and the lineage writer for its checkpoint quote.)
+    let after = wait_until(Duration::from_secs(10), || {
+        device.status()["reason"] == "attestation-failed"
+    });
+    assert!(
+        after.is_some_and(|a| a <= Duration::from_millis(250 + 2000 + 1000)),
+        "closed {after:?} after the TPM hung: {}",
+        device.status()
+    );
+    let after = after.unwrap();
+    let closed = Instant::now();
+    while closed.elapsed() < Duration::from_secs(4) {
+        let answer = device.authorize("unlock", None, None, None);
+        assert_eq!(
+            answer["decision"],
+            "deny",
+            "permit {} ms into the hang: {answer}",
+            ms(closed)
+        );
+        std::thread::sleep(PROBE_PACE);
+    }
+    let status = device.status();
+    assert_eq!(status["tpm"], "unavailable", "{status}");
+    assert_eq!(status["reason"], "attestation-failed", "{status}");
+
+    // It answers again with its state intact (same boot, same PCRs): the
+    // agent re-attests by itself and the gate reopens in place.
+    device.swtpm.resume().unwrap();
+    let back = Instant::now();
+    device.wait_open();
+    assert!(device.permits());
+    assert_eq!(device.status()["tpm"], "ok");
+    eprintln!(
+        "closed {} ms after the hang; reopened {} ms after the TPM answered again",
+        after.as_millis(),
+        ms(back)
+    );
 }

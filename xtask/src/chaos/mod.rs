@@ -158,7 +158,7 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     let s = &signer;
-    use scenarios::{agent, broker, fleet, input, messages, platform};
+    use scenarios::{agent, broker, fleet, input, messages, platform, stale};
     rows.extend(one(
         rig,
         "config file with bad values",
@@ -354,6 +354,12 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
         "measured file changed",
         "deny ≤ drift; contained",
         platform::measured_file_changed,
+    ));
+    rows.extend(one(
+        rig,
+        "renewal answered after a drift close",
+        "stale answer dropped; deny; contained",
+        |r| stale::renewal_answer_after_drift(r, s),
     ));
     rows
 }

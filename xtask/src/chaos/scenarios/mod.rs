@@ -10,6 +10,7 @@ pub mod fleet;
 pub mod input;
 pub mod messages;
 pub mod platform;
+pub mod stale;
 
 use std::time::{Duration, Instant};
 
