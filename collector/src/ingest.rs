@@ -29,12 +29,12 @@ use mctc_shim::topics::{self, DeviceTopic};
 use mctc_shim::wire::Version;
 use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
 
-use crate::alert::{self, ALERT_TOPIC};
+use crate::alert::{ALERT_TOPIC, Coalescer, Due, Sighting};
 use crate::chain::{Fault, check_next};
 use crate::checkpoint::clock_regression;
 use crate::registry::{status_name, verify_registry};
 use crate::store::{
-    Anomaly, AnomalyKind, Changes, Head, NewAnomaly, NewCheckpoint, NewRecord, RegistryChange,
+    AnomalyKind, Changes, Head, NewAnomaly, NewCheckpoint, NewRecord, Recorded, RegistryChange,
     Store, StoreError,
 };
 
@@ -56,6 +56,8 @@ pub struct IngestConfig {
     pub held_bytes: usize,
     /// How long a held batch is kept.
     pub held_ttl_ms: u64,
+    /// At most one alert per device and anomaly kind per this many ms.
+    pub alert_interval_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -66,6 +68,7 @@ impl Default for IngestConfig {
             held_batches: 256,
             held_bytes: 8 * 1024 * 1024,
             held_ttl_ms: 600_000,
+            alert_interval_ms: 10_000,
         }
     }
 }
@@ -235,6 +238,8 @@ pub struct Ingest<S: Store> {
     /// The next seq at which a gap was last flagged, per device (so a
     /// persisting gap is alerted once, not every tick).
     gaps_flagged: HashMap<DeviceId, u64>,
+    /// One alert per device and kind per interval.
+    alerts: Coalescer,
 }
 
 impl<S: Store> Ingest<S> {
@@ -245,11 +250,12 @@ impl<S: Store> Ingest<S> {
             store,
             crypto: RingCrypto,
             keys,
-            config,
             instance,
             aks: HashMap::new(),
             held: Held::default(),
             gaps_flagged: HashMap::new(),
+            alerts: Coalescer::new(config.alert_interval_ms),
+            config,
         }
     }
 
@@ -280,14 +286,65 @@ impl<S: Store> Ingest<S> {
         out
     }
 
-    /// Periodic work: expire held batches, flag gaps older than the grace.
+    /// A lineage payload the edge dropped for its size (over
+    /// `MAX_BATCH_LEN`, so never a batch) without queueing its bytes:
+    /// recorded and acked like any undecodable batch.
+    pub fn oversized(&mut self, device: &DeviceId, len: usize, now_ms: u64) -> Vec<Publish> {
+        let mut out = Vec::new();
+        if let Err(error) = self.on_oversized(device, len, now_ms, &mut out) {
+            tracing::error!(device = %device, %error, "store failed; nothing acknowledged");
+        }
+        out
+    }
+
+    /// Periodic work: expire held batches, flag gaps older than the grace,
+    /// send the alert summaries whose interval ended.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Publish> {
         self.held.expire(&self.config, now_ms);
         let mut out = Vec::new();
         if let Err(error) = self.flag_gaps(now_ms, &mut out) {
             tracing::error!(%error, "store failed while looking for gaps");
         }
+        for due in self.alerts.tick(now_ms) {
+            out.push(self.alert(&due));
+        }
         out
+    }
+
+    /// Logs and builds one (coalesced) alert.
+    fn alert(&self, due: &Due) -> Publish {
+        let s = &due.sighting;
+        tracing::warn!(
+            device = %s.device,
+            kind = s.kind.name(),
+            seq = s.seq,
+            count = due.count,
+            kept = s.id.is_some(),
+            detail = %s.detail,
+            "lineage anomaly"
+        );
+        Publish {
+            topic: ALERT_TOPIC.to_owned(),
+            payload: due.payload(&self.instance),
+            retain: true,
+        }
+    }
+
+    fn on_oversized(
+        &mut self,
+        device: &DeviceId,
+        len: usize,
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        // Only for a device the collector vouches for: an unknown one gets
+        // nothing recorded (as for its undecodable lineage).
+        if self.ak(device)?.is_none() {
+            tracing::debug!(device = %device, len, "oversized lineage from an unknown device dropped");
+            return Ok(());
+        }
+        let detail = format!("batch of {len} bytes exceeds {MAX_BATCH_LEN}");
+        self.stop_batch(device, AnomalyKind::Undecodable, detail, now_ms, out)
     }
 
     fn on_registry(
@@ -356,15 +413,12 @@ impl<S: Store> Ingest<S> {
         now_ms: u64,
         out: &mut Vec<Publish>,
     ) -> Result<(), StoreError> {
-        let known = self.ak(device)?;
         if payload.len() > MAX_BATCH_LEN {
-            tracing::warn!(device = %device, len = payload.len(), "oversized lineage batch dropped");
-            if known.is_some() {
-                let detail = format!("batch of {} bytes exceeds {MAX_BATCH_LEN}", payload.len());
-                self.stop_batch(device, AnomalyKind::Undecodable, detail, now_ms, out)?;
-            }
-            return Ok(());
+            // The edge drops these before queueing; this keeps the core's
+            // rule whoever calls it.
+            return self.on_oversized(device, payload.len(), now_ms, out);
         }
+        let known = self.ak(device)?;
         let batch = LineageBatch::decode(payload);
         let Some(ak) = known else {
             if batch.as_ref().is_ok_and(|b| b.device == *device) {
@@ -378,7 +432,9 @@ impl<S: Store> Ingest<S> {
                 };
                 self.record_anomalies(device, vec![anomaly], now_ms, out)?;
             } else {
-                tracing::warn!(device = %device, "undecodable lineage from an unknown device dropped");
+                // Per message, so not above debug: a flood must not flood
+                // the log (the edge reports drops per device and interval).
+                tracing::debug!(device = %device, "undecodable lineage from an unknown device dropped");
             }
             return Ok(());
         };
@@ -441,36 +497,60 @@ impl<S: Store> Ingest<S> {
             ..Changes::default()
         };
         let recorded = self.store.apply(device, &changes, now_ms)?;
-        self.publish_alerts(&changes, &recorded, out);
+        self.publish_alerts(device, &changes, &recorded, now_ms, out);
         Ok(())
     }
 
+    /// Offers every new anomaly (kept or beyond the bound) to the
+    /// coalescer; repeats of a kept one only raised its count.
     fn publish_alerts(
-        &self,
+        &mut self,
+        device: &DeviceId,
         changes: &Changes,
-        recorded: &[Option<Anomaly>],
+        recorded: &[Recorded],
+        now_ms: u64,
         out: &mut Vec<Publish>,
     ) {
-        for (new, row) in changes.anomalies.iter().zip(recorded) {
-            match row {
-                Some(row) => {
-                    tracing::warn!(
-                        device = %row.device,
-                        kind = row.kind.name(),
-                        seq = row.seq,
-                        detail = %row.detail,
-                        "lineage anomaly"
+        for (new, recorded) in changes.anomalies.iter().zip(recorded) {
+            let sighting = match recorded {
+                Recorded::New(row) => Sighting {
+                    id: Some(row.id),
+                    device: row.device.clone(),
+                    kind: row.kind,
+                    seq: row.seq,
+                    detail: row.detail.clone(),
+                    evidence_sha256: row.evidence_sha256.clone(),
+                    first_seen_ms: row.first_seen_ms,
+                },
+                Recorded::Overflow(overflow) => Sighting {
+                    id: None,
+                    device: device.as_str().to_owned(),
+                    kind: new.kind,
+                    seq: new.seq,
+                    detail: format!(
+                        "{} (not kept: {} of this kind beyond the per-device bound)",
+                        new.detail, overflow.count
+                    ),
+                    evidence_sha256: String::new(),
+                    first_seen_ms: now_ms,
+                },
+                Recorded::Repeat => {
+                    tracing::debug!(
+                        device = %device,
+                        kind = new.kind.name(),
+                        seq = new.seq,
+                        "lineage anomaly seen again"
                     );
-                    out.push(Publish {
-                        topic: ALERT_TOPIC.to_owned(),
-                        payload: alert::payload(&self.instance, row),
-                        retain: true,
-                    });
+                    continue;
                 }
+            };
+            match self.alerts.offer(sighting, now_ms) {
+                Some(due) => out.push(self.alert(&due)),
                 None => tracing::debug!(
+                    device = %device,
                     kind = new.kind.name(),
                     seq = new.seq,
-                    "lineage anomaly seen again"
+                    "lineage anomaly (alert coalesced)"
                 ),
             }
         }
@@ -527,7 +607,7 @@ impl<S: Store> Ingest<S> {
             pass.changes.head = Some(pass.head.clone());
         }
         let recorded = self.store.apply(device, &pass.changes, now_ms)?;
-        self.publish_alerts(&pass.changes, &recorded, out);
+        self.publish_alerts(device, &pass.changes, &recorded, now_ms, out);
         // One line per batch, whether it extended the chain or was held
         // back until an earlier batch (maybe at another instance) lands.
         tracing::debug!(
