@@ -14,7 +14,7 @@ use common::{Authority, Device, batch};
 use mctc_collector::alert::ALERT_TOPIC;
 use mctc_collector::ingest::{Ingest, IngestConfig, Publish};
 use mctc_collector::store::sqlite::SqliteStore;
-use mctc_collector::store::{AnomalyKind, Store};
+use mctc_collector::store::{AnomalyKind, DEFAULT_ANOMALY_ROWS_PER_KIND, Store};
 use mctc_shim::lineage::{Body, ChainHead, Stamp};
 use mctc_shim::messages::{AckAnomaly, DeviceStatus, LineageAck};
 use mctc_shim::tpm::BootCounters;
@@ -371,4 +371,77 @@ async fn random_payloads_on_any_topic_never_panic_and_never_move_a_head() {
         ack(&core.send(&device.id, &device.records[4..])),
         (Some(5), None, None)
     );
+}
+
+/// A hostile device (its own certificate, so its own topic) sends a
+/// thousand batches, each with a different undecodable record, and junk too
+/// large to be a batch. The store keeps the first rows of the kind and
+/// counts the rest; monitors get one alert at once and one summary per
+/// interval, not a thousand; an honest device in between is served, and
+/// the hostile device's genuine lineage still lands afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_device_cannot_fill_the_store_or_the_alert_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut evil = Device::new("pos-evil").await;
+    evil.write(4, 0).await;
+    let mut honest = Device::new("pos-honest").await;
+    honest.write(4, 0).await;
+    let config = IngestConfig {
+        // The thousand batches take 10 s of the core's clock.
+        alert_interval_ms: 60_000,
+        ..IngestConfig::default()
+    };
+    let mut core = Core::new(&authority, config);
+    core.register(&authority, &evil);
+    core.register(&authority, &honest);
+
+    let mut alerted = Vec::new();
+    for i in 0..1000u32 {
+        let junk = [vec![0xa1], i.to_be_bytes().to_vec()].concat();
+        let out = core.send(&evil.id, &[junk]);
+        assert_eq!(ack(&out).1, Some(AckAnomaly::Undecodable));
+        alerted.extend(alerts(&out));
+        if i == 500 {
+            let out = core.send(&honest.id, &honest.records);
+            assert_eq!(ack(&out), (Some(3), None, None));
+        }
+    }
+    for len in [65_537, 300_000] {
+        let out = core.ingest.oversized(&evil.id, len, core.now);
+        assert_eq!(ack(&out), (None, Some(AckAnomaly::Undecodable), Some(0)));
+        alerted.extend(alerts(&out));
+    }
+    assert_eq!(alerted, vec!["undecodable"], "one alert at once");
+    let kept = core.ingest.store().anomalies(Some(&evil.id)).unwrap();
+    assert_eq!(kept.len() as u64, DEFAULT_ANOMALY_ROWS_PER_KIND);
+    // The first ones are kept (with their evidence), the rest counted.
+    assert!(kept.iter().any(|a| a.detail.contains("does not decode")));
+    let overflow = core
+        .ingest
+        .store()
+        .anomaly_overflow(Some(&evil.id))
+        .unwrap();
+    assert_eq!(overflow.len(), 1);
+    assert_eq!(overflow[0].count, 1002 - DEFAULT_ANOMALY_ROWS_PER_KIND);
+    // The summary when the interval ends counts everything after the first.
+    let out = core.tick_after(50_000);
+    let summaries: Vec<serde_json::Value> = out
+        .iter()
+        .filter(|p| p.topic == ALERT_TOPIC)
+        .map(|p| serde_json::from_slice(&p.payload).unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    assert_eq!(summaries[0]["count"], 1001);
+    assert_eq!(summaries[0]["device"], "pos-evil");
+    assert!(
+        core.tick_after(60_000)
+            .iter()
+            .all(|p| p.topic != ALERT_TOPIC)
+    );
+    // Nothing of the honest device was disturbed; the hostile device's
+    // genuine lineage (resent once it behaves) is stored and acked.
+    assert!(core.kinds(&honest.id).is_empty());
+    let out = core.send(&evil.id, &evil.records);
+    assert_eq!(ack(&out), (Some(3), None, None));
 }
