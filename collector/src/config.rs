@@ -260,6 +260,29 @@ mod tests {
         assert_eq!(config.authority.public_keys.len(), 1);
         assert_eq!(config.ingest.share_group, "mctc-collector");
         assert_eq!(config.broker.url, "mqtts://broker.fleet.example:8883");
+        // The example states every [ingest] key with its default value.
+        assert_eq!(config.ingest, IngestSettings::default());
+        let text = std::fs::read_to_string(path).unwrap();
+        for key in [
+            "client_id",
+            "share_group",
+            "gap_grace_ms",
+            "pending_window",
+            "held_batches",
+            "held_bytes",
+            "held_ttl_ms",
+            "max_packet_bytes",
+            "device_burst",
+            "device_batches_per_sec",
+            "tracked_devices",
+            "anomaly_rows_per_kind",
+            "alert_interval_ms",
+        ] {
+            assert!(
+                text.contains(&format!("{key} = ")),
+                "{key} not in the example"
+            );
+        }
     }
 
     fn minimal() -> String {
