@@ -54,8 +54,8 @@ pub struct AdmissionConfig {
 impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
-            burst: 256,
-            per_sec: 64,
+            burst: 1_024,
+            per_sec: 512,
             tracked: 65_536,
             report_interval_ms: 10_000,
         }

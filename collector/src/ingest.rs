@@ -29,7 +29,7 @@ use mctc_shim::topics::{self, DeviceTopic};
 use mctc_shim::wire::Version;
 use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
 
-use crate::alert::{ALERT_TOPIC, Coalescer, Due, Sighting};
+use crate::alert::{self, ALERT_TOPIC, Coalescer, Due, Sighting};
 use crate::chain::{Fault, check_next};
 use crate::checkpoint::clock_regression;
 use crate::registry::{status_name, verify_registry};
@@ -240,6 +240,22 @@ pub struct Ingest<S: Store> {
     gaps_flagged: HashMap<DeviceId, u64>,
     /// One alert per device and kind per interval.
     alerts: Coalescer,
+    /// Batch-level anomalies written recently, by (device, kind, seq):
+    /// repeats within the alert interval are counted here until the next
+    /// tick. Bounded by [`alert::MAX_ALERT_KEYS`] (beyond it, written
+    /// through).
+    recent: HashMap<(DeviceId, AnomalyKind, u64), Recent>,
+    /// The last anomaly ack per device: when, and (head's next seq, kind,
+    /// seq). Bounded like `recent`.
+    anomaly_acked: HashMap<DeviceId, (u64, (u64, AnomalyKind, u64))>,
+}
+
+/// A batch-level anomaly written at `at_ms`, and its repeats since.
+#[derive(Debug)]
+struct Recent {
+    at_ms: u64,
+    repeats: u64,
+    anomaly: NewAnomaly,
 }
 
 impl<S: Store> Ingest<S> {
@@ -255,6 +271,8 @@ impl<S: Store> Ingest<S> {
             held: Held::default(),
             gaps_flagged: HashMap::new(),
             alerts: Coalescer::new(config.alert_interval_ms),
+            recent: HashMap::new(),
+            anomaly_acked: HashMap::new(),
             config,
         }
     }
@@ -305,6 +323,7 @@ impl<S: Store> Ingest<S> {
         if let Err(error) = self.flag_gaps(now_ms, &mut out) {
             tracing::error!(%error, "store failed while looking for gaps");
         }
+        self.flush_repeats(now_ms, &mut out);
         for due in self.alerts.tick(now_ms) {
             out.push(self.alert(&due));
         }
@@ -462,7 +481,10 @@ impl<S: Store> Ingest<S> {
     }
 
     /// A batch rejected as a whole: record the anomaly, ack the unchanged
-    /// head with it.
+    /// head with it. A repeat of one recorded within the alert interval
+    /// (junk sent again and again at the same head) is only counted here
+    /// and written at the next tick, so junk costs no transaction per
+    /// message.
     fn stop_batch(
         &mut self,
         device: &DeviceId,
@@ -472,15 +494,97 @@ impl<S: Store> Ingest<S> {
         out: &mut Vec<Publish>,
     ) -> Result<(), StoreError> {
         let head = self.store.head(device)?.unwrap_or_else(Head::genesis);
+        let stopped = Some((kind, head.next_seq));
+        let key = (device.clone(), kind, head.next_seq);
+        let interval = self.config.alert_interval_ms;
+        let mut times = 1;
+        if let Some(recent) = self.recent.get_mut(&key) {
+            if now_ms.saturating_sub(recent.at_ms) < interval {
+                recent.repeats = recent.repeats.saturating_add(1);
+                self.send_ack(device, &head, stopped, now_ms, out);
+                return Ok(());
+            }
+            times += std::mem::take(&mut recent.repeats);
+        }
         let anomaly = NewAnomaly {
             kind,
             seq: Some(head.next_seq),
             detail,
             evidence: None,
         };
-        self.record_anomalies(device, vec![anomaly], now_ms, out)?;
-        out.push(self.ack(device, &head, Some((kind, head.next_seq))));
+        let written = vec![anomaly.clone(); usize::try_from(times).unwrap_or(1)];
+        self.record_anomalies(device, written, now_ms, out)?;
+        if self.recent.len() < alert::MAX_ALERT_KEYS || self.recent.contains_key(&key) {
+            self.recent.insert(
+                key,
+                Recent {
+                    at_ms: now_ms,
+                    repeats: 0,
+                    anomaly,
+                },
+            );
+        }
+        self.send_ack(device, &head, stopped, now_ms, out);
         Ok(())
+    }
+
+    /// Queues an ack, unless it carries an anomaly and repeats, within the
+    /// alert interval, the last anomaly ack this device got (same head,
+    /// anomaly and seq). An agent resends its unacknowledged lineage on
+    /// every anomaly ack, so without this each junk message a device's key
+    /// holder publishes would make the collector order a full resend:
+    /// amplification. Progress is always acked.
+    fn send_ack(
+        &mut self,
+        device: &DeviceId,
+        head: &Head,
+        anomaly: Option<(AnomalyKind, u64)>,
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) {
+        if let Some((kind, seq)) = anomaly {
+            let said = (head.next_seq, kind, seq);
+            let interval = self.config.alert_interval_ms;
+            match self.anomaly_acked.get(device) {
+                Some((at_ms, last))
+                    if *last == said && now_ms.saturating_sub(*at_ms) < interval =>
+                {
+                    tracing::debug!(device = %device, kind = kind.name(), seq, "repeated anomaly ack not sent");
+                    return;
+                }
+                _ => {
+                    if self.anomaly_acked.len() < alert::MAX_ALERT_KEYS
+                        || self.anomaly_acked.contains_key(device)
+                    {
+                        self.anomaly_acked.insert(device.clone(), (now_ms, said));
+                    }
+                }
+            }
+        }
+        out.push(self.ack(device, head, anomaly));
+    }
+
+    /// Writes the repeats counted since the last tick; forgets quiet keys.
+    fn flush_repeats(&mut self, now_ms: u64, out: &mut Vec<Publish>) {
+        let interval = self.config.alert_interval_ms;
+        let waiting: Vec<_> = self
+            .recent
+            .iter_mut()
+            .filter(|(_, r)| r.repeats > 0)
+            .map(|((device, _, _), r)| {
+                let times = usize::try_from(std::mem::take(&mut r.repeats)).unwrap_or(1);
+                (device.clone(), vec![r.anomaly.clone(); times])
+            })
+            .collect();
+        for (device, anomalies) in waiting {
+            if let Err(error) = self.record_anomalies(&device, anomalies, now_ms, out) {
+                tracing::error!(device = %device, %error, "store failed; repeated anomalies not counted");
+            }
+        }
+        self.recent
+            .retain(|_, r| now_ms.saturating_sub(r.at_ms) < interval);
+        self.anomaly_acked
+            .retain(|_, (at_ms, _)| now_ms.saturating_sub(*at_ms) < interval);
     }
 
     fn record_anomalies(
@@ -617,7 +721,8 @@ impl<S: Store> Ingest<S> {
             through = pass.head.through_seq(),
             "lineage batch handled"
         );
-        out.push(self.ack(device, &pass.head, pass.stopped));
+        let head = pass.head.clone();
+        self.send_ack(device, &head, pass.stopped, now_ms, out);
         Ok(())
     }
 
@@ -849,7 +954,13 @@ impl<S: Store> Ingest<S> {
                 evidence: None,
             };
             self.record_anomalies(&device, vec![anomaly], now_ms, out)?;
-            out.push(self.ack(&device, &head, Some((AnomalyKind::Gap, head.next_seq))));
+            self.send_ack(
+                &device,
+                &head,
+                Some((AnomalyKind::Gap, head.next_seq)),
+                now_ms,
+                out,
+            );
         }
         Ok(())
     }
