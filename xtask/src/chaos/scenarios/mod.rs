@@ -5,6 +5,7 @@
 //! every permit it saw in the device's lineage and at the collector.
 
 pub mod agent;
+pub mod collector_flood;
 pub mod fleet;
 pub mod input;
 pub mod messages;
