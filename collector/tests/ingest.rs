@@ -720,7 +720,7 @@ async fn a_flooding_device_is_rate_limited_before_decoding_and_nobody_else_waits
     a.write(10, 5).await;
     let mut b = Device::new("pos-2").await;
     b.write(10, 5).await;
-    let mut fleet = Fleet::start(
+    let fleet = Fleet::start(
         &a,
         "device_burst = 8\ndevice_batches_per_sec = 2\nalert_interval_ms = 1000",
     )
@@ -749,6 +749,7 @@ async fn a_flooding_device_is_rate_limited_before_decoding_and_nobody_else_waits
     // the rest was dropped before decoding.
     let log_has_totals = |log: &str| {
         log.lines()
+            .rev()
             .filter(|l| l.contains("lineage dropped before decoding") && l.contains("pos-1"))
             .filter_map(|l| {
                 let field = |name: &str| -> Option<u64> {
@@ -757,7 +758,7 @@ async fn a_flooding_device_is_rate_limited_before_decoding_and_nobody_else_waits
                 };
                 Some((field("total_rate_limited")?, field("total_oversize")?))
             })
-            .last()
+            .next()
     };
     let mut totals = None;
     let accounted = mctc_tests::wait_until(WAIT, || {

@@ -87,6 +87,7 @@ fn check_permits(db: &Path, device: &Device, through: u64, permits: &[(u64, Stri
 /// The last `total_rate_limited` and `total_oversize` the collector logged.
 fn drop_totals(log: &str, device: &str) -> Option<(u64, u64)> {
     log.lines()
+        .rev()
         .filter(|l| l.contains("lineage dropped before decoding"))
         .filter(|l| l.contains(&format!("device={device}")))
         .filter_map(|l| {
@@ -96,7 +97,7 @@ fn drop_totals(log: &str, device: &str) -> Option<(u64, u64)> {
             };
             Some((field("total_rate_limited")?, field("total_oversize")?))
         })
-        .last()
+        .next()
 }
 
 /// Undecodable anomalies of `device` at the collector: kept rows' counts
