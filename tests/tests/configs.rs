@@ -31,54 +31,89 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Mosquitto running the shipped config, its paths pointed at a throw-away
+/// PKI and its listener at a free loopback port. Killed on drop.
+struct ShippedBroker {
+    child: std::process::Child,
+    port: u16,
+    pki: mctc_tests::Pki,
+    dir: tempfile::TempDir,
+}
+
+impl ShippedBroker {
+    fn start(conf: &Path, acl: &Path) -> ShippedBroker {
+        mctc_tests::require_program("mosquitto", "mosquitto").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pki = mctc_tests::Pki::new(&dir.path().join("pki")).unwrap();
+        let server = pki.server("mctc-broker").unwrap();
+        let port = mctc_tests::free_port();
+        let text = std::fs::read_to_string(conf).unwrap();
+        let mut rewritten = String::new();
+        if rustix::process::geteuid().is_root() {
+            rewritten.push_str("user root\n");
+        }
+        for line in text.lines() {
+            let key = line.split_whitespace().next().unwrap_or("");
+            let replaced = match key {
+                "acl_file" => format!("acl_file {}", acl.display()),
+                "cafile" => format!("cafile {}", server.ca.display()),
+                "certfile" => format!("certfile {}", server.cert.display()),
+                "keyfile" => format!("keyfile {}", server.key.display()),
+                "persistence_location" => {
+                    format!("persistence_location {}/", dir.path().display())
+                }
+                "listener" => format!("listener {port} 127.0.0.1"),
+                "log_dest" => format!("log_dest file {}", dir.path().join("log").display()),
+                _ => line.to_owned(),
+            };
+            rewritten.push_str(&replaced);
+            rewritten.push('\n');
+        }
+        let test_conf = dir.path().join("mosquitto.conf");
+        std::fs::write(&test_conf, rewritten).unwrap();
+        let mut child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&test_conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let up = mctc_tests::wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let exited = child.try_wait().unwrap();
+        if up.is_none() || exited.is_some() {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "mosquitto did not start with {}: {}\n{}",
+                conf.display(),
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+            );
+        }
+        ShippedBroker {
+            child,
+            port,
+            pki,
+            dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ShippedBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn check_mosquitto_conf(conf: &Path, acl: &Path) {
-    mctc_tests::require_program("mosquitto", "mosquitto").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = mctc_tests::Pki::new(&dir.path().join("pki")).unwrap();
-    let server = pki.server("mctc-broker").unwrap();
-    let port = mctc_tests::free_port();
-    let text = std::fs::read_to_string(conf).unwrap();
-    let mut rewritten = String::new();
-    if rustix::process::geteuid().is_root() {
-        rewritten.push_str("user root\n");
-    }
-    for line in text.lines() {
-        let key = line.split_whitespace().next().unwrap_or("");
-        let replaced = match key {
-            "acl_file" => format!("acl_file {}", acl.display()),
-            "cafile" => format!("cafile {}", server.ca.display()),
-            "certfile" => format!("certfile {}", server.cert.display()),
-            "keyfile" => format!("keyfile {}", server.key.display()),
-            "persistence_location" => format!("persistence_location {}/", dir.path().display()),
-            "listener" => format!("listener {port} 127.0.0.1"),
-            "log_dest" => format!("log_dest file {}", dir.path().join("log").display()),
-            _ => line.to_owned(),
-        };
-        rewritten.push_str(&replaced);
-        rewritten.push('\n');
-    }
-    let test_conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&test_conf, rewritten).unwrap();
-    let mut child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&test_conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let up = mctc_tests::wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let exited = child.try_wait().unwrap();
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        up.is_some() && exited.is_none(),
-        "mosquitto did not start with {}: {}\n{}",
-        conf.display(),
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
-    );
+    drop(ShippedBroker::start(conf, acl));
 }
 
 #[test]
@@ -254,4 +289,91 @@ fn a_client_packet_limit_below_the_broker_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("max_packet_bytes"), "{err}");
+}
+
+/// The shipped broker itself, not only its config line: a device's full
+/// lineage batch on its longest topic passes, and a packet over
+/// `max_packet_size` is refused at the broker (its sender disconnected,
+/// nothing delivered), so no mctc client is ever handed one.
+#[test]
+fn the_shipped_broker_passes_a_full_batch_and_refuses_a_larger_packet() {
+    use mctc_shim::limits::{MAX_BATCH_LEN, MAX_DEVICE_ID_LEN};
+    use rumqttc::{Event, Packet, QoS};
+
+    let dir = configs();
+    let broker = ShippedBroker::start(
+        &dir.join("mosquitto/mosquitto.conf"),
+        &dir.join("mosquitto/mctc.acl"),
+    );
+    // The longest device id makes the longest lineage topic.
+    let device = "d".repeat(MAX_DEVICE_ID_LEN);
+    let identity = broker.pki.client(&device).unwrap();
+    let tls = mctc_tests::client_tls_config(&identity).unwrap();
+    let topic = format!("mctc/v1/dev/{device}/lineage");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = rumqttc::MqttOptions::new("limits-probe", "127.0.0.1", broker.port);
+        options.set_keep_alive(Duration::from_secs(5));
+        options.set_max_packet_size(
+            mctc_service::link::MAX_PACKET_BYTES,
+            mctc_service::link::MAX_PACKET_BYTES,
+        );
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Rustls(std::sync::Arc::new(tls)),
+        ));
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+        // The device reads its own topic back: what the broker delivers.
+        client.subscribe(&topic, QoS::AtLeastOnce).await.unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => break,
+                Ok(Ok(_)) => {}
+                other => panic!("no subscription: {other:?}\n{}", broker.log()),
+            }
+        }
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, vec![0xa5; MAX_BATCH_LEN])
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    assert_eq!(p.payload.len(), MAX_BATCH_LEN);
+                    break;
+                }
+                Ok(Ok(_)) => {}
+                other => panic!(
+                    "a full batch was not delivered: {other:?}\n{}",
+                    broker.log()
+                ),
+            }
+        }
+        client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                vec![0x5b; mctc_service::link::BROKER_MAX_PACKET],
+            )
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => panic!(
+                    "the broker delivered a packet of {} payload bytes",
+                    p.payload.len()
+                ),
+                Ok(Ok(_)) => {}
+                // The broker closed the connection: the deny.
+                Ok(Err(_)) => break,
+                Err(_) => panic!(
+                    "the broker neither refused nor delivered:\n{}",
+                    broker.log()
+                ),
+            }
+        }
+    });
 }
