@@ -42,6 +42,8 @@ use crate::store::{
 const HEAD_MOVED_RETRIES: usize = 3;
 /// Held batches per unknown device at most.
 const HELD_PER_DEVICE: usize = 64;
+/// At most one anomaly ack per device per this many ms (`send_ack`).
+const ANOMALY_ACK_GAP_MS: u64 = 1_000;
 
 /// Ingest tuning (the `[ingest]` section of the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,9 +247,18 @@ pub struct Ingest<S: Store> {
     /// tick. Bounded by [`alert::MAX_ALERT_KEYS`] (beyond it, written
     /// through).
     recent: HashMap<(DeviceId, AnomalyKind, u64), Recent>,
-    /// The last anomaly ack per device: when, and (head's next seq, kind,
-    /// seq). Bounded like `recent`.
-    anomaly_acked: HashMap<DeviceId, (u64, (u64, AnomalyKind, u64))>,
+    /// The last anomaly ack per device (see `send_ack`). Bounded like
+    /// `recent`.
+    anomaly_acked: HashMap<DeviceId, AckMemo>,
+}
+
+/// The last anomaly ack sent to a device.
+#[derive(Debug)]
+struct AckMemo {
+    /// When it was sent.
+    at_ms: u64,
+    /// What it said: the head's next seq, the anomaly, its seq.
+    said: (u64, AnomalyKind, u64),
 }
 
 /// A batch-level anomaly written at `at_ms`, and its repeats since.
@@ -501,7 +512,7 @@ impl<S: Store> Ingest<S> {
         if let Some(recent) = self.recent.get_mut(&key) {
             if now_ms.saturating_sub(recent.at_ms) < interval {
                 recent.repeats = recent.repeats.saturating_add(1);
-                self.send_ack(device, &head, stopped, now_ms, out);
+                self.send_ack(device, &head, stopped, false, now_ms, out);
                 return Ok(());
             }
             times += std::mem::take(&mut recent.repeats);
@@ -524,42 +535,53 @@ impl<S: Store> Ingest<S> {
                 },
             );
         }
-        self.send_ack(device, &head, stopped, now_ms, out);
+        self.send_ack(device, &head, stopped, false, now_ms, out);
         Ok(())
     }
 
-    /// Queues an ack, unless it carries an anomaly and repeats, within the
-    /// alert interval, the last anomaly ack this device got (same head,
-    /// anomaly and seq). An agent resends its unacknowledged lineage on
-    /// every anomaly ack, so without this each junk message a device's key
-    /// holder publishes would make the collector order a full resend:
-    /// amplification. Progress is always acked.
+    /// Queues an ack. One that carries an anomaly is rationed per device:
+    /// at most one a second, and the same one (head, anomaly, seq) at most
+    /// once per alert interval. An agent resends everything it has not had
+    /// acknowledged on every anomaly ack, so answering each junk message a
+    /// device's key holder publishes would turn it into a resend storm
+    /// (amplification). A rationed ack still reports progress, without the
+    /// anomaly, when the batch extended the chain (`progressed`).
     fn send_ack(
         &mut self,
         device: &DeviceId,
         head: &Head,
         anomaly: Option<(AnomalyKind, u64)>,
+        progressed: bool,
         now_ms: u64,
         out: &mut Vec<Publish>,
     ) {
-        if let Some((kind, seq)) = anomaly {
-            let said = (head.next_seq, kind, seq);
-            let interval = self.config.alert_interval_ms;
-            match self.anomaly_acked.get(device) {
-                Some((at_ms, last))
-                    if *last == said && now_ms.saturating_sub(*at_ms) < interval =>
-                {
-                    tracing::debug!(device = %device, kind = kind.name(), seq, "repeated anomaly ack not sent");
-                    return;
-                }
-                _ => {
-                    if self.anomaly_acked.len() < alert::MAX_ALERT_KEYS
-                        || self.anomaly_acked.contains_key(device)
-                    {
-                        self.anomaly_acked.insert(device.clone(), (now_ms, said));
-                    }
-                }
+        let Some((kind, seq)) = anomaly else {
+            out.push(self.ack(device, head, None));
+            return;
+        };
+        let said = (head.next_seq, kind, seq);
+        let interval = self.config.alert_interval_ms;
+        let rationed = self.anomaly_acked.get(device).is_some_and(|memo| {
+            let since = now_ms.saturating_sub(memo.at_ms);
+            since < ANOMALY_ACK_GAP_MS || (memo.said == said && since < interval)
+        });
+        if rationed {
+            tracing::debug!(device = %device, kind = kind.name(), seq, "anomaly ack rationed");
+            if progressed {
+                out.push(self.ack(device, head, None));
             }
+            return;
+        }
+        if self.anomaly_acked.len() < alert::MAX_ALERT_KEYS
+            || self.anomaly_acked.contains_key(device)
+        {
+            self.anomaly_acked.insert(
+                device.clone(),
+                AckMemo {
+                    at_ms: now_ms,
+                    said,
+                },
+            );
         }
         out.push(self.ack(device, head, anomaly));
     }
@@ -584,7 +606,7 @@ impl<S: Store> Ingest<S> {
         self.recent
             .retain(|_, r| now_ms.saturating_sub(r.at_ms) < interval);
         self.anomaly_acked
-            .retain(|_, (at_ms, _)| now_ms.saturating_sub(*at_ms) < interval);
+            .retain(|_, memo| now_ms.saturating_sub(memo.at_ms) < interval);
     }
 
     fn record_anomalies(
@@ -722,7 +744,8 @@ impl<S: Store> Ingest<S> {
             "lineage batch handled"
         );
         let head = pass.head.clone();
-        self.send_ack(device, &head, pass.stopped, now_ms, out);
+        let progressed = !pass.changes.records.is_empty();
+        self.send_ack(device, &head, pass.stopped, progressed, now_ms, out);
         Ok(())
     }
 
@@ -958,6 +981,7 @@ impl<S: Store> Ingest<S> {
                 &device,
                 &head,
                 Some((AnomalyKind::Gap, head.next_seq)),
+                false,
                 now_ms,
                 out,
             );

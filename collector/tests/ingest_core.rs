@@ -489,3 +489,46 @@ async fn repeated_junk_is_counted_without_a_write_per_message() {
     assert_eq!(ack(&out), (None, Some(AckAnomaly::Undecodable), Some(0)));
     assert_eq!(count(&core), 501);
 }
+
+/// Anomaly acks are rationed per device (each makes an agent resend all it
+/// has not had acknowledged): one a second, alternating kinds included;
+/// progress is acked regardless, without the anomaly when rationed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_acks_are_rationed_and_progress_is_always_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-acks").await;
+    device.write(4, 0).await;
+    let mut other = Device::new("pos-other").await;
+    other.write(1, 0).await;
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+    let topic = format!("mctc/v1/dev/{}/lineage", device.id);
+    let acks = |out: &[Publish]| out.iter().filter(|p| p.topic.ends_with("/ack")).count();
+
+    core.now += 10;
+    let out = core.ingest.handle(&topic, b"junk", core.now);
+    assert_eq!(ack(&out), (None, Some(AckAnomaly::Undecodable), Some(0)));
+    // Another anomaly within the second: recorded, not answered.
+    let out = core.send(&device.id, &[other.records[0].clone()]);
+    assert_eq!(acks(&out), 0, "{out:?}");
+    // Progress within the second: acked, without the anomaly.
+    let out = core.send(&device.id, &[device.records[0].clone(), vec![0xa0]]);
+    assert_eq!(ack(&out), (Some(0), None, None));
+    // A second later, another anomaly is answered.
+    core.now += 1_000;
+    let out = core.send(&device.id, &[other.records[0].clone()]);
+    assert_eq!(ack(&out), (Some(0), Some(AckAnomaly::WrongDevice), Some(1)));
+    let out = core.send(&device.id, &device.records[1..]);
+    assert_eq!(ack(&out), (Some(3), None, None));
+    let kinds = core.kinds(&device.id);
+    assert_eq!(
+        kinds,
+        vec![
+            (AnomalyKind::Undecodable, Some(0)),
+            (AnomalyKind::WrongDevice, Some(0)),
+            (AnomalyKind::Undecodable, Some(1)),
+            (AnomalyKind::WrongDevice, Some(1)),
+        ]
+    );
+}
