@@ -98,6 +98,13 @@ impl Due {
     }
 }
 
+/// Milliseconds from `then` to `now`; a clock that went back (the collector
+/// passes wall time) counts as "long ago", so a jump back can end an
+/// interval early but never silence alerts for the length of the jump.
+pub fn since(now_ms: u64, then_ms: u64) -> u64 {
+    now_ms.checked_sub(then_ms).unwrap_or(u64::MAX)
+}
+
 #[derive(Debug)]
 struct Slot {
     alerted_ms: u64,
@@ -141,7 +148,7 @@ impl Coalescer {
     }
 
     fn idle(&self, slot: &Slot, now_ms: u64) -> bool {
-        slot.suppressed == 0 && now_ms.saturating_sub(slot.alerted_ms) >= self.interval_ms
+        slot.suppressed == 0 && since(now_ms, slot.alerted_ms) >= self.interval_ms
     }
 
     /// A new anomaly: the alert to publish now, or `None` (counted towards
@@ -151,13 +158,13 @@ impl Coalescer {
         if !self.slots.contains_key(&key) && self.slots.len() >= self.max_keys {
             let interval = self.interval_ms;
             self.slots.retain(|_, slot| {
-                !(slot.suppressed == 0 && now_ms.saturating_sub(slot.alerted_ms) >= interval)
+                !(slot.suppressed == 0 && since(now_ms, slot.alerted_ms) >= interval)
             });
             if self.slots.len() >= self.max_keys {
                 self.dropped = self.dropped.saturating_add(1);
                 if self
                     .warned_ms
-                    .is_none_or(|at| now_ms.saturating_sub(at) >= self.interval_ms)
+                    .is_none_or(|at| since(now_ms, at) >= self.interval_ms)
                 {
                     self.warned_ms = Some(now_ms);
                     tracing::warn!(
@@ -170,7 +177,7 @@ impl Coalescer {
             }
         }
         match self.slots.get_mut(&key) {
-            Some(slot) if now_ms.saturating_sub(slot.alerted_ms) < self.interval_ms => {
+            Some(slot) if since(now_ms, slot.alerted_ms) < self.interval_ms => {
                 slot.suppressed = slot.suppressed.saturating_add(1);
                 slot.latest = Some(sighting);
                 None
@@ -200,7 +207,7 @@ impl Coalescer {
         let mut due = Vec::new();
         let interval = self.interval_ms;
         for slot in self.slots.values_mut() {
-            if slot.suppressed > 0 && now_ms.saturating_sub(slot.alerted_ms) >= interval {
+            if slot.suppressed > 0 && since(now_ms, slot.alerted_ms) >= interval {
                 if let Some(sighting) = slot.latest.take() {
                     due.push(Due {
                         sighting,
@@ -268,6 +275,18 @@ mod tests {
             .offer(sighting("evil", AnomalyKind::Fork, 700), 10_001)
             .unwrap();
         assert_eq!(again.count, 1);
+    }
+
+    #[test]
+    fn a_wall_clock_going_back_never_silences_alerts() {
+        let mut c = Coalescer::new(1_000);
+        assert!(
+            c.offer(sighting("d", AnomalyKind::Gap, 1), 10_000_000)
+                .is_some()
+        );
+        // An hour back: the next one is alerted, not held for an hour.
+        let back = c.offer(sighting("d", AnomalyKind::Gap, 2), 10_000_000 - 3_600_000);
+        assert_eq!(back.map(|d| d.count), Some(1));
     }
 
     #[test]

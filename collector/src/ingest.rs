@@ -510,7 +510,7 @@ impl<S: Store> Ingest<S> {
         let interval = self.config.alert_interval_ms;
         let mut times = 1;
         if let Some(recent) = self.recent.get_mut(&key) {
-            if now_ms.saturating_sub(recent.at_ms) < interval {
+            if alert::since(now_ms, recent.at_ms) < interval {
                 recent.repeats = recent.repeats.saturating_add(1);
                 self.send_ack(device, &head, stopped, false, now_ms, out);
                 return Ok(());
@@ -562,7 +562,7 @@ impl<S: Store> Ingest<S> {
         let said = (head.next_seq, kind, seq);
         let interval = self.config.alert_interval_ms;
         let rationed = self.anomaly_acked.get(device).is_some_and(|memo| {
-            let since = now_ms.saturating_sub(memo.at_ms);
+            let since = alert::since(now_ms, memo.at_ms);
             since < ANOMALY_ACK_GAP_MS || (memo.said == said && since < interval)
         });
         if rationed {
@@ -604,9 +604,9 @@ impl<S: Store> Ingest<S> {
             }
         }
         self.recent
-            .retain(|_, r| now_ms.saturating_sub(r.at_ms) < interval);
+            .retain(|_, r| alert::since(now_ms, r.at_ms) < interval);
         self.anomaly_acked
-            .retain(|_, memo| now_ms.saturating_sub(memo.at_ms) < interval);
+            .retain(|_, memo| alert::since(now_ms, memo.at_ms) < interval);
     }
 
     fn record_anomalies(
