@@ -508,11 +508,7 @@ async fn a_rolled_back_tpm_is_a_boot_anomaly_and_contained() {
 
 /// A fresh client with the device's certificate (after its broker rights
 /// were granted again by the harness).
-async fn device_client(
-    fleet: &common::Fleet,
-    id: &str,
-    filters: &[String],
-) -> common::Client {
+async fn device_client(fleet: &common::Fleet, id: &str, filters: &[String]) -> common::Client {
     let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
     common::Client::connect(&fleet.broker, id, &filters).await
 }

@@ -79,8 +79,14 @@ pub fn device_acls(device: &str) -> Vec<Acl> {
         .chain(receive.into_iter().map(|t| acl("publishClientReceive", t)))
         .collect();
     acls.push(acl("subscribePattern", format!("mctc/v1/dev/{device}/#")));
-    acls.push(acl("subscribePattern", format!("mctc/v1/enroll/{device}/#")));
-    acls.push(acl("subscribeLiteral", format!("mctc/v1/registry/{device}")));
+    acls.push(acl(
+        "subscribePattern",
+        format!("mctc/v1/enroll/{device}/#"),
+    ));
+    acls.push(acl(
+        "subscribeLiteral",
+        format!("mctc/v1/registry/{device}"),
+    ));
     acls
 }
 

@@ -27,6 +27,21 @@ use crate::{BrokerConfig, ServiceError, tls};
 
 pub use rumqttc::{AsyncClient, QoS};
 
+/// `max_packet_size` of the shipped broker (`configs/mosquitto/mosquitto.conf`;
+/// a test in `tests/tests/configs.rs` keeps the two equal). Twice the largest
+/// mctc message (a 64 KiB lineage batch plus its topic and MQTT framing), so
+/// every legitimate message passes and a flood of large packets is refused at
+/// the broker, which disconnects the sender rather than delivering it.
+pub const BROKER_MAX_PACKET: usize = 128 * 1024;
+
+/// The largest packet every mctc client accepts (the default of
+/// [`LinkOptions::max_packet_bytes`]). rumqttc tears the whole session down
+/// on an incoming packet above its limit, so this must be at least what the
+/// broker delivers: eight times the shipped broker's limit also covers a
+/// broker configured at 1 MiB (EMQX's default). Anything larger than an mctc
+/// message is dropped by the application, never by the MQTT client.
+pub const MAX_PACKET_BYTES: usize = 8 * BROKER_MAX_PACKET;
+
 /// How a link behaves; `client_id` is usually the certificate CN.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
@@ -35,7 +50,9 @@ pub struct LinkOptions {
     pub subscriptions: Vec<(String, QoS)>,
     /// Published by the broker if this client vanishes without DISCONNECT.
     pub last_will: Option<LastWill>,
-    /// Largest MQTT packet sent or accepted.
+    /// Largest MQTT packet sent or accepted. An incoming packet above it
+    /// ends the session (rumqttc), so it must be at least the broker's
+    /// `max_packet_size`; default [`MAX_PACKET_BYTES`].
     pub max_packet_bytes: usize,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -51,7 +68,7 @@ impl LinkOptions {
             client_id: client_id.into(),
             subscriptions: Vec::new(),
             last_will: None,
-            max_packet_bytes: 256 * 1024,
+            max_packet_bytes: MAX_PACKET_BYTES,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(10),
             event_capacity: 256,

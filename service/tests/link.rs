@@ -52,17 +52,11 @@ async fn next_message(link: &mut Link) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_broker_restart_and_resubscribes() {
     let mut broker = Broker::start().unwrap();
-    let options =
-        LinkOptions::new("mctc-collector").subscribe(ALERTS, QoS::AtLeastOnce);
+    let options = LinkOptions::new("mctc-collector").subscribe(ALERTS, QoS::AtLeastOnce);
     let mut link = Link::start(&config(&broker, "mctc-collector"), options).unwrap();
     assert_eq!(next(&mut link).await, LinkEvent::Connected { session: 1 });
     link.client()
-        .publish(
-            ALERTS,
-            QoS::AtLeastOnce,
-            false,
-            b"1".to_vec(),
-        )
+        .publish(ALERTS, QoS::AtLeastOnce, false, b"1".to_vec())
         .await
         .unwrap();
     assert_eq!(
@@ -99,12 +93,7 @@ async fn reconnects_after_broker_restart_and_resubscribes() {
         }
     }
     link.client()
-        .publish(
-            ALERTS,
-            QoS::AtLeastOnce,
-            false,
-            b"2".to_vec(),
-        )
+        .publish(ALERTS, QoS::AtLeastOnce, false, b"2".to_vec())
         .await
         .unwrap();
     assert_eq!(

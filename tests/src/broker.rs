@@ -324,8 +324,11 @@ impl Broker {
                     .push(value);
             }
         }
-        std::fs::write(&path, serde_json::to_vec(&json).map_err(|e| failed(e.to_string()))?)
-            .map_err(HarnessError::io("write dynsec"))?;
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&json).map_err(|e| failed(e.to_string()))?,
+        )
+        .map_err(HarnessError::io("write dynsec"))?;
         if let Ok(mut granted) = self.granted.lock() {
             granted.extend(devices.iter().cloned());
         }
@@ -370,14 +373,17 @@ impl Broker {
         admin.publish(CONTROL_TOPIC, &command(device, &tag), false);
         let mut done = None;
         crate::wait_until(DYNSEC_TIMEOUT, || {
-            done = admin.received_on(RESPONSE_TOPIC).iter().find_map(|payload| {
-                Reply::parse(payload)
-                    .ok()?
-                    .by_tag()
-                    .into_iter()
-                    .find(|(t, _)| *t == tag)
-                    .map(|(_, ok)| ok)
-            });
+            done = admin
+                .received_on(RESPONSE_TOPIC)
+                .iter()
+                .find_map(|payload| {
+                    Reply::parse(payload)
+                        .ok()?
+                        .by_tag()
+                        .into_iter()
+                        .find(|(t, _)| *t == tag)
+                        .map(|(_, ok)| ok)
+                });
             done.is_some()
         });
         match done {

@@ -95,7 +95,10 @@ fn stolen_certificates_cannot_starve_the_fleet() {
     }
     assert!(asked > 10);
     let status = victim.status();
-    assert_eq!(status["last_attestation"]["verdict"], "affirmed", "{status}");
+    assert_eq!(
+        status["last_attestation"]["verdict"], "affirmed",
+        "{status}"
+    );
     // Its lineage is acknowledged by the collector up to what it wrote
     // before the burst ended.
     let next = status["lineage"]["next_seq"].as_u64().unwrap();

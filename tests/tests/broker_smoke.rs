@@ -172,8 +172,18 @@ async fn a_device_uses_its_own_topics_in_their_own_direction_only() {
     publish(&a, "mctc/v1/dev/device-b/lineage", b"as b").await;
     // What may flow does: the fleet's answers to each device, and each
     // device's own requests and lineage to the services.
-    publish(&authority, "mctc/v1/dev/device-b/artifact", b"genuine artifact").await;
-    publish(&collector, "mctc/v1/dev/device-a/lineage/ack", b"genuine ack").await;
+    publish(
+        &authority,
+        "mctc/v1/dev/device-b/artifact",
+        b"genuine artifact",
+    )
+    .await;
+    publish(
+        &collector,
+        "mctc/v1/dev/device-a/lineage/ack",
+        b"genuine ack",
+    )
+    .await;
     publish(&a, "mctc/v1/dev/device-a/nonce/req", b"a's own").await;
     publish(&a, "mctc/v1/dev/device-a/lineage", b"a's own").await;
 
@@ -206,7 +216,10 @@ async fn a_device_uses_its_own_topics_in_their_own_direction_only() {
     );
     assert_eq!(
         to_collector,
-        vec![("mctc/v1/dev/device-a/lineage".to_owned(), b"a's own".to_vec())]
+        vec![(
+            "mctc/v1/dev/device-a/lineage".to_owned(),
+            b"a's own".to_vec()
+        )]
     );
 }
 
@@ -265,7 +278,12 @@ async fn no_device_or_monitor_joins_a_service_share_group() {
     let (victim, mut victim_events) = connect(&broker, "device-v").await;
     let send = async {
         for i in 0..50 {
-            publish(&victim, "mctc/v1/dev/device-v/nonce/req", format!("{i}").as_bytes()).await;
+            publish(
+                &victim,
+                "mctc/v1/dev/device-v/nonce/req",
+                format!("{i}").as_bytes(),
+            )
+            .await;
         }
     };
     let ((), to_authority, _) = tokio::join!(
@@ -273,7 +291,11 @@ async fn no_device_or_monitor_joins_a_service_share_group() {
         received_within(&mut authority_events, Duration::from_secs(3)),
         received_within(&mut victim_events, Duration::from_secs(3)),
     );
-    assert_eq!(to_authority.len(), 50, "every request reaches the authority");
+    assert_eq!(
+        to_authority.len(),
+        50,
+        "every request reaches the authority"
+    );
     assert_eq!(attackers.await.unwrap(), 0);
 }
 
@@ -341,7 +363,10 @@ async fn a_revoked_device_is_cut_off_at_once() {
     })
     .await
     .expect("the broker disconnects a revoked device");
-    eprintln!("revoked device disconnected {} ms after the revocation was sent", cut.as_millis());
+    eprintln!(
+        "revoked device disconnected {} ms after the revocation was sent",
+        cut.as_millis()
+    );
 
     let (a, mut a_events) = connect(&broker, "device-a").await;
     assert_eq!(

@@ -10,6 +10,7 @@
 )]
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 fn configs() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs")
@@ -77,7 +78,12 @@ fn every_file_in_configs_parses() {
             "mosquitto/dynamic-security.json" => {
                 let json: serde_json::Value =
                     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-                for role in ["mctc-authority", "mctc-collector", "mctc-monitor", "mctc-device"] {
+                for role in [
+                    "mctc-authority",
+                    "mctc-collector",
+                    "mctc-monitor",
+                    "mctc-device",
+                ] {
                     assert!(
                         json["roles"]
                             .as_array()
@@ -102,4 +108,208 @@ fn a_bad_value_in_an_example_is_caught() {
     assert_ne!(text, broken);
     let err = mctc_agent::config::parse(&broken).unwrap_err();
     assert!(err.to_string().contains("drift_interval_ms"), "{err}");
+}
+
+/// The `max_packet_size` line of the shipped broker config (exactly one).
+fn broker_max_packet() -> usize {
+    let text = std::fs::read_to_string(configs().join("mosquitto/mosquitto.conf")).unwrap();
+    let values: Vec<usize> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("max_packet_size "))
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 1, "one max_packet_size line: {values:?}");
+    values[0]
+}
+
+/// The size of an MQTT 3.1.1 PUBLISH at QoS 1 (fixed header with its
+/// variable-length remaining length, topic with its length, packet id,
+/// payload): what Mosquitto's `max_packet_size` counts.
+fn publish_len(topic: usize, payload: usize) -> usize {
+    let remaining = 2 + topic + 2 + payload;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+/// Limits ordered: every mctc message, framed, fits under the shipped
+/// broker's `max_packet_size`, and every mctc client accepts packets at
+/// least that large. A client below the broker's limit loses its whole
+/// session to one large publish (rumqttc drops the connection on an
+/// incoming packet above its limit): the collector did, to a device
+/// publishing 300 KB on its own lineage topic.
+#[test]
+fn packet_limits_are_ordered_messages_below_the_broker_below_every_client() {
+    use mctc_shim::limits::{
+        MAX_BATCH_LEN, MAX_ENROLL_REQUEST_LEN, MAX_EVIDENCE_LEN, MAX_SIGNED_LEN,
+        MAX_SMALL_MESSAGE_LEN, MAX_TOPIC_LEN,
+    };
+    let broker = broker_max_packet();
+    assert_eq!(
+        broker,
+        mctc_service::link::BROKER_MAX_PACKET,
+        "mosquitto.conf and mctc_service::link::BROKER_MAX_PACKET must agree"
+    );
+    let largest_message = [
+        MAX_BATCH_LEN,
+        MAX_ENROLL_REQUEST_LEN,
+        MAX_EVIDENCE_LEN,
+        MAX_SIGNED_LEN,
+        MAX_SMALL_MESSAGE_LEN,
+    ]
+    .into_iter()
+    .max()
+    .unwrap();
+    assert_eq!(
+        largest_message, MAX_BATCH_LEN,
+        "a lineage batch is the largest"
+    );
+    let largest_packet = publish_len(MAX_TOPIC_LEN, largest_message);
+    assert!(
+        largest_packet <= broker,
+        "a full lineage batch ({largest_packet} bytes framed) exceeds the broker's {broker}"
+    );
+
+    let dir = configs();
+    let collector_example = mctc_collector::config::Config::load(&dir.join("collector.toml"))
+        .unwrap()
+        .ingest
+        .max_packet_bytes;
+    let authority_example = mctc_authority::config::Config::load(&dir.join("authority.toml"))
+        .unwrap()
+        .limits
+        .max_packet_bytes;
+    let clients = [
+        (
+            "link default",
+            mctc_service::link::LinkOptions::new("x").max_packet_bytes,
+        ),
+        ("agent", mctc_agent::daemon::MAX_PACKET),
+        (
+            "collector default",
+            mctc_collector::config::IngestSettings::default().max_packet_bytes,
+        ),
+        ("configs/collector.toml", collector_example),
+        (
+            "authority default",
+            mctc_authority::config::Limits::default().max_packet_bytes,
+        ),
+        ("configs/authority.toml", authority_example),
+    ];
+    for (client, limit) in clients {
+        assert!(
+            limit >= broker,
+            "{client} accepts packets up to {limit} bytes, below the broker's {broker}"
+        );
+    }
+}
+
+/// A configuration cannot set a client's packet limit below what the
+/// shipped broker delivers.
+#[test]
+fn a_client_packet_limit_below_the_broker_is_refused() {
+    let below = mctc_service::link::BROKER_MAX_PACKET - 1;
+    let text = std::fs::read_to_string(configs().join("collector.toml")).unwrap();
+    let low = text.replace(
+        "max_packet_bytes = 1048576",
+        &format!("max_packet_bytes = {below}"),
+    );
+    assert_ne!(text, low);
+    let err = mctc_collector::config::Config::parse(&low, Path::new("collector.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_packet_bytes"), "{err}");
+    let path = configs().join("authority.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let low = text.replace(
+        "max_packet_bytes = 1048576",
+        &format!("max_packet_bytes = {below}"),
+    );
+    assert_ne!(text, low);
+    let err = mctc_authority::config::Config::parse(&path, &low)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_packet_bytes"), "{err}");
+}
+
+/// The shipped broker itself, not only its config line: a device's full
+/// lineage batch on its longest topic passes, and a packet over
+/// `max_packet_size` is refused at the broker (its sender disconnected,
+/// nothing delivered), so no mctc client is ever handed one.
+#[test]
+fn the_shipped_broker_passes_a_full_batch_and_refuses_a_larger_packet() {
+    use mctc_shim::limits::{MAX_BATCH_LEN, MAX_DEVICE_ID_LEN};
+    use rumqttc::{Event, QoS};
+
+    // The harness's broker is the shipped configuration.
+    let broker = mctc_tests::Broker::start().unwrap();
+    // The longest device id makes the longest lineage topic.
+    let device = "d".repeat(MAX_DEVICE_ID_LEN);
+    let topic = format!("mctc/v1/dev/{device}/lineage");
+    let collector = mctc_tests::fleet::MqttClient::connect(
+        &broker,
+        "mctc-collector",
+        "limits-collector",
+        &["$share/mctc-collector/mctc/v1/dev/+/lineage"],
+    );
+    let identity = broker.client_identity(&device).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = broker.mqtt_options("limits-probe", &identity).unwrap();
+        options.set_max_packet_size(
+            mctc_service::link::MAX_PACKET_BYTES,
+            mctc_service::link::MAX_PACKET_BYTES,
+        );
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, vec![0xa5; MAX_BATCH_LEN])
+            .await
+            .unwrap();
+        // Serve the device's session until the collector has the batch.
+        let delivered = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if collector.received_on(&topic).len() == 1 {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), eventloop.poll()).await;
+            }
+        })
+        .await;
+        assert!(
+            delivered.is_ok(),
+            "a full batch was not delivered:\n{}",
+            broker.log()
+        );
+        assert_eq!(collector.received_on(&topic)[0].len(), MAX_BATCH_LEN);
+        client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                vec![0x5b; mctc_service::link::BROKER_MAX_PACKET],
+            )
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(_) | Event::Incoming(_))) => {}
+                // The broker closed the connection: the deny.
+                Ok(Err(_)) => break,
+                Err(_) => panic!("the broker neither refused nor closed:\n{}", broker.log()),
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        collector.received_on(&topic).len(),
+        1,
+        "the broker delivered the oversized packet"
+    );
 }

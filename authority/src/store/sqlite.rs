@@ -36,7 +36,8 @@ const OUTBOX_REGISTRY: i64 = 2;
 const OUTBOX_BROKER: i64 = 3;
 
 /// Schema migrations; `MIGRATIONS[i]` takes version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE devices (
     id TEXT PRIMARY KEY NOT NULL,
     class TEXT NOT NULL,
@@ -135,7 +136,8 @@ CREATE TABLE leases (
     // rights (or, if revoked, loses them) on the first run after the upgrade.
     r#"
 INSERT INTO outbox (kind, device, wall_ms) SELECT 3, id, added_ms FROM devices;
-"#];
+"#,
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -1625,7 +1627,10 @@ mod tests {
                 r0.as_slice(),
                 [
                     OutboxItem::Broker { grant: false, .. },
-                    OutboxItem::Control { action: ControlAction::Revoke, .. },
+                    OutboxItem::Control {
+                        action: ControlAction::Revoke,
+                        ..
+                    },
                     OutboxItem::Broker { grant: false, .. },
                 ]
             ),

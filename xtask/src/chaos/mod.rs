@@ -179,6 +179,12 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
     ));
     rows.extend(one(
         rig,
+        "device floods its own lineage topic (300 KB, 100 KB, junk)",
+        "collector keeps its session; flood counted; nothing lost",
+        scenarios::collector_flood::lineage_flood,
+    ));
+    rows.extend(one(
+        rig,
         "gate socket flooded by many clients",
         "served; busy beyond 64; nothing lost",
         input::socket_flood,

@@ -69,7 +69,9 @@ pub fn share_group_hijack(rig: &mut Rig) -> Outcome {
     out.require(let_in == 0, || {
         format!("{let_in} group subscription(s) granted to attackers")
     });
-    out.require(stolen == 0, || format!("attackers received {stolen} messages"));
+    out.require(stolen == 0, || {
+        format!("attackers received {stolen} messages")
+    });
     out.require(denies == 0, || format!("{denies} denies during the attack"));
     out.require(status["artifact"]["cti"] != cti_before, || {
         format!("no renewal during the attack: {status}")

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod broker;
+pub mod collector_flood;
 pub mod fleet;
 pub mod input;
 pub mod messages;
