@@ -63,13 +63,15 @@ fn an_answer_to_evidence_quoted_before_a_drift_does_not_reopen_the_gate() {
     let evidence_topic = "mctc/v1/dev/stale-1/evidence";
     let artifact_topic = "mctc/v1/dev/stale-1/artifact";
     let heartbeat_topic = "mctc/v1/fleet/heartbeat";
-    // Stands where the authority stands on the broker (its identity).
+    // Reads what flows (the harness's observer), and writes where the
+    // authority writes (its identity, as with a stolen key).
     let spy = MqttClient::connect(
         &fleet.broker,
-        "mctc-authority",
+        mctc_tests::OBSERVER,
         "stale-spy",
         &[evidence_topic, artifact_topic, heartbeat_topic],
     );
+    let forger = MqttClient::connect(&fleet.broker, "mctc-authority", "stale-forger", &[]);
     device.bring_up();
     let signer = forge::authority_signer(&fleet.dir.path().join("keys/authority.key")).unwrap();
 
@@ -133,7 +135,7 @@ fn an_answer_to_evidence_quoted_before_a_drift_does_not_reopen_the_gate() {
     )
     .unwrap();
     let delivered = Instant::now();
-    spy.publish(artifact_topic, &answer, false);
+    forger.publish(artifact_topic, &answer, false);
     let handled = wait_until(Duration::from_secs(5), || {
         device.log().get(mark..).is_some_and(|new| {
             new.contains("while no evidence is outstanding")
