@@ -41,10 +41,11 @@ use crate::state::StateDir;
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// Longest wait for the first connection attempt before `READY=1`.
 const READY_WAIT: Duration = Duration::from_secs(5);
-/// Largest MQTT packet accepted or sent. Far above any mctc message (a
-/// lineage batch is ≤ 64 KiB) so that an oversized message is dropped by the
+/// Largest MQTT packet accepted or sent: the limit every mctc client shares,
+/// far above any mctc message (a lineage batch is ≤ 64 KiB) and above the
+/// broker's `max_packet_size`, so that an oversized message is dropped by the
 /// router and logged, rather than tearing the connection down.
-const MAX_PACKET: usize = 1024 * 1024;
+pub const MAX_PACKET: usize = mctc_service::link::MAX_PACKET_BYTES;
 /// Time for the goodbye publishes before the link is cut.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(2);
 /// Timeout of a checkpoint quote.

@@ -8,6 +8,12 @@
 //! nothing while the gate is not open. A finding names the artifact it was
 //! compared with, so a finding about an artifact already replaced is
 //! ignored.
+//!
+//! A TPM that cannot be read is reported on every check, not only the
+//! first, and it is read on every check until it answers again, with the
+//! gate open or not: the enforcement task keeps the gate closed and starts
+//! no attestation while the reports come, and re-attests on
+//! [`Finding::TpmBack`].
 
 use std::time::Duration;
 
@@ -19,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use crate::clock::CurrentBoot;
 use crate::enforcement::Input;
 use crate::measured::MeasuredFiles;
-use crate::platform::Platform;
+use crate::platform::{Observation, Platform};
 use crate::state::StateDir;
 
 /// What an open gate's artifact attested.
@@ -52,6 +58,29 @@ fn describe(selection: PcrSelection) -> String {
     format!("PCR composite over [{}] differs", list.join(","))
 }
 
+/// How long one TPM read may take before the TPM counts as unavailable: a
+/// hung TPM (or resource manager) must close the gate like a missing one,
+/// not stall the check until the artifact's deadline. A PCR read takes
+/// milliseconds on any TPM, even queued behind a quote.
+pub const TPM_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How `observed` differs from what `base` attested, if it does.
+fn compare(base: &Baseline, observed: &Observation) -> Option<(DriftKind, String)> {
+    if observed.boot != base.boot {
+        Some((
+            DriftKind::Boot,
+            format!(
+                "TPM boot {}/{} is not the attested {}/{}",
+                observed.boot.reset, observed.boot.restart, base.boot.reset, base.boot.restart
+            ),
+        ))
+    } else if observed.pcr_digest != base.pcr_digest {
+        Some((DriftKind::Pcr, describe(base.selection)))
+    } else {
+        None
+    }
+}
+
 /// Runs until the enforcement inbox closes.
 pub async fn run<P: Platform>(
     platform: P,
@@ -66,6 +95,9 @@ pub async fn run<P: Platform>(
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut tpm_ok = true;
     let mut reported: Option<[u8; 16]> = None;
+    // What to read while the TPM is away and the gate closed: the last
+    // baseline's selection (the TPM was last seen through it).
+    let mut last_selection: Option<PcrSelection> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -79,31 +111,32 @@ pub async fn run<P: Platform>(
         let current = *baseline.borrow_and_update();
         let mut findings = Vec::new();
         if let Some(base) = current {
-            match platform.observe(base.selection).await {
+            last_selection = Some(base.selection);
+        }
+        let selection = match (current, tpm_ok) {
+            (Some(base), _) => Some(base.selection),
+            (None, false) => last_selection,
+            (None, true) => None,
+        };
+        if let Some(selection) = selection {
+            let read = tokio::time::timeout(TPM_READ_TIMEOUT, platform.observe(selection))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer within {} ms",
+                        TPM_READ_TIMEOUT.as_millis()
+                    ))
+                });
+            match read {
                 Ok(observed) => {
                     boot.set(observed.boot);
                     if !tpm_ok {
                         tpm_ok = true;
                         findings.push(Finding::TpmBack);
                     }
-                    let drift = if observed.boot != base.boot {
-                        Some((
-                            DriftKind::Boot,
-                            format!(
-                                "TPM boot {}/{} is not the attested {}/{}",
-                                observed.boot.reset,
-                                observed.boot.restart,
-                                base.boot.reset,
-                                base.boot.restart
-                            ),
-                        ))
-                    } else if observed.pcr_digest != base.pcr_digest {
-                        Some((DriftKind::Pcr, describe(base.selection)))
-                    } else {
-                        None
-                    };
-                    if let Some((kind, detail)) = drift
+                    if let Some(base) = current
                         && reported != Some(base.cti)
+                        && let Some((kind, detail)) = compare(&base, &observed)
                     {
                         reported = Some(base.cti);
                         findings.push(Finding::Drift {
@@ -114,10 +147,8 @@ pub async fn run<P: Platform>(
                     }
                 }
                 Err(detail) => {
-                    if tpm_ok {
-                        tpm_ok = false;
-                        findings.push(Finding::TpmUnavailable { detail });
-                    }
+                    tpm_ok = false;
+                    findings.push(Finding::TpmUnavailable { detail });
                 }
             }
         }
@@ -157,5 +188,108 @@ pub async fn run<P: Platform>(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::platform::Quote;
+
+    /// A TPM the test can take away and bring back; `hangs` makes a read
+    /// never answer instead of failing.
+    #[derive(Debug, Clone)]
+    struct Unplugged(Arc<AtomicBool>, bool);
+
+    impl Platform for Unplugged {
+        async fn quote(&self, _qualifying_data: [u8; 32]) -> Result<Quote, String> {
+            Err("not used".into())
+        }
+
+        async fn observe(&self, _selection: PcrSelection) -> Result<Observation, String> {
+            if self.0.load(Ordering::Acquire) {
+                Ok(Observation {
+                    pcr_digest: [0; 32],
+                    boot: BootCounters::default(),
+                })
+            } else if self.1 {
+                std::future::pending().await
+            } else {
+                Err("connection refused".into())
+            }
+        }
+
+        async fn extend(&self, _pcr: u8, _digest: [u8; 32]) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    async fn next_finding(inbox: &mut mpsc::Receiver<Input>, within: Duration) -> Finding {
+        match tokio::time::timeout(within, inbox.recv()).await {
+            Ok(Some(Input::Finding(finding))) => finding,
+            Ok(other) => panic!("expected a finding, got {other:?}"),
+            Err(_) => panic!("no finding within {within:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unavailable_tpm_is_reported_on_every_check_until_it_is_back() {
+        reported_until_back(false, Duration::from_millis(500)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_tpm_is_reported_like_a_missing_one() {
+        reported_until_back(true, TPM_READ_TIMEOUT + Duration::from_millis(500)).await;
+    }
+
+    /// The TPM goes away (failing, or hanging) with the gate open; it is
+    /// reported on every check, also once the gate closed, until it answers
+    /// again. `within`: how long one check may take to report.
+    async fn reported_until_back(hangs: bool, within: Duration) {
+        let dir = tempfile::tempdir().unwrap();
+        let present = Arc::new(AtomicBool::new(true));
+        let (baseline_tx, baseline) = watch::channel(Some(Baseline {
+            cti: [1; 16],
+            selection: PcrSelection::sha256(1),
+            pcr_digest: [0; 32],
+            boot: BootCounters::default(),
+        }));
+        let (inbox_tx, mut inbox) = mpsc::channel(16);
+        tokio::spawn(run(
+            Unplugged(Arc::clone(&present), hangs),
+            Duration::from_millis(250),
+            baseline,
+            None,
+            CurrentBoot::default(),
+            StateDir::open(&dir.path().join("state")).unwrap(),
+            inbox_tx,
+        ));
+        present.store(false, Ordering::Release);
+        assert!(matches!(
+            next_finding(&mut inbox, within).await,
+            Finding::TpmUnavailable { .. }
+        ));
+        // The gate closed: no baseline any more. The TPM is still watched
+        // and still reported, so nothing can keep the gate open without it.
+        baseline_tx.send_replace(None);
+        for _ in 0..5 {
+            assert!(matches!(
+                next_finding(&mut inbox, within).await,
+                Finding::TpmUnavailable { .. }
+            ));
+        }
+        present.store(true, Ordering::Release);
+        let mut finding = next_finding(&mut inbox, within).await;
+        if hangs && matches!(finding, Finding::TpmUnavailable { .. }) {
+            // The read under way when it came back still times out.
+            finding = next_finding(&mut inbox, within).await;
+        }
+        assert_eq!(finding, Finding::TpmBack);
+        // Back and no baseline: quiet again.
+        let quiet = tokio::time::timeout(Duration::from_secs(10), inbox.recv()).await;
+        assert!(quiet.is_err(), "{quiet:?}");
     }
 }

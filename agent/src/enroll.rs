@@ -281,9 +281,14 @@ async fn exchange(
                 tracing::warn!(%reason, "broker connection lost during enrollment");
             }
             Some(LinkEvent::SubscribeRefused { topic }) => {
-                break Err(AgentError::Enroll(format!(
-                    "the broker refused the subscription to {topic} (certificate CN must be the device id)"
-                )));
+                // The broker has not granted this device (yet): the
+                // authority grants a device when it is added. The link asks
+                // again with backoff; the enrollment's own deadline bounds
+                // the wait.
+                tracing::warn!(
+                    %topic,
+                    "the broker refused a subscription: is the device added at the authority, and is the certificate CN the device id? asking again"
+                );
             }
             Some(LinkEvent::Message { topic, payload, .. }) => {
                 if topic == challenge_topic && enrolled_at.is_none() {

@@ -15,6 +15,12 @@ use common::{DeviceLineage, Fleet, MqttClient, PATIENCE, ms};
 use mctc_shim::lineage::{Body, CloseCode, VerdictCode};
 use mctc_tests::wait_until;
 
+/// Pace of the tests that ask the gate throughout an outage: a request
+/// every 10 ms resolves a reopening far below the drift interval (250 ms)
+/// without flooding the lineage, which would slow the timing-sensitive
+/// tests running alongside.
+const PROBE_PACE: Duration = Duration::from_millis(10);
+
 /// Polls the gate until it denies; returns when (or fails).
 fn denied_within(device: &common::Device, limit: Duration, start: Instant) -> Duration {
     let closed = wait_until(limit + Duration::from_secs(5), || !device.permits());
@@ -263,9 +269,9 @@ fn forged_artifacts_are_stopped_by_the_broker_acl_or_rejected_by_the_agent() {
     )
     .unwrap();
 
-    // 1. Another device's identity: the broker's ACL drops it. A spy with
-    // the authority's rights proves nothing reached the topic.
-    let spy = MqttClient::connect(&fleet.broker, "mctc-authority", "spy", &[topic]);
+    // 1. Another device's identity: the broker drops it. An observer that
+    // reads every topic proves nothing reached the topic.
+    let spy = MqttClient::connect(&fleet.broker, mctc_tests::OBSERVER, "spy", &[topic]);
     let intruder = MqttClient::connect(&fleet.broker, "intruder-1", "intruder", &[]);
     intruder.publish(topic, &forged, false);
     std::thread::sleep(Duration::from_millis(1000));
@@ -274,9 +280,9 @@ fn forged_artifacts_are_stopped_by_the_broker_acl_or_rejected_by_the_agent() {
         "the ACL let a foreign identity publish"
     );
 
-    // 2. A test-only identity with the device's own topic rights: the
-    // message arrives and the agent rejects it.
-    let injector = MqttClient::connect(&fleet.broker, "forge-1", "injector", &[]);
+    // 2. An identity the broker lets write the topic (the authority's
+    // certificate, say, stolen): the message arrives and the agent rejects it.
+    let injector = MqttClient::connect(&fleet.broker, "mctc-authority", "injector", &[]);
     injector.publish(topic, &forged, false);
     assert!(
         wait_until(Duration::from_secs(5), || spy.received_on(topic).len() == 1).is_some(),
@@ -354,15 +360,24 @@ fn garbage_on_every_subscribed_topic_changes_nothing() {
         vec![0xd2, 0x84, 0x40, 0xa0, 0x40, 0x40],
         vec![0xa3, 0x00, 0x01, 0x01],
         serde_json::to_vec(&serde_json::json!({"authorize": {"op": "unlock"}})).unwrap(),
-        vec![0x00; 200 * 1024],
+        vec![0x00; 100 * 1024],
     ];
-    for topic in ["nonce", "artifact", "control", "lineage/ack"] {
+    // Each topic from an identity the broker lets write it (a stolen
+    // service key); the device's own key may write none of them.
+    let collector = MqttClient::connect(&fleet.broker, "mctc-collector", "junk-collector", &[]);
+    for (client, topic) in [
+        (&authority, "nonce"),
+        (&authority, "artifact"),
+        (&authority, "control"),
+        (&collector, "lineage/ack"),
+    ] {
         for payload in &junk {
+            client.publish(&format!("mctc/v1/dev/junk-1/{topic}"), payload, false);
             own.publish(&format!("mctc/v1/dev/junk-1/{topic}"), payload, false);
         }
     }
     for payload in &junk {
-        own.publish("mctc/v1/enroll/junk-1/result", payload, false);
+        authority.publish("mctc/v1/enroll/junk-1/result", payload, false);
         authority.publish("mctc/v1/fleet/heartbeat", payload, false);
     }
     std::thread::sleep(Duration::from_secs(2));
@@ -462,4 +477,149 @@ fn a_broker_outage_longer_than_the_heartbeat_window_closes_the_gate_and_reconnec
     assert_eq!(status["connected"], true);
     assert_eq!(status["session"], 2, "a new session counted");
     assert!(device.permits());
+}
+
+#[test]
+fn a_tpm_that_stays_away_keeps_the_gate_closed_for_the_whole_outage_and_its_return_is_recovered() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("tpm-2", "locker");
+    let nonce_req = "mctc/v1/dev/tpm-2/nonce/req";
+    let evidence = "mctc/v1/dev/tpm-2/evidence";
+    let spy = MqttClient::connect(
+        &fleet.broker,
+        "mctc-authority",
+        "tpm-spy",
+        &[nonce_req, evidence],
+    );
+    device.bring_up();
+
+    let killed = Instant::now();
+    device.swtpm.kill();
+    denied_within(&device, Duration::from_millis(250), killed);
+    let closed = Instant::now();
+    let mark = device.log().len();
+    // The outage outlasts the heartbeat window (3 s) and many drift
+    // intervals: every request is denied, every status says so.
+    let mut asked = 0;
+    while closed.elapsed() < Duration::from_secs(5) {
+        let answer = device.authorize("unlock", None, None, None);
+        assert_eq!(
+            answer["decision"],
+            "deny",
+            "permit {} ms into the TPM outage: {answer}\n{}",
+            ms(closed),
+            device.log()
+        );
+        asked += 1;
+        std::thread::sleep(PROBE_PACE);
+        if asked % 50 == 0 {
+            let status = device.status();
+            assert_eq!(status["tpm"], "unavailable", "{status}");
+            assert_eq!(status["state"], "closed", "{status}");
+        }
+    }
+    // The drift task kept reporting, and no attestation round started
+    // (one already asked for when the gate closed is allowed to finish
+    // failing).
+    let reports = device.log()[mark..]
+        .matches("TPM still unavailable")
+        .count();
+    assert!(
+        reports >= 8,
+        "{reports} reports in 5 s of outage (drift interval 250 ms)"
+    );
+    let settled = closed + Duration::from_secs(1);
+    assert!(
+        spy.since(nonce_req, settled).is_empty() && spy.since(evidence, settled).is_empty(),
+        "an attestation round ran without a TPM\n{}",
+        device.log()
+    );
+
+    // The TPM comes back (power-cycled: a new boot, PCRs cleared): the
+    // agent notices and re-attests by itself.
+    device.swtpm.start_again().unwrap();
+    let back = Instant::now();
+    let noticed = wait_until(Duration::from_secs(10), || device.status()["tpm"] == "ok");
+    assert!(noticed.is_some(), "{}\n{}", device.status(), device.log());
+    let reattested = wait_until(PATIENCE, || !spy.since(evidence, back).is_empty());
+    assert!(
+        reattested.is_some(),
+        "no round after the TPM came back\n{}",
+        device.log()
+    );
+    // That evidence shows the measured PCR cleared by the power cycle:
+    // policy contains the device, as for a TPM reset.
+    let contained = device.wait_state("contained", PATIENCE);
+    assert!(contained.is_some(), "{}\n{}", device.status(), device.log());
+    // Recovery as policy allows: the agent starts again in the new boot
+    // (measuring its files into it) and the fleet manager lifts the
+    // containment.
+    assert!(device.stop().success());
+    let out = fleet.cli(&["devices", "restore", "tpm-2", "--reason", "tpm replaced"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    device.start();
+    device.wait_open();
+    assert!(device.permits());
+    let last = device.lineage().last().unwrap().0;
+    let collected = wait_until(PATIENCE, || {
+        device.status()["lineage"]["acked_seq"]
+            .as_u64()
+            .is_some_and(|acked| acked >= last)
+    });
+    assert!(collected.is_some(), "{}", device.status());
+    eprintln!(
+        "{asked} requests denied during a 5 s TPM outage, {reports} reports; TPM noticed back {} ms after its restart",
+        ms(back)
+    );
+}
+
+#[test]
+fn a_hung_tpm_closes_the_gate_until_it_answers_again_then_a_new_attestation_reopens_it() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("tpm-3", "locker");
+    device.bring_up();
+
+    device.swtpm.pause().unwrap();
+    // A read that gets no answer counts as a missing TPM after 2 s. (Asked
+    // through the status: a permit asked just before the hang waits for
+    // its record, and the lineage writer for its checkpoint quote.)
+    let after = wait_until(Duration::from_secs(10), || {
+        device.status()["reason"] == "attestation-failed"
+    });
+    assert!(
+        after.is_some_and(|a| a <= Duration::from_millis(250 + 2000 + 1000)),
+        "closed {after:?} after the TPM hung: {}",
+        device.status()
+    );
+    let after = after.unwrap();
+    let closed = Instant::now();
+    while closed.elapsed() < Duration::from_secs(4) {
+        let answer = device.authorize("unlock", None, None, None);
+        assert_eq!(
+            answer["decision"],
+            "deny",
+            "permit {} ms into the hang: {answer}",
+            ms(closed)
+        );
+        std::thread::sleep(PROBE_PACE);
+    }
+    let status = device.status();
+    assert_eq!(status["tpm"], "unavailable", "{status}");
+    assert_eq!(status["reason"], "attestation-failed", "{status}");
+
+    // It answers again with its state intact (same boot, same PCRs): the
+    // agent re-attests by itself and the gate reopens in place.
+    device.swtpm.resume().unwrap();
+    let back = Instant::now();
+    device.wait_open();
+    assert!(device.permits());
+    assert_eq!(device.status()["tpm"], "ok");
+    eprintln!(
+        "closed {} ms after the hang; reopened {} ms after the TPM answered again",
+        after.as_millis(),
+        ms(back)
+    );
 }

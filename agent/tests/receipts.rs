@@ -1,9 +1,10 @@
 //! Lineage receipts end to end (issue 13, parts 3 and 4), against the real
-//! broker (the shipped ACL, which lets a device publish on its own
-//! `lineage/ack` topic), authority, collector and agent:
+//! broker, authority, collector and agent. The shipped broker no longer lets
+//! a device write its own `lineage/ack` topic; the receipts are the second
+//! line, tested here with the one identity that may write there (the
+//! collector's broker certificate, without the collector's receipt key):
 //!
-//! - acks forged with the device's own broker identity while the collector
-//!   is down prune nothing: the store fills, the gate denies at the quota,
+//! - acks forged that way while the collector is down prune nothing: the store fills, the gate denies at the quota,
 //!   and once the collector is back every record reaches it with no gap;
 //! - receipts by another key, for another device, for a record the
 //!   collector does not hold, or replayed, change nothing and are counted;
@@ -144,7 +145,7 @@ fn forged_acks(device: &Device, rogue: &RingSigner, seq: u64, hash: [u8; 32]) ->
 }
 
 #[test]
-fn acks_forged_with_the_devices_own_identity_prune_nothing_and_the_collector_gets_every_record() {
+fn acks_forged_without_the_collectors_receipt_key_prune_nothing_and_the_collector_gets_every_record() {
     let mut fleet = Fleet::new();
     fleet.start_authority();
     let mut device = fleet.device_with("forged-1", "locker", SMALL_STORE);
@@ -153,7 +154,11 @@ fn acks_forged_with_the_devices_own_identity_prune_nothing_and_the_collector_get
     // Meanwhile someone holding the device's own certificate publishes
     // acks on its ack topic (the broker's ACL allows it) claiming every
     // record, as fast as the device writes them.
-    let forger = MqttClient::connect(&fleet.broker, &device.id, "forged-1-forger", &[]);
+    // The device's own certificate may no longer write its ack topic (the
+    // broker drops it, tests/tests/broker_smoke.rs); the collector's broker
+    // certificate may, and without the collector's receipt key its acks
+    // must change nothing.
+    let forger = MqttClient::connect(&fleet.broker, "mctc-collector", "forged-1-forger", &[]);
     let rogue = RingSigner::from_seed(&[0x66; 32]).unwrap();
     let topic = ack_topic(&device);
     let mut permits = Vec::new();
@@ -258,7 +263,7 @@ fn receipts_by_another_key_for_another_device_or_a_record_the_collector_does_not
     // A genuine receipt first, captured as the device receives it.
     let spy = MqttClient::connect(
         &fleet.broker,
-        &device.id,
+        mctc_tests::OBSERVER,
         "foreign-1-spy",
         &[&ack_topic(&device)],
     );
@@ -322,7 +327,7 @@ fn receipts_by_another_key_for_another_device_or_a_record_the_collector_does_not
         // A genuine but old receipt, replayed.
         genuine_early,
     ];
-    let forger = MqttClient::connect(&fleet.broker, &device.id, "foreign-1-forger", &[]);
+    let forger = MqttClient::connect(&fleet.broker, "mctc-collector", "foreign-1-forger", &[]);
     for attempt in &attempts {
         forger.publish(&ack_topic(&device), attempt, false);
     }

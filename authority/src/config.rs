@@ -64,7 +64,9 @@ pub struct Limits {
     /// Messages waiting for the worker before input is dropped.
     pub queue: usize,
     /// Largest MQTT packet accepted or sent (must be at least the broker's
-    /// `max_packet_size`, or one oversized publish would cut the session).
+    /// `max_packet_size`, or one oversized publish would cut the session;
+    /// at least the shipped broker's, default the limit all mctc clients
+    /// share).
     pub max_packet_bytes: usize,
 }
 
@@ -76,7 +78,7 @@ impl Default for Limits {
             request_burst: 10,
             requests_per_minute: 60,
             queue: 1024,
-            max_packet_bytes: 2 * 1024 * 1024,
+            max_packet_bytes: mctc_service::link::MAX_PACKET_BYTES,
         }
     }
 }
@@ -190,7 +192,7 @@ impl Config {
             path,
             "limits.max_packet_bytes",
             l.max_packet_bytes as u64,
-            16 * 1024,
+            mctc_service::link::BROKER_MAX_PACKET as u64,
             256 * 1024 * 1024,
         )?;
         check_range(

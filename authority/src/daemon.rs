@@ -115,6 +115,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .ok_or_else(|| Error::Environment("shared subscription filter".into()))?;
         options = options.subscribe(filter.as_str(), QoS::AtLeastOnce);
     }
+    // The broker's answers to the device rights this instance sends.
+    options = options.subscribe(mctc_service::dynsec::RESPONSE_TOPIC, QoS::AtLeastOnce);
     let mut link = Link::start(&config.broker, options)?;
     let publisher = LinkPublisher::new(link.client().clone(), link.connected());
 
@@ -234,6 +236,12 @@ fn dispatch(
     clock: &Now,
 ) {
     let (topic, payload, retain) = match event {
+        LinkEvent::Message { topic, payload, .. }
+            if topic == mctc_service::dynsec::RESPONSE_TOPIC =>
+        {
+            let _ = wake.send(Wake::BrokerReply(payload));
+            return;
+        }
         LinkEvent::Message {
             topic,
             payload,

@@ -13,7 +13,7 @@ use mctc_shim::topics::HEARTBEAT;
 
 use crate::issuer::Issuer;
 use crate::now::Now;
-use crate::outbox::{Outgoing, Publisher, pump};
+use crate::outbox::{Outgoing, Publisher, broker_reply, pump};
 use crate::store::Store;
 
 /// How often the loop wakes.
@@ -24,8 +24,10 @@ const PUMP_EVERY_MS: u64 = 250;
 const SWEEP_EVERY_MS: u64 = 10_000;
 
 /// What the daemon tells the housekeeper.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Wake {
+    /// The broker's dynamic-security plugin answered (JSON).
+    BrokerReply(Vec<u8>),
     /// Stop (and give the heartbeat lease up).
     Stop,
     /// A new broker session: announce every device's latest control again
@@ -92,6 +94,14 @@ impl<S: Store> Housekeeper<S> {
             let reannounce = match wake.recv_timeout(TICK) {
                 Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Wake::Reannounce) => true,
+                Ok(Wake::BrokerReply(payload)) => {
+                    match broker_reply(&mut self.store, &payload) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(rows = n, "broker confirmed device rights"),
+                        Err(e) => tracing::error!(error = %e, "broker confirmation not stored"),
+                    }
+                    false
+                }
                 Err(RecvTimeoutError::Timeout) => false,
             };
             let now = self.clock.refresh();

@@ -6,6 +6,7 @@
 //! commit together, whoever made the change (a worker, or the CLI while
 //! `run` is running): any running instance publishes what is queued.
 
+use mctc_service::dynsec;
 use mctc_service::link::{AsyncClient, QoS};
 use mctc_shim::topics::DeviceTopic;
 use tokio::sync::watch;
@@ -76,8 +77,16 @@ impl Publisher for LinkPublisher {
     }
 }
 
+/// The correlation tag of an outbox row's broker commands.
+fn broker_tag(row: i64) -> String {
+    format!("outbox-{row}")
+}
+
 /// Publishes what the outbox holds, while connected. Rows are deleted once
-/// their message is queued for the broker; a row whose message could not be
+/// their message is queued for the broker, except the device's broker
+/// rights, which are deleted when the broker confirms them
+/// ([`broker_reply`]); until then the row's claim runs out and it is sent
+/// again (the commands are idempotent). A row whose message could not be
 /// signed is dropped with an error (it would fail forever).
 pub fn pump(
     store: &mut dyn Store,
@@ -114,6 +123,23 @@ pub fn pump(
                         payload,
                         retain: true,
                     }),
+                OutboxItem::Broker { device, grant, .. } => {
+                    let command = if *grant {
+                        dynsec::grant
+                    } else {
+                        dynsec::revoke
+                    };
+                    let message = Outgoing {
+                        topic: dynsec::CONTROL_TOPIC.to_owned(),
+                        payload: command(device.as_str(), &broker_tag(id)),
+                        retain: false,
+                    };
+                    if publisher.publish(message) {
+                        tracing::info!(%device, grant, "broker rights sent");
+                        sent += 1;
+                    }
+                    continue;
+                }
                 OutboxItem::Registry { record, .. } => issuer
                     .registry(record, now.wall_secs())
                     .map(|payload| Outgoing {
@@ -143,4 +169,34 @@ pub fn pump(
         }
     }
     Ok(sent)
+}
+
+/// Handles a reply of the broker's dynamic-security plugin: the outbox rows
+/// whose every command it confirmed are deleted. A refused command is an
+/// error in the log, and its row is sent again when its claim runs out.
+pub fn broker_reply(store: &mut dyn Store, payload: &[u8]) -> Result<usize, StoreError> {
+    let reply = match dynsec::Reply::parse(payload) {
+        Ok(reply) => reply,
+        Err(e) => {
+            tracing::warn!(error = %e, "broker reply dropped");
+            return Ok(0);
+        }
+    };
+    let mut done = Vec::new();
+    for (tag, ok) in reply.by_tag() {
+        let Some(row) = tag.strip_prefix("outbox-").and_then(|r| r.parse().ok()) else {
+            continue;
+        };
+        if ok {
+            done.push(row);
+        } else {
+            tracing::error!(
+                row,
+                responses = ?reply.responses,
+                "the broker refused a device's rights; retried when the claim runs out"
+            );
+        }
+    }
+    store.ack_outbox(&done)?;
+    Ok(done.len())
 }

@@ -268,7 +268,7 @@ async fn drift_contains_and_a_contained_device_gets_nothing_until_restored() {
 
     // A collector sees the new standing.
     let mut collector = fleet
-        .client("mctc-collector", &["mctc/v1/registry/#"])
+        .client("mctc-collector", &["mctc/v1/registry/+"])
         .await;
     let registry = collector
         .next_on(&topic(DeviceTopic::Registry, &device.id), ANSWER)
@@ -332,6 +332,9 @@ async fn a_revoked_device_gets_nothing_and_the_fleet_hears_of_it() {
     let next_nonce = claims.next_nonce.0;
     assert_eq!(claims.epoch, 0);
 
+    // The device is cut off at the broker (below); the heartbeat is heard
+    // by a monitor.
+    let mut monitor = fleet.client("mctc-monitor", &[HEARTBEAT]).await;
     let out = fleet.cli(&[
         "devices", "revoke", "locker-1", "--reason", "stolen", "--json",
     ]);
@@ -350,7 +353,7 @@ async fn a_revoked_device_gets_nothing_and_the_fleet_hears_of_it() {
             std::time::Instant::now() < deadline,
             "no heartbeat listing the revocation"
         );
-        let bytes = device.mqtt.next_on(HEARTBEAT, ANSWER).await.unwrap();
+        let bytes = monitor.next_on(HEARTBEAT, ANSWER).await.unwrap();
         let hb = verify_heartbeat(&bytes, &fleet.keys(), &RingCrypto).unwrap();
         let hb = hb.message();
         if hb.epoch == 1 {
@@ -361,7 +364,19 @@ async fn a_revoked_device_gets_nothing_and_the_fleet_hears_of_it() {
         }
     }
 
-    // Nothing more for it: no nonce, no artifact.
+    // Nothing more for it: the broker no longer lets it ask.
+    assert_eq!(
+        device.nonce_within(NoncePurpose::Renew, SILENCE).await,
+        None
+    );
+    // And were the broker's rights to lag behind (another broker, a restored
+    // plugin file), the authority itself refuses it everything.
+    fleet.broker.grant_device("locker-1").unwrap();
+    let filters = [
+        "mctc/v1/dev/locker-1/#".to_owned(),
+        "mctc/v1/enroll/locker-1/#".to_owned(),
+    ];
+    device.mqtt = device_client(&fleet, "locker-1", &filters).await;
     assert_eq!(
         device.nonce_within(NoncePurpose::Renew, SILENCE).await,
         None
@@ -489,4 +504,11 @@ async fn a_rolled_back_tpm_is_a_boot_anomaly_and_contained() {
     assert_eq!(shown["reason"], "tpm rollback");
     assert_eq!(shown["last_refusal"], "boot-anomaly");
     assert!(fleet.log(0).contains("resetCount went back"));
+}
+
+/// A fresh client with the device's certificate (after its broker rights
+/// were granted again by the harness).
+async fn device_client(fleet: &common::Fleet, id: &str, filters: &[String]) -> common::Client {
+    let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
+    common::Client::connect(&fleet.broker, id, &filters).await
 }

@@ -31,7 +31,7 @@ async fn a_lost_control_is_announced_again_on_the_next_broker_session() {
 
     let out = fleet.cli(&["devices", "contain", "locker-7", "--reason", "inspection"]);
     assert_eq!(out.code, 0, "{out:?}");
-    let mut watcher = fleet.client("mctc-authority", &[&control_topic]).await;
+    let mut watcher = fleet.client(mctc_tests::OBSERVER, &[&control_topic]).await;
     let (bytes, _) = watcher
         .next_with(&control_topic, ANSWER)
         .await

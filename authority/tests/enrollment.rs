@@ -31,14 +31,14 @@ async fn a_registered_device_enrolls_and_its_registry_record_is_published() {
     // Once the record is out (a first subscriber sees it, live or
     // retained), a collector joining later gets it retained and signed.
     let mut early = fleet
-        .client("mctc-collector", &["mctc/v1/registry/#"])
+        .client("mctc-collector", &["mctc/v1/registry/+"])
         .await;
     early
         .next_with(&topic(DeviceTopic::Registry, &device.id), ANSWER)
         .await
         .expect("the registry record is published");
     let mut collector = fleet
-        .client("mctc-collector", &["mctc/v1/registry/#"])
+        .client("mctc-collector", &["mctc/v1/registry/+"])
         .await;
     let (bytes, retained) = collector
         .next_with(&topic(DeviceTopic::Registry, &device.id), ANSWER)

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use mctc_service::BrokerConfig;
 use serde::Deserialize;
 
+use crate::admission::AdmissionConfig;
 use crate::error::Error;
 use crate::ingest::IngestConfig;
 
@@ -85,11 +86,26 @@ pub struct IngestSettings {
     pub held_bytes: usize,
     /// How long a held batch is kept (ms).
     pub held_ttl_ms: u64,
+    /// Largest MQTT packet the client accepts; at least the broker's
+    /// `max_packet_size`, or one large publish ends the session.
+    pub max_packet_bytes: usize,
+    /// Lineage batches a device may send at once (token bucket depth).
+    pub device_burst: u32,
+    /// Lineage batches a second a device may send on average.
+    pub device_batches_per_sec: u32,
+    /// Devices whose rate is tracked at once, at most.
+    pub tracked_devices: usize,
+    /// Anomaly rows kept per device and kind; later ones are only counted.
+    pub anomaly_rows_per_kind: u64,
+    /// At most one alert per device and anomaly kind, and one drop report
+    /// per device, per this many ms.
+    pub alert_interval_ms: u64,
 }
 
 impl Default for IngestSettings {
     fn default() -> Self {
         let ingest = IngestConfig::default();
+        let admission = AdmissionConfig::default();
         Self {
             client_id: None,
             share_group: "mctc-collector".to_owned(),
@@ -98,6 +114,12 @@ impl Default for IngestSettings {
             held_batches: ingest.held_batches,
             held_bytes: ingest.held_bytes,
             held_ttl_ms: ingest.held_ttl_ms,
+            max_packet_bytes: mctc_service::link::MAX_PACKET_BYTES,
+            device_burst: admission.burst,
+            device_batches_per_sec: admission.per_sec,
+            tracked_devices: admission.tracked,
+            anomaly_rows_per_kind: crate::store::DEFAULT_ANOMALY_ROWS_PER_KIND,
+            alert_interval_ms: ingest.alert_interval_ms,
         }
     }
 }
@@ -111,9 +133,23 @@ impl IngestSettings {
             held_batches: self.held_batches,
             held_bytes: self.held_bytes,
             held_ttl_ms: self.held_ttl_ms,
+            alert_interval_ms: self.alert_interval_ms,
+        }
+    }
+
+    /// The edge's admission limits.
+    pub fn admission_config(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            burst: self.device_burst,
+            per_sec: self.device_batches_per_sec,
+            tracked: self.tracked_devices,
+            report_interval_ms: self.alert_interval_ms,
         }
     }
 }
+
+/// The largest `max_packet_bytes` accepted (256 MiB, HiveMQ's default).
+pub const MAX_PACKET_BYTES_LIMIT: u64 = 256 * 1024 * 1024;
 
 /// The largest `pending_window` accepted: 64 full batches per device is
 /// already far more reordering than one broker produces.
@@ -150,6 +186,35 @@ impl Config {
             return Err(bad(format!(
                 "[ingest] pending_window must be 1..={MAX_PENDING_WINDOW}"
             )));
+        }
+        let i = &config.ingest;
+        let ranges: [(&str, u64, u64, u64); 6] = [
+            (
+                "max_packet_bytes",
+                i.max_packet_bytes as u64,
+                mctc_service::link::BROKER_MAX_PACKET as u64,
+                MAX_PACKET_BYTES_LIMIT,
+            ),
+            ("device_burst", u64::from(i.device_burst), 1, 1_000_000),
+            (
+                "device_batches_per_sec",
+                u64::from(i.device_batches_per_sec),
+                1,
+                1_000_000,
+            ),
+            ("tracked_devices", i.tracked_devices as u64, 16, 1 << 24),
+            (
+                "anomaly_rows_per_kind",
+                i.anomaly_rows_per_kind,
+                1,
+                1_000_000,
+            ),
+            ("alert_interval_ms", i.alert_interval_ms, 100, 3_600_000),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err(bad(format!("[ingest] {key} must be {min}..={max}")));
+            }
         }
         if let Some(id) = &config.ingest.client_id {
             if id.is_empty() || id.len() > 64 {
@@ -206,6 +271,29 @@ mod tests {
         assert_eq!(config.authority.public_keys.len(), 1);
         assert_eq!(config.ingest.share_group, "mctc-collector");
         assert_eq!(config.broker.url, "mqtts://broker.fleet.example:8883");
+        // The example states every [ingest] key with its default value.
+        assert_eq!(config.ingest, IngestSettings::default());
+        let text = std::fs::read_to_string(path).unwrap();
+        for key in [
+            "client_id",
+            "share_group",
+            "gap_grace_ms",
+            "pending_window",
+            "held_batches",
+            "held_bytes",
+            "held_ttl_ms",
+            "max_packet_bytes",
+            "device_burst",
+            "device_batches_per_sec",
+            "tracked_devices",
+            "anomaly_rows_per_kind",
+            "alert_interval_ms",
+        ] {
+            assert!(
+                text.contains(&format!("{key} = ")),
+                "{key} not in the example"
+            );
+        }
     }
 
     fn minimal() -> String {
@@ -227,6 +315,18 @@ mod tests {
             ("[ingest]\ngap_grace = 1\n", "unknown field"),
             ("[ingest]\nshare_group = \"a/b\"\n", "share_group"),
             ("[ingest]\npending_window = 0\n", "pending_window"),
+            ("[ingest]\nmax_packet_bytes = 65536\n", "max_packet_bytes"),
+            ("[ingest]\ndevice_burst = 0\n", "device_burst"),
+            (
+                "[ingest]\ndevice_batches_per_sec = 0\n",
+                "device_batches_per_sec",
+            ),
+            ("[ingest]\ntracked_devices = 1\n", "tracked_devices"),
+            (
+                "[ingest]\nanomaly_rows_per_kind = 0\n",
+                "anomaly_rows_per_kind",
+            ),
+            ("[ingest]\nalert_interval_ms = 0\n", "alert_interval_ms"),
         ] {
             let text = minimal() + extra;
             let err = Config::parse(&text, Path::new("t"))

@@ -32,13 +32,13 @@ use mctc_shim::topics::{self, DeviceTopic};
 use mctc_shim::wire::Version;
 use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
 
-use crate::alert::{self, ALERT_TOPIC};
+use crate::alert::{self, ALERT_TOPIC, Coalescer, Due, Sighting};
 use crate::chain::{Fault, check_next};
 use crate::checkpoint::clock_regression;
 use crate::receipt::{ReceiptFields, ReceiptSigner};
 use crate::registry::{RegistryEntry, status_name, verify_registry};
 use crate::store::{
-    Anomaly, AnomalyKind, Changes, Head, NewAnomaly, NewCheckpoint, NewRecord, RegistryChange,
+    AnomalyKind, Changes, Head, NewAnomaly, NewCheckpoint, NewRecord, Recorded, RegistryChange,
     Store, StoreError,
 };
 
@@ -46,6 +46,8 @@ use crate::store::{
 const HEAD_MOVED_RETRIES: usize = 3;
 /// Held batches per unknown device at most.
 const HELD_PER_DEVICE: usize = 64;
+/// At most one anomaly ack per device per this many ms (`send_ack`).
+const ANOMALY_ACK_GAP_MS: u64 = 1_000;
 
 /// Ingest tuning (the `[ingest]` section of the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +62,8 @@ pub struct IngestConfig {
     pub held_bytes: usize,
     /// How long a held batch is kept.
     pub held_ttl_ms: u64,
+    /// At most one alert per device and anomaly kind per this many ms.
+    pub alert_interval_ms: u64,
 }
 
 impl Default for IngestConfig {
@@ -70,6 +74,7 @@ impl Default for IngestConfig {
             held_batches: 256,
             held_bytes: 8 * 1024 * 1024,
             held_ttl_ms: 600_000,
+            alert_interval_ms: 10_000,
         }
     }
 }
@@ -253,6 +258,33 @@ pub struct Ingest<S: Store> {
     /// The next seq at which a gap was last flagged, per device (so a
     /// persisting gap is alerted once, not every tick).
     gaps_flagged: HashMap<DeviceId, u64>,
+    /// One alert per device and kind per interval.
+    alerts: Coalescer,
+    /// Batch-level anomalies written recently, by (device, kind, seq):
+    /// repeats within the alert interval are counted here until the next
+    /// tick. Bounded by [`alert::MAX_ALERT_KEYS`] (beyond it, written
+    /// through).
+    recent: HashMap<(DeviceId, AnomalyKind, u64), Recent>,
+    /// The last anomaly ack per device (see `send_ack`). Bounded like
+    /// `recent`.
+    anomaly_acked: HashMap<DeviceId, AckMemo>,
+}
+
+/// The last anomaly ack sent to a device.
+#[derive(Debug)]
+struct AckMemo {
+    /// When it was sent.
+    at_ms: u64,
+    /// What it said: the head's next seq, the anomaly, its seq.
+    said: (u64, AnomalyKind, u64),
+}
+
+/// A batch-level anomaly written at `at_ms`, and its repeats since.
+#[derive(Debug)]
+struct Recent {
+    at_ms: u64,
+    repeats: u64,
+    anomaly: NewAnomaly,
 }
 
 impl<S: Store> Ingest<S> {
@@ -269,12 +301,15 @@ impl<S: Store> Ingest<S> {
             store,
             crypto: RingCrypto,
             keys,
-            config,
             instance,
             receipts,
             aks: HashMap::new(),
             held: Held::default(),
             gaps_flagged: HashMap::new(),
+            alerts: Coalescer::new(config.alert_interval_ms),
+            recent: HashMap::new(),
+            anomaly_acked: HashMap::new(),
+            config,
         }
     }
 
@@ -310,14 +345,66 @@ impl<S: Store> Ingest<S> {
         out
     }
 
-    /// Periodic work: expire held batches, flag gaps older than the grace.
+    /// A lineage payload the edge dropped for its size (over
+    /// `MAX_BATCH_LEN`, so never a batch) without queueing its bytes:
+    /// recorded and acked like any undecodable batch.
+    pub fn oversized(&mut self, device: &DeviceId, len: usize, now_ms: u64) -> Vec<Publish> {
+        let mut out = Vec::new();
+        if let Err(error) = self.on_oversized(device, len, now_ms, &mut out) {
+            tracing::error!(device = %device, %error, "store failed; nothing acknowledged");
+        }
+        out
+    }
+
+    /// Periodic work: expire held batches, flag gaps older than the grace,
+    /// send the alert summaries whose interval ended.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Publish> {
         self.held.expire(&self.config, now_ms);
         let mut out = Vec::new();
         if let Err(error) = self.flag_gaps(now_ms, &mut out) {
             tracing::error!(%error, "store failed while looking for gaps");
         }
+        self.flush_repeats(now_ms, &mut out);
+        for due in self.alerts.tick(now_ms) {
+            out.push(self.alert(&due));
+        }
         out
+    }
+
+    /// Logs and builds one (coalesced) alert.
+    fn alert(&self, due: &Due) -> Publish {
+        let s = &due.sighting;
+        tracing::warn!(
+            device = %s.device,
+            kind = s.kind.name(),
+            seq = s.seq,
+            count = due.count,
+            kept = s.id.is_some(),
+            detail = %s.detail,
+            "lineage anomaly"
+        );
+        Publish {
+            topic: ALERT_TOPIC.to_owned(),
+            payload: due.payload(&self.instance),
+            retain: true,
+        }
+    }
+
+    fn on_oversized(
+        &mut self,
+        device: &DeviceId,
+        len: usize,
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        // Only for a device the collector vouches for: an unknown one gets
+        // nothing recorded (as for its undecodable lineage).
+        if self.ak(device)?.is_none() {
+            tracing::debug!(device = %device, len, "oversized lineage from an unknown device dropped");
+            return Ok(());
+        }
+        let detail = format!("batch of {len} bytes exceeds {MAX_BATCH_LEN}");
+        self.stop_batch(device, AnomalyKind::Undecodable, detail, now_ms, out)
     }
 
     fn on_registry(
@@ -386,15 +473,12 @@ impl<S: Store> Ingest<S> {
         now_ms: u64,
         out: &mut Vec<Publish>,
     ) -> Result<(), StoreError> {
-        let known = self.ak(device)?;
         if payload.len() > MAX_BATCH_LEN {
-            tracing::warn!(device = %device, len = payload.len(), "oversized lineage batch dropped");
-            if known.is_some() {
-                let detail = format!("batch of {} bytes exceeds {MAX_BATCH_LEN}", payload.len());
-                self.stop_batch(device, AnomalyKind::Undecodable, detail, now_ms, out)?;
-            }
-            return Ok(());
+            // The edge drops these before queueing; this keeps the core's
+            // rule whoever calls it.
+            return self.on_oversized(device, payload.len(), now_ms, out);
         }
+        let known = self.ak(device)?;
         let batch = LineageBatch::decode(payload);
         let Some(ak) = known else {
             if batch.as_ref().is_ok_and(|b| b.device == *device) {
@@ -408,7 +492,9 @@ impl<S: Store> Ingest<S> {
                 };
                 self.record_anomalies(device, vec![anomaly], now_ms, out)?;
             } else {
-                tracing::warn!(device = %device, "undecodable lineage from an unknown device dropped");
+                // Per message, so not above debug: a flood must not flood
+                // the log (the edge reports drops per device and interval).
+                tracing::debug!(device = %device, "undecodable lineage from an unknown device dropped");
             }
             return Ok(());
         };
@@ -436,7 +522,10 @@ impl<S: Store> Ingest<S> {
     }
 
     /// A batch rejected as a whole: record the anomaly, ack the unchanged
-    /// head with it.
+    /// head with it. A repeat of one recorded within the alert interval
+    /// (junk sent again and again at the same head) is only counted here
+    /// and written at the next tick, so junk costs no transaction per
+    /// message.
     fn stop_batch(
         &mut self,
         device: &DeviceId,
@@ -446,15 +535,109 @@ impl<S: Store> Ingest<S> {
         out: &mut Vec<Publish>,
     ) -> Result<(), StoreError> {
         let head = self.store.head(device)?.unwrap_or_else(Head::genesis);
+        let stopped = Some((kind, head.next_seq));
+        let key = (device.clone(), kind, head.next_seq);
+        let interval = self.config.alert_interval_ms;
+        let mut times = 1;
+        if let Some(recent) = self.recent.get_mut(&key) {
+            if alert::since(now_ms, recent.at_ms) < interval {
+                recent.repeats = recent.repeats.saturating_add(1);
+                self.send_ack(device, &head, stopped, false, now_ms, out)?;
+                return Ok(());
+            }
+            times += std::mem::take(&mut recent.repeats);
+        }
         let anomaly = NewAnomaly {
             kind,
             seq: Some(head.next_seq),
             detail,
             evidence: None,
         };
-        self.record_anomalies(device, vec![anomaly], now_ms, out)?;
-        out.extend(self.ack(device, &head, Some((kind, head.next_seq)), now_ms)?);
+        let written = vec![anomaly.clone(); usize::try_from(times).unwrap_or(1)];
+        self.record_anomalies(device, written, now_ms, out)?;
+        if self.recent.len() < alert::MAX_ALERT_KEYS || self.recent.contains_key(&key) {
+            self.recent.insert(
+                key,
+                Recent {
+                    at_ms: now_ms,
+                    repeats: 0,
+                    anomaly,
+                },
+            );
+        }
+        self.send_ack(device, &head, stopped, false, now_ms, out)?;
         Ok(())
+    }
+
+    /// Queues an ack. One that carries an anomaly is rationed per device:
+    /// at most one a second, and the same one (head, anomaly, seq) at most
+    /// once per alert interval. An agent resends everything it has not had
+    /// acknowledged on every anomaly ack, so answering each junk message a
+    /// device's key holder publishes would turn it into a resend storm
+    /// (amplification). A rationed ack still reports progress, without the
+    /// anomaly, when the batch extended the chain (`progressed`).
+    fn send_ack(
+        &mut self,
+        device: &DeviceId,
+        head: &Head,
+        anomaly: Option<(AnomalyKind, u64)>,
+        progressed: bool,
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        let Some((kind, seq)) = anomaly else {
+            out.extend(self.ack(device, head, None, now_ms)?);
+            return Ok(());
+        };
+        let said = (head.next_seq, kind, seq);
+        let interval = self.config.alert_interval_ms;
+        let rationed = self.anomaly_acked.get(device).is_some_and(|memo| {
+            let since = alert::since(now_ms, memo.at_ms);
+            since < ANOMALY_ACK_GAP_MS || (memo.said == said && since < interval)
+        });
+        if rationed {
+            tracing::debug!(device = %device, kind = kind.name(), seq, "anomaly ack rationed");
+            if progressed {
+                out.extend(self.ack(device, head, None, now_ms)?);
+            }
+            return Ok(());
+        }
+        if self.anomaly_acked.len() < alert::MAX_ALERT_KEYS
+            || self.anomaly_acked.contains_key(device)
+        {
+            self.anomaly_acked.insert(
+                device.clone(),
+                AckMemo {
+                    at_ms: now_ms,
+                    said,
+                },
+            );
+        }
+        out.extend(self.ack(device, head, anomaly, now_ms)?);
+        Ok(())
+    }
+
+    /// Writes the repeats counted since the last tick; forgets quiet keys.
+    fn flush_repeats(&mut self, now_ms: u64, out: &mut Vec<Publish>) {
+        let interval = self.config.alert_interval_ms;
+        let waiting: Vec<_> = self
+            .recent
+            .iter_mut()
+            .filter(|(_, r)| r.repeats > 0)
+            .map(|((device, _, _), r)| {
+                let times = usize::try_from(std::mem::take(&mut r.repeats)).unwrap_or(1);
+                (device.clone(), vec![r.anomaly.clone(); times])
+            })
+            .collect();
+        for (device, anomalies) in waiting {
+            if let Err(error) = self.record_anomalies(&device, anomalies, now_ms, out) {
+                tracing::error!(device = %device, %error, "store failed; repeated anomalies not counted");
+            }
+        }
+        self.recent
+            .retain(|_, r| alert::since(now_ms, r.at_ms) < interval);
+        self.anomaly_acked
+            .retain(|_, memo| alert::since(now_ms, memo.at_ms) < interval);
     }
 
     fn record_anomalies(
@@ -471,36 +654,60 @@ impl<S: Store> Ingest<S> {
             ..Changes::default()
         };
         let recorded = self.store.apply(device, &changes, now_ms)?;
-        self.publish_alerts(&changes, &recorded, out);
+        self.publish_alerts(device, &changes, &recorded, now_ms, out);
         Ok(())
     }
 
+    /// Offers every new anomaly (kept or beyond the bound) to the
+    /// coalescer; repeats of a kept one only raised its count.
     fn publish_alerts(
-        &self,
+        &mut self,
+        device: &DeviceId,
         changes: &Changes,
-        recorded: &[Option<Anomaly>],
+        recorded: &[Recorded],
+        now_ms: u64,
         out: &mut Vec<Publish>,
     ) {
-        for (new, row) in changes.anomalies.iter().zip(recorded) {
-            match row {
-                Some(row) => {
-                    tracing::warn!(
-                        device = %row.device,
-                        kind = row.kind.name(),
-                        seq = row.seq,
-                        detail = %row.detail,
-                        "lineage anomaly"
+        for (new, recorded) in changes.anomalies.iter().zip(recorded) {
+            let sighting = match recorded {
+                Recorded::New(row) => Sighting {
+                    id: Some(row.id),
+                    device: row.device.clone(),
+                    kind: row.kind,
+                    seq: row.seq,
+                    detail: row.detail.clone(),
+                    evidence_sha256: row.evidence_sha256.clone(),
+                    first_seen_ms: row.first_seen_ms,
+                },
+                Recorded::Overflow(overflow) => Sighting {
+                    id: None,
+                    device: device.as_str().to_owned(),
+                    kind: new.kind,
+                    seq: new.seq,
+                    detail: format!(
+                        "{} (not kept: {} of this kind beyond the per-device bound)",
+                        new.detail, overflow.count
+                    ),
+                    evidence_sha256: String::new(),
+                    first_seen_ms: now_ms,
+                },
+                Recorded::Repeat => {
+                    tracing::debug!(
+                        device = %device,
+                        kind = new.kind.name(),
+                        seq = new.seq,
+                        "lineage anomaly seen again"
                     );
-                    out.push(Publish {
-                        topic: ALERT_TOPIC.to_owned(),
-                        payload: alert::payload(&self.instance, row),
-                        retain: true,
-                    });
+                    continue;
                 }
+            };
+            match self.alerts.offer(sighting, now_ms) {
+                Some(due) => out.push(self.alert(&due)),
                 None => tracing::debug!(
+                    device = %device,
                     kind = new.kind.name(),
                     seq = new.seq,
-                    "lineage anomaly seen again"
+                    "lineage anomaly (alert coalesced)"
                 ),
             }
         }
@@ -629,7 +836,7 @@ impl<S: Store> Ingest<S> {
             pass.changes.head = Some(pass.head.clone());
         }
         let recorded = self.store.apply(device, &pass.changes, now_ms)?;
-        self.publish_alerts(&pass.changes, &recorded, out);
+        self.publish_alerts(device, &pass.changes, &recorded, now_ms, out);
         // One line per batch, whether it extended the chain or was held
         // back until an earlier batch (maybe at another instance) lands.
         tracing::debug!(
@@ -639,7 +846,9 @@ impl<S: Store> Ingest<S> {
             through = pass.head.through_seq(),
             "lineage batch handled"
         );
-        out.extend(self.ack(device, &pass.head, pass.stopped, now_ms)?);
+        let head = pass.head.clone();
+        let progressed = !pass.changes.records.is_empty();
+        self.send_ack(device, &head, pass.stopped, progressed, now_ms, out)?;
         Ok(())
     }
 
@@ -871,12 +1080,14 @@ impl<S: Store> Ingest<S> {
                 evidence: None,
             };
             self.record_anomalies(&device, vec![anomaly], now_ms, out)?;
-            out.extend(self.ack(
+            self.send_ack(
                 &device,
                 &head,
                 Some((AnomalyKind::Gap, head.next_seq)),
+                false,
                 now_ms,
-            )?);
+                out,
+            )?;
         }
         Ok(())
     }

@@ -4,6 +4,10 @@
 //!
 //! - [`service`]: `run` — the MQTT edge and the worker thread that owns
 //!   the store.
+//! - [`admission`]: the edge's per-device rate limit and size check, before
+//!   anything is decoded or queued.
+//! - [`alert`]: the alert JSON and its coalescing (one per device and kind
+//!   per interval).
 //! - [`ingest`]: the sans-IO ingest core (messages in, receipts and alerts
 //!   out; `export` of a device's bundle from the store).
 //! - [`receipt`]: the collector's own receipt key and what it signs.
@@ -15,6 +19,7 @@
 //! the verification rules and the bundle format.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod alert;
 pub mod bundle;
 pub mod chain;

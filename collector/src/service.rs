@@ -6,6 +6,14 @@
 //! publishes what the worker produces, ticks the gap sweep and pings the
 //! worker for the systemd watchdog: the watchdog is fed only while the
 //! worker actually answers.
+//!
+//! Every lineage message passes [`Admission`] first (per-device token
+//! bucket, size), before it is decoded or queued: a flooding device's
+//! excess and anything larger than a batch are dropped here, counted and
+//! reported once per device and interval. The MQTT client accepts packets
+//! up to `max_packet_bytes` (default: the limit all mctc clients share,
+//! well above the broker's), so no packet the broker delivers can end the
+//! session.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,11 +23,12 @@ use std::time::Duration;
 use mctc_service::link::{Link, LinkEvent, LinkOptions, QoS};
 use mctc_service::{clock, keys};
 use mctc_shim::topics::DeviceTopic;
-use mctc_shim::{AuthorityKey, RingCrypto};
+use mctc_shim::{AuthorityKey, DeviceId, RingCrypto};
 use ring::rand::SecureRandom;
 use sd_notify::NotifyState;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::admission::{Admission, DropReport, Verdict};
 use crate::config::{Backend, Config};
 use crate::error::Error;
 use crate::ingest::{Ingest, Publish};
@@ -30,13 +39,17 @@ use crate::store::sqlite::SqliteStore;
 const INPUT_QUEUE: usize = 1024;
 /// Requests queued towards the broker (acks, alerts).
 const REQUEST_QUEUE: usize = 4096;
-/// Largest MQTT packet accepted: a full batch (64 KiB) plus headroom. A
-/// larger one is refused by the MQTT client; brokers should be configured
-/// with a matching `message_size_limit`.
-const MAX_PACKET: usize = 256 * 1024;
 
 enum Input {
-    Message { topic: String, payload: Vec<u8> },
+    Message {
+        topic: String,
+        payload: Vec<u8>,
+    },
+    /// A lineage payload dropped at the edge for its size.
+    Oversize {
+        device: DeviceId,
+        len: usize,
+    },
     Tick,
     Ping(oneshot::Sender<()>),
 }
@@ -87,7 +100,8 @@ pub fn open_ingest(config: &Config, instance: String) -> Result<Ingest<SqliteSto
         });
     }
     let store = match config.store.backend {
-        Backend::Sqlite => SqliteStore::open(&config.store.path)?,
+        Backend::Sqlite => SqliteStore::open(&config.store.path)?
+            .with_anomaly_rows_per_kind(config.ingest.anomaly_rows_per_kind),
     };
     Ok(Ingest::new(
         store,
@@ -100,6 +114,7 @@ pub fn open_ingest(config: &Config, instance: String) -> Result<Ingest<SqliteSto
 
 /// Runs the collector until `shutdown` completes or a fatal error.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let mut admission = Admission::new(config.ingest.admission_config());
     let instance = client_id(&config);
     let ingest = open_ingest(&config, instance.clone())?;
     let receipt_key = keys::fingerprint(&ingest.receipt_key());
@@ -120,7 +135,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         // Not shared: every instance needs every registry record, and
         // brokers do not deliver retained messages to shared subscriptions.
         .subscribe(DeviceTopic::Registry.filter().as_str(), QoS::AtLeastOnce);
-    options.max_packet_bytes = MAX_PACKET;
+    options.max_packet_bytes = config.ingest.max_packet_bytes;
     options.request_capacity = REQUEST_QUEUE;
     let mut link = Link::start(&config.broker, options)?;
     tracing::info!(
@@ -150,7 +165,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             },
             event = link.recv() => match event {
                 Some(LinkEvent::Message { topic, payload, .. }) => {
-                    if input_tx.send(Input::Message { topic, payload }).await.is_err() {
+                    let (verdict, report) =
+                        admission.admit(&topic, payload.len(), clock::boottime_ms());
+                    if let Some(report) = report {
+                        log_drops(&report);
+                    }
+                    let input = match verdict {
+                        Verdict::Admit => Input::Message { topic, payload },
+                        Verdict::Oversize { device, len } => Input::Oversize { device, len },
+                        Verdict::Drop => continue,
+                    };
+                    if input_tx.send(input).await.is_err() {
                         break Err(Error::Worker("stopped unexpectedly".into()));
                     }
                 }
@@ -164,6 +189,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 None => break Err(Error::LinkStopped),
             },
             _ = tick.tick() => {
+                for report in admission.tick(clock::boottime_ms()) {
+                    log_drops(&report);
+                }
                 // A full queue already means the worker is busy; skip.
                 let _ = input_tx.try_send(Input::Tick);
             }
@@ -171,7 +199,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
 
     notify(&[NotifyState::Stopping]);
-    tracing::info!("collector stopping");
+    let dropped = admission.totals();
+    tracing::info!(
+        rate_limited = dropped.rate_limited,
+        oversize = dropped.oversize,
+        untracked = dropped.untracked,
+        "collector stopping"
+    );
     if let Some(task) = watchdog {
         task.abort();
     }
@@ -185,6 +219,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     match joined {
         Ok(Ok(())) => outcome,
         _ => Err(Error::Worker("panicked".into())),
+    }
+}
+
+/// One line per device and interval, not per message.
+fn log_drops(report: &DropReport) {
+    let (now, total) = (report.dropped, report.totals);
+    match &report.device {
+        Some(device) => tracing::warn!(
+            device = %device,
+            rate_limited = now.rate_limited,
+            oversize = now.oversize,
+            total_rate_limited = total.rate_limited,
+            total_oversize = total.oversize,
+            "lineage dropped before decoding"
+        ),
+        None => tracing::warn!(
+            untracked = now.untracked,
+            total_untracked = total.untracked,
+            "lineage from more devices than tracked_devices dropped"
+        ),
     }
 }
 
@@ -220,6 +274,9 @@ fn spawn_worker(
                 let publications = match next {
                     Input::Message { topic, payload } => {
                         ingest.handle(&topic, &payload, clock::wall_ms())
+                    }
+                    Input::Oversize { device, len } => {
+                        ingest.oversized(&device, len, clock::wall_ms())
                     }
                     Input::Tick => ingest.tick(clock::wall_ms()),
                     Input::Ping(reply) => {

@@ -14,7 +14,7 @@ use common::{Authority, Device, batch, decode_ack, receipt_signer};
 use mctc_collector::alert::ALERT_TOPIC;
 use mctc_collector::ingest::{Ingest, IngestConfig, Publish};
 use mctc_collector::store::sqlite::SqliteStore;
-use mctc_collector::store::{AnomalyKind, Store};
+use mctc_collector::store::{AnomalyKind, DEFAULT_ANOMALY_ROWS_PER_KIND, Store};
 use mctc_shim::lineage::{Body, ChainHead, Stamp};
 use mctc_shim::messages::{AckAnomaly, DeviceStatus};
 use mctc_shim::tpm::BootCounters;
@@ -364,12 +364,172 @@ async fn random_payloads_on_any_topic_never_panic_and_never_move_a_head() {
             },
         )
         .unwrap();
-    // Still serving.
+    // Still serving. (A damaged copy may have left a record waiting at
+    // seq 6 or later; once the head reaches it, it fails and is dropped,
+    // and the ack names it: the head itself is what must be right.)
     let mut core = core.into_inner();
     device.write(2, 0).await;
+    assert_eq!(ack(&core.send(&device.id, &device.records[4..])).0, Some(5));
+}
+
+/// A hostile device (its own certificate, so its own topic) sends a
+/// thousand batches, each with a different undecodable record, and junk too
+/// large to be a batch. The store keeps the first rows of the kind and
+/// counts the rest; monitors get one alert at once and one summary per
+/// interval, not a thousand; an honest device in between is served, and
+/// the hostile device's genuine lineage still lands afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_device_cannot_fill_the_store_or_the_alert_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut evil = Device::new("pos-evil").await;
+    evil.write(4, 0).await;
+    let mut honest = Device::new("pos-honest").await;
+    honest.write(4, 0).await;
+    let config = IngestConfig {
+        // The thousand batches take 10 s of the core's clock.
+        alert_interval_ms: 60_000,
+        ..IngestConfig::default()
+    };
+    let mut core = Core::new(&authority, config);
+    core.register(&authority, &evil);
+    core.register(&authority, &honest);
+
+    let mut alerted = Vec::new();
+    let mut acks = Vec::new();
+    for i in 0..1000u32 {
+        let junk = [vec![0xa1], i.to_be_bytes().to_vec()].concat();
+        let out = core.send(&evil.id, &[junk]);
+        acks.extend(out.iter().filter(|p| p.topic.ends_with("/ack")).cloned());
+        alerted.extend(alerts(&out));
+        if i == 500 {
+            let out = core.send(&honest.id, &honest.records);
+            assert_eq!(ack(&out), (Some(3), None, None));
+        }
+    }
+    for len in [65_537, 300_000] {
+        let out = core.ingest.oversized(&evil.id, len, core.now);
+        acks.extend(out.iter().filter(|p| p.topic.ends_with("/ack")).cloned());
+        alerted.extend(alerts(&out));
+    }
+    assert_eq!(alerted, vec!["undecodable"], "one alert at once");
+    // One anomaly ack, not a thousand: each would make the agent resend
+    // everything unacknowledged (amplification).
     assert_eq!(
-        ack(&core.send(&device.id, &device.records[4..])),
-        (Some(5), None, None)
+        ack(&acks),
+        (None, Some(AckAnomaly::Undecodable), Some(0)),
+        "one anomaly ack for the same head, kind and seq"
+    );
+    let kept = core.ingest.store().anomalies(Some(&evil.id)).unwrap();
+    assert_eq!(kept.len() as u64, DEFAULT_ANOMALY_ROWS_PER_KIND);
+    // The first ones are kept (with their evidence), the rest counted.
+    assert!(kept.iter().any(|a| a.detail.contains("does not decode")));
+    // The summary when the interval ends counts everything after the first.
+    let out = core.tick_after(50_000);
+    // (Repeats of one batch-level anomaly, the second oversized payload at
+    // the same head, are written at the tick.)
+    let overflow = core
+        .ingest
+        .store()
+        .anomaly_overflow(Some(&evil.id))
+        .unwrap();
+    assert_eq!(overflow.len(), 1);
+    assert_eq!(overflow[0].count, 1002 - DEFAULT_ANOMALY_ROWS_PER_KIND);
+    let summaries: Vec<serde_json::Value> = out
+        .iter()
+        .filter(|p| p.topic == ALERT_TOPIC)
+        .map(|p| serde_json::from_slice(&p.payload).unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    assert_eq!(summaries[0]["count"], 1001);
+    assert_eq!(summaries[0]["device"], "pos-evil");
+    assert!(
+        core.tick_after(60_000)
+            .iter()
+            .all(|p| p.topic != ALERT_TOPIC)
+    );
+    // Nothing of the honest device was disturbed; the hostile device's
+    // genuine lineage (resent once it behaves) is stored and acked.
+    assert!(core.kinds(&honest.id).is_empty());
+    let out = core.send(&evil.id, &evil.records);
+    assert_eq!(ack(&out), (Some(3), None, None));
+}
+
+/// The same junk again and again at one head costs one write and one
+/// anomaly ack per interval, not one per message: repeats are counted in
+/// memory and written at the next tick, every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_junk_is_counted_without_a_write_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let device = Device::new("pos-junk").await;
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+    let topic = format!("mctc/v1/dev/{}/lineage", device.id);
+    let mut acks = Vec::new();
+    for _ in 0..500 {
+        core.now += 1;
+        let out = core.ingest.handle(&topic, &[0xff; 64], core.now);
+        acks.extend(out.into_iter().filter(|p| p.topic.ends_with("/ack")));
+    }
+    // Answered once per interval (each anomaly ack makes an agent resend).
+    assert_eq!(ack(&acks), (None, Some(AckAnomaly::Undecodable), Some(0)));
+    let count = |core: &Core| {
+        let rows = core.ingest.store().anomalies(Some(&device.id)).unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        rows[0].count
+    };
+    assert_eq!(count(&core), 1, "only the first was written at once");
+    core.tick_after(100);
+    assert_eq!(count(&core), 500, "the repeats are written at the tick");
+    // After the interval a repeat is written at once again.
+    core.tick_after(IngestConfig::default().alert_interval_ms);
+    core.now += 1;
+    let out = core.ingest.handle(&topic, &[0xff; 64], core.now);
+    assert_eq!(ack(&out), (None, Some(AckAnomaly::Undecodable), Some(0)));
+    assert_eq!(count(&core), 501);
+}
+
+/// Anomaly acks are rationed per device (each makes an agent resend all it
+/// has not had acknowledged): one a second, alternating kinds included;
+/// progress is acked regardless, without the anomaly when rationed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anomaly_acks_are_rationed_and_progress_is_always_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-acks").await;
+    device.write(4, 0).await;
+    let mut other = Device::new("pos-other").await;
+    other.write(1, 0).await;
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+    let topic = format!("mctc/v1/dev/{}/lineage", device.id);
+    let acks = |out: &[Publish]| out.iter().filter(|p| p.topic.ends_with("/ack")).count();
+
+    core.now += 10;
+    let out = core.ingest.handle(&topic, b"junk", core.now);
+    assert_eq!(ack(&out), (None, Some(AckAnomaly::Undecodable), Some(0)));
+    // Another anomaly within the second: recorded, not answered.
+    let out = core.send(&device.id, &[other.records[0].clone()]);
+    assert_eq!(acks(&out), 0, "{out:?}");
+    // Progress within the second: acked, without the anomaly.
+    let out = core.send(&device.id, &[device.records[0].clone(), vec![0xa0]]);
+    assert_eq!(ack(&out), (Some(0), None, None));
+    // A second later, another anomaly is answered.
+    core.now += 1_000;
+    let out = core.send(&device.id, &[other.records[0].clone()]);
+    assert_eq!(ack(&out), (Some(0), Some(AckAnomaly::WrongDevice), Some(1)));
+    let out = core.send(&device.id, &device.records[1..]);
+    assert_eq!(ack(&out), (Some(3), None, None));
+    let kinds = core.kinds(&device.id);
+    assert_eq!(
+        kinds,
+        vec![
+            (AnomalyKind::Undecodable, Some(0)),
+            (AnomalyKind::WrongDevice, Some(0)),
+            (AnomalyKind::Undecodable, Some(1)),
+            (AnomalyKind::WrongDevice, Some(1)),
+        ]
     );
 }
 

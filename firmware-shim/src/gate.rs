@@ -12,15 +12,17 @@
 //! stateDiagram-v2
 //!     [*] --> Closed: start (reason Startup)
 //!     [*] --> Revoked: start with persisted revocation
-//!     Closed --> Open: install(VerifiedArtifact)
-//!     Open --> Open: install (renewal) / valid heartbeat
-//!     Open --> Closed: deadline passed / heartbeat lapsed / drift / refusal / revocation gap / close(reason) / clock went back
-//!     Closed --> Contained: control contain / refusal (contained)
-//!     Open --> Contained: control contain / refusal (contained)
+//!     Closed --> Open: install(VerifiedArtifact, quoted in this generation)
+//!     Open --> Open: install (renewal, quoted in this generation) / valid heartbeat
+//!     Open --> Closed: deadline passed / heartbeat lapsed (generation kept)
+//!     Open --> Closed: drift / refusal / revocation gap / close(reason) / clock went back (generation + 1)
+//!     Closed --> Closed: drift / TPM loss / refusal / clock went back, found while closed (generation + 1)
+//!     Closed --> Contained: control contain / refusal (contained) (generation + 1)
+//!     Open --> Contained: control contain / refusal (contained) (generation + 1)
 //!     Contained --> Closed: control restore (reason Restored)
-//!     Closed --> Revoked: control revoke / listed in heartbeat / refusal (revoked)
-//!     Open --> Revoked: control revoke / listed in heartbeat / refusal (revoked)
-//!     Contained --> Revoked: control revoke / listed in heartbeat / refusal (revoked)
+//!     Closed --> Revoked: control revoke / listed in heartbeat / refusal (revoked) (generation + 1)
+//!     Open --> Revoked: control revoke / listed in heartbeat / refusal (revoked) (generation + 1)
+//!     Contained --> Revoked: control revoke / listed in heartbeat / refusal (revoked) (generation + 1)
 //!     Revoked --> [*]
 //! ```
 //!
@@ -28,8 +30,22 @@
 //!
 //! - **Open** is reachable only through [`Gate::install`], which takes a
 //!   [`VerifiedArtifact`] — a proof token only
-//!   [`crate::artifact::verify_artifact`] makes. The gate starts Closed and
+//!   [`crate::artifact::verify_artifact`] makes — and the [`Generation`]
+//!   the evidence it answers was quoted in. The gate starts Closed and
 //!   never persists Open.
+//! - **Generations.** The gate counts the events that make earlier
+//!   evidence worthless: every close except artifact expiry and heartbeat
+//!   lapse ([`CloseReason::voids_evidence`]: drift, TPM loss, a refusal, a
+//!   revocation gap, a clock regression, lineage loss, shutdown), whether
+//!   the gate was open or already closed, and every containment and
+//!   revocation. The caller takes [`Gate::generation`] when it quotes and
+//!   hands it back with the answer; [`Gate::install`] and
+//!   [`Gate::decide_fresh`] refuse an artifact answering evidence quoted in
+//!   an earlier generation ([`GateError::StaleEvidence`]). So an artifact
+//!   in flight when the platform changed (PCRs extended, the TPM gone, the
+//!   clock broken) cannot reopen the gate; only evidence quoted after the
+//!   close can. Expiry and heartbeat lapse keep the generation: the
+//!   platform did not change, and renewal proceeds as before.
 //! - **Deadlines.** Open ends at the artifact's deadline (`received +
 //!   ttl_ms`, earlier if a trusted wall clock puts `exp` first) and when no
 //!   valid heartbeat arrived within the window (the smaller of the
@@ -56,7 +72,8 @@
 //! - **Controls** must have a seq above the last accepted one (persisted
 //!   by the agent), or they are replays.
 //! - **Time going backwards** (a caller bug or a broken clock) closes the
-//!   gate with `ClockRegression`.
+//!   gate with `ClockRegression` (a new generation: nothing quoted on the
+//!   broken clock reopens it).
 
 use core::fmt;
 
@@ -125,6 +142,14 @@ impl CloseReason {
             Self::ClockRegression => CloseCode::ClockRegression,
             Self::AttestationFailed => CloseCode::AttestationFailed,
         }
+    }
+
+    /// Whether this close makes evidence quoted before it worthless (a new
+    /// [`Generation`]): every reason but the two that only say time ran
+    /// out — the artifact's deadline and the heartbeat window — after which
+    /// the platform is what it was and renewal proceeds as before.
+    pub const fn voids_evidence(&self) -> bool {
+        !matches!(self, Self::ArtifactExpired | Self::HeartbeatLapsed)
     }
 
     /// The lineage detail: the drift kind or refusal code.
@@ -333,6 +358,9 @@ pub enum GateError {
     Contained,
     /// The artifact says it was received after `now`.
     ReceivedInFuture,
+    /// The artifact answers evidence quoted before the gate last closed
+    /// for a cause other than expiry (an earlier [`Generation`]).
+    StaleEvidence,
 }
 
 impl fmt::Display for GateError {
@@ -341,6 +369,7 @@ impl fmt::Display for GateError {
             Self::Revoked => "device is revoked",
             Self::Contained => "device is contained",
             Self::ReceivedInFuture => "artifact received after now",
+            Self::StaleEvidence => "artifact answers evidence quoted before the last close",
         })
     }
 }
@@ -515,6 +544,24 @@ pub struct GateConfig {
 /// Default for [`GateConfig::max_fresh_age_ms`]: 10 s.
 pub const DEFAULT_MAX_FRESH_AGE_MS: u64 = 10_000;
 
+/// Which stretch of the gate's life evidence was quoted in: it changes at
+/// every close that voids evidence ([`CloseReason::voids_evidence`]), every
+/// containment and every revocation. Taken from [`Gate::generation`] when
+/// the quote is made, handed back to [`Gate::install`] and
+/// [`Gate::decide_fresh`] with the artifact that answers it.
+///
+/// Only equality means anything: evidence counts in the generation it was
+/// quoted in and no other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Generation(u64);
+
+impl Generation {
+    /// The count, for logs.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
 /// The gate. See the module docs for the rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gate {
@@ -532,6 +579,8 @@ pub struct Gate {
     /// permits twice in a row (the agent's nonce rotation is the primary
     /// guard; this catches a second verification of the same bytes).
     fresh_used: Option<[u8; 16]>,
+    /// Evidence quoted in an earlier generation installs nothing.
+    generation: Generation,
 }
 
 impl Gate {
@@ -551,7 +600,14 @@ impl Gate {
             control_seq: persisted.control_seq,
             last_now: 0,
             fresh_used: None,
+            generation: Generation(0),
         }
+    }
+
+    /// The current generation: take it when quoting evidence, hand it back
+    /// with the artifact that answers the evidence.
+    pub const fn generation(&self) -> Generation {
+        self.generation
     }
 
     /// The current state (as of the last input; call [`Gate::tick`] to
@@ -601,9 +657,16 @@ impl Gate {
         events
     }
 
-    /// Installs a verified artifact: Closed → Open, or a renewal while
-    /// Open. Refused while Contained or Revoked.
-    pub fn install(&mut self, artifact: VerifiedArtifact, now: u64) -> Result<Events, Error> {
+    /// Installs a verified artifact answering evidence quoted in
+    /// `quoted_in`: Closed → Open, or a renewal while Open. Refused while
+    /// Contained or Revoked, and when the evidence is from an earlier
+    /// generation (see the module docs).
+    pub fn install(
+        &mut self,
+        artifact: VerifiedArtifact,
+        quoted_in: Generation,
+        now: u64,
+    ) -> Result<Events, Error> {
         let mut events = Events::default();
         self.advance(now, &mut events);
         if *artifact.sub() != self.config.device {
@@ -615,6 +678,9 @@ impl Gate {
             GateState::Revoked(_) => return Err(GateError::Revoked.into()),
             GateState::Contained(_) => return Err(GateError::Contained.into()),
             GateState::Open(_) | GateState::Closed(_) => {}
+        }
+        if quoted_in != self.generation {
+            return Err(GateError::StaleEvidence.into());
         }
         if artifact.received_ms() > now {
             return Err(GateError::ReceivedInFuture.into());
@@ -797,13 +863,15 @@ impl Gate {
     /// artifact that answered the fresh nonce (consumed: one operation per
     /// fresh attestation). Permits only if the gate is open and would
     /// permit the request but for freshness, and the fresh artifact is for
-    /// this device and boot, received at most `max_fresh_age_ms` ago, within
-    /// its own deadline, authorizes the request too, and did not permit the
-    /// previous fresh operation.
+    /// this device and boot, answers evidence quoted in the current
+    /// generation (`quoted_in`), was received at most `max_fresh_age_ms`
+    /// ago, is within its own deadline, authorizes the request too, and did
+    /// not permit the previous fresh operation.
     pub fn decide_fresh(
         &mut self,
         request: &OpRequest<'_>,
         fresh: VerifiedArtifact,
+        quoted_in: Generation,
         now: u64,
     ) -> Decision {
         let mut events = Events::default();
@@ -826,6 +894,7 @@ impl Gate {
             };
         }
         let fresh_ok = *fresh.sub() == self.config.device
+            && quoted_in == self.generation
             && self.fresh_used != Some(*fresh.cti())
             && fresh.boot() == artifact.boot()
             && fresh.received_ms() <= now
@@ -866,8 +935,14 @@ impl Gate {
         }
     }
 
-    /// Open → Closed(reason); other states keep theirs.
+    /// Open → Closed(reason); other states keep theirs. A reason that voids
+    /// evidence starts a new generation in every state: evidence quoted
+    /// before it is worthless even if the gate was already closed (a drift
+    /// or TPM loss found while a renewal is in flight after an expiry).
     fn close(&mut self, reason: CloseReason, events: &mut Events) {
+        if reason.voids_evidence() {
+            self.next_generation();
+        }
         if matches!(self.state, GateState::Open(_)) {
             self.state = GateState::Closed(reason);
             events.push(GateEvent::Closed(reason));
@@ -875,13 +950,20 @@ impl Gate {
     }
 
     fn contain(&mut self, by: ContainedBy, events: &mut Events) {
+        self.next_generation();
         events.push(GateEvent::Contained(by.clone()));
         self.state = GateState::Contained(by);
     }
 
     fn revoke(&mut self, by: RevokedBy, events: &mut Events) {
+        self.next_generation();
         events.push(GateEvent::Revoked(by.clone()));
         self.state = GateState::Revoked(by);
+    }
+
+    fn next_generation(&mut self) {
+        // 2^64 closes never happen; wrapping keeps it panic-free anyway.
+        self.generation = Generation(self.generation.0.wrapping_add(1));
     }
 }
 

@@ -39,7 +39,8 @@ fn gate() -> Gate {
 
 fn open_gate() -> Gate {
     let mut g = gate();
-    g.install(verified(&claims(), R), R).unwrap();
+    g.install(verified(&claims(), R), g.generation(), R)
+        .unwrap();
     g
 }
 
@@ -93,7 +94,9 @@ fn the_gate_starts_closed_and_denies() {
 #[test]
 fn a_verified_artifact_opens_the_gate_and_permits_in_scope() {
     let mut g = gate();
-    let events = g.install(verified(&claims(), R), R + 5).unwrap();
+    let events = g
+        .install(verified(&claims(), R), g.generation(), R + 5)
+        .unwrap();
     assert_eq!(
         events.as_slice(),
         [GateEvent::Opened {
@@ -272,7 +275,7 @@ fn revoked_stays_revoked_even_with_a_fresh_artifact() {
     let mut c = claims();
     c.cti = Bytes([0xee; 16]);
     assert_eq!(
-        g.install(verified(&c, R + 2), R + 2),
+        g.install(verified(&c, R + 2), g.generation(), R + 2),
         Err(Error::Gate(GateError::Revoked))
     );
     // Restore does not undo a revocation.
@@ -302,7 +305,7 @@ fn revoked_stays_revoked_even_with_a_fresh_artifact() {
     );
     assert_eq!(restarted.state(), &GateState::Revoked(RevokedBy::Persisted));
     assert_eq!(
-        restarted.install(verified(&claims(), R), R),
+        restarted.install(verified(&claims(), R), restarted.generation(), R),
         Err(Error::Gate(GateError::Revoked))
     );
 }
@@ -320,7 +323,7 @@ fn contain_blocks_artifacts_until_restore_then_a_new_artifact_reopens() {
         Some(DenyCode::Contained)
     );
     assert_eq!(
-        g.install(verified(&claims(), R + 3), R + 3),
+        g.install(verified(&claims(), R + 3), g.generation(), R + 3),
         Err(Error::Gate(GateError::Contained))
     );
     // A second contain changes nothing.
@@ -335,7 +338,9 @@ fn contain_blocks_artifacts_until_restore_then_a_new_artifact_reopens() {
     );
     assert_eq!(g.state(), &GateState::Closed(CloseReason::Restored));
     assert_eq!(deny(&g.decide(&capture(1), R + 6)), Some(DenyCode::Closed));
-    let events = g.install(verified(&claims(), R + 7), R + 7).unwrap();
+    let events = g
+        .install(verified(&claims(), R + 7), g.generation(), R + 7)
+        .unwrap();
     assert!(matches!(events.as_slice(), [GateEvent::Opened { .. }]));
     assert!(g.decide(&capture(1), R + 8).is_permit());
 }
@@ -525,16 +530,16 @@ fn an_operation_demanding_fresh_attestation_needs_one_and_then_permits() {
     assert_eq!(d.cti, Some([0xc7; 16]));
 
     let fresh = verified(&fresh_claims(), R + 100);
-    let d = g.decide_fresh(&refund, fresh.clone(), R + 200);
+    let d = g.decide_fresh(&refund, fresh.clone(), g.generation(), R + 200);
     assert_eq!(d.verdict, Verdict::Permit);
     assert_eq!(d.cti, Some([0xf0; 16]));
     // One fresh attestation, one operation.
-    let d = g.decide_fresh(&refund, fresh.clone(), R + 210);
+    let d = g.decide_fresh(&refund, fresh.clone(), g.generation(), R + 210);
     assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
     let mut second = fresh_claims();
     second.cti = Bytes([0xf1; 16]);
     assert!(
-        g.decide_fresh(&refund, verified(&second, R + 215), R + 220)
+        g.decide_fresh(&refund, verified(&second, R + 215), g.generation(), R + 220)
             .is_permit()
     );
 
@@ -544,14 +549,14 @@ fn an_operation_demanding_fresh_attestation_needs_one_and_then_permits() {
         ..refund
     };
     assert_eq!(
-        deny(&g.decide_fresh(&big, fresh.clone(), R + 300)),
+        deny(&g.decide_fresh(&big, fresh.clone(), g.generation(), R + 300)),
         Some(DenyCode::OverLimit)
     );
     // A fresh artifact that does not authorize the operation.
     let mut narrow = fresh_claims();
     narrow.cti = Bytes([0xf3; 16]);
     narrow.scope = List::from_slice(&narrow.scope[..1]).unwrap();
-    let d = g.decide_fresh(&refund, verified(&narrow, R + 300), R + 300);
+    let d = g.decide_fresh(&refund, verified(&narrow, R + 300), g.generation(), R + 300);
     assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
     // A fresh artifact from another boot.
     let mut reboot = fresh_claims();
@@ -567,7 +572,7 @@ fn an_operation_demanding_fresh_attestation_needs_one_and_then_permits() {
         ..context(&dev, &k)
     };
     let other_boot = mctc_shim::verify_artifact(&bytes, &ctx, &RingCrypto).unwrap();
-    let d = g.decide_fresh(&refund, other_boot, R + 300);
+    let d = g.decide_fresh(&refund, other_boot, g.generation(), R + 300);
     assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
     // Too old (time only moves forward: the gate closes if it goes back).
     let mut old = fresh_claims();
@@ -576,14 +581,24 @@ fn an_operation_demanding_fresh_attestation_needs_one_and_then_permits() {
     let mut probe = g.clone();
     assert!(
         probe
-            .decide_fresh(&refund, old.clone(), R + 100 + DEFAULT_MAX_FRESH_AGE_MS)
+            .decide_fresh(
+                &refund,
+                old.clone(),
+                probe.generation(),
+                R + 100 + DEFAULT_MAX_FRESH_AGE_MS
+            )
             .is_permit()
     );
-    let d = g.decide_fresh(&refund, old, R + 100 + DEFAULT_MAX_FRESH_AGE_MS + 1);
+    let d = g.decide_fresh(
+        &refund,
+        old,
+        g.generation(),
+        R + 100 + DEFAULT_MAX_FRESH_AGE_MS + 1,
+    );
     assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
     assert!(d.events.is_empty());
     // Not while closed.
-    let d = g.decide_fresh(&refund, fresh, R + HB + 1);
+    let d = g.decide_fresh(&refund, fresh, g.generation(), R + HB + 1);
     assert_eq!(deny(&d), Some(DenyCode::Closed));
     assert_eq!(
         d.events.as_slice(),
@@ -597,7 +612,9 @@ fn renewal_replaces_the_artifact_and_extends_deadlines() {
     let mut c = claims();
     c.cti = Bytes([0xaa; 16]);
     c.hb_seq = 150;
-    let events = g.install(verified(&c, R + 20_000), R + 20_001).unwrap();
+    let events = g
+        .install(verified(&c, R + 20_000), g.generation(), R + 20_001)
+        .unwrap();
     assert_eq!(
         events.as_slice(),
         [GateEvent::Renewed {
@@ -615,11 +632,15 @@ fn renewal_replaces_the_artifact_and_extends_deadlines() {
 fn an_artifact_past_its_deadline_or_from_the_future_is_not_installed() {
     let mut g = gate();
     assert_eq!(
-        g.install(verified(&claims(), R), R + TTL),
+        g.install(verified(&claims(), R), g.generation(), R + TTL),
         Err(ArtifactError::Expired.into())
     );
+    assert_eq!(g.state(), &GateState::Closed(CloseReason::Startup));
+    // A new gate: `now` going back would be a clock regression, which
+    // voids the evidence before the receipt time is looked at.
+    let mut g = gate();
     assert_eq!(
-        g.install(verified(&claims(), R + 10), R),
+        g.install(verified(&claims(), R + 10), g.generation(), R),
         Err(GateError::ReceivedInFuture.into())
     );
     assert_eq!(g.state(), &GateState::Closed(CloseReason::Startup));
@@ -631,7 +652,7 @@ fn an_artifact_for_another_device_is_not_installed() {
     c.sub = other_device();
     let mut g = gate();
     assert_eq!(
-        g.install(verified(&c, R), R),
+        g.install(verified(&c, R), g.generation(), R),
         Err(Error::WrongSubject {
             kind: MessageKind::Artifact
         })
@@ -718,4 +739,241 @@ fn every_event_becomes_a_lineage_record() {
     assert_eq!(decision.amount, Some(7));
     assert_eq!(decision.cti, Some(Bytes([0xc7; 16])));
     assert_eq!(decision.reference.unwrap().as_str(), "order-1");
+}
+
+// Issue 13: a close for any cause but expiry voids evidence quoted before
+// it. Each case: the gate is open, a renewal is quoted (its generation
+// taken) at R + 10, the cause closes the gate at R + 20, the answer to the
+// renewal arrives at R + 30 and must not reopen; an artifact answering
+// evidence quoted after the close does.
+
+/// The renewal's answer (a new cti, received at `at`).
+fn renewal(at: u64) -> mctc_shim::VerifiedArtifact {
+    let mut c = claims();
+    c.cti = Bytes([0x5e; 16]);
+    verified(&c, at)
+}
+
+fn stale_answer_is_refused(close: impl FnOnce(&mut Gate), expect: GateState) {
+    let mut g = open_gate();
+    let quoted_in = g.generation();
+    close(&mut g);
+    assert_eq!(g.state(), &expect);
+    assert_ne!(
+        g.generation(),
+        quoted_in,
+        "the close voids earlier evidence"
+    );
+    let refused = g.install(renewal(R + 30), quoted_in, R + 30);
+    let expected_error = match expect {
+        GateState::Contained(_) => GateError::Contained,
+        GateState::Revoked(_) => GateError::Revoked,
+        _ => GateError::StaleEvidence,
+    };
+    assert_eq!(refused, Err(Error::Gate(expected_error)));
+    assert_eq!(g.state(), &expect, "refused: nothing changed");
+    assert_eq!(
+        deny(&g.decide(&capture(1), R + 31)),
+        Some(deny_code_of(&expect))
+    );
+    if matches!(expect, GateState::Closed(_)) {
+        // Recovery: evidence quoted after the close.
+        let now = g.generation();
+        let events = g.install(renewal(R + 40), now, R + 40).unwrap();
+        assert!(matches!(events.as_slice(), [GateEvent::Opened { .. }]));
+        assert!(g.decide(&capture(1), R + 41).is_permit());
+    }
+}
+
+fn deny_code_of(state: &GateState) -> DenyCode {
+    match state {
+        GateState::Contained(_) => DenyCode::Contained,
+        GateState::Revoked(_) => DenyCode::Revoked,
+        _ => DenyCode::Closed,
+    }
+}
+
+#[test]
+fn pcr_drift_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            g.drift(DriftKind::Pcr, R + 20);
+        },
+        GateState::Closed(CloseReason::Drift(DriftKind::Pcr)),
+    );
+}
+
+#[test]
+fn boot_counter_drift_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            g.drift(DriftKind::Boot, R + 20);
+        },
+        GateState::Closed(CloseReason::Drift(DriftKind::Boot)),
+    );
+}
+
+#[test]
+fn a_measured_file_change_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            g.drift(DriftKind::File, R + 20);
+        },
+        GateState::Closed(CloseReason::Drift(DriftKind::File)),
+    );
+}
+
+#[test]
+fn tpm_loss_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            g.close_at(CloseReason::AttestationFailed, R + 20);
+        },
+        GateState::Closed(CloseReason::AttestationFailed),
+    );
+}
+
+#[test]
+fn a_revocation_gap_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            let mut h = heartbeat(101);
+            h.since_epoch = 6;
+            h.epoch = 8;
+            hb(g, &h, R + 20).unwrap();
+        },
+        GateState::Closed(CloseReason::RevocationGap),
+    );
+}
+
+#[test]
+fn a_clock_regression_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            assert!(g.decide(&capture(1), R + 100).is_permit());
+            g.tick(R + 20);
+        },
+        GateState::Closed(CloseReason::ClockRegression),
+    );
+}
+
+#[test]
+fn a_refusal_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            refuse(g, RefusalCode::PolicyMismatch, false, R + 20);
+        },
+        GateState::Closed(CloseReason::Refused(RefusalCode::PolicyMismatch)),
+    );
+}
+
+#[test]
+fn lineage_loss_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            g.close_at(CloseReason::LineageUnavailable, R + 20);
+        },
+        GateState::Closed(CloseReason::LineageUnavailable),
+    );
+}
+
+#[test]
+fn shutdown_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            g.close_at(CloseReason::Shutdown, R + 20);
+        },
+        GateState::Closed(CloseReason::Shutdown),
+    );
+}
+
+#[test]
+fn containment_voids_evidence_quoted_before_it_even_after_restore() {
+    stale_answer_is_refused(
+        |g| {
+            ctl(g, 1, ControlAction::Contain, R + 20).unwrap();
+            ctl(g, 2, ControlAction::Restore, R + 21).unwrap();
+        },
+        GateState::Closed(CloseReason::Restored),
+    );
+    stale_answer_is_refused(
+        |g| {
+            refuse(g, RefusalCode::Contained, true, R + 20);
+        },
+        GateState::Contained(ContainedBy::Refusal {
+            code: RefusalCode::Contained,
+        }),
+    );
+}
+
+#[test]
+fn revocation_voids_evidence_quoted_before_it() {
+    stale_answer_is_refused(
+        |g| {
+            ctl(g, 1, ControlAction::Revoke, R + 20).unwrap();
+        },
+        GateState::Revoked(RevokedBy::Control {
+            seq: 1,
+            reason: "ticket 4711".try_into().unwrap(),
+        }),
+    );
+}
+
+#[test]
+fn a_cause_found_while_already_closed_still_voids_evidence() {
+    // Closed by expiry with a renewal out; then the file changes. The
+    // renewal's answer must not open a gate on the changed platform.
+    let mut g = open_gate();
+    g.tick(R + TTL + HB);
+    assert!(matches!(g.state(), GateState::Closed(_)));
+    let quoted_in = g.generation();
+    assert!(g.drift(DriftKind::File, R + TTL + HB + 1).is_empty());
+    assert_eq!(
+        g.install(renewal(R + TTL + HB + 2), quoted_in, R + TTL + HB + 2),
+        Err(Error::Gate(GateError::StaleEvidence))
+    );
+}
+
+#[test]
+fn expiry_and_heartbeat_lapse_keep_evidence_quoted_before_them() {
+    // The platform did not change: the renewal's answer reopens.
+    let mut g = open_gate();
+    let quoted_in = g.generation();
+    hb(&mut g, &heartbeat(101), R + 20_000).unwrap();
+    hb(&mut g, &heartbeat(102), R + 45_000).unwrap();
+    g.tick(R + TTL);
+    assert_eq!(g.state(), &GateState::Closed(CloseReason::ArtifactExpired));
+    assert_eq!(g.generation(), quoted_in);
+    assert!(
+        g.install(renewal(R + TTL + 1), quoted_in, R + TTL + 1)
+            .is_ok()
+    );
+
+    let mut g = open_gate();
+    let quoted_in = g.generation();
+    g.tick(R + HB);
+    assert_eq!(g.state(), &GateState::Closed(CloseReason::HeartbeatLapsed));
+    assert_eq!(g.generation(), quoted_in);
+    assert!(
+        g.install(renewal(R + HB + 1), quoted_in, R + HB + 1)
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_fresh_artifact_quoted_before_a_close_permits_nothing_after_reopening() {
+    let refund = OpRequest {
+        op: "refund",
+        amount: Some(100),
+        currency: eur(),
+    };
+    let mut g = open_gate();
+    let fresh_quoted_in = g.generation();
+    g.drift(DriftKind::Pcr, R + 20);
+    let now = g.generation();
+    g.install(renewal(R + 30), now, R + 30).unwrap();
+    let fresh = verified(&fresh_claims(), R + 40);
+    let d = g.decide_fresh(&refund, fresh.clone(), fresh_quoted_in, R + 41);
+    assert_eq!(deny(&d), Some(DenyCode::FreshAttestationInvalid));
+    assert!(g.decide_fresh(&refund, fresh, now, R + 42).is_permit());
 }

@@ -56,7 +56,7 @@ fn check_verified(artifact: VerifiedArtifact) {
     );
     let scope = artifact.scope().to_vec();
     let events = gate
-        .install(artifact, RECEIVED_MS)
+        .install(artifact, gate.generation(), RECEIVED_MS)
         .expect("a verified artifact opens a fresh gate at its receipt");
     assert!(matches!(gate.state(), GateState::Open(_)));
     let mut journal = Journal::new(device);

@@ -101,7 +101,11 @@ impl Run {
         ) {
             assert!(
                 self.gate
-                    .install(fixtures::verified_artifact(), self.now.max(RECEIVED_MS))
+                    .install(
+                        fixtures::verified_artifact(),
+                        self.gate.generation(),
+                        self.now.max(RECEIVED_MS)
+                    )
                     .is_err(),
                 "a contained or revoked gate took an artifact"
             );

@@ -227,7 +227,7 @@ pub fn open_gate() -> Gate {
         },
         Persisted::default(),
     );
-    gate.install(verified_artifact(), RECEIVED_MS)
+    gate.install(verified_artifact(), gate.generation(), RECEIVED_MS)
         .expect("a verified artifact opens a fresh gate at its receipt");
     gate
 }

@@ -19,6 +19,7 @@
 pub mod backoff;
 pub mod clock;
 pub mod config;
+pub mod dynsec;
 pub mod files;
 pub mod keys;
 pub mod link;

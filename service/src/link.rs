@@ -11,6 +11,7 @@
 //! session is not resumed. Lineage therefore acknowledges by sequence number,
 //! and anything queued carries its own expiry.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use rumqttc::{
@@ -26,6 +27,21 @@ use crate::{BrokerConfig, ServiceError, tls};
 
 pub use rumqttc::{AsyncClient, QoS};
 
+/// `max_packet_size` of the shipped broker (`configs/mosquitto/mosquitto.conf`;
+/// a test in `tests/tests/configs.rs` keeps the two equal). Twice the largest
+/// mctc message (a 64 KiB lineage batch plus its topic and MQTT framing), so
+/// every legitimate message passes and a flood of large packets is refused at
+/// the broker, which disconnects the sender rather than delivering it.
+pub const BROKER_MAX_PACKET: usize = 128 * 1024;
+
+/// The largest packet every mctc client accepts (the default of
+/// [`LinkOptions::max_packet_bytes`]). rumqttc tears the whole session down
+/// on an incoming packet above its limit, so this must be at least what the
+/// broker delivers: eight times the shipped broker's limit also covers a
+/// broker configured at 1 MiB (EMQX's default). Anything larger than an mctc
+/// message is dropped by the application, never by the MQTT client.
+pub const MAX_PACKET_BYTES: usize = 8 * BROKER_MAX_PACKET;
+
 /// How a link behaves; `client_id` is usually the certificate CN.
 #[derive(Debug, Clone)]
 pub struct LinkOptions {
@@ -34,7 +50,9 @@ pub struct LinkOptions {
     pub subscriptions: Vec<(String, QoS)>,
     /// Published by the broker if this client vanishes without DISCONNECT.
     pub last_will: Option<LastWill>,
-    /// Largest MQTT packet sent or accepted.
+    /// Largest MQTT packet sent or accepted. An incoming packet above it
+    /// ends the session (rumqttc), so it must be at least the broker's
+    /// `max_packet_size`; default [`MAX_PACKET_BYTES`].
     pub max_packet_bytes: usize,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
@@ -50,7 +68,7 @@ impl LinkOptions {
             client_id: client_id.into(),
             subscriptions: Vec::new(),
             last_will: None,
-            max_packet_bytes: 256 * 1024,
+            max_packet_bytes: MAX_PACKET_BYTES,
             backoff_base: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(10),
             event_capacity: 256,
@@ -200,25 +218,39 @@ async fn drive(
     stop: CancellationToken,
 ) {
     let mut backoff = Backoff::new(options.backoff_base, options.backoff_cap);
+    // A refused subscription is asked for again after a backoff of its own:
+    // the broker refuses a device it has not been granted yet (the
+    // authority grants it when the device is added), and a device must
+    // start hearing its topics once it is, without a restart.
+    let mut refusals = Backoff::new(options.backoff_base, options.backoff_cap);
+    // The filters of each SUBSCRIBE not yet answered, oldest first (a broker
+    // answers them in order).
+    let mut pending: VecDeque<Vec<(String, QoS)>> = VecDeque::new();
+    let mut retry: Option<(tokio::time::Instant, Vec<(String, QoS)>)> = None;
     let mut session = 0u64;
     let mut disconnecting = false;
     loop {
+        let retry_at = retry.as_ref().map(|(at, _)| *at);
         let polled = tokio::select! {
             () = stop.cancelled() => return,
+            () = sleep_until(retry_at), if retry_at.is_some() => {
+                if let Some((_, filters)) = retry.take() {
+                    tracing::info!(filters = filters.len(), "asking again for refused subscriptions");
+                    subscribe(&client, &mut pending, filters);
+                }
+                continue;
+            }
             polled = eventloop.poll() => polled,
         };
         let event = match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 session += 1;
                 backoff.reset();
+                refusals.reset();
+                pending.clear();
+                retry = None;
                 if !options.subscriptions.is_empty() {
-                    let filters = options
-                        .subscriptions
-                        .iter()
-                        .map(|(topic, qos)| SubscribeFilter::new(topic.clone(), *qos));
-                    if let Err(e) = client.try_subscribe_many(filters) {
-                        tracing::error!(error = %e, "could not queue subscriptions");
-                    }
+                    subscribe(&client, &mut pending, options.subscriptions.clone());
                 }
                 let _ = connected.send(true);
                 tracing::info!(session, "broker session up");
@@ -230,7 +262,9 @@ async fn drive(
                 retain: p.retain,
             }),
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                for (code, (topic, _)) in ack.return_codes.iter().zip(&options.subscriptions) {
+                let asked = pending.pop_front().unwrap_or_default();
+                let mut refused = Vec::new();
+                for (code, (topic, qos)) in ack.return_codes.iter().zip(asked) {
                     if matches!(code, SubscribeReasonCode::Failure) {
                         tracing::error!(topic, "broker refused subscription");
                         if tx
@@ -242,6 +276,14 @@ async fn drive(
                         {
                             return;
                         }
+                        refused.push((topic, qos));
+                    }
+                }
+                if !refused.is_empty() {
+                    let at = tokio::time::Instant::now() + refusals.next_delay();
+                    match &mut retry {
+                        Some((_, filters)) => filters.extend(refused),
+                        None => retry = Some((at, refused)),
                     }
                 }
                 None
@@ -274,5 +316,27 @@ async fn drive(
         {
             return;
         }
+    }
+}
+
+/// Queues one SUBSCRIBE for `filters` and remembers what it asked for.
+fn subscribe(
+    client: &AsyncClient,
+    pending: &mut VecDeque<Vec<(String, QoS)>>,
+    filters: Vec<(String, QoS)>,
+) {
+    let request = filters
+        .iter()
+        .map(|(topic, qos)| SubscribeFilter::new(topic.clone(), *qos));
+    match client.try_subscribe_many(request) {
+        Ok(()) => pending.push_back(filters),
+        Err(e) => tracing::error!(error = %e, "could not queue subscriptions"),
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

@@ -15,8 +15,13 @@ use mctc_service::link::{Link, LinkEvent, LinkOptions, QoS};
 use mctc_tests::Broker;
 use tokio::time::timeout;
 
+/// The link's configuration for `cn`, with the rights the harness gives
+/// that name (`Broker::client_identity`).
 fn config(broker: &Broker, cn: &str) -> BrokerConfig {
-    let id = broker.identity(cn).unwrap();
+    config_for(broker, broker.client_identity(cn).unwrap())
+}
+
+fn config_for(broker: &Broker, id: mctc_tests::ClientIdentity) -> BrokerConfig {
     BrokerConfig {
         url: broker.url(),
         ca: id.ca,
@@ -25,6 +30,9 @@ fn config(broker: &Broker, cn: &str) -> BrokerConfig {
         keep_alive_secs: 5,
     }
 }
+
+/// A topic the collector's identity may both write and read.
+const ALERTS: &str = "mctc/v1/collector/alerts";
 
 async fn next(link: &mut Link) -> LinkEvent {
     timeout(Duration::from_secs(15), link.recv())
@@ -44,22 +52,16 @@ async fn next_message(link: &mut Link) -> (String, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_broker_restart_and_resubscribes() {
     let mut broker = Broker::start().unwrap();
-    let options =
-        LinkOptions::new("device-a").subscribe("mctc/v1/dev/device-a/#", QoS::AtLeastOnce);
-    let mut link = Link::start(&config(&broker, "device-a"), options).unwrap();
+    let options = LinkOptions::new("mctc-collector").subscribe(ALERTS, QoS::AtLeastOnce);
+    let mut link = Link::start(&config(&broker, "mctc-collector"), options).unwrap();
     assert_eq!(next(&mut link).await, LinkEvent::Connected { session: 1 });
     link.client()
-        .publish(
-            "mctc/v1/dev/device-a/x",
-            QoS::AtLeastOnce,
-            false,
-            b"1".to_vec(),
-        )
+        .publish(ALERTS, QoS::AtLeastOnce, false, b"1".to_vec())
         .await
         .unwrap();
     assert_eq!(
         next_message(&mut link).await,
-        ("mctc/v1/dev/device-a/x".into(), b"1".to_vec())
+        (ALERTS.into(), b"1".to_vec())
     );
 
     broker.kill();
@@ -91,17 +93,12 @@ async fn reconnects_after_broker_restart_and_resubscribes() {
         }
     }
     link.client()
-        .publish(
-            "mctc/v1/dev/device-a/x",
-            QoS::AtLeastOnce,
-            false,
-            b"2".to_vec(),
-        )
+        .publish(ALERTS, QoS::AtLeastOnce, false, b"2".to_vec())
         .await
         .unwrap();
     assert_eq!(
         next_message(&mut link).await,
-        ("mctc/v1/dev/device-a/x".into(), b"2".to_vec())
+        (ALERTS.into(), b"2".to_vec())
     );
 }
 
@@ -137,6 +134,64 @@ async fn last_will_is_published_when_a_client_vanishes_but_not_on_clean_shutdown
         next_message(&mut watcher).await,
         (status.into(), b"offline".to_vec())
     );
+}
+
+/// A device that connects before the authority granted it its rights on
+/// the broker is refused its subscriptions; the link asks again with
+/// backoff, and once the grant is in, the device hears its topics without
+/// a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscription_is_asked_again_until_granted() {
+    let broker = Broker::start().unwrap();
+    let control = "mctc/v1/dev/device-b/control";
+    let options = LinkOptions::new("device-b").subscribe(control, QoS::AtLeastOnce);
+    let mut link = Link::start(
+        &config_for(&broker, broker.identity("device-b").unwrap()),
+        options,
+    )
+    .unwrap();
+    assert_eq!(next(&mut link).await, LinkEvent::Connected { session: 1 });
+    assert_eq!(
+        next(&mut link).await,
+        LinkEvent::SubscribeRefused {
+            topic: control.into()
+        }
+    );
+    // Still refused when asked again, until the grant.
+    assert_eq!(
+        next(&mut link).await,
+        LinkEvent::SubscribeRefused {
+            topic: control.into()
+        }
+    );
+    broker.grant_device("device-b").unwrap();
+    let mut authority = Link::start(
+        &config(&broker, "mctc-authority"),
+        LinkOptions::new("mctc-authority"),
+    )
+    .unwrap();
+    assert_eq!(
+        next(&mut authority).await,
+        LinkEvent::Connected { session: 1 }
+    );
+    authority
+        .client()
+        .publish(control, QoS::AtLeastOnce, true, b"retained".to_vec())
+        .await
+        .unwrap();
+    // Refusals that were in flight may still be reported; then the message.
+    let got = timeout(Duration::from_secs(30), async {
+        loop {
+            match link.recv().await {
+                Some(LinkEvent::Message { topic, payload, .. }) => return (topic, payload),
+                Some(LinkEvent::SubscribeRefused { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the device hears its topic once granted");
+    assert_eq!(got, (control.to_owned(), b"retained".to_vec()));
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! A private Mosquitto with TLS 1.3, client certificates and the shipped ACL.
+//! A private Mosquitto started from the shipped broker configuration
+//! (`configs/mosquitto/mosquitto.conf` and `dynamic-security.json`), with
+//! only its paths and port pointed at a throw-away PKI and directory.
 
-use std::fmt::Write as _;
 use std::fs::File;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -16,9 +17,89 @@ use crate::pki::{CertFiles, Pki};
 use crate::ports::free_port;
 use crate::require_program;
 
-/// The production ACL, loaded verbatim so the tests exercise what ships.
-pub const FLEET_ACL: &str = include_str!("../../configs/mosquitto/mctc.acl");
+/// The production broker configuration, loaded with only paths, port and
+/// log destination replaced ([`shipped_config`]).
+pub const FLEET_CONF: &str = include_str!("../../configs/mosquitto/mosquitto.conf");
+/// The production dynamic-security configuration (roles of the services and
+/// of every device), copied verbatim into each broker's directory: the
+/// plugin rewrites its copy as devices are granted and revoked.
+pub const FLEET_DYNSEC: &str = include_str!("../../configs/mosquitto/dynamic-security.json");
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a grant or revocation may take to be confirmed by the broker.
+const DYNSEC_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The service identities the shipped dynamic-security configuration knows.
+pub const SERVICES: [&str; 3] = ["mctc-authority", "mctc-collector", "mctc-monitor"];
+/// A test-only identity that may read every mctc topic
+/// ([`Broker::client_identity`]).
+pub const OBSERVER: &str = "mctc-test-observer";
+
+/// Where a broker started from the shipped configuration keeps its files.
+#[derive(Debug, Clone)]
+pub struct ConfigPaths<'a> {
+    pub port: u16,
+    pub server: &'a CertFiles,
+    pub dynsec: &'a Path,
+    pub persistence: &'a Path,
+    pub log: &'a Path,
+}
+
+/// The shipped `mosquitto.conf` with the settings that name this machine's
+/// files and port replaced; every other line is kept verbatim. Fails if the
+/// shipped file no longer has one of them (the harness would otherwise test
+/// something other than what ships).
+pub fn shipped_config(paths: &ConfigPaths<'_>) -> Result<String, HarnessError> {
+    let mut out = String::new();
+    // Mosquitto drops root privileges to user "mosquitto" unless told to
+    // stay; the key files and the plugin's file belong to the test user.
+    if rustix::process::geteuid().is_root() {
+        out.push_str("user root\n");
+    }
+    let mut replaced = Vec::new();
+    for line in FLEET_CONF.lines() {
+        let key = line.split_whitespace().next().unwrap_or("");
+        let value = match key {
+            "listener" => format!("listener {} 127.0.0.1", paths.port),
+            "cafile" => format!("cafile {}", paths.server.ca.display()),
+            "certfile" => format!("certfile {}", paths.server.cert.display()),
+            "keyfile" => format!("keyfile {}", paths.server.key.display()),
+            "plugin_opt_config_file" => {
+                format!("plugin_opt_config_file {}", paths.dynsec.display())
+            }
+            "persistence_location" => {
+                format!("persistence_location {}/", paths.persistence.display())
+            }
+            "log_dest" => format!("log_dest file {}", paths.log.display()),
+            _ => {
+                out.push_str(line);
+                out.push('\n');
+                continue;
+            }
+        };
+        replaced.push(key);
+        out.push_str(&value);
+        out.push('\n');
+    }
+    for key in [
+        "listener",
+        "cafile",
+        "certfile",
+        "keyfile",
+        "plugin_opt_config_file",
+        "persistence_location",
+        "log_dest",
+    ] {
+        if !replaced.contains(&key) {
+            return Err(HarnessError::Failed {
+                what: "shipped mosquitto.conf".into(),
+                detail: format!("has no `{key}` line for the harness to point at its own files"),
+            });
+        }
+    }
+    // Subscriptions in the log make ACL refusals easy to read after a failure.
+    out.push_str("log_type subscribe\n");
+    Ok(out)
+}
 
 /// A client identity for the broker.
 pub type ClientIdentity = CertFiles;
@@ -31,6 +112,8 @@ pub struct Broker {
     dir: tempfile::TempDir,
     port: u16,
     pki: Pki,
+    /// Names [`Broker::client_identity`] granted already.
+    granted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Broker {
@@ -42,13 +125,16 @@ impl Broker {
             .map_err(HarnessError::io("create broker dir"))?;
         let pki = Pki::new(&dir.path().join("pki"))?;
         let server = pki.server("mctc-broker")?;
-        std::fs::write(dir.path().join("mctc.acl"), FLEET_ACL)
-            .map_err(HarnessError::io("write ACL"))?;
+        std::fs::write(dir.path().join("dynamic-security.json"), FLEET_DYNSEC)
+            .map_err(HarnessError::io("write dynamic-security.json"))?;
+        std::fs::create_dir(dir.path().join("persistence"))
+            .map_err(HarnessError::io("create persistence dir"))?;
         let mut broker = Broker {
             child: None,
             dir,
             port: 0,
             pki,
+            granted: std::sync::Mutex::default(),
         };
         broker.write_config(&server, 0)?;
         broker.spawn()?;
@@ -64,36 +150,13 @@ impl Broker {
     }
 
     fn write_config(&self, server: &CertFiles, port: u16) -> Result<(), HarnessError> {
-        let mut conf = String::new();
-        // Mosquitto drops root privileges to user "mosquitto" unless told to
-        // stay; the key files here belong to the user running the tests.
-        if rustix::process::geteuid().is_root() {
-            conf.push_str("user root\n");
-        }
-        let _ = write!(
-            conf,
-            "per_listener_settings false\n\
-             allow_anonymous false\n\
-             persistence false\n\
-             max_packet_size 1048576\n\
-             set_tcp_nodelay true\n\
-             log_dest file {log}\n\
-             log_type error\nlog_type warning\nlog_type notice\nlog_type information\nlog_type subscribe\n\
-             connection_messages true\n\
-             acl_file {acl}\n\
-             listener {port} 127.0.0.1\n\
-             cafile {ca}\n\
-             certfile {cert}\n\
-             keyfile {key}\n\
-             require_certificate true\n\
-             use_identity_as_username true\n\
-             tls_version tlsv1.3\n",
-            log = self.log_path().display(),
-            acl = self.dir.path().join("mctc.acl").display(),
-            ca = server.ca.display(),
-            cert = server.cert.display(),
-            key = server.key.display(),
-        );
+        let conf = shipped_config(&ConfigPaths {
+            port,
+            server,
+            dynsec: &self.dir.path().join("dynamic-security.json"),
+            persistence: &self.dir.path().join("persistence"),
+            log: &self.log_path(),
+        })?;
         std::fs::write(self.conf_path(), conf).map_err(HarnessError::io("write mosquitto.conf"))
     }
 
@@ -186,6 +249,158 @@ impl Broker {
     /// Issues a client certificate with `common_name` as its identity.
     pub fn identity(&self, common_name: &str) -> Result<ClientIdentity, HarnessError> {
         self.pki.client(common_name)
+    }
+
+    /// A client certificate for `common_name` with the rights its name
+    /// suggests in a test: the services' names have theirs from the shipped
+    /// configuration, [`OBSERVER`] may read every mctc topic, and any other
+    /// name is a device, granted as the authority grants one
+    /// ([`Broker::grant_device`]). [`Broker::identity`] gives a certificate
+    /// without any rights.
+    pub fn client_identity(&self, common_name: &str) -> Result<ClientIdentity, HarnessError> {
+        let identity = self.identity(common_name)?;
+        let fresh = self
+            .granted
+            .lock()
+            .map(|mut g| g.insert(common_name.to_owned()))
+            .unwrap_or(true);
+        if fresh && !SERVICES.contains(&common_name) {
+            if common_name == OBSERVER {
+                self.grant_observer()?;
+            } else {
+                self.grant_device(common_name)?;
+            }
+        }
+        Ok(identity)
+    }
+
+    /// Gives device `device` its rights on the broker, as the authority
+    /// does when a device is added (`mctc_service::dynsec::grant`, sent as
+    /// `mctc-authority`), and returns once the broker confirmed it. For
+    /// tests that run devices without a running authority.
+    pub fn grant_device(&self, device: &str) -> Result<(), HarnessError> {
+        self.dynsec(device, mctc_service::dynsec::grant)
+    }
+
+    /// Takes every right from `device`, as `devices revoke` does through the
+    /// authority, and returns once the broker confirmed it.
+    pub fn revoke_device(&self, device: &str) -> Result<(), HarnessError> {
+        if let Ok(mut granted) = self.granted.lock() {
+            granted.remove(device);
+        }
+        self.dynsec(device, mctc_service::dynsec::revoke)
+    }
+
+    /// Writes the roles of `devices` into the plugin's file while the broker
+    /// is stopped, then starts it again on the same port: what the authority
+    /// would grant one by one, for a benchmark fleet of thousands (the
+    /// plugin rewrites its whole file on every change, see
+    /// authority/README.md, "Broker authorization").
+    pub fn preseed_devices(&mut self, devices: &[String]) -> Result<(), HarnessError> {
+        use mctc_service::dynsec::{DEVICE_GROUP, device_acls, device_role};
+        self.kill();
+        let path = self.dir.path().join("dynamic-security.json");
+        let failed = |detail: String| HarnessError::Failed {
+            what: "preseed dynamic-security.json".into(),
+            detail,
+        };
+        let text = std::fs::read_to_string(&path).map_err(HarnessError::io("read dynsec"))?;
+        let mut json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| failed(e.to_string()))?;
+        for device in devices {
+            let role = serde_json::json!({
+                "rolename": device_role(device),
+                "acls": device_acls(device),
+            });
+            let client = serde_json::json!({
+                "username": device,
+                "roles": [{"rolename": device_role(device)}],
+                "groups": [{"groupname": DEVICE_GROUP}],
+            });
+            for (key, value) in [("roles", role), ("clients", client)] {
+                json[key]
+                    .as_array_mut()
+                    .ok_or_else(|| failed(format!("no `{key}` array")))?
+                    .push(value);
+            }
+        }
+        std::fs::write(
+            &path,
+            serde_json::to_vec(&json).map_err(|e| failed(e.to_string()))?,
+        )
+        .map_err(HarnessError::io("write dynsec"))?;
+        if let Ok(mut granted) = self.granted.lock() {
+            granted.extend(devices.iter().cloned());
+        }
+        self.spawn()
+    }
+
+    /// A test-only identity that may read every mctc topic (but join no
+    /// shared-subscription group): the tests' observer of what flows.
+    fn grant_observer(&self) -> Result<(), HarnessError> {
+        self.dynsec(OBSERVER, |cn, tag| {
+            let acl = |acltype: &str| {
+                serde_json::json!({"acltype": acltype, "topic": "mctc/#", "allow": true})
+            };
+            serde_json::to_vec(&serde_json::json!({"commands": [
+                {"command": "createRole", "rolename": cn, "correlationData": tag,
+                 "acls": [acl("subscribePattern"), acl("publishClientReceive")]},
+                {"command": "createClient", "username": cn, "correlationData": tag,
+                 "roles": [{"rolename": cn}]},
+            ]}))
+            .unwrap_or_default()
+        })
+    }
+
+    fn dynsec(
+        &self,
+        device: &str,
+        command: impl Fn(&str, &str) -> Vec<u8>,
+    ) -> Result<(), HarnessError> {
+        use mctc_service::dynsec::{CONTROL_TOPIC, RESPONSE_TOPIC, Reply};
+        let failed = |detail: String| HarnessError::Failed {
+            what: format!("broker rights of {device}"),
+            detail,
+        };
+        let tag = format!("harness-{}-{}", std::process::id(), crate::free_port());
+        let admin = crate::fleet::MqttClient::try_connect(
+            self,
+            "mctc-authority",
+            &format!("mctc-harness-{tag}"),
+            &[RESPONSE_TOPIC],
+        )
+        .map_err(failed)?;
+        admin.publish(CONTROL_TOPIC, &command(device, &tag), false);
+        let mut done = None;
+        crate::wait_until(DYNSEC_TIMEOUT, || {
+            done = admin
+                .received_on(RESPONSE_TOPIC)
+                .iter()
+                .find_map(|payload| {
+                    Reply::parse(payload)
+                        .ok()?
+                        .by_tag()
+                        .into_iter()
+                        .find(|(t, _)| *t == tag)
+                        .map(|(_, ok)| ok)
+                });
+            done.is_some()
+        });
+        match done {
+            Some(true) => Ok(()),
+            Some(false) => Err(failed(format!(
+                "the broker refused the commands: {:?}",
+                admin
+                    .received_on(RESPONSE_TOPIC)
+                    .iter()
+                    .map(|p| String::from_utf8_lossy(p).into_owned())
+                    .collect::<Vec<_>>()
+            ))),
+            None => Err(failed(format!(
+                "no answer from the dynamic-security plugin within {} s",
+                DYNSEC_TIMEOUT.as_secs()
+            ))),
+        }
     }
 
     /// rumqttc options for a TLS 1.3 client authenticating with `identity`.

@@ -581,6 +581,7 @@ pub type Received = (String, Vec<u8>, bool);
 pub struct MqttClient {
     client: rumqttc::AsyncClient,
     received: Arc<Mutex<Vec<(Instant, Received)>>>,
+    refused: Arc<Mutex<Vec<String>>>,
     /// Set on drop: the client thread ends (it otherwise reconnects after
     /// a broker restart and subscribes again, as a monitor would).
     closed: Arc<std::sync::atomic::AtomicBool>,
@@ -608,11 +609,26 @@ impl MqttClient {
         client_id: &str,
         filters: &[&str],
     ) -> Result<MqttClient, String> {
-        let identity = broker.identity(cn).map_err(|e| e.to_string())?;
+        let identity = broker.client_identity(cn).map_err(|e| e.to_string())?;
+        MqttClient::try_connect_with(broker, &identity, client_id, filters)
+    }
+
+    /// Connects with `identity` as it is (no rights granted by the harness),
+    /// subscribes to `filters` one by one and returns once the broker
+    /// answered every subscription (within 10 s), granted or refused
+    /// ([`MqttClient::refused`]).
+    pub fn try_connect_with(
+        broker: &Broker,
+        identity: &crate::ClientIdentity,
+        client_id: &str,
+        filters: &[&str],
+    ) -> Result<MqttClient, String> {
         let mut options = broker
-            .mqtt_options(client_id, &identity)
+            .mqtt_options(client_id, identity)
             .map_err(|e| e.to_string())?;
         options.set_max_packet_size(1 << 20, 1 << 20);
+        let refused = Arc::new(Mutex::new(Vec::new()));
+        let refusals = Arc::clone(&refused);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 64);
         let received = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -630,6 +646,7 @@ impl MqttClient {
             };
             runtime.block_on(async move {
                 let mut ready = Some(ready_tx);
+                let mut answered = 0;
                 loop {
                     match eventloop.poll().await {
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
@@ -644,8 +661,19 @@ impl MqttClient {
                                 let _ = ready.send(());
                             }
                         }
-                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
-                            if let Some(ready) = ready.take() {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(ack))) => {
+                            for code in &ack.return_codes {
+                                if let Some(filter) = filters.get(answered)
+                                    && matches!(code, rumqttc::SubscribeReasonCode::Failure)
+                                    && let Ok(mut r) = refusals.lock()
+                                {
+                                    r.push(filter.clone());
+                                }
+                                answered += 1;
+                            }
+                            if answered >= filters.len()
+                                && let Some(ready) = ready.take()
+                            {
                                 let _ = ready.send(());
                             }
                         }
@@ -672,9 +700,15 @@ impl MqttClient {
         Ok(MqttClient {
             client,
             received,
+            refused,
             closed,
             _thread: thread,
         })
+    }
+
+    /// The filters the broker refused (of the first session).
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
     }
 
     /// Queues a publish, waiting while the client's queue is full.

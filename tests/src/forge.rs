@@ -7,8 +7,19 @@ use mctc_shim::tpm::BootCounters;
 use mctc_shim::wire::{Bytes, List, Token, Version};
 use mctc_shim::{DeviceId, RingCrypto, RingSigner, Signed};
 use ring::rand::SecureRandom;
+use rustls_pki_types::PrivatePkcs8KeyDer;
+use rustls_pki_types::pem::PemObject;
 
 use crate::fleet::AUTHORITY_ID;
+
+/// The authority's signing key, from the fleet's key directory
+/// (`Fleet::dir/keys/authority.key`): what signs like the authority.
+pub fn authority_signer(key_file: &std::path::Path) -> Result<RingSigner, String> {
+    let der = PrivatePkcs8KeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("read {}: {e}", key_file.display()))?;
+    RingSigner::from_pkcs8(der.secret_pkcs8_der())
+        .map_err(|e| format!("load {}: {e}", key_file.display()))
+}
 
 /// `N` random bytes (for nonces and ids).
 pub fn random<const N: usize>() -> [u8; N] {

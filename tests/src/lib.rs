@@ -7,7 +7,8 @@
 //!   temporary state, that can be reset, restarted, killed and have its PCRs
 //!   extended from outside (drift).
 //! - [`Broker`]: a private Mosquitto with a throw-away PKI, TLS 1.3 with client
-//!   certificates, and the project's production ACL (`configs/mosquitto/mctc.acl`).
+//!   certificates, and the shipped broker configuration (`configs/mosquitto/`:
+//!   mosquitto.conf and the dynamic-security roles).
 //! - [`Proc`]: the project's own binaries started with a config, logs captured.
 //!
 //! A missing program is an error that says how to install it; nothing is
@@ -30,7 +31,10 @@ mod process;
 mod swtpm;
 mod tpm_wire;
 
-pub use broker::{Broker, ClientIdentity, FLEET_ACL, client_tls_config};
+pub use broker::{
+    Broker, ClientIdentity, ConfigPaths, FLEET_CONF, FLEET_DYNSEC, OBSERVER, SERVICES,
+    client_tls_config, shipped_config,
+};
 pub use error::HarnessError;
 pub use pki::{CertFiles, Pki};
 pub use ports::{free_port, free_port_pair};

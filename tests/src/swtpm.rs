@@ -281,6 +281,38 @@ impl Swtpm {
         self.spawn()
     }
 
+    /// Freezes the simulator (SIGSTOP): its sockets stay open and accept,
+    /// but nothing is answered — a hung TPM or resource manager. Its state
+    /// is untouched; [`Swtpm::resume`] lets it answer again.
+    pub fn pause(&self) -> Result<(), HarnessError> {
+        self.signal(rustix::process::Signal::STOP)
+    }
+
+    /// Lets a paused simulator answer again (SIGCONT), state unchanged.
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        self.signal(rustix::process::Signal::CONT)
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) -> Result<(), HarnessError> {
+        let failed = |detail: String| HarnessError::Failed {
+            what: format!("signal swtpm ({signal:?})"),
+            detail,
+        };
+        let id = self
+            .child
+            .as_ref()
+            .ok_or_else(|| failed("not running".into()))?
+            .id();
+        let pid = i32::try_from(id)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .ok_or_else(|| failed(format!("pid {id}")))?;
+        rustix::process::kill_process(pid, signal).map_err(|e| HarnessError::Io {
+            what: format!("signal swtpm ({signal:?})"),
+            source: e.into(),
+        })
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }

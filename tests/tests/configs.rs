@@ -1,7 +1,7 @@
 //! Every file in configs/ is a working example: the daemons' own parsers
 //! accept the TOML examples, and Mosquitto starts with the broker config and
-//! ACL (paths pointed at a throw-away PKI). A new file there needs a case
-//! here.
+//! its dynamic-security roles (paths pointed at a throw-away PKI). A new
+//! file there needs a case here.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -10,7 +10,6 @@
 )]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 fn configs() -> PathBuf {
@@ -31,54 +30,18 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn check_mosquitto_conf(conf: &Path, acl: &Path) {
-    mctc_tests::require_program("mosquitto", "mosquitto").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let pki = mctc_tests::Pki::new(&dir.path().join("pki")).unwrap();
-    let server = pki.server("mctc-broker").unwrap();
-    let port = mctc_tests::free_port();
-    let text = std::fs::read_to_string(conf).unwrap();
-    let mut rewritten = String::new();
-    if rustix::process::geteuid().is_root() {
-        rewritten.push_str("user root\n");
-    }
-    for line in text.lines() {
-        let key = line.split_whitespace().next().unwrap_or("");
-        let replaced = match key {
-            "acl_file" => format!("acl_file {}", acl.display()),
-            "cafile" => format!("cafile {}", server.ca.display()),
-            "certfile" => format!("certfile {}", server.cert.display()),
-            "keyfile" => format!("keyfile {}", server.key.display()),
-            "persistence_location" => format!("persistence_location {}/", dir.path().display()),
-            "listener" => format!("listener {port} 127.0.0.1"),
-            "log_dest" => format!("log_dest file {}", dir.path().join("log").display()),
-            _ => line.to_owned(),
-        };
-        rewritten.push_str(&replaced);
-        rewritten.push('\n');
-    }
-    let test_conf = dir.path().join("mosquitto.conf");
-    std::fs::write(&test_conf, rewritten).unwrap();
-    let mut child = Command::new("mosquitto")
-        .arg("-c")
-        .arg(&test_conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let up = mctc_tests::wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let exited = child.try_wait().unwrap();
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        up.is_some() && exited.is_none(),
-        "mosquitto did not start with {}: {}\n{}",
-        conf.display(),
-        String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+/// Mosquitto starts from the shipped broker configuration and its
+/// dynamic-security file (the harness's broker is exactly that, with paths
+/// and port replaced), and a service identity can use it.
+fn check_broker_config() {
+    let broker = mctc_tests::Broker::start().unwrap_or_else(|e| panic!("mosquitto: {e}"));
+    let monitor = mctc_tests::fleet::MqttClient::try_connect(
+        &broker,
+        "mctc-monitor",
+        "configs-check",
+        &["mctc/v1/fleet/heartbeat"],
     );
+    assert!(monitor.is_ok(), "{monitor:?}\n{}", broker.log());
 }
 
 #[test]
@@ -108,12 +71,29 @@ fn every_file_in_configs_parses() {
                 mctc_collector::config::Config::load(&path)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
-            "mosquitto/mosquitto.conf" => {
-                check_mosquitto_conf(&path, &dir.join("mosquitto/mctc.acl"));
+            "mosquitto/mosquitto.conf" => check_broker_config(),
+            // Every broker the harness starts loads it verbatim
+            // (tests/tests/broker_smoke.rs checks what it allows); here,
+            // that it is the plugin's JSON with the roles the services use.
+            "mosquitto/dynamic-security.json" => {
+                let json: serde_json::Value =
+                    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+                for role in [
+                    "mctc-authority",
+                    "mctc-collector",
+                    "mctc-monitor",
+                    "mctc-device",
+                ] {
+                    assert!(
+                        json["roles"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|r| r["rolename"] == role),
+                        "{name}: no role {role}"
+                    );
+                }
             }
-            // Loaded verbatim by every broker the harness starts, and by the
-            // mosquitto.conf check above.
-            "mosquitto/mctc.acl" => {}
             other => panic!("configs/{other} has no check: add one here"),
         }
         checked.push(name);
@@ -128,4 +108,208 @@ fn a_bad_value_in_an_example_is_caught() {
     assert_ne!(text, broken);
     let err = mctc_agent::config::parse(&broken).unwrap_err();
     assert!(err.to_string().contains("drift_interval_ms"), "{err}");
+}
+
+/// The `max_packet_size` line of the shipped broker config (exactly one).
+fn broker_max_packet() -> usize {
+    let text = std::fs::read_to_string(configs().join("mosquitto/mosquitto.conf")).unwrap();
+    let values: Vec<usize> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("max_packet_size "))
+        .map(|v| v.trim().parse().unwrap())
+        .collect();
+    assert_eq!(values.len(), 1, "one max_packet_size line: {values:?}");
+    values[0]
+}
+
+/// The size of an MQTT 3.1.1 PUBLISH at QoS 1 (fixed header with its
+/// variable-length remaining length, topic with its length, packet id,
+/// payload): what Mosquitto's `max_packet_size` counts.
+fn publish_len(topic: usize, payload: usize) -> usize {
+    let remaining = 2 + topic + 2 + payload;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
+}
+
+/// Limits ordered: every mctc message, framed, fits under the shipped
+/// broker's `max_packet_size`, and every mctc client accepts packets at
+/// least that large. A client below the broker's limit loses its whole
+/// session to one large publish (rumqttc drops the connection on an
+/// incoming packet above its limit): the collector did, to a device
+/// publishing 300 KB on its own lineage topic.
+#[test]
+fn packet_limits_are_ordered_messages_below_the_broker_below_every_client() {
+    use mctc_shim::limits::{
+        MAX_BATCH_LEN, MAX_ENROLL_REQUEST_LEN, MAX_EVIDENCE_LEN, MAX_SIGNED_LEN,
+        MAX_SMALL_MESSAGE_LEN, MAX_TOPIC_LEN,
+    };
+    let broker = broker_max_packet();
+    assert_eq!(
+        broker,
+        mctc_service::link::BROKER_MAX_PACKET,
+        "mosquitto.conf and mctc_service::link::BROKER_MAX_PACKET must agree"
+    );
+    let largest_message = [
+        MAX_BATCH_LEN,
+        MAX_ENROLL_REQUEST_LEN,
+        MAX_EVIDENCE_LEN,
+        MAX_SIGNED_LEN,
+        MAX_SMALL_MESSAGE_LEN,
+    ]
+    .into_iter()
+    .max()
+    .unwrap();
+    assert_eq!(
+        largest_message, MAX_BATCH_LEN,
+        "a lineage batch is the largest"
+    );
+    let largest_packet = publish_len(MAX_TOPIC_LEN, largest_message);
+    assert!(
+        largest_packet <= broker,
+        "a full lineage batch ({largest_packet} bytes framed) exceeds the broker's {broker}"
+    );
+
+    let dir = configs();
+    let collector_example = mctc_collector::config::Config::load(&dir.join("collector.toml"))
+        .unwrap()
+        .ingest
+        .max_packet_bytes;
+    let authority_example = mctc_authority::config::Config::load(&dir.join("authority.toml"))
+        .unwrap()
+        .limits
+        .max_packet_bytes;
+    let clients = [
+        (
+            "link default",
+            mctc_service::link::LinkOptions::new("x").max_packet_bytes,
+        ),
+        ("agent", mctc_agent::daemon::MAX_PACKET),
+        (
+            "collector default",
+            mctc_collector::config::IngestSettings::default().max_packet_bytes,
+        ),
+        ("configs/collector.toml", collector_example),
+        (
+            "authority default",
+            mctc_authority::config::Limits::default().max_packet_bytes,
+        ),
+        ("configs/authority.toml", authority_example),
+    ];
+    for (client, limit) in clients {
+        assert!(
+            limit >= broker,
+            "{client} accepts packets up to {limit} bytes, below the broker's {broker}"
+        );
+    }
+}
+
+/// A configuration cannot set a client's packet limit below what the
+/// shipped broker delivers.
+#[test]
+fn a_client_packet_limit_below_the_broker_is_refused() {
+    let below = mctc_service::link::BROKER_MAX_PACKET - 1;
+    let text = std::fs::read_to_string(configs().join("collector.toml")).unwrap();
+    let low = text.replace(
+        "max_packet_bytes = 1048576",
+        &format!("max_packet_bytes = {below}"),
+    );
+    assert_ne!(text, low);
+    let err = mctc_collector::config::Config::parse(&low, Path::new("collector.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_packet_bytes"), "{err}");
+    let path = configs().join("authority.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let low = text.replace(
+        "max_packet_bytes = 1048576",
+        &format!("max_packet_bytes = {below}"),
+    );
+    assert_ne!(text, low);
+    let err = mctc_authority::config::Config::parse(&path, &low)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("max_packet_bytes"), "{err}");
+}
+
+/// The shipped broker itself, not only its config line: a device's full
+/// lineage batch on its longest topic passes, and a packet over
+/// `max_packet_size` is refused at the broker (its sender disconnected,
+/// nothing delivered), so no mctc client is ever handed one.
+#[test]
+fn the_shipped_broker_passes_a_full_batch_and_refuses_a_larger_packet() {
+    use mctc_shim::limits::{MAX_BATCH_LEN, MAX_DEVICE_ID_LEN};
+    use rumqttc::{Event, QoS};
+
+    // The harness's broker is the shipped configuration.
+    let broker = mctc_tests::Broker::start().unwrap();
+    // The longest device id makes the longest lineage topic.
+    let device = "d".repeat(MAX_DEVICE_ID_LEN);
+    let topic = format!("mctc/v1/dev/{device}/lineage");
+    let collector = mctc_tests::fleet::MqttClient::connect(
+        &broker,
+        "mctc-collector",
+        "limits-collector",
+        &["$share/mctc-collector/mctc/v1/dev/+/lineage"],
+    );
+    let identity = broker.client_identity(&device).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut options = broker.mqtt_options("limits-probe", &identity).unwrap();
+        options.set_max_packet_size(
+            mctc_service::link::MAX_PACKET_BYTES,
+            mctc_service::link::MAX_PACKET_BYTES,
+        );
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+        client
+            .publish(&topic, QoS::AtLeastOnce, false, vec![0xa5; MAX_BATCH_LEN])
+            .await
+            .unwrap();
+        // Serve the device's session until the collector has the batch.
+        let delivered = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if collector.received_on(&topic).len() == 1 {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), eventloop.poll()).await;
+            }
+        })
+        .await;
+        assert!(
+            delivered.is_ok(),
+            "a full batch was not delivered:\n{}",
+            broker.log()
+        );
+        assert_eq!(collector.received_on(&topic)[0].len(), MAX_BATCH_LEN);
+        client
+            .publish(
+                &topic,
+                QoS::AtLeastOnce,
+                false,
+                vec![0x5b; mctc_service::link::BROKER_MAX_PACKET],
+            )
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), eventloop.poll()).await {
+                Ok(Ok(Event::Outgoing(_) | Event::Incoming(_))) => {}
+                // The broker closed the connection: the deny.
+                Ok(Err(_)) => break,
+                Err(_) => panic!("the broker neither refused nor closed:\n{}", broker.log()),
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        collector.received_on(&topic).len(),
+        1,
+        "the broker delivered the oversized packet"
+    );
 }

@@ -91,8 +91,8 @@ const PACKAGES: &[Package] = &[
                 "usr/share/doc/mctc-authority/examples/mosquitto/mctc.conf",
             ),
             (
-                "configs/mosquitto/mctc.acl",
-                "usr/share/doc/mctc-authority/examples/mosquitto/mctc.acl",
+                "configs/mosquitto/dynamic-security.json",
+                "usr/share/doc/mctc-authority/examples/mosquitto/dynamic-security.json",
             ),
         ],
         conffiles: &["/etc/mctc/authority.toml", "/etc/mctc/policy.toml"],

@@ -22,7 +22,7 @@
 use mctc_service::link::QoS;
 use mctc_shim::crypto::nonce_hash;
 use mctc_shim::error::{ArtifactError, EnvelopeError, ErrorClass};
-use mctc_shim::gate::{self, GateState};
+use mctc_shim::gate::{self, GateState, Generation};
 use mctc_shim::limits::{MAX_EVIDENCE_LEN, MAX_SMALL_MESSAGE_LEN};
 use mctc_shim::lineage::AttestVerdict;
 use mctc_shim::messages::{Evidence, Nonce, NoncePurpose, NonceRequest, RefusalCode};
@@ -64,12 +64,17 @@ pub(super) enum Phase {
     AwaitNonce {
         deadline: u64,
     },
+    /// The gate's generation is taken when the quote starts: the answer
+    /// installs only if the gate has not closed for a cause other than
+    /// expiry since ([`mctc_shim::gate`], "Generations").
     Quoting {
         round: u64,
         nonce: [u8; 32],
+        quoted_in: Generation,
     },
     AwaitAnswer {
         nonce: [u8; 32],
+        quoted_in: Generation,
         deadline: u64,
     },
 }
@@ -183,6 +188,19 @@ impl Sessions {
         self.fresh = PARKED;
     }
 
+    /// The gate closed for a cause that voids evidence: no round quoted
+    /// before it may be answered, and the renewal's `next_nonce` belongs to
+    /// the artifact that is gone. Both sessions start over with requested
+    /// nonces (the renewal when the close schedules it, the fresh one for
+    /// the queue's head). The gate refuses such an answer anyway
+    /// ([`gate::GateError::StaleEvidence`]); dropping the rounds here means
+    /// it is not even matched, and nothing waits for an answer that
+    /// cannot count.
+    pub(super) fn void_rounds(&mut self) {
+        self.renewal = PARKED;
+        self.fresh = PARKED;
+    }
+
     /// A new broker session: whatever was in flight is lost (clean
     /// sessions), so in-flight rounds start over.
     pub(super) fn on_connected(&mut self, now: u64) {
@@ -223,7 +241,10 @@ impl Sessions {
 
 impl<P: Platform, O: Outbox> Enforcer<P, O> {
     fn can_attest(&self) -> bool {
+        // A TPM that does not answer cannot quote; a round started anyway
+        // would only fail and back off. TpmBack reschedules.
         self.connected
+            && self.tpm_ok
             && self.lineage_ok()
             && !matches!(
                 self.gate.state(),
@@ -302,7 +323,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 self.note_attestation(Which::Renewal, AttestVerdict::NoAnswer, None);
                 self.round_failed(Which::Renewal, now);
             }
-            Phase::AwaitAnswer { nonce, deadline } if now >= deadline => {
+            Phase::AwaitAnswer {
+                nonce, deadline, ..
+            } if now >= deadline => {
                 tracing::warn!("no artifact from the authority in time");
                 self.record_attested(Which::Renewal, &nonce, AttestVerdict::NoAnswer, None, None);
                 self.round_failed(Which::Renewal, now);
@@ -314,7 +337,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 self.note_attestation(Which::Fresh, AttestVerdict::NoAnswer, None);
                 self.round_failed(Which::Fresh, now);
             }
-            Phase::AwaitAnswer { nonce, deadline } if now >= deadline => {
+            Phase::AwaitAnswer {
+                nonce, deadline, ..
+            } if now >= deadline => {
                 self.record_attested(Which::Fresh, &nonce, AttestVerdict::NoAnswer, None, None);
                 self.round_failed(Which::Fresh, now);
             }
@@ -375,7 +400,15 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     fn start_quote(&mut self, which: Which, nonce: [u8; 32]) {
         self.sessions.rounds += 1;
         let round = self.sessions.rounds;
-        self.sessions.set(which, Phase::Quoting { round, nonce });
+        let quoted_in = self.gate.generation();
+        self.sessions.set(
+            which,
+            Phase::Quoting {
+                round,
+                nonce,
+                quoted_in,
+            },
+        );
         let platform = self.platform.clone();
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
@@ -410,7 +443,10 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let Some(which) = which else {
             return;
         };
-        let Phase::Quoting { nonce, .. } = self.sessions.phase(which) else {
+        let Phase::Quoting {
+            nonce, quoted_in, ..
+        } = self.sessions.phase(which)
+        else {
             return;
         };
         let now = self.now();
@@ -459,6 +495,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 which,
                 Phase::AwaitAnswer {
                     nonce,
+                    quoted_in,
                     deadline: now.saturating_add(self.settings.answer_timeout_ms),
                 },
             );
@@ -477,10 +514,12 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         // installed with a full ttl counted from now, on evidence quoted
         // longer ago than any ttl.
         self.on_time();
-        let waiting: Vec<(Which, [u8; 32])> = [Which::Renewal, Which::Fresh]
+        let waiting: Vec<(Which, [u8; 32], Generation)> = [Which::Renewal, Which::Fresh]
             .into_iter()
             .filter_map(|w| match self.sessions.phase(w) {
-                Phase::AwaitAnswer { nonce, .. } => Some((w, nonce)),
+                Phase::AwaitAnswer {
+                    nonce, quoted_in, ..
+                } => Some((w, nonce, quoted_in)),
                 _ => None,
             })
             .collect();
@@ -488,7 +527,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             tracing::warn!("artifact-topic message while no evidence is outstanding; dropped");
             return;
         }
-        for (which, nonce) in waiting {
+        for (which, nonce, quoted_in) in waiting {
             let boot = self.boot.get();
             let wall_ms = self.clock.wall_ms();
             let ctx = VerifyContext {
@@ -503,8 +542,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             match verify_artifact(payload, &ctx, &self.crypto) {
                 Ok(artifact) => {
                     match which {
-                        Which::Renewal => self.renewal_artifact(artifact),
-                        Which::Fresh => self.fresh_artifact(&nonce, artifact),
+                        Which::Renewal => self.renewal_artifact(artifact, quoted_in),
+                        Which::Fresh => self.fresh_artifact(&nonce, artifact, quoted_in),
                     }
                     return;
                 }
@@ -547,7 +586,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         tracing::warn!("artifact-topic message answers no outstanding nonce; dropped");
     }
 
-    fn renewal_artifact(&mut self, artifact: VerifiedArtifact) {
+    fn renewal_artifact(&mut self, artifact: VerifiedArtifact, quoted_in: Generation) {
         let now = self.now();
         let nonce = *artifact.nonce();
         let cti = *artifact.cti();
@@ -572,7 +611,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let received = artifact.received_ms();
         let deadline = artifact.deadline_ms();
         let next_nonce = *artifact.next_nonce();
-        match self.gate.install(artifact, now) {
+        match self.gate.install(artifact, quoted_in, now) {
             Ok(events) => {
                 self.record_attested(
                     Which::Renewal,
@@ -605,7 +644,12 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         }
     }
 
-    fn fresh_artifact(&mut self, nonce: &[u8; 32], artifact: VerifiedArtifact) {
+    fn fresh_artifact(
+        &mut self,
+        nonce: &[u8; 32],
+        artifact: VerifiedArtifact,
+        quoted_in: Generation,
+    ) {
         let now = self.now();
         let cti = *artifact.cti();
         self.record_attested(
@@ -617,9 +661,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         );
         self.sessions.fresh = PARKED;
         if let Some(head) = self.fresh_queue.pop_front() {
-            let decision = self
-                .gate
-                .decide_fresh(&head.request.op_request(), artifact, now);
+            let decision =
+                self.gate
+                    .decide_fresh(&head.request.op_request(), artifact, quoted_in, now);
             self.apply(decision.events.as_slice());
             self.answer(head.request, head.reply, decision);
         }

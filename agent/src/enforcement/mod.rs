@@ -444,6 +444,16 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                         });
                     }
                     self.baseline.send_replace(None);
+                    if reason.voids_evidence() {
+                        // Drift, TPM loss, a revocation gap, a clock
+                        // regression…: nothing quoted before this close may
+                        // reopen the gate (the gate refuses it as stale).
+                        // Expiry and heartbeat lapse keep the renewal: the
+                        // platform did not change.
+                        // (A queued fresh operation gets a new round on
+                        // the next pass of the loop, `expire_fresh`.)
+                        self.sessions.void_rounds();
+                    }
                     // Recovery: re-attest with a fresh nonce (after the
                     // backoff if the authority refused).
                     let delay = match reason {
@@ -569,15 +579,25 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 self.apply(events.as_slice());
             }
             Finding::TpmUnavailable { detail } => {
-                tracing::error!(%detail, "TPM unavailable: closing the gate");
-                self.tpm_ok = false;
+                // Reported on every drift check while the TPM is away: each
+                // report closes again (and voids evidence), so nothing keeps
+                // the gate open without a TPM, and no round starts.
+                if std::mem::replace(&mut self.tpm_ok, false) {
+                    tracing::error!(%detail, "TPM unavailable: closing the gate");
+                } else {
+                    tracing::debug!(%detail, "TPM still unavailable");
+                }
                 let events = self.gate.close_at(CloseReason::AttestationFailed, now);
                 self.apply(events.as_slice());
-                self.publish_status(true);
+                self.publish_status(false);
             }
             Finding::TpmBack => {
-                tracing::info!("TPM answers again");
+                tracing::info!("TPM answers again; re-attesting");
                 self.tpm_ok = true;
+                if !matches!(self.gate.state(), GateState::Open(_)) {
+                    self.sessions.schedule_fresh_renewal(now, None);
+                }
+                self.start_fresh_round();
                 self.publish_status(true);
             }
         }

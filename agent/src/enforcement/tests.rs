@@ -27,12 +27,15 @@ struct PausedClock {
     start: tokio::time::Instant,
     /// CLOCK_BOOTTIME moved on while no task ran (a suspended process).
     suspended_ms: std::sync::atomic::AtomicU64,
+    /// CLOCK_BOOTTIME went back (a broken clock).
+    rewound_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Clock for PausedClock {
     fn now_ms(&self) -> u64 {
         T0 + u64::try_from(self.start.elapsed().as_millis()).unwrap()
             + self.suspended_ms.load(std::sync::atomic::Ordering::Acquire)
+            - self.rewound_ms.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn wall_ms(&self) -> Option<u64> {
@@ -96,7 +99,7 @@ struct Harness {
     device: DeviceId,
     control_seq: u64,
     hb_seq: u64,
-    _lineage: LineageHandle,
+    lineage: LineageHandle,
     _dir: tempfile::TempDir,
 }
 
@@ -117,14 +120,20 @@ fn settings() -> Settings {
 
 impl Harness {
     async fn start() -> Harness {
+        Harness::start_with(StoreConfig::new).await
+    }
+
+    /// With the lineage store configured by `store` (given its directory).
+    async fn start_with(store: impl FnOnce(std::path::PathBuf) -> StoreConfig) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let device = DeviceId::new("d1").unwrap();
         let clock = Arc::new(PausedClock {
             start: tokio::time::Instant::now(),
             suspended_ms: std::sync::atomic::AtomicU64::new(0),
+            rewound_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let (lineage, _thread) = writer::spawn(WriterStart {
-            store: Store::open(StoreConfig::new(dir.path().join("lineage"))),
+            store: Store::open(store(dir.path().join("lineage"))),
             device: device.clone(),
             clock: clock.clone(),
             boot: CurrentBoot::default(),
@@ -170,7 +179,7 @@ impl Harness {
             device,
             control_seq: 0,
             hb_seq: 0,
-            _lineage: lineage,
+            lineage,
             _dir: dir,
         }
     }
@@ -313,6 +322,10 @@ impl Harness {
     }
 
     async fn heartbeat(&mut self, revoked: &[&str]) {
+        self.heartbeat_with(revoked, 0, 0, 30_000).await;
+    }
+
+    async fn heartbeat_with(&mut self, revoked: &[&str], epoch: u64, since_epoch: u64, hb_ms: u32) {
         self.hb_seq += 1;
         let mut list = List::new();
         for id in revoked {
@@ -322,10 +335,10 @@ impl Harness {
         let bytes = Heartbeat {
             v: Version::CURRENT,
             seq: self.hb_seq,
-            epoch: 0,
-            since_epoch: 0,
+            epoch,
+            since_epoch,
             iat: 1,
-            hb_ms: 30_000,
+            hb_ms,
             revoked: list,
         }
         .sign(&self.signer, &RingCrypto, &mut buf)
@@ -612,4 +625,298 @@ async fn a_fresh_operation_is_permitted_only_on_its_own_new_artifact() {
     let answer = pending.await.unwrap();
     assert!(!answer.permit);
     assert_eq!(answer.reason, Some("fresh-attestation-invalid"));
+}
+
+// Issue 13, part 5: a close for any cause but expiry voids the evidence in
+// flight. Each test opens the gate, lets the renewal send its evidence
+// (quoting the artifact's `next_nonce`), closes the gate for one cause
+// while the authority's answer is outstanding, then delivers that answer:
+// it must not reopen the gate. A round quoted after the close must.
+
+/// Opens the gate (40 s artifact, 30 s heartbeat window) and waits for the
+/// renewal's evidence (at 18–22 s); returns the nonce it quoted.
+async fn renewal_in_flight(h: &mut Harness) -> [u8; 32] {
+    let next = h.open(40_000).await;
+    let quoted = h.evidence().await;
+    assert_eq!(quoted, next, "the renewal quotes next_nonce");
+    quoted
+}
+
+/// The answer to evidence quoted before the close arrives: the gate stays
+/// closed, the socket denies.
+async fn stale_answer_stays_closed(h: &mut Harness, quoted: [u8; 32], why: &str) {
+    h.send(
+        Inbound::Artifact,
+        h.artifact(quoted, [0xee; 32], 40_000, 0xd1),
+    )
+    .await;
+    let status = h.status().await;
+    assert_eq!(
+        status["state"], "closed",
+        "an artifact answering pre-close evidence reopened a gate closed for {why}: {status}"
+    );
+    assert_eq!(status["reason"], why, "{status}");
+    let answer = h.authorize("unlock").await;
+    assert!(!answer.permit, "permit after a {why} close: {answer:?}");
+    assert_eq!(answer.reason, Some("closed"));
+}
+
+/// Recovery: a new round, with a requested nonce, quoted after the close,
+/// reopens the gate.
+async fn fresh_round_reopens(h: &mut Harness) {
+    assert_eq!(h.give_nonce([0x77; 32]).await, NoncePurpose::Renew);
+    let fresh = h.evidence().await;
+    assert_eq!(fresh, [0x77; 32], "the new round quotes the new nonce");
+    h.send(
+        Inbound::Artifact,
+        h.artifact(fresh, [0x78; 32], 40_000, 0xd2),
+    )
+    .await;
+    let status = h.status().await;
+    assert_eq!(status["state"], "open", "{status}");
+    assert_eq!(status["artifact"]["cti"], hex::encode([0xd2; 16]));
+    assert!(h.authorize("unlock").await.permit);
+}
+
+async fn drift_voids_the_renewal_in_flight(kind: mctc_shim::lineage::DriftKind, reason: &str) {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    let cti = match kind {
+        mctc_shim::lineage::DriftKind::File => None,
+        _ => Some([0xa1; 16]),
+    };
+    h.inbox
+        .send(Input::Finding(Finding::Drift {
+            kind,
+            detail: "test".into(),
+            cti,
+        }))
+        .await
+        .unwrap();
+    assert_eq!(h.status().await["reason"], reason);
+    stale_answer_stays_closed(&mut h, quoted, reason).await;
+    fresh_round_reopens(&mut h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn pcr_drift_voids_the_renewal_in_flight() {
+    drift_voids_the_renewal_in_flight(mctc_shim::lineage::DriftKind::Pcr, "drift-pcr").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn boot_counter_drift_voids_the_renewal_in_flight() {
+    drift_voids_the_renewal_in_flight(mctc_shim::lineage::DriftKind::Boot, "drift-boot").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_measured_file_change_voids_the_renewal_in_flight() {
+    drift_voids_the_renewal_in_flight(mctc_shim::lineage::DriftKind::File, "drift-file").await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn tpm_loss_voids_the_renewal_in_flight_and_no_round_runs_until_it_is_back() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    h.inbox
+        .send(Input::Finding(Finding::TpmUnavailable {
+            detail: "connection refused".into(),
+        }))
+        .await
+        .unwrap();
+    assert_eq!(h.status().await["tpm"], "unavailable");
+    stale_answer_stays_closed(&mut h, quoted, "attestation-failed").await;
+    // The drift task keeps reporting while the TPM stays away: each report
+    // keeps the gate closed, and no attestation round starts (a quote
+    // needs the TPM; an answer to one quoted before the loss is void).
+    for _ in 0..4 {
+        tokio::time::advance(Duration::from_millis(250)).await;
+        h.inbox
+            .send(Input::Finding(Finding::TpmUnavailable {
+                detail: "connection refused".into(),
+            }))
+            .await
+            .unwrap();
+        assert_eq!(h.state().await, "closed");
+    }
+    let asked = tokio::time::timeout(Duration::from_secs(60), h.next("/nonce/req")).await;
+    assert!(asked.is_err(), "a round started while the TPM is away");
+    assert_eq!(h.status().await["state"], "closed");
+    // Back: recovery through a new round.
+    h.inbox
+        .send(Input::Finding(Finding::TpmBack))
+        .await
+        .unwrap();
+    assert_eq!(h.status().await["tpm"], "ok");
+    fresh_round_reopens(&mut h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_gap_voids_the_renewal_in_flight() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    // Revocations happened at epochs the device never heard of.
+    h.heartbeat_with(&[], 3, 2, 30_000).await;
+    assert_eq!(h.status().await["reason"], "revocation-gap");
+    stale_answer_stays_closed(&mut h, quoted, "revocation-gap").await;
+    fresh_round_reopens(&mut h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_clock_regression_voids_the_renewal_in_flight() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    h.clock
+        .rewound_ms
+        .fetch_add(500, std::sync::atomic::Ordering::AcqRel);
+    assert_eq!(h.status().await["reason"], "clock-regression");
+    stale_answer_stays_closed(&mut h, quoted, "clock-regression").await;
+    fresh_round_reopens(&mut h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_fresh_round_voids_the_renewal_in_flight() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    // A fresh operation's round is refused while the renewal is out.
+    let (reply, pending) = oneshot::channel();
+    h.inbox
+        .send(Input::Authorize {
+            request: AuthorizeRequest {
+                op: "refund".into(),
+                amount: None,
+                currency: None,
+                reference: None,
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+    assert_eq!(h.give_nonce([0x55; 32]).await, NoncePurpose::FreshOp);
+    let fresh = h.evidence().await;
+    h.send(
+        Inbound::Artifact,
+        h.refusal(fresh, RefusalCode::PolicyMismatch, false),
+    )
+    .await;
+    assert!(!pending.await.unwrap().permit);
+    assert_eq!(h.status().await["reason"], "refused-policy-mismatch");
+    stale_answer_stays_closed(&mut h, quoted, "refused-policy-mismatch").await;
+    fresh_round_reopens(&mut h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_contain_control_voids_the_renewal_in_flight_until_restore_and_a_new_round() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    h.control(ControlAction::Contain).await;
+    h.send(
+        Inbound::Artifact,
+        h.artifact(quoted, [0xee; 32], 40_000, 0xd1),
+    )
+    .await;
+    assert_eq!(h.state().await, "contained");
+    h.control(ControlAction::Restore).await;
+    stale_answer_stays_closed(&mut h, quoted, "restored").await;
+    fresh_round_reopens(&mut h).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revoke_control_voids_the_renewal_in_flight_for_good() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    h.control(ControlAction::Revoke).await;
+    h.send(
+        Inbound::Artifact,
+        h.artifact(quoted, [0xee; 32], 40_000, 0xd1),
+    )
+    .await;
+    assert_eq!(h.state().await, "revoked");
+    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_heartbeat_lapse_keeps_the_renewal_in_flight() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    // A heartbeat shrinks the window to 1 s: it lapses while the renewal
+    // is out (its answer is due within 2 s). The platform did not change:
+    // the answer reopens the gate.
+    h.heartbeat_with(&[], 0, 0, 1_000).await;
+    tokio::time::advance(Duration::from_millis(1_000)).await;
+    assert_eq!(h.status().await["reason"], "heartbeat-lapsed");
+    h.send(
+        Inbound::Artifact,
+        h.artifact(quoted, [0xee; 32], 40_000, 0xd1),
+    )
+    .await;
+    assert_eq!(h.state().await, "open");
+    assert!(h.authorize("unlock").await.permit);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_artifact_expiry_keeps_the_renewal_in_flight() {
+    let mut h = Harness::start().await;
+    let opened_at = h.now();
+    h.open(10_000).await;
+    // The renewal at about 5 s gets no answer; the next round asks for a
+    // nonce after the backoff, and gets it just before the deadline.
+    let _ = h.evidence().await;
+    let _ = h.next("/nonce/req").await;
+    tokio::time::advance(Duration::from_millis(opened_at + 9_500 - h.now())).await;
+    let purpose = {
+        let mut buf = [0u8; 256];
+        let bytes = Nonce {
+            v: Version::CURRENT,
+            nonce: Bytes([0x66; 32]),
+            purpose: NoncePurpose::Renew,
+            expires_in_ms: 10_000,
+        }
+        .encode(&mut buf)
+        .unwrap()
+        .to_vec();
+        h.send(Inbound::Nonce, bytes).await;
+        NoncePurpose::Renew
+    };
+    assert_eq!(purpose, NoncePurpose::Renew);
+    let quoted = h.evidence().await;
+    assert_eq!(quoted, [0x66; 32]);
+    tokio::time::advance(Duration::from_millis(opened_at + 10_000 - h.now())).await;
+    assert_eq!(h.status().await["reason"], "artifact-expired");
+    h.send(
+        Inbound::Artifact,
+        h.artifact(quoted, [0xee; 32], 10_000, 0xd1),
+    )
+    .await;
+    assert_eq!(h.state().await, "open", "renewal after expiry as before");
+    assert!(h.authorize("unlock").await.permit);
+}
+
+#[tokio::test(start_paused = true)]
+async fn lineage_loss_voids_the_renewal_in_flight() {
+    let mut h = Harness::start_with(|dir| StoreConfig {
+        segment_bytes: 2_048,
+        quota_bytes: 16_384,
+        reserve_bytes: 8_192,
+        ..StoreConfig::new(dir)
+    })
+    .await;
+    let quoted = renewal_in_flight(&mut h).await;
+    // Permits fill the store to its quota while the renewal is out; the
+    // writer thread is real, so ask until it said so (no timer runs
+    // meanwhile: paused time moves only when every task is idle).
+    let mut asked = 0;
+    while h.status().await["reason"] != "lineage-unavailable" {
+        let _ = h.authorize("unlock").await;
+        asked += 1;
+        assert!(asked < 100_000, "the quota never closed the gate");
+    }
+    // The collector catches up: acknowledged segments are pruned and the
+    // store is writable again — while the renewal's answer is still due.
+    let next = h.status().await["lineage"]["next_seq"].as_u64().unwrap();
+    h.lineage.prune(next - 1);
+    while h.status().await["lineage"]["health"] != "ok" {
+        tokio::task::yield_now().await;
+    }
+    stale_answer_stays_closed(&mut h, quoted, "lineage-unavailable").await;
+    fresh_round_reopens(&mut h).await;
 }

@@ -283,6 +283,17 @@ pub enum OutboxItem {
         /// The record's content.
         record: RegistryRow,
     },
+    /// The device's rights on the broker: granted, or (revoked or removed)
+    /// taken. Acknowledged only when the broker confirms
+    /// ([`crate::outbox::broker_reply`]).
+    Broker {
+        /// Row id.
+        id: i64,
+        /// The device.
+        device: DeviceId,
+        /// Grant (active, contained) or revoke.
+        grant: bool,
+    },
     /// A registry row for a device that has no AK (nothing to publish).
     Skip {
         /// Row id.
@@ -296,6 +307,7 @@ impl OutboxItem {
         match self {
             OutboxItem::Control { id, .. }
             | OutboxItem::Registry { id, .. }
+            | OutboxItem::Broker { id, .. }
             | OutboxItem::Skip { id } => *id,
         }
     }

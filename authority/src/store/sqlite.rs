@@ -31,9 +31,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const HEARTBEAT_LEASE: &str = "heartbeat";
 const OUTBOX_CONTROL: i64 = 1;
 const OUTBOX_REGISTRY: i64 = 2;
+/// The device's rights on the broker, built from its current status: granted
+/// while it is active or contained, taken once it is revoked.
+const OUTBOX_BROKER: i64 = 3;
 
 /// Schema migrations; `MIGRATIONS[i]` takes version `i` to `i + 1`.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE devices (
     id TEXT PRIMARY KEY NOT NULL,
     class TEXT NOT NULL,
@@ -126,7 +130,14 @@ CREATE TABLE leases (
     boot_id TEXT NOT NULL,
     until_ms INTEGER NOT NULL
 ) STRICT;
-"#];
+"#,
+    // Version 2: the broker authorizes each device by a role of its own
+    // (the dynamic-security plugin); every device already known gets its
+    // rights (or, if revoked, loses them) on the first run after the upgrade.
+    r#"
+INSERT INTO outbox (kind, device, wall_ms) SELECT 3, id, added_ms FROM devices;
+"#,
+];
 
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -500,6 +511,14 @@ fn queue_control(
     Ok(seq)
 }
 
+fn queue_broker(tx: &Transaction<'_>, device: &str, now: &Now) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO outbox (kind, device, wall_ms) VALUES (?1, ?2, ?3)",
+        params![OUTBOX_BROKER, device, now.wall_ms],
+    )?;
+    Ok(())
+}
+
 fn queue_registry(tx: &Transaction<'_>, device: &str, now: &Now) -> Result<(), StoreError> {
     tx.execute(
         "INSERT INTO outbox (kind, device, wall_ms) VALUES (?1, ?2, ?3)",
@@ -522,6 +541,9 @@ impl Store for SqliteStore {
                 now.wall_ms
             ],
         )?;
+        if added == 1 {
+            queue_broker(&tx, device.id.as_str(), now)?;
+        }
         tx.commit()?;
         Ok(added == 1)
     }
@@ -585,6 +607,10 @@ impl Store for SqliteStore {
             )?;
         }
         let control_seq = queue_control(&tx, &device, change.action(), reason, now)?;
+        if target == Revoked {
+            // After the control, so the device is told before it is cut off.
+            queue_broker(&tx, id.as_str(), now)?;
+        }
         tx.commit()?;
         Ok(StatusOutcome::Changed {
             status: target,
@@ -1012,6 +1038,12 @@ impl Store for SqliteStore {
                         },
                     },
                     _ => OutboxItem::Skip { id },
+                },
+                OUTBOX_BROKER => OutboxItem::Broker {
+                    id,
+                    grant: load_device(&tx, &device)?
+                        .is_some_and(|d| d.status != DeviceStatus::Revoked),
+                    device: device_id,
                 },
                 _ => return Err(corrupt()),
             };
@@ -1527,13 +1559,19 @@ mod tests {
             StatusOutcome::NotFound
         );
         let items = store.claim_outbox(10, 5000, &now).unwrap();
-        // The enrollment's registry record, then the control and its record.
-        assert_eq!(items.len(), 3, "{items:?}");
+        // The device's broker rights (granted when it was added, and still:
+        // a contained device must hear its restore), the enrollment's
+        // registry record, then the control and its record.
+        assert_eq!(items.len(), 4, "{items:?}");
         assert!(matches!(
-            &items[1],
+            &items[0],
+            OutboxItem::Broker { grant: true, device, .. } if *device == d
+        ));
+        assert!(matches!(
+            &items[2],
             OutboxItem::Control { seq: 1, action: ControlAction::Contain, reason, .. } if reason == "look"
         ));
-        match &items[2] {
+        match &items[3] {
             OutboxItem::Registry { record, .. } => {
                 assert_eq!(record.status, DeviceStatus::Contained);
                 assert_eq!(record.version, 2);
@@ -1544,7 +1582,7 @@ mod tests {
         assert!(store.claim_outbox(10, 5000, &now).unwrap().is_empty());
         assert_eq!(
             store.claim_outbox(10, 5000, &now_at(6000)).unwrap().len(),
-            3
+            4
         );
         store
             .ack_outbox(&items.iter().map(OutboxItem::id).collect::<Vec<_>>())
@@ -1572,6 +1610,32 @@ mod tests {
                 .change_status(&id(&name), StatusChange::Revoke, "gone", &now)
                 .unwrap();
         }
+        // Each revoked device: granted when added; after its revocation's
+        // control, its rights taken.
+        let items = store.claim_outbox(100, 5000, &now_at(99_000)).unwrap();
+        let r0: Vec<&OutboxItem> = items
+            .iter()
+            .filter(|i| match i {
+                OutboxItem::Broker { device, .. } | OutboxItem::Control { device, .. } => {
+                    *device == id("r0")
+                }
+                _ => false,
+            })
+            .collect();
+        assert!(
+            matches!(
+                r0.as_slice(),
+                [
+                    OutboxItem::Broker { grant: false, .. },
+                    OutboxItem::Control {
+                        action: ControlAction::Revoke,
+                        ..
+                    },
+                    OutboxItem::Broker { grant: false, .. },
+                ]
+            ),
+            "the rights follow the current status (revoked): {r0:?}"
+        );
         assert_eq!(
             store
                 .change_status(&id("r0"), StatusChange::Revoke, "again", &now)

@@ -282,7 +282,7 @@ impl Drop for Client {
 
 impl Client {
     pub async fn connect(broker: &Broker, cn: &str, filters: &[&str]) -> Client {
-        let identity = broker.identity(cn).unwrap();
+        let identity = broker.client_identity(cn).unwrap();
         let client_id = format!("{cn}-{}", hex::encode(rand_bytes::<4>()));
         let mut options = broker.mqtt_options(&client_id, &identity).unwrap();
         // Large enough for the oversized inputs the tests send on purpose.

@@ -236,6 +236,41 @@ pub struct Anomaly {
     pub count: u64,
 }
 
+/// Anomaly rows kept per device and kind unless configured otherwise
+/// (`[ingest] anomaly_rows_per_kind`).
+pub const DEFAULT_ANOMALY_ROWS_PER_KIND: u64 = 64;
+
+/// What [`Store::apply`] did with one anomaly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new row (a first sighting), kept with its evidence.
+    New(Anomaly),
+    /// A repeat of a kept row (same device, kind, seq and evidence): its
+    /// `count` went up.
+    Repeat,
+    /// A first sighting beyond the per-device-and-kind bound: not kept,
+    /// only counted in the kind's overflow total (which it returns).
+    Overflow(AnomalyOverflow),
+}
+
+/// The anomalies of one device and kind that were not kept as rows, because
+/// the first `anomaly_rows_per_kind` already were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AnomalyOverflow {
+    /// The device.
+    pub device: String,
+    /// What kind.
+    pub kind: AnomalyKind,
+    /// How many were not kept.
+    pub count: u64,
+    /// Unix ms of the first one not kept.
+    pub first_seen_ms: u64,
+    /// Unix ms of the latest one.
+    pub last_seen_ms: u64,
+    /// The latest one's detail.
+    pub last_detail: String,
+}
+
 /// Everything one batch changes for one device, applied atomically.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Changes {
@@ -323,14 +358,25 @@ pub trait Store: Send {
     /// Applies one batch's changes atomically. Fails with
     /// [`StoreError::HeadMoved`] (and changes nothing) if the device's next
     /// seq is no longer `changes.expected_next`. Returns, for each anomaly
-    /// in order, the recorded row if it is new (`None` for a repeat).
+    /// in order, what was recorded. At most the store's bound of rows is
+    /// kept per device and kind: the **first** ones (the beginning of an
+    /// attack is the evidence that matters, and a ring would let a hostile
+    /// device flush it out with junk); later first sightings only raise the
+    /// kind's overflow count.
     fn apply(
         &mut self,
         device: &DeviceId,
         changes: &Changes,
         now_ms: u64,
-    ) -> Result<Vec<Option<Anomaly>>, StoreError>;
+    ) -> Result<Vec<Recorded>, StoreError>;
 
     /// Anomalies, newest first; of one device or all.
     fn anomalies(&self, device: Option<&DeviceId>) -> Result<Vec<Anomaly>, StoreError>;
+
+    /// Anomalies counted but not kept (beyond the per-kind bound); of one
+    /// device or all.
+    fn anomaly_overflow(
+        &self,
+        device: Option<&DeviceId>,
+    ) -> Result<Vec<AnomalyOverflow>, StoreError>;
 }

@@ -18,12 +18,14 @@ use ring::digest;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 
 use super::{
-    Anomaly, AnomalyKind, Changes, Head, PendingSummary, RegistryChange, Store, StoreError,
+    Anomaly, AnomalyKind, AnomalyOverflow, Changes, DEFAULT_ANOMALY_ROWS_PER_KIND, Head,
+    NewAnomaly, PendingSummary, Recorded, RegistryChange, Store, StoreError,
 };
 use crate::registry::RegistryEntry;
 
-/// The schema version this build writes.
-const SCHEMA_VERSION: i64 = 1;
+/// The schema version this build writes. 2 added `anomaly_overflow`; a
+/// version 1 database is upgraded by creating it.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS registry (
@@ -96,6 +98,15 @@ CREATE TABLE IF NOT EXISTS anomalies (
     UNIQUE (device, kind, seq_key, evidence_sha256)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS anomalies_by_device ON anomalies (device, id);
+CREATE TABLE IF NOT EXISTS anomaly_overflow (
+    device        TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    count         INTEGER NOT NULL,
+    first_seen_ms INTEGER NOT NULL,
+    last_seen_ms  INTEGER NOT NULL,
+    last_detail   TEXT NOT NULL,
+    PRIMARY KEY (device, kind)
+) STRICT, WITHOUT ROWID;
 ";
 
 /// An `anomalies` row as read: id, device, kind, seq_key, detail,
@@ -106,6 +117,7 @@ type AnomalyRow = (i64, String, String, i64, String, Vec<u8>, i64, i64, i64);
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    anomaly_rows_per_kind: u64,
 }
 
 fn int(what: &'static str, value: u64) -> Result<i64, StoreError> {
@@ -151,7 +163,96 @@ impl SqliteStore {
         }
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            anomaly_rows_per_kind: DEFAULT_ANOMALY_ROWS_PER_KIND,
+        })
+    }
+
+    /// Keeps at most `rows` anomaly rows per device and kind (at least 1).
+    #[must_use]
+    pub fn with_anomaly_rows_per_kind(mut self, rows: u64) -> Self {
+        self.anomaly_rows_per_kind = rows.max(1);
+        self
+    }
+
+    /// Records one anomaly inside `tx`: a repeat raises its row's count, a
+    /// first sighting gets a row while the device has fewer than the bound
+    /// of this kind, and otherwise only raises the overflow count.
+    fn record_anomaly(
+        tx: &Transaction<'_>,
+        rows_per_kind: u64,
+        id: &str,
+        a: &NewAnomaly,
+        now: i64,
+    ) -> Result<Recorded, StoreError> {
+        let evidence_sha256 = a.evidence.as_ref().map_or([0u8; 32], |e| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(digest::digest(&digest::SHA256, e).as_ref());
+            out
+        });
+        let seq_key = a.seq.map(|s| int("seq", s)).transpose()?.unwrap_or(-1);
+        let repeated = tx
+            .prepare_cached(
+                "UPDATE anomalies SET count = count + 1, last_seen_ms = ?5
+                 WHERE device = ?1 AND kind = ?2 AND seq_key = ?3 AND evidence_sha256 = ?4",
+            )?
+            .execute(params![
+                id,
+                a.kind.name(),
+                seq_key,
+                &evidence_sha256[..],
+                now
+            ])?;
+        if repeated > 0 {
+            return Ok(Recorded::Repeat);
+        }
+        let kept: i64 = tx
+            .prepare_cached("SELECT count(*) FROM anomalies WHERE device = ?1 AND kind = ?2")?
+            .query_row(params![id, a.kind.name()], |r| r.get(0))?;
+        if uint("count", kept)? < rows_per_kind {
+            let row = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO anomalies (device, kind, seq_key, detail, evidence,
+                                            evidence_sha256, first_seen_ms, last_seen_ms, count)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1)
+                     RETURNING {ANOMALY_COLUMNS}"
+                ))?
+                .query_row(
+                    params![
+                        id,
+                        a.kind.name(),
+                        seq_key,
+                        a.detail,
+                        a.evidence,
+                        &evidence_sha256[..],
+                        now
+                    ],
+                    Self::anomaly_row,
+                )?;
+            return Ok(Recorded::New(Self::anomaly_from(row)?));
+        }
+        let (count, first, last, detail): (i64, i64, i64, String) = tx
+            .prepare_cached(
+                "INSERT INTO anomaly_overflow (device, kind, count, first_seen_ms, last_seen_ms,
+                                               last_detail)
+                 VALUES (?1, ?2, 1, ?3, ?3, ?4)
+                 ON CONFLICT (device, kind) DO UPDATE SET
+                    count = count + 1, last_seen_ms = excluded.last_seen_ms,
+                    last_detail = excluded.last_detail
+                 RETURNING count, first_seen_ms, last_seen_ms, last_detail",
+            )?
+            .query_row(params![id, a.kind.name(), now, a.detail], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+        Ok(Recorded::Overflow(AnomalyOverflow {
+            device: id.to_owned(),
+            kind: a.kind,
+            count: uint("count", count)?,
+            first_seen_ms: uint("first_seen_ms", first)?,
+            last_seen_ms: uint("last_seen_ms", last)?,
+            last_detail: detail,
+        }))
     }
 
     /// Number of stored records of `device`.
@@ -473,7 +574,7 @@ impl Store for SqliteStore {
         device: &DeviceId,
         changes: &Changes,
         now_ms: u64,
-    ) -> Result<Vec<Option<Anomaly>>, StoreError> {
+    ) -> Result<Vec<Recorded>, StoreError> {
         let now = int("now_ms", now_ms)?;
         let id = device.as_str();
         let tx = self
@@ -549,35 +650,9 @@ impl Store for SqliteStore {
         tx.prepare_cached("DELETE FROM pending WHERE device = ?1 AND seq < ?2")?
             .execute(params![id, int("next_seq", next)?])?;
         let mut recorded = Vec::with_capacity(changes.anomalies.len());
+        let rows_per_kind = self.anomaly_rows_per_kind;
         for a in &changes.anomalies {
-            let evidence_sha256 = a.evidence.as_ref().map_or([0u8; 32], |e| {
-                let mut out = [0u8; 32];
-                out.copy_from_slice(digest::digest(&digest::SHA256, e).as_ref());
-                out
-            });
-            let seq_key = a.seq.map(|s| int("seq", s)).transpose()?.unwrap_or(-1);
-            let row = tx.query_row(
-                &format!(
-                    "INSERT INTO anomalies (device, kind, seq_key, detail, evidence,
-                                            evidence_sha256, first_seen_ms, last_seen_ms, count)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 1)
-                     ON CONFLICT (device, kind, seq_key, evidence_sha256) DO UPDATE SET
-                        count = count + 1, last_seen_ms = excluded.last_seen_ms
-                     RETURNING {ANOMALY_COLUMNS}"
-                ),
-                params![
-                    id,
-                    a.kind.name(),
-                    seq_key,
-                    a.detail,
-                    a.evidence,
-                    &evidence_sha256[..],
-                    now
-                ],
-                Self::anomaly_row,
-            )?;
-            let anomaly = Self::anomaly_from(row)?;
-            recorded.push((anomaly.count == 1).then_some(anomaly));
+            recorded.push(Self::record_anomaly(&tx, rows_per_kind, id, a, now)?);
         }
         tx.commit()?;
         Ok(recorded)
@@ -592,6 +667,40 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             out.push(Self::anomaly_from(row?)?);
+        }
+        Ok(out)
+    }
+
+    fn anomaly_overflow(
+        &self,
+        device: Option<&DeviceId>,
+    ) -> Result<Vec<AnomalyOverflow>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT device, kind, count, first_seen_ms, last_seen_ms, last_detail
+             FROM anomaly_overflow WHERE ?1 IS NULL OR device = ?1 ORDER BY device, kind",
+        )?;
+        let rows = stmt.query_map([device.map(DeviceId::as_str)], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (device, kind, count, first, last, last_detail) = row?;
+            out.push(AnomalyOverflow {
+                device,
+                kind: AnomalyKind::from_name(&kind)
+                    .ok_or_else(|| StoreError::Corrupt(format!("unknown anomaly kind {kind:?}")))?,
+                count: uint("count", count)?,
+                first_seen_ms: uint("first_seen_ms", first)?,
+                last_seen_ms: uint("last_seen_ms", last)?,
+                last_detail,
+            });
         }
         Ok(out)
     }
@@ -747,9 +856,9 @@ mod tests {
             ..Changes::default()
         };
         let recorded = s.apply(&device(), &changes, 7).unwrap();
-        assert!(recorded[0].is_some());
-        assert!(recorded[1].is_none());
-        assert!(recorded[2].is_some());
+        assert!(matches!(recorded[0], Recorded::New(_)));
+        assert_eq!(recorded[1], Recorded::Repeat);
+        assert!(matches!(recorded[2], Recorded::New(_)));
         let all = s.anomalies(Some(&device())).unwrap();
         assert_eq!(all.len(), 2);
         let x = all.iter().find(|a| a.count == 2).unwrap();
@@ -761,6 +870,102 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn anomaly_rows_are_bounded_per_device_and_kind_keeping_the_first() {
+        let mut s = SqliteStore::in_memory()
+            .unwrap()
+            .with_anomaly_rows_per_kind(3);
+        let fork = |seq: u64| NewAnomaly {
+            kind: AnomalyKind::Fork,
+            seq: Some(seq),
+            detail: format!("fork at {seq}"),
+            evidence: Some(vec![seq as u8; 100]),
+        };
+        // A hostile device sends 1000 distinct forks, one batch each.
+        let mut outcomes = Vec::new();
+        for seq in 0..1000 {
+            let changes = Changes {
+                anomalies: vec![fork(seq)],
+                ..Changes::default()
+            };
+            outcomes.extend(s.apply(&device(), &changes, seq).unwrap());
+        }
+        let kept = s.anomalies(Some(&device())).unwrap();
+        let mut seqs: Vec<_> = kept.iter().map(|a| a.seq.unwrap()).collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, vec![0, 1, 2], "the first ones are the evidence kept");
+        assert!(matches!(outcomes[2], Recorded::New(_)));
+        let Recorded::Overflow(last) = &outcomes[999] else {
+            panic!("{:?}", outcomes[999]);
+        };
+        assert_eq!(
+            (last.count, last.first_seen_ms, last.last_seen_ms),
+            (997, 3, 999)
+        );
+        assert_eq!(last.last_detail, "fork at 999");
+        // A repeat of a kept one still counts in its row, not the overflow.
+        let again = Changes {
+            anomalies: vec![fork(1)],
+            ..Changes::default()
+        };
+        assert_eq!(
+            s.apply(&device(), &again, 2000).unwrap(),
+            vec![Recorded::Repeat]
+        );
+        let overflow = s.anomaly_overflow(Some(&device())).unwrap();
+        assert_eq!(overflow.len(), 1);
+        assert_eq!(
+            (overflow[0].kind, overflow[0].count),
+            (AnomalyKind::Fork, 997)
+        );
+        // Other kinds and other devices have their own bound.
+        let gap = Changes {
+            anomalies: vec![NewAnomaly {
+                kind: AnomalyKind::Gap,
+                seq: Some(5),
+                detail: "gap".into(),
+                evidence: None,
+            }],
+            ..Changes::default()
+        };
+        assert!(matches!(
+            s.apply(&device(), &gap, 1).unwrap()[0],
+            Recorded::New(_)
+        ));
+        let other = DeviceId::new("d2").unwrap();
+        let changes = Changes {
+            anomalies: vec![fork(7)],
+            ..Changes::default()
+        };
+        assert!(matches!(
+            s.apply(&other, &changes, 1).unwrap()[0],
+            Recorded::New(_)
+        ));
+        assert_eq!(s.anomaly_overflow(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let v1 = SCHEMA
+                .split("CREATE TABLE IF NOT EXISTS anomaly_overflow")
+                .next()
+                .unwrap();
+            conn.execute_batch(v1).unwrap();
+            conn.execute_batch("PRAGMA user_version = 1;").unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert!(s.anomaly_overflow(None).unwrap().is_empty());
+        let version: i64 = s
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]

@@ -369,7 +369,7 @@ impl Client {
     /// Connects as `identity` (the certificate CN) and subscribes to
     /// `subscriptions`; returns once the broker acknowledged them.
     pub async fn connect(broker: &Broker, identity: &str, subscriptions: &[&str]) -> Client {
-        let certs = broker.identity(identity).unwrap();
+        let certs = broker.client_identity(identity).unwrap();
         let client_id = format!("{identity}-test-{}", std::process::id());
         let mut options = broker.mqtt_options(&client_id, &certs).unwrap();
         options.set_max_packet_size(512 * 1024, 512 * 1024);

@@ -10,7 +10,6 @@
 //! [`Variant::Genuine`] answer must be accepted, which proves that what the
 //! other variants change is the only reason they are refused.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -22,18 +21,8 @@ use mctc_shim::wire::{Bytes, List, Message, Version};
 use mctc_shim::{RingCrypto, RingSigner, Signed};
 use mctc_tests::Broker;
 use mctc_tests::fleet::MqttClient;
-pub use mctc_tests::forge::{ArtifactSpec, artifact, random, unix_now};
+pub use mctc_tests::forge::{ArtifactSpec, artifact, authority_signer, random, unix_now};
 use ring::rand::SecureRandom;
-use rustls_pki_types::PrivatePkcs8KeyDer;
-use rustls_pki_types::pem::PemObject;
-
-/// The authority's signing key, from the fleet's key directory.
-pub fn authority_signer(key_file: &Path) -> Result<RingSigner, String> {
-    let der = PrivatePkcs8KeyDer::from_pem_file(key_file)
-        .map_err(|e| format!("read {}: {e}", key_file.display()))?;
-    RingSigner::from_pkcs8(der.secret_pkcs8_der())
-        .map_err(|e| format!("load {}: {e}", key_file.display()))
-}
 
 /// A key the fleet does not trust.
 pub fn rogue_signer() -> Result<RingSigner, String> {
@@ -120,11 +109,17 @@ impl Impostor {
         let device = setup.device.clone();
         let nonce_req = format!("mctc/v1/dev/{device}/nonce/req");
         let evidence = format!("mctc/v1/dev/{device}/evidence");
+        // A share group of its own: with the authority's certificate (the
+        // only one the broker lets hear requests) it gets a copy of each,
+        // beside the real authority's group.
         let client = MqttClient::connect(
             broker,
             "mctc-authority",
             &format!("chaos-impostor-{device}"),
-            &[&nonce_req, &evidence],
+            &[
+                &format!("$share/chaos-impostor/{nonce_req}"),
+                &format!("$share/chaos-impostor/{evidence}"),
+            ],
         );
         let variant = Arc::new(Mutex::new(Variant::Genuine));
         let running = Arc::new(AtomicBool::new(true));

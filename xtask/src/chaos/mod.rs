@@ -158,7 +158,7 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
     };
     let mut rows = Vec::new();
     let s = &signer;
-    use scenarios::{agent, fleet, input, messages, platform};
+    use scenarios::{agent, broker, fleet, input, messages, platform, stale};
     rows.extend(one(
         rig,
         "config file with bad values",
@@ -170,6 +170,18 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
         "garbage and oversized payloads on every topic",
         "dropped; all up; gate unaffected",
         |r| input::garbage_everywhere(r, s),
+    ));
+    rows.extend(one(
+        rig,
+        "stolen certificates join the services' share groups",
+        "refused; gate open; renewed; nothing lost",
+        broker::share_group_hijack,
+    ));
+    rows.extend(one(
+        rig,
+        "device floods its own lineage topic (300 KB, 100 KB, junk)",
+        "collector keeps its session; flood counted; nothing lost",
+        scenarios::collector_flood::lineage_flood,
     ));
     rows.extend(one(
         rig,
@@ -354,6 +366,12 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
         "measured file changed",
         "deny ≤ drift; contained",
         platform::measured_file_changed,
+    ));
+    rows.extend(one(
+        rig,
+        "renewal answered after a drift close",
+        "stale answer dropped; deny; contained",
+        |r| stale::renewal_answer_after_drift(r, s),
     ));
     rows
 }

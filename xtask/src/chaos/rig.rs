@@ -379,7 +379,7 @@ fn new_dev(fleet: &Fleet, id: &str, extra: &str, env: Vec<(String, String)>) -> 
     let device = fleet.device_with(id, CLASS, extra);
     let spy = MqttClient::connect(
         &fleet.broker,
-        "mctc-authority",
+        mctc_tests::OBSERVER,
         &format!("chaos-spy-{id}"),
         &[
             &format!("mctc/v1/dev/{id}/artifact"),

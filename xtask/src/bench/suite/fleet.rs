@@ -489,6 +489,16 @@ fn device_options(fleet: &Fleet, id: &str) -> Result<MqttOptions, String> {
 pub fn measure(figures: &mut Figures, plan: &Plan) -> Result<(), String> {
     let policy = crate::authority::bench_class("sim", TTL_MS, HB_MS);
     let mut fleet = Fleet::with_policy(&policy);
+    // Every simulated device's broker role, written before the broker
+    // serves anyone (granting thousands one by one would measure the
+    // broker's dynamic-security file rewrites, not the fleet).
+    let names: Vec<String> = (0..plan.sizes.iter().copied().max().unwrap_or(0))
+        .map(|index| format!("sim-{index:05}"))
+        .collect();
+    fleet
+        .broker
+        .preseed_devices(&names)
+        .map_err(|e| e.to_string())?;
     fleet.start_authority();
     fleet.start_collector();
     let authority_key = mctc_service::keys::read_public_key(Path::new(&fleet.authority_pub))

@@ -42,9 +42,10 @@ fn junk() -> Vec<Vec<u8>> {
         // Deep nesting.
         vec![0x81; 5000],
         br#"{"authorize":{"op":"unlock"}}"#.to_vec(),
-        // Oversized: far above every mctc limit, below the broker's packet
-        // limit (1 MiB) so that it is delivered.
-        vec![0x00; 200 * 1024],
+        // Oversized: above every mctc limit and below the broker's packet
+        // limit (128 KiB), so it is delivered and dropped by the receiver;
+        // then one the broker refuses (it disconnects the sender).
+        vec![0x00; 100 * 1024],
         vec![0xa5; 1000 * 1024],
     ]
 }

@@ -18,21 +18,25 @@ use super::{Outcome, closes, reason, recover_and_account, silence_noticed, sleep
 use crate::chaos::forge::{self, Impostor, ImpostorSetup, Variant};
 use crate::chaos::rig::{self, Dev, HB_MS, RECOVERY, Rig, SLACK, TTL_MS, ms};
 
-const HEARTBEAT: &str = "mctc/v1/fleet/heartbeat";
+pub(super) const HEARTBEAT: &str = "mctc/v1/fleet/heartbeat";
 
-fn keys(signer: &dyn Signer) -> [AuthorityKey; 1] {
+pub(super) fn keys(signer: &dyn Signer) -> [AuthorityKey; 1] {
     [AuthorityKey::new(&RingCrypto, signer.public_key())]
 }
 
-/// Publishes `next(i)` every 250 ms as the authority until dropped.
-struct Repeater {
+/// Publishes `next(i)` every 250 ms as the authority until stopped.
+pub(super) struct Repeater {
     running: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Repeater {
-    fn start(rig: &Rig, topic: &str, next: impl Fn(u64) -> Vec<u8> + Send + 'static) -> Repeater {
+    pub(super) fn start(
+        rig: &Rig,
+        topic: &str,
+        next: impl Fn(u64) -> Vec<u8> + Send + 'static,
+    ) -> Repeater {
         let client =
             MqttClient::connect(&rig.fleet.broker, "mctc-authority", "chaos-repeater", &[]);
         let running = Arc::new(AtomicBool::new(true));
@@ -57,7 +61,7 @@ impl Repeater {
         }
     }
 
-    fn stop(mut self) -> u64 {
+    pub(super) fn stop(mut self) -> u64 {
         self.running.store(false, Ordering::Release);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();

@@ -5,11 +5,14 @@
 //! every permit it saw in the device's lineage and at the collector.
 
 pub mod agent;
+pub mod broker;
+pub mod collector_flood;
 pub mod fleet;
 pub mod input;
 pub mod messages;
 pub mod platform;
 pub mod receipts;
+pub mod stale;
 
 use std::time::{Duration, Instant};
 

@@ -1,7 +1,8 @@
 //! Forged lineage acknowledgements (issue 13, part 3): with the collector
-//! down, someone holding the device's own broker key publishes acks on the
-//! device's `lineage/ack` topic (the broker's ACL lets the device publish
-//! there) claiming everything is acknowledged: the old unsigned ack,
+//! down, someone holding a broker key that may write the device's
+//! `lineage/ack` topic (the device's own no longer may; the collector's
+//! broker certificate without its receipt key) publishes acks claiming
+//! everything is acknowledged: the old unsigned ack,
 //! receipts signed by a key of their own, and a genuine receipt replayed.
 //! Before receipts the agent believed them, pruned, and kept trading with
 //! nothing collected. Now it must prune nothing, so its store fills and the
@@ -62,23 +63,26 @@ pub fn forged_acks(rig: &mut Rig) -> Outcome {
     let dev = &rig.main;
     let device = DeviceId::new(dev.id()).unwrap_or_else(|e| panic!("device id: {e}"));
     let topic = dev.topic("lineage/ack");
-    // The forger uses the device's own certificate; it also captures a
-    // genuine receipt to replay later.
-    let forger = MqttClient::connect(
+    // The broker no longer lets the device's own certificate write its ack
+    // topic (tests/tests/broker_smoke.rs); the forger holds one that may
+    // (the collector's broker certificate, without its receipt key). A
+    // reader captures a genuine receipt to replay later.
+    let forger = MqttClient::connect(&rig.fleet.broker, "mctc-collector", "chaos-ack-forger", &[]);
+    let reader = MqttClient::connect(
         &rig.fleet.broker,
-        dev.id(),
-        "chaos-ack-forger",
+        mctc_tests::OBSERVER,
+        "chaos-ack-reader",
         &[topic.as_str()],
     );
     let rogue = RingSigner::from_seed(&[0x66; 32]).unwrap_or_else(|e| panic!("rogue key: {e}"));
     let probe = watch(dev, "forged-acks");
     let captured = mctc_tests::wait_until(Duration::from_secs(10), || {
-        forger
+        reader
             .received_on(&topic)
             .iter()
             .any(|p| p.first() == Some(&0xd2))
     });
-    let genuine = forger
+    let genuine = reader
         .received_on(&topic)
         .into_iter()
         .find(|p| p.first() == Some(&0xd2));

@@ -1,0 +1,86 @@
+//! The broker's authorization under attack: stolen certificates trying to
+//! join the services' shared-subscription groups (issue 13, attack 1).
+
+use std::time::Instant;
+
+use mctc_tests::fleet::MqttClient;
+
+use super::{Outcome, recover_and_account, sleep_ms, watch};
+use crate::chaos::rig::{Rig, TTL_MS};
+
+/// The services' groups, each with the filters the services use, and a
+/// catch-all.
+const GROUP_FILTERS: [&str; 6] = [
+    "$share/mctc-authority/mctc/v1/dev/+/nonce/req",
+    "$share/mctc-authority/mctc/v1/dev/+/evidence",
+    "$share/mctc-authority/mctc/v1/enroll/+/request",
+    "$share/mctc-collector/mctc/v1/dev/+/lineage",
+    "$share/mctc-authority/#",
+    "#",
+];
+
+/// Twenty connections with the device's own certificate (its key file
+/// read off the terminal), the monitor's, and one the fleet never granted
+/// try to join the authority's and the collector's groups, and stay
+/// connected for two artifact lifetimes. Every subscription must be
+/// refused, the gate must never deny, renewals and lineage must go on.
+pub fn share_group_hijack(rig: &mut Rig) -> Outcome {
+    let mut out = Outcome::default();
+    let broker = &rig.fleet.broker;
+    let mut identities = Vec::new();
+    for cn in [rig.main.id(), "mctc-monitor", "chaos-stranger"] {
+        match broker.identity(cn) {
+            Ok(identity) => identities.push(identity),
+            Err(e) => {
+                out.fail(format!("certificate for {cn}: {e}"));
+                return out;
+            }
+        }
+    }
+    let probe = watch(&rig.main, "hijack");
+    let cti_before = rig.main.status()["artifact"]["cti"].clone();
+    let start = Instant::now();
+    let mut attackers = Vec::new();
+    let mut let_in = 0;
+    for i in 0..20 {
+        match MqttClient::try_connect_with(
+            broker,
+            &identities[i % identities.len()],
+            &format!("chaos-hijacker-{i}"),
+            &GROUP_FILTERS,
+        ) {
+            Ok(client) => {
+                let_in += GROUP_FILTERS.len() - client.refused().len();
+                attackers.push(client);
+            }
+            Err(e) => out.fail(format!("attacker {i} could not connect: {e}")),
+        }
+    }
+    sleep_ms(2 * TTL_MS);
+    let stolen: usize = attackers.iter().map(|a| a.received().len()).sum();
+    drop(attackers);
+    let status = rig.main.status();
+    let back = Instant::now();
+    let denies = probe
+        .observations()
+        .iter()
+        .filter(|o| o.sent >= start && !o.is_permit())
+        .count();
+    out.require(let_in == 0, || {
+        format!("{let_in} group subscription(s) granted to attackers")
+    });
+    out.require(stolen == 0, || {
+        format!("attackers received {stolen} messages")
+    });
+    out.require(denies == 0, || format!("{denies} denies during the attack"));
+    out.require(status["artifact"]["cti"] != cti_before, || {
+        format!("no renewal during the attack: {status}")
+    });
+    out.observed = format!(
+        "20 connections, {} group filters each: all refused; gate open for {} ms, renewed",
+        GROUP_FILTERS.len(),
+        2 * TTL_MS
+    );
+    recover_and_account(&mut out, rig, &rig.main, probe, back);
+    out
+}
