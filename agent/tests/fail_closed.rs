@@ -360,7 +360,7 @@ fn garbage_on_every_subscribed_topic_changes_nothing() {
         vec![0xd2, 0x84, 0x40, 0xa0, 0x40, 0x40],
         vec![0xa3, 0x00, 0x01, 0x01],
         serde_json::to_vec(&serde_json::json!({"authorize": {"op": "unlock"}})).unwrap(),
-        vec![0x00; 200 * 1024],
+        vec![0x00; 100 * 1024],
     ];
     // Each topic from an identity the broker lets write it (a stolen
     // service key); the device's own key may write none of them.
@@ -489,7 +489,7 @@ fn a_tpm_that_stays_away_keeps_the_gate_closed_for_the_whole_outage_and_its_retu
     let evidence = "mctc/v1/dev/tpm-2/evidence";
     let spy = MqttClient::connect(
         &fleet.broker,
-        "mctc-authority",
+        mctc_tests::OBSERVER,
         "tpm-spy",
         &[nonce_req, evidence],
     );
