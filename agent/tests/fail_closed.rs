@@ -489,7 +489,7 @@ fn a_tpm_that_stays_away_keeps_the_gate_closed_for_the_whole_outage_and_its_retu
     let evidence = "mctc/v1/dev/tpm-2/evidence";
     let spy = MqttClient::connect(
         &fleet.broker,
-        "mctc-authority",
+        mctc_tests::OBSERVER,
         "tpm-spy",
         &[nonce_req, evidence],
     );

@@ -596,9 +596,17 @@ impl Drop for MqttClient {
 }
 
 impl MqttClient {
+    /// Connects and subscribes, panicking unless the broker granted every
+    /// subscription (a refused one would otherwise just hear nothing).
     pub fn connect(broker: &Broker, cn: &str, client_id: &str, filters: &[&str]) -> MqttClient {
-        MqttClient::try_connect(broker, cn, client_id, filters)
-            .expect("test MQTT client connected and subscribed")
+        let client = MqttClient::try_connect(broker, cn, client_id, filters)
+            .expect("test MQTT client connected and subscribed");
+        let refused = client.refused();
+        assert!(
+            refused.is_empty(),
+            "the broker refused {cn} the subscriptions {refused:?} (use mctc_tests::OBSERVER to read what flows)"
+        );
+        client
     }
 
     /// Connects, subscribes to `filters` and returns once the broker
