@@ -145,7 +145,8 @@ fn forged_acks(device: &Device, rogue: &RingSigner, seq: u64, hash: [u8; 32]) ->
 }
 
 #[test]
-fn acks_forged_without_the_collectors_receipt_key_prune_nothing_and_the_collector_gets_every_record() {
+fn acks_forged_without_the_collectors_receipt_key_prune_nothing_and_the_collector_gets_every_record()
+ {
     let mut fleet = Fleet::new();
     fleet.start_authority();
     let mut device = fleet.device_with("forged-1", "locker", SMALL_STORE);
