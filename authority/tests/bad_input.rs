@@ -28,7 +28,7 @@ fn bad_payloads(
         (valid[..valid.len() / 2].to_vec(), "undecodable"),
         ([valid, &[0x00]].concat(), "undecodable"),
         (vec![0xa1; limit + 1], "oversized"),
-        (vec![0x5a; 300 * 1024], "oversized"),
+        (vec![0x5a; 120 * 1024], "oversized"),
     ];
     if let Some(other) = other_device {
         bad.push((other, "differs from the topic"));
