@@ -30,6 +30,18 @@ const DYNSEC_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The service identities the shipped dynamic-security configuration knows.
 pub const SERVICES: [&str; 3] = ["mctc-authority", "mctc-collector", "mctc-monitor"];
+/// The services' shared-subscription groups with the filters the services
+/// use, and a catch-all: what an attacker with a stolen certificate tries to
+/// join (issue 13, attack 1). The broker must refuse every one to anyone
+/// but the services.
+pub const SERVICE_GROUP_FILTERS: [&str; 6] = [
+    "$share/mctc-authority/mctc/v1/dev/+/nonce/req",
+    "$share/mctc-authority/mctc/v1/dev/+/evidence",
+    "$share/mctc-authority/mctc/v1/enroll/+/request",
+    "$share/mctc-collector/mctc/v1/dev/+/lineage",
+    "$share/mctc-authority/#",
+    "#",
+];
 /// A test-only identity that may read every mctc topic
 /// ([`Broker::client_identity`]).
 pub const OBSERVER: &str = "mctc-test-observer";

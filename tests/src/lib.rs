@@ -32,8 +32,8 @@ mod swtpm;
 mod tpm_wire;
 
 pub use broker::{
-    Broker, ClientIdentity, ConfigPaths, FLEET_CONF, FLEET_DYNSEC, OBSERVER, SERVICES,
-    client_tls_config, shipped_config,
+    Broker, ClientIdentity, ConfigPaths, FLEET_CONF, FLEET_DYNSEC, OBSERVER, SERVICE_GROUP_FILTERS,
+    SERVICES, client_tls_config, shipped_config,
 };
 pub use error::HarnessError;
 pub use pki::{CertFiles, Pki};

@@ -26,16 +26,6 @@ fn short_policy() -> String {
     )
 }
 
-/// The groups the services share, and a catch-all.
-const GROUP_FILTERS: [&str; 6] = [
-    "$share/mctc-authority/mctc/v1/dev/+/nonce/req",
-    "$share/mctc-authority/mctc/v1/dev/+/evidence",
-    "$share/mctc-authority/mctc/v1/enroll/+/request",
-    "$share/mctc-collector/mctc/v1/dev/+/lineage",
-    "$share/mctc-authority/#",
-    "#",
-];
-
 /// Attack 1: twenty connections holding a device's certificate, the
 /// monitor's, and a revoked device's try to join the authority's and the
 /// collector's shared-subscription groups. Every subscription is refused;
@@ -67,7 +57,7 @@ fn stolen_certificates_cannot_starve_the_fleet() {
                 &fleet.broker,
                 &identities[i % identities.len()],
                 &format!("attacker-{i}"),
-                &GROUP_FILTERS,
+                &mctc_tests::SERVICE_GROUP_FILTERS,
             )
             .unwrap()
         })
@@ -75,7 +65,7 @@ fn stolen_certificates_cannot_starve_the_fleet() {
     for (i, attacker) in attackers.iter().enumerate() {
         assert_eq!(
             attacker.refused(),
-            GROUP_FILTERS,
+            mctc_tests::SERVICE_GROUP_FILTERS,
             "attacker {i} was let into a group"
         );
     }

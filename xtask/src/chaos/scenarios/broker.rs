@@ -8,17 +8,6 @@ use mctc_tests::fleet::MqttClient;
 use super::{Outcome, recover_and_account, sleep_ms, watch};
 use crate::chaos::rig::{Rig, TTL_MS};
 
-/// The services' groups, each with the filters the services use, and a
-/// catch-all.
-const GROUP_FILTERS: [&str; 6] = [
-    "$share/mctc-authority/mctc/v1/dev/+/nonce/req",
-    "$share/mctc-authority/mctc/v1/dev/+/evidence",
-    "$share/mctc-authority/mctc/v1/enroll/+/request",
-    "$share/mctc-collector/mctc/v1/dev/+/lineage",
-    "$share/mctc-authority/#",
-    "#",
-];
-
 /// Twenty connections with the device's own certificate (its key file
 /// read off the terminal), the monitor's, and one the fleet never granted
 /// try to join the authority's and the collector's groups, and stay
@@ -47,10 +36,10 @@ pub fn share_group_hijack(rig: &mut Rig) -> Outcome {
             broker,
             &identities[i % identities.len()],
             &format!("chaos-hijacker-{i}"),
-            &GROUP_FILTERS,
+            &mctc_tests::SERVICE_GROUP_FILTERS,
         ) {
             Ok(client) => {
-                let_in += GROUP_FILTERS.len() - client.refused().len();
+                let_in += mctc_tests::SERVICE_GROUP_FILTERS.len() - client.refused().len();
                 attackers.push(client);
             }
             Err(e) => out.fail(format!("attacker {i} could not connect: {e}")),
@@ -78,7 +67,7 @@ pub fn share_group_hijack(rig: &mut Rig) -> Outcome {
     });
     out.observed = format!(
         "20 connections, {} group filters each: all refused; gate open for {} ms, renewed",
-        GROUP_FILTERS.len(),
+        mctc_tests::SERVICE_GROUP_FILTERS.len(),
         2 * TTL_MS
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
