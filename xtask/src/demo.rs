@@ -253,7 +253,9 @@ struct DemoFleet {
 }
 
 fn walk_lifecycle(walk: &mut Walk, options: &Options) -> Result<DemoFleet, String> {
-    println!("starting: Mosquitto (TLS 1.3, client certificates, ACL), authority, collector");
+    println!(
+        "starting: Mosquitto (TLS 1.3, client certificates, per-identity rights), authority, collector"
+    );
     let mut fleet = Fleet::with_policy(&policy());
     fleet.start_authority();
     fleet.start_collector();
@@ -553,7 +555,7 @@ fn walk_lifecycle(walk: &mut Walk, options: &Options) -> Result<DemoFleet, Strin
     })?;
 
     // 9. Proof persisted: the collector acknowledged every record with a
-    //    signed receipt; each device's exported bundle verifies offline with
+    //    signed receipt (a revoked device's, up to its cut-off); each device's exported bundle verifies offline with
     //    the authority's key and is complete through its receipt by the
     //    collector's key; so does the collector's own export.
     walk.phase(
@@ -561,6 +563,26 @@ fn walk_lifecycle(walk: &mut Walk, options: &Options) -> Result<DemoFleet, Strin
         "proof persisted — lineage at the collector, verifiable offline",
     );
     for device in &devices {
+        if device.state() == "revoked" {
+            // Revoked means cut off at the broker too: the collector holds
+            // what it received up to then; what the device wrote later stays
+            // on it (nothing is pruned without a receipt) and is in its own
+            // bundle below, reported as the unacknowledged tail.
+            let status = device.status();
+            let acked = status["lineage"]["acked_seq"].as_u64();
+            let next = status["lineage"]["next_seq"].as_u64().unwrap_or(0);
+            walk.check(
+                acked.is_some(),
+                &format!(
+                    "{}: revoked and cut off at the broker; the collector holds its lineage through seq {}, the {} record(s) after it stay on the device",
+                    device.id,
+                    acked.unwrap_or(0),
+                    next.saturating_sub(acked.map_or(0, |a| a + 1))
+                ),
+                || device_failure(device),
+            )?;
+            continue;
+        }
         let answer = device.request(&serde_json::json!({"checkpoint": {}}));
         let checkpoint = answer.as_ref().and_then(|a| a["checkpoint"].as_u64());
         let acked = wait_until(PATIENCE, || {
