@@ -215,7 +215,7 @@ fn matrix(rig: &mut Rig) -> Vec<Row> {
     ));
     rows.extend(one(
         rig,
-        "forged lineage acks (device's own key), collector down",
+        "forged lineage acks (no receipt key), collector down",
         "nothing pruned; deny at quota; all collected; reopen",
         scenarios::receipts::forged_acks,
     ));

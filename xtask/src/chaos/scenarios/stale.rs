@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use mctc_shim::messages::{Evidence, Heartbeat};
 use mctc_shim::wire::Message;
 use mctc_shim::{RingCrypto, RingSigner, Signed};
-use mctc_tests::fleet::sha256;
+use mctc_tests::fleet::{MqttClient, sha256};
 use mctc_tests::wait_until;
 
 use super::messages::{HEARTBEAT, Repeater, keys};
@@ -99,10 +99,15 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
         epoch,
     };
     let answer = forge::artifact(&spec, signer).unwrap_or_else(|e| panic!("{e}"));
+    // Written with the authority's broker identity (the spy only reads).
+    let forger = MqttClient::connect(
+        &rig.fleet.broker,
+        "mctc-authority",
+        "chaos-stale-forger",
+        &[],
+    );
     let answered = Instant::now();
-    rig.main
-        .spy
-        .publish(&rig.main.topic("artifact"), &answer, false);
+    forger.publish(&rig.main.topic("artifact"), &answer, false);
     let dropped = wait_until(Duration::from_secs(5), || {
         let log = rig.main.device.log();
         let new = log.get(mark..).unwrap_or("");
