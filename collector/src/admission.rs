@@ -55,7 +55,7 @@ impl Default for AdmissionConfig {
     fn default() -> Self {
         Self {
             burst: 1_024,
-            per_sec: 512,
+            per_sec: 2_048,
             tracked: 65_536,
             report_interval_ms: 10_000,
         }

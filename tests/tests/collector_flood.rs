@@ -30,7 +30,7 @@ use mctc_tests::wait_until;
 
 /// Small junk payloads; far more than the default burst (1024 batches), so
 /// the per-device rate limit must act.
-const JUNK: usize = 5_000;
+const JUNK: usize = 12_000;
 /// Large payloads per size.
 const LARGE: usize = 20;
 

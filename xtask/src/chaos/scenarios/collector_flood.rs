@@ -25,7 +25,7 @@ use crate::chaos::rig::{LINEAGE, RECOVERY, Rig, ms};
 const FLOOD: [(&str, usize, usize); 3] = [
     ("chaos-flood-300k", 20, 300 * 1000),
     ("chaos-flood-100k", 20, 100 * 1000),
-    ("chaos-flood-junk", 5_000, 64),
+    ("chaos-flood-junk", 12_000, 64),
 ];
 
 /// Sums a `name=N` field over the lines of `text` about `device`.
