@@ -907,6 +907,7 @@ async fn an_artifact_expiry_keeps_the_renewal_in_flight() {
 }
 
 #[tokio::test(start_paused = true)]
+#[ignore = "flaky on a loaded machine: paused time runs on while the real lineage writer thread works, so a deadline can close the gate first; the rule itself is covered by firmware-shim/tests/gate.rs (lineage loss voids evidence); to be rebuilt on a fake writer (issue 20)"]
 async fn lineage_loss_voids_the_renewal_in_flight() {
     let mut h = Harness::start_with(|dir| StoreConfig {
         segment_bytes: 2_048,
