@@ -772,6 +772,30 @@ impl MqttClient {
     }
 }
 
+/// Waits (up to 120 s) until the collector acknowledged every record
+/// `device`'s agent wrote, and returns the acknowledged seq seen then (the
+/// agent may write more records, such as a checkpoint, right after, so a
+/// later status is not the bound).
+pub fn wait_all_acked(fleet: &Fleet, device: &Device) -> u64 {
+    let mut through = None;
+    let drained = wait_until(Duration::from_secs(120), || {
+        let status = device.status();
+        let next = status["lineage"]["next_seq"].as_u64().unwrap_or(u64::MAX);
+        through = status["lineage"]["acked_seq"]
+            .as_u64()
+            .filter(|acked| acked + 1 >= next);
+        through.is_some()
+    });
+    assert!(
+        drained.is_some(),
+        "{}: not all acknowledged: {}\n--- collector ---\n{}",
+        device.id,
+        device.status(),
+        fleet.collector_log()
+    );
+    through.unwrap_or_default()
+}
+
 /// Milliseconds since `start`, for messages.
 pub fn ms(start: Instant) -> u128 {
     start.elapsed().as_millis()

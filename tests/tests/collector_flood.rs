@@ -25,7 +25,7 @@ use mctc_collector::store::sqlite::SqliteStore;
 use mctc_collector::store::{AnomalyKind, Store};
 use mctc_shim::lineage::{Body, Record, VerdictCode};
 use mctc_shim::{DeviceId, Message};
-use mctc_tests::fleet::{Burst, Device, Fleet, MqttClient};
+use mctc_tests::fleet::{Burst, Device, Fleet, MqttClient, wait_all_acked};
 use mctc_tests::wait_until;
 
 /// Small junk payloads; far more than the default burst (1024 batches), so
@@ -33,28 +33,6 @@ use mctc_tests::wait_until;
 const JUNK: usize = 12_000;
 /// Large payloads per size.
 const LARGE: usize = 20;
-
-/// Waits until the collector acknowledged every record the agent wrote;
-/// the acknowledged seq then.
-fn wait_all_acked(fleet: &Fleet, device: &Device) -> u64 {
-    let mut through = None;
-    let drained = wait_until(Duration::from_secs(120), || {
-        let status = device.status();
-        let next = status["lineage"]["next_seq"].as_u64().unwrap_or(u64::MAX);
-        through = status["lineage"]["acked_seq"]
-            .as_u64()
-            .filter(|acked| acked + 1 >= next);
-        through.is_some()
-    });
-    assert!(
-        drained.is_some(),
-        "{}: not all acknowledged: {}\n--- collector ---\n{}",
-        device.id,
-        device.status(),
-        fleet.collector_log()
-    );
-    through.unwrap_or_default()
-}
 
 /// Every answered permit is stored at the collector as that permit, and
 /// the stored chain reaches `through`.

@@ -9,36 +9,13 @@
 )]
 
 use std::path::Path;
-use std::time::Duration;
 
 use mctc_collector::store::Store;
 use mctc_collector::store::sqlite::SqliteStore;
 use mctc_shim::lineage::{Body, Record, VerdictCode};
 use mctc_shim::{DeviceId, Message};
-use mctc_tests::fleet::{Burst, Device, Fleet, PATIENCE};
+use mctc_tests::fleet::{Burst, Device, Fleet, PATIENCE, wait_all_acked};
 use mctc_tests::wait_until;
-
-/// Waits until the collector acknowledged every record the agent wrote, and
-/// returns the acknowledged seq seen then (the agent may write more records,
-/// such as a checkpoint, right after, so a later status is not the bound).
-fn wait_all_acked(fleet: &Fleet, device: &Device) -> u64 {
-    let mut through = None;
-    let drained = wait_until(Duration::from_secs(120), || {
-        let status = device.status();
-        let next = status["lineage"]["next_seq"].as_u64().unwrap_or(u64::MAX);
-        through = status["lineage"]["acked_seq"]
-            .as_u64()
-            .filter(|acked| acked + 1 >= next);
-        through.is_some()
-    });
-    assert!(
-        drained.is_some(),
-        "not all acknowledged: {}\n--- collector ---\n{}",
-        device.status(),
-        fleet.collector_log()
-    );
-    through.unwrap_or_default()
-}
 
 /// Checks at the collector's database: the stored chain reaches `through`,
 /// every answered permit is stored as that permit, no anomaly was raised.
