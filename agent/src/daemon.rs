@@ -33,7 +33,7 @@ use crate::lineage::store::{Store, StoreConfig};
 use crate::lineage::writer::{self, Quoter, WriterSettings, WriterStart};
 use crate::measured::MeasuredFiles;
 use crate::outbox::Outbox;
-use crate::platform::TpmPlatform;
+use crate::platform::{PlatformError, PlatformOp, TpmPlatform};
 use crate::socket;
 use crate::state::StateDir;
 
@@ -60,7 +60,7 @@ struct TpmQuoter {
 }
 
 impl Quoter for TpmQuoter {
-    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), PlatformError> {
         let (tx, rx) = std::sync::mpsc::channel();
         let tpm = self.tpm.clone();
         let selection = self.selection;
@@ -69,8 +69,14 @@ impl Quoter for TpmQuoter {
         });
         match rx.recv_timeout(QUOTE_TIMEOUT) {
             Ok(Ok(evidence)) => Ok((evidence.attest, evidence.signature)),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("timed out".into()),
+            Ok(Err(source)) => Err(PlatformError::Tpm {
+                op: PlatformOp::CheckpointQuote,
+                source,
+            }),
+            Err(_) => Err(PlatformError::Timeout {
+                op: PlatformOp::CheckpointQuote,
+                within: QUOTE_TIMEOUT,
+            }),
         }
     }
 }

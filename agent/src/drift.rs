@@ -25,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 use crate::clock::CurrentBoot;
 use crate::enforcement::Input;
 use crate::measured::MeasuredFiles;
-use crate::platform::{Observation, Platform};
+use crate::platform::{Observation, Platform, PlatformError, PlatformOp, TpmClass};
 use crate::state::StateDir;
 
 /// What an open gate's artifact attested.
@@ -48,7 +48,9 @@ pub enum Finding {
         cti: Option<[u8; 16]>,
     },
     /// The TPM could not be read (it is not verified, so the gate closes).
-    TpmUnavailable { detail: String },
+    /// `class` is the error's ([`PlatformError::class`]): a fatal one is
+    /// logged as such.
+    TpmUnavailable { detail: String, class: TpmClass },
     /// The TPM answers again.
     TpmBack,
 }
@@ -121,12 +123,10 @@ pub async fn run<P: Platform>(
         if let Some(selection) = selection {
             let read = tokio::time::timeout(TPM_READ_TIMEOUT, platform.observe(selection))
                 .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer within {} ms",
-                        TPM_READ_TIMEOUT.as_millis()
-                    ))
-                });
+                .unwrap_or(Err(PlatformError::Timeout {
+                    op: PlatformOp::ReadPcrs,
+                    within: TPM_READ_TIMEOUT,
+                }));
             match read {
                 Ok(observed) => {
                     boot.set(observed.boot);
@@ -146,9 +146,14 @@ pub async fn run<P: Platform>(
                         });
                     }
                 }
-                Err(detail) => {
+                Err(e) => {
+                    // Whatever its class: a TPM that cannot be read now
+                    // cannot vouch for an open gate now.
                     tpm_ok = false;
-                    findings.push(Finding::TpmUnavailable { detail });
+                    findings.push(Finding::TpmUnavailable {
+                        detail: e.to_string(),
+                        class: e.class(),
+                    });
                 }
             }
         }
@@ -205,11 +210,11 @@ mod tests {
     struct Unplugged(Arc<AtomicBool>, bool);
 
     impl Platform for Unplugged {
-        async fn quote(&self, _qualifying_data: [u8; 32]) -> Result<Quote, String> {
-            Err("not used".into())
+        async fn quote(&self, _qualifying_data: [u8; 32]) -> Result<Quote, PlatformError> {
+            unreachable!("the drift check does not quote")
         }
 
-        async fn observe(&self, _selection: PcrSelection) -> Result<Observation, String> {
+        async fn observe(&self, _selection: PcrSelection) -> Result<Observation, PlatformError> {
             if self.0.load(Ordering::Acquire) {
                 Ok(Observation {
                     pcr_digest: [0; 32],
@@ -218,11 +223,14 @@ mod tests {
             } else if self.1 {
                 std::future::pending().await
             } else {
-                Err("connection refused".into())
+                Err(PlatformError::Tpm {
+                    op: PlatformOp::ReadPcrs,
+                    source: mctc_attest::Error::WorkerStopped,
+                })
             }
         }
 
-        async fn extend(&self, _pcr: u8, _digest: [u8; 32]) -> Result<(), String> {
+        async fn extend(&self, _pcr: u8, _digest: [u8; 32]) -> Result<(), PlatformError> {
             Ok(())
         }
     }

@@ -473,8 +473,15 @@ mod tests {
     struct NoQuote;
 
     impl crate::lineage::writer::Quoter for NoQuote {
-        fn quote(&mut self, _: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String> {
-            Err("no TPM in this test".into())
+        fn quote(
+            &mut self,
+            _: [u8; 32],
+        ) -> Result<(Vec<u8>, Vec<u8>), crate::platform::PlatformError> {
+            // No TPM in this test: a checkpoint never gets its quote.
+            Err(crate::platform::PlatformError::Timeout {
+                op: crate::platform::PlatformOp::CheckpointQuote,
+                within: std::time::Duration::ZERO,
+            })
         }
     }
 

@@ -22,7 +22,7 @@
 use mctc_service::link::QoS;
 use mctc_shim::crypto::nonce_hash;
 use mctc_shim::error::{ArtifactError, EnvelopeError, ErrorClass};
-use mctc_shim::gate::{self, GateState, Generation};
+use mctc_shim::gate::{self, CloseReason, GateState, Generation};
 use mctc_shim::limits::{MAX_EVIDENCE_LEN, MAX_SMALL_MESSAGE_LEN};
 use mctc_shim::lineage::AttestVerdict;
 use mctc_shim::messages::{Evidence, Nonce, NoncePurpose, NonceRequest, RefusalCode};
@@ -36,7 +36,12 @@ use super::{Enforcer, Input, names};
 use crate::drift::Baseline;
 use crate::lineage::entry::Entry;
 use crate::outbox::Outbox;
-use crate::platform::{Platform, Quote};
+use crate::platform::{Platform, PlatformError, PlatformOp, Quote, TpmClass};
+
+/// How long a quote may take before it counts as a transient failure (a
+/// quote takes well under a second on any TPM, even queued behind a drift
+/// read or a checkpoint).
+pub(super) const QUOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Which {
@@ -177,6 +182,15 @@ impl Sessions {
             .min(max)
             .max(min);
         jittered(&self.rng, base, 0.2)
+    }
+
+    /// Parks the renewal until `now + delay`, asking for a new nonce then
+    /// (a round under way is abandoned).
+    pub(super) fn fail_renewal_for(&mut self, now: u64, delay: u64) {
+        self.renewal = Phase::Idle {
+            start_at: Some(now.saturating_add(delay)),
+            nonce: None,
+        };
     }
 
     pub(super) fn discard_all(&mut self) {
@@ -333,6 +347,10 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             _ => {}
         }
         match self.sessions.fresh {
+            Phase::Idle {
+                start_at: Some(at),
+                nonce,
+            } if now >= at => self.start_round(Which::Fresh, now, nonce),
             Phase::AwaitNonce { deadline } if now >= deadline => {
                 self.note_attestation(Which::Fresh, AttestVerdict::NoAnswer, None);
                 self.round_failed(Which::Fresh, now);
@@ -412,7 +430,14 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let platform = self.platform.clone();
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
-            let result = platform.quote(nonce).await;
+            // A hung TPM must not hold the round forever: no answer in
+            // time is a transient error like a busy TPM.
+            let result = tokio::time::timeout(QUOTE_TIMEOUT, platform.quote(nonce))
+                .await
+                .unwrap_or(Err(PlatformError::Timeout {
+                    op: PlatformOp::Quote,
+                    within: QUOTE_TIMEOUT,
+                }));
             let _ = inbox.send(Input::QuoteDone { round, result }).await;
         });
     }
@@ -436,7 +461,45 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         }
     }
 
-    pub(super) fn on_quote(&mut self, round: u64, result: Result<Quote, String>) {
+    /// Acts on a failed quote by its class: a transient error retries the
+    /// same nonce after the backoff (the gate keeps its artifact); a quote
+    /// that cannot be used re-attests with a new nonce; a fatal one closes
+    /// the gate at once, loudly (what the TPM would attest is unknown), and
+    /// the next round waits the longest backoff.
+    fn quote_failed(&mut self, which: Which, nonce: [u8; 32], e: &PlatformError, now: u64) {
+        let class = e.class();
+        let class_name = crate::platform::class_name(class);
+        match class {
+            TpmClass::Retry => {
+                tracing::warn!(error = %e, op = %e.op(), class = class_name, "quote failed; retrying the same nonce after a backoff");
+                let delay = self.sessions.failure_delay();
+                self.sessions.failures = self.sessions.failures.saturating_add(1);
+                self.sessions.set(
+                    which,
+                    Phase::Idle {
+                        start_at: Some(now.saturating_add(delay)),
+                        nonce: Some(nonce),
+                    },
+                );
+            }
+            TpmClass::Reattest => {
+                tracing::warn!(error = %e, op = %e.op(), class = class_name, "quote failed; re-attesting with a new nonce");
+                self.round_failed(which, now);
+            }
+            TpmClass::Fatal => {
+                tracing::error!(device = %self.device, error = %e, op = %e.op(), class = class_name, "TPM FAILED: closing the gate");
+                self.round_failed(which, now);
+                let events = self.gate.close_at(CloseReason::AttestationFailed, now);
+                self.apply(events.as_slice());
+                // After `apply` (which schedules recovery without a
+                // backoff): the TPM gets the longest one.
+                self.sessions
+                    .fail_renewal_for(now, self.settings.retry_max_ms);
+            }
+        }
+    }
+
+    pub(super) fn on_quote(&mut self, round: u64, result: Result<Quote, PlatformError>) {
         let which = [Which::Renewal, Which::Fresh].into_iter().find(
             |w| matches!(self.sessions.phase(*w), Phase::Quoting { round: r, .. } if r == round),
         );
@@ -453,9 +516,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let quote = match result {
             Ok(quote) => quote,
             Err(e) => {
-                tracing::error!(error = %e, "quote failed");
                 self.note_attestation(which, AttestVerdict::Rejected, None);
-                self.round_failed(which, now);
+                self.quote_failed(which, nonce, &e, now);
                 return;
             }
         };
@@ -731,7 +793,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
 
     /// Starts a fresh round for the head of the queue, if none is running.
     pub(super) fn start_fresh_round(&mut self) {
-        if self.fresh_queue.is_empty() || !matches!(self.sessions.fresh, Phase::Idle { .. }) {
+        // Only from parked: a scheduled retry keeps its nonce and time.
+        if self.fresh_queue.is_empty() || self.sessions.fresh != PARKED {
             return;
         }
         if !self.can_attest() {
@@ -746,9 +809,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
 
     /// After a reconnect: a fresh round in flight lost its messages.
     pub(super) fn restart_fresh_round(&mut self) {
-        if !matches!(self.sessions.fresh, Phase::Idle { .. }) {
-            self.sessions.fresh = PARKED;
-        }
+        self.sessions.fresh = PARKED;
         self.start_fresh_round();
     }
 }

@@ -42,7 +42,7 @@ use crate::lineage::entry::Entry;
 use crate::lineage::forwarder::ForwardStatus;
 use crate::lineage::writer::{Health, LineageHandle, LineageStatus, Refused};
 use crate::outbox::Outbox;
-use crate::platform::{Platform, Quote};
+use crate::platform::{Platform, PlatformError, Quote};
 use crate::state::{RevokedMarker, StateDir};
 use attestation::Sessions;
 use status::{ArtifactCore, AttestationCore, LineageCore, StatusCore};
@@ -113,7 +113,7 @@ pub enum Input {
     },
     QuoteDone {
         round: u64,
-        result: Result<Quote, String>,
+        result: Result<Quote, PlatformError>,
     },
     Finding(Finding),
     /// Close the gate, record the stop, answer when the stop record is
@@ -578,14 +578,17 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 let events = self.gate.drift(kind, now);
                 self.apply(events.as_slice());
             }
-            Finding::TpmUnavailable { detail } => {
+            Finding::TpmUnavailable { detail, class } => {
                 // Reported on every drift check while the TPM is away: each
                 // report closes again (and voids evidence), so nothing keeps
-                // the gate open without a TPM, and no round starts.
+                // the gate open without a TPM, and no round starts — whatever
+                // the class: a TPM busy for longer than a drift read cannot
+                // vouch for the gate either.
+                let class = crate::platform::class_name(class);
                 if std::mem::replace(&mut self.tpm_ok, false) {
-                    tracing::error!(%detail, "TPM unavailable: closing the gate");
+                    tracing::error!(%detail, class, "TPM unavailable: closing the gate");
                 } else {
-                    tracing::debug!(%detail, "TPM still unavailable");
+                    tracing::debug!(%detail, class, "TPM still unavailable");
                 }
                 let events = self.gate.close_at(CloseReason::AttestationFailed, now);
                 self.apply(events.as_slice());

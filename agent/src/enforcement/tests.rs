@@ -44,12 +44,17 @@ impl Clock for PausedClock {
 }
 
 /// Echoes the quoted nonce as the "attest" bytes, so tests see which nonce
-/// was quoted.
-#[derive(Debug, Clone)]
-struct EchoTpm;
+/// was quoted. `failures`: errors the next quotes return, in order.
+#[derive(Debug, Clone, Default)]
+struct EchoTpm {
+    failures: Arc<std::sync::Mutex<std::collections::VecDeque<PlatformError>>>,
+}
 
 impl Platform for EchoTpm {
-    async fn quote(&self, qualifying_data: [u8; 32]) -> Result<Quote, String> {
+    async fn quote(&self, qualifying_data: [u8; 32]) -> Result<Quote, PlatformError> {
+        if let Some(e) = self.failures.lock().unwrap().pop_front() {
+            return Err(e);
+        }
         Ok(Quote {
             attest: qualifying_data.to_vec(),
             signature: vec![1],
@@ -61,11 +66,11 @@ impl Platform for EchoTpm {
     async fn observe(
         &self,
         _selection: mctc_shim::tpm::PcrSelection,
-    ) -> Result<crate::platform::Observation, String> {
-        Err("not used".into())
+    ) -> Result<crate::platform::Observation, PlatformError> {
+        unreachable!("the enforcement task does not read PCRs")
     }
 
-    async fn extend(&self, _pcr: u8, _digest: [u8; 32]) -> Result<(), String> {
+    async fn extend(&self, _pcr: u8, _digest: [u8; 32]) -> Result<(), PlatformError> {
         Ok(())
     }
 }
@@ -86,7 +91,7 @@ impl Outbox for Recorder {
 struct NoQuote;
 
 impl Quoter for NoQuote {
-    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), PlatformError> {
         Ok((qualifying_data.to_vec(), vec![1]))
     }
 }
@@ -100,6 +105,7 @@ struct Harness {
     control_seq: u64,
     hb_seq: u64,
     lineage: LineageHandle,
+    tpm: EchoTpm,
     _dir: tempfile::TempDir,
 }
 
@@ -150,6 +156,7 @@ impl Harness {
         let (inbox, inbox_rx) = mpsc::channel(64);
         let (baseline, _) = watch::channel(None);
         let (_forward_tx, forward) = watch::channel(ForwardStatus::default());
+        let tpm = EchoTpm::default();
         let enforcer = Enforcer::new(
             settings(),
             Parts {
@@ -159,7 +166,7 @@ impl Harness {
                 control_seq: None,
                 clock: clock.clone(),
                 boot: CurrentBoot::default(),
-                platform: EchoTpm,
+                platform: tpm.clone(),
                 outbox: Recorder(tx),
                 lineage: lineage.clone(),
                 forward,
@@ -180,6 +187,7 @@ impl Harness {
             control_seq: 0,
             hb_seq: 0,
             lineage,
+            tpm,
             _dir: dir,
         }
     }
@@ -720,6 +728,7 @@ async fn tpm_loss_voids_the_renewal_in_flight_and_no_round_runs_until_it_is_back
     h.inbox
         .send(Input::Finding(Finding::TpmUnavailable {
             detail: "connection refused".into(),
+            class: crate::platform::TpmClass::Retry,
         }))
         .await
         .unwrap();
@@ -733,6 +742,7 @@ async fn tpm_loss_voids_the_renewal_in_flight_and_no_round_runs_until_it_is_back
         h.inbox
             .send(Input::Finding(Finding::TpmUnavailable {
                 detail: "connection refused".into(),
+                class: crate::platform::TpmClass::Retry,
             }))
             .await
             .unwrap();
@@ -935,4 +945,91 @@ async fn lineage_loss_voids_the_renewal_in_flight() {
     }
     stale_answer_stays_closed(&mut h, quoted, "lineage-unavailable").await;
     fresh_round_reopens(&mut h).await;
+}
+
+// Issue 20, item 1: a failed quote is acted on by its class.
+
+fn quote_error(class: crate::platform::TpmClass) -> PlatformError {
+    use crate::platform::{PlatformOp, TpmClass};
+    let source = match class {
+        TpmClass::Retry => mctc_attest::Error::PcrsUnstable { attempts: 3 },
+        TpmClass::Reattest => mctc_attest::Error::NotProvisioned,
+        TpmClass::Fatal => mctc_attest::Error::WorkerStopped,
+    };
+    let e = PlatformError::Tpm {
+        op: PlatformOp::Quote,
+        source,
+    };
+    assert_eq!(e.class(), class);
+    e
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transient_quote_error_retries_the_same_nonce_after_a_backoff_and_keeps_the_gate() {
+    let mut h = Harness::start().await;
+    let next = h.open(40_000).await;
+    h.tpm
+        .failures
+        .lock()
+        .unwrap()
+        .push_back(quote_error(crate::platform::TpmClass::Retry));
+    // The renewal (at 18–22 s) fails its quote: no new nonce is asked for,
+    // the same `next_nonce` is quoted again after the backoff (0.8–1.2 s).
+    let opened_at = h.now();
+    let quoted = h.evidence().await;
+    assert_eq!(quoted, next, "retried with the same nonce");
+    let waited = h.now() - opened_at;
+    assert!(
+        (18_000 + 800..=22_000 + 1_200).contains(&waited),
+        "retried {waited} ms after the open"
+    );
+    assert_eq!(
+        h.state().await,
+        "open",
+        "a busy TPM does not close the gate"
+    );
+    assert!(h.authorize("unlock").await.permit);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_quote_error_that_needs_a_new_round_asks_for_a_new_nonce() {
+    let mut h = Harness::start().await;
+    h.open(40_000).await;
+    h.tpm
+        .failures
+        .lock()
+        .unwrap()
+        .push_back(quote_error(crate::platform::TpmClass::Reattest));
+    // `next` (strict): the failed renewal publishes no evidence; it asks
+    // for a new nonce, and quotes that one.
+    assert_eq!(h.give_nonce([0x31; 32]).await, NoncePurpose::Renew);
+    assert_eq!(h.evidence().await, [0x31; 32]);
+    assert_eq!(h.state().await, "open");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fatal_quote_error_closes_the_gate_at_once_and_recovers_only_after_the_longest_backoff() {
+    let mut h = Harness::start().await;
+    h.open(40_000).await;
+    h.tpm
+        .failures
+        .lock()
+        .unwrap()
+        .push_back(quote_error(crate::platform::TpmClass::Fatal));
+    // The renewal's quote (18–22 s after the open) fails for good. The
+    // next round asks for a new nonce only after retry_max_ms (8 s), and
+    // before the 40 s artifact would have expired: the gate is closed by
+    // then for the failure, not for expiry.
+    let request = h.next("/nonce/req");
+    let waited = tokio::time::timeout(Duration::from_secs(60), request).await;
+    let asked_at = h.now() - T0;
+    assert!(waited.is_ok(), "no round after a fatal quote error");
+    assert!(
+        (18_000 + 8_000..40_000).contains(&asked_at),
+        "asked {asked_at} ms after the open"
+    );
+    let status = h.status().await;
+    assert_eq!(status["state"], "closed", "{status}");
+    assert_eq!(status["reason"], "attestation-failed", "{status}");
+    assert!(!h.authorize("unlock").await.permit);
 }

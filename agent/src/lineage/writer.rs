@@ -133,7 +133,10 @@ pub struct LineageStatus {
 pub trait Quoter: Send + 'static {
     /// `TPM2_Quote` with `qualifying_data`; returns the raw `TPMS_ATTEST`
     /// and the marshalled `TPMT_SIGNATURE`.
-    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String>;
+    fn quote(
+        &mut self,
+        qualifying_data: [u8; 32],
+    ) -> Result<(Vec<u8>, Vec<u8>), crate::platform::PlatformError>;
 }
 
 /// Writer tuning.
@@ -744,7 +747,11 @@ impl Writer {
         let (attest, signature) = match self.quoter.quote(qualifying_data) {
             Ok(quote) => quote,
             Err(reason) => {
-                tracing::warn!(%reason, seq, "checkpoint quote failed; retrying later");
+                // Whatever the class, the checkpoint waits: records stay
+                // durable and chained without it, and a TPM that is gone is
+                // the drift check's and the attestation's to act on.
+                let class = crate::platform::class_name(reason.class());
+                tracing::warn!(%reason, class, seq, "checkpoint quote failed; retrying later");
                 self.checkpoint_retry_at = Some(Instant::now() + CHECKPOINT_RETRY);
                 return Err(Refused::Failed(format!("checkpoint quote: {reason}")));
             }
@@ -827,7 +834,10 @@ mod tests {
     struct FixedQuoter;
 
     impl Quoter for FixedQuoter {
-        fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        fn quote(
+            &mut self,
+            qualifying_data: [u8; 32],
+        ) -> Result<(Vec<u8>, Vec<u8>), crate::platform::PlatformError> {
             // Not a TPM: the chain rules, not the quote, are under test.
             Ok((qualifying_data.to_vec(), b"signature".to_vec()))
         }
