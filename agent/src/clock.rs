@@ -14,8 +14,12 @@ use mctc_shim::tpm::BootCounters;
 pub trait Clock: Send + Sync + Debug + 'static {
     /// CLOCK_BOOTTIME in ms: every deadline is decided on this.
     fn now_ms(&self) -> u64;
-    /// Unix ms, only if the wall clock is trusted.
+    /// Unix ms, only if the wall clock is trusted: what decisions (an
+    /// artifact's `exp`) may use.
     fn wall_ms(&self) -> Option<u64>;
+    /// Unix ms as the system says, trusted or not: for what people read
+    /// (the status, a revocation marker), never for a decision.
+    fn wall_display_ms(&self) -> u64;
 }
 
 /// The production clock.
@@ -31,6 +35,10 @@ impl Clock for BootClock {
 
     fn wall_ms(&self) -> Option<u64> {
         self.wall_trusted.then(mctc_service::clock::wall_ms)
+    }
+
+    fn wall_display_ms(&self) -> u64 {
+        mctc_service::clock::wall_ms()
     }
 }
 

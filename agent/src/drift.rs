@@ -15,6 +15,7 @@
 //! no attestation while the reports come, and re-attests on
 //! [`Finding::TpmBack`].
 
+use std::future::Future;
 use std::time::Duration;
 
 use mctc_shim::lineage::DriftKind;
@@ -23,7 +24,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 
 use crate::clock::CurrentBoot;
-use crate::enforcement::Input;
 use crate::measured::MeasuredFiles;
 use crate::platform::{Observation, Platform, PlatformError, PlatformOp, TpmClass};
 use crate::state::StateDir;
@@ -83,7 +83,21 @@ fn compare(base: &Baseline, observed: &Observation) -> Option<(DriftKind, String
     }
 }
 
-/// Runs until the enforcement inbox closes.
+/// Where findings go: the enforcement task's inbox in production (which
+/// implements this, so that this module need not know the enforcement
+/// task's inputs), a channel of findings in tests.
+pub trait Findings: Send + 'static {
+    /// Delivers `finding`; false once nobody listens any more.
+    fn report(&self, finding: Finding) -> impl Future<Output = bool> + Send;
+}
+
+impl Findings for mpsc::Sender<Finding> {
+    async fn report(&self, finding: Finding) -> bool {
+        self.send(finding).await.is_ok()
+    }
+}
+
+/// Runs until nobody takes findings any more.
 pub async fn run<P: Platform>(
     platform: P,
     interval: Duration,
@@ -91,7 +105,7 @@ pub async fn run<P: Platform>(
     mut measured: Option<MeasuredFiles>,
     boot: CurrentBoot,
     state: StateDir,
-    inbox: mpsc::Sender<Input>,
+    inbox: impl Findings,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -189,7 +203,7 @@ pub async fn run<P: Platform>(
             measured = Some(files);
         }
         for finding in findings {
-            if inbox.send(Input::Finding(finding)).await.is_err() {
+            if !inbox.report(finding).await {
                 return;
             }
         }
@@ -235,9 +249,9 @@ mod tests {
         }
     }
 
-    async fn next_finding(inbox: &mut mpsc::Receiver<Input>, within: Duration) -> Finding {
+    async fn next_finding(inbox: &mut mpsc::Receiver<Finding>, within: Duration) -> Finding {
         match tokio::time::timeout(within, inbox.recv()).await {
-            Ok(Some(Input::Finding(finding))) => finding,
+            Ok(Some(finding)) => finding,
             Ok(other) => panic!("expected a finding, got {other:?}"),
             Err(_) => panic!("no finding within {within:?}"),
         }

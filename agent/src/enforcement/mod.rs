@@ -124,6 +124,13 @@ pub enum Input {
     },
 }
 
+/// The drift check reports into the inbox.
+impl crate::drift::Findings for mpsc::Sender<Input> {
+    async fn report(&self, finding: Finding) -> bool {
+        self.send(Input::Finding(finding)).await.is_ok()
+    }
+}
+
 /// Tuning of the enforcement task.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -403,7 +410,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 let _ = reply.send(status::render(
                     &self.status_core(now),
                     now,
-                    mctc_service::clock::wall_ms(),
+                    self.clock.wall_display_ms(),
                 ));
             }
             Input::QuoteDone { round, result } => self.on_quote(round, result),
@@ -514,7 +521,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let marker = RevokedMarker {
             source: source.into(),
             detail,
-            wall_ms: mctc_service::clock::wall_ms(),
+            wall_ms: self.clock.wall_display_ms(),
         };
         if let Err(e) = self.state.set_revoked(&marker) {
             tracing::error!(error = %e, "REVOCATION NOT PERSISTED: a restart would not know it");
@@ -808,7 +815,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             self.next_status_ms = now.saturating_add(self.settings.status_interval_ms);
             return;
         }
-        let json = status::render(&core, now, mctc_service::clock::wall_ms());
+        let json = status::render(&core, now, self.clock.wall_display_ms());
         let payload = serde_json::to_vec(&json).unwrap_or_default();
         if self
             .outbox

@@ -41,7 +41,14 @@ impl Clock for PausedClock {
     fn wall_ms(&self) -> Option<u64> {
         None
     }
+
+    fn wall_display_ms(&self) -> u64 {
+        WALL_T0 + u64::try_from(self.start.elapsed().as_millis()).unwrap()
+    }
 }
+
+/// The (untrusted) wall clock at the start of a test.
+const WALL_T0: u64 = 1_700_000_000_000;
 
 /// Echoes the quoted nonce as the "attest" bytes, so tests see which nonce
 /// was quoted. `failures`: errors the next quotes return, in order.
