@@ -3,7 +3,9 @@
 //! real process is involved here (the end-to-end tests in `tests/` use the
 //! real authority, swtpm and Mosquitto); the authority's messages are
 //! signed with a test key, the TPM is a stand-in that echoes the nonce it
-//! quoted.
+//! quoted (or fails as told), and the lineage writer is a fake whose health
+//! the test sets: no thread runs beside the runtime, so paused time moves
+//! only when the enforcement task and the test both wait.
 
 use std::sync::Arc;
 
@@ -17,8 +19,8 @@ use mctc_shim::{RingCrypto, RingSigner, Signed, Signer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;
-use crate::lineage::store::{Store, StoreConfig};
-use crate::lineage::writer::{self, Quoter, WriterSettings, WriterStart};
+use crate::lineage::writer;
+use crate::lineage::writer::LineageStatus;
 
 const T0: u64 = 1_000_000;
 
@@ -95,13 +97,8 @@ impl Outbox for Recorder {
     }
 }
 
-struct NoQuote;
-
-impl Quoter for NoQuote {
-    fn quote(&mut self, qualifying_data: [u8; 32]) -> Result<(Vec<u8>, Vec<u8>), PlatformError> {
-        Ok((qualifying_data.to_vec(), vec![1]))
-    }
-}
+/// The fake lineage writer's command queue (never served).
+type FakeQueue = Arc<std::sync::Mutex<std::sync::mpsc::Receiver<writer::Command>>>;
 
 struct Harness {
     inbox: mpsc::Sender<Input>,
@@ -111,8 +108,10 @@ struct Harness {
     device: DeviceId,
     control_seq: u64,
     hb_seq: u64,
-    lineage: LineageHandle,
     tpm: EchoTpm,
+    /// The fake writer's queue and health, kept so the enforcement task
+    /// does not see the writer gone.
+    _lineage: Option<(FakeQueue, watch::Sender<LineageStatus>)>,
     _dir: tempfile::TempDir,
 }
 
@@ -131,33 +130,39 @@ fn settings() -> Settings {
     }
 }
 
+fn paused_clock() -> Arc<PausedClock> {
+    Arc::new(PausedClock {
+        start: tokio::time::Instant::now(),
+        suspended_ms: std::sync::atomic::AtomicU64::new(0),
+        rewound_ms: std::sync::atomic::AtomicU64::new(0),
+    })
+}
+
 impl Harness {
+    /// With a fake lineage writer (healthy; records queued, never
+    /// answered): nothing but the enforcement task and the test runs, so
+    /// paused time moves only when both wait.
     async fn start() -> Harness {
-        Harness::start_with(StoreConfig::new).await
+        Harness::start_with_fake_lineage().await.0
     }
 
-    /// With the lineage store configured by `store` (given its directory).
-    async fn start_with(store: impl FnOnce(std::path::PathBuf) -> StoreConfig) -> Harness {
+    /// With a fake lineage writer whose health the test sets.
+    async fn start_with_fake_lineage() -> (Harness, FakeQueue, watch::Sender<LineageStatus>) {
         let dir = tempfile::tempdir().unwrap();
         let device = DeviceId::new("d1").unwrap();
-        let clock = Arc::new(PausedClock {
-            start: tokio::time::Instant::now(),
-            suspended_ms: std::sync::atomic::AtomicU64::new(0),
-            rewound_ms: std::sync::atomic::AtomicU64::new(0),
-        });
-        let (lineage, _thread) = writer::spawn(WriterStart {
-            store: Store::open(store(dir.path().join("lineage"))),
-            device: device.clone(),
-            clock: clock.clone(),
-            boot: CurrentBoot::default(),
-            quoter: Box::new(NoQuote),
-            settings: WriterSettings {
-                commit_window: Duration::ZERO,
-                checkpoint_every_records: 1_000,
-                checkpoint_every: Duration::from_secs(3600),
-            },
-        })
-        .unwrap();
+        let (lineage, commands, health) = LineageHandle::fake();
+        let commands = Arc::new(std::sync::Mutex::new(commands));
+        let mut h = Harness::start_on(dir, device, paused_clock(), lineage).await;
+        h._lineage = Some((Arc::clone(&commands), health.clone()));
+        (h, commands, health)
+    }
+
+    async fn start_on(
+        dir: tempfile::TempDir,
+        device: DeviceId,
+        clock: Arc<PausedClock>,
+        lineage: LineageHandle,
+    ) -> Harness {
         let signer = RingSigner::from_seed(&[9; 32]).unwrap();
         let (tx, published) = tokio::sync::mpsc::unbounded_channel();
         let (inbox, inbox_rx) = mpsc::channel(64);
@@ -193,8 +198,8 @@ impl Harness {
             device,
             control_seq: 0,
             hb_seq: 0,
-            lineage,
             tpm,
+            _lineage: None,
             _dir: dir,
         }
     }
@@ -240,6 +245,12 @@ impl Harness {
     async fn give_nonce(&mut self, nonce: [u8; 32]) -> NoncePurpose {
         let request = self.next("/nonce/req").await;
         let purpose = NonceRequest::decode(&request).unwrap().purpose;
+        self.give_nonce_now(nonce, purpose).await;
+        purpose
+    }
+
+    /// Delivers a nonce for `purpose` that was asked for earlier.
+    async fn give_nonce_now(&mut self, nonce: [u8; 32], purpose: NoncePurpose) {
         let mut buf = [0u8; 256];
         let bytes = Nonce {
             v: Version::CURRENT,
@@ -251,7 +262,6 @@ impl Harness {
         .unwrap()
         .to_vec();
         self.send(Inbound::Nonce, bytes).await;
-        purpose
     }
 
     /// The nonce quoted in the next evidence.
@@ -875,42 +885,19 @@ async fn an_artifact_expiry_keeps_the_renewal_in_flight() {
     let mut h = Harness::start().await;
     let opened_at = h.now();
     h.open(10_000).await;
-    // The renewal at about 5 s gets no answer; the next round asks for a
-    // nonce after the backoff, and gets it just before the deadline.
+    // The renewal at 4.5–5.5 s gets no answer (2 s); the next round asks
+    // for a nonce after the backoff (0.8–1.2 s), at 7.3–8.7 s.
     let _ = h.evidence().await;
     let _ = h.next("/nonce/req").await;
-    tokio::time::advance(Duration::from_millis(opened_at + 9_500 - h.now())).await;
-    let purpose = {
-        let mut buf = [0u8; 256];
-        let bytes = Nonce {
-            v: Version::CURRENT,
-            nonce: Bytes([0x66; 32]),
-            purpose: NoncePurpose::Renew,
-            expires_in_ms: 10_000,
-        }
-        .encode(&mut buf)
-        .unwrap()
-        .to_vec();
-        h.send(Inbound::Nonce, bytes).await;
-        NoncePurpose::Renew
-    };
-    assert_eq!(purpose, NoncePurpose::Renew);
-    // The quote runs off the runtime: paused time may run on meanwhile and
-    // the round's backoff ask for yet another nonce first. The evidence
-    // still quotes the nonce that was answered.
-    let quoted = loop {
-        let (topic, payload) = h.published.recv().await.unwrap();
-        if topic.ends_with("/evidence") {
-            break mctc_shim::messages::Evidence::decode(&payload)
-                .unwrap()
-                .nonce
-                .0;
-        }
-        assert!(
-            topic.ends_with("/status") || topic.ends_with("/nonce/req"),
-            "unexpected publish on {topic}"
-        );
-    };
+    let asked_at = h.now();
+    // The nonce comes before its own answer timeout (2 s) and before the
+    // artifact's deadline (10 s), late enough that the evidence's answer
+    // is still due after the deadline.
+    let give_at = (asked_at + 1_900).min(opened_at + 9_500);
+    tokio::time::advance(Duration::from_millis(give_at - h.now())).await;
+    h.give_nonce_now([0x66; 32], NoncePurpose::Renew).await;
+    // Strict: the next publish is the evidence quoting that nonce.
+    let quoted = h.evidence().await;
     assert_eq!(quoted, [0x66; 32]);
     tokio::time::advance(Duration::from_millis(opened_at + 10_000 - h.now())).await;
     assert_eq!(h.status().await["reason"], "artifact-expired");
@@ -924,32 +911,35 @@ async fn an_artifact_expiry_keeps_the_renewal_in_flight() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "flaky on a loaded machine: paused time runs on while the real lineage writer thread works, so a deadline can close the gate first; the rule itself is covered by firmware-shim/tests/gate.rs (lineage loss voids evidence); to be rebuilt on a fake writer (issue 20)"]
 async fn lineage_loss_voids_the_renewal_in_flight() {
-    let mut h = Harness::start_with(|dir| StoreConfig {
-        segment_bytes: 2_048,
-        quota_bytes: 16_384,
-        reserve_bytes: 8_192,
-        ..StoreConfig::new(dir)
-    })
-    .await;
+    // A fake writer: the store fills and empties when the test says so, and
+    // nothing runs while paused time advances (the real writer thread did,
+    // so a deadline could close the gate first).
+    let (mut h, _commands, lineage) = Harness::start_with_fake_lineage().await;
     let quoted = renewal_in_flight(&mut h).await;
-    // Permits fill the store to its quota while the renewal is out; the
-    // writer thread is real, so ask until it said so (no timer runs
-    // meanwhile: paused time moves only when every task is idle).
-    let mut asked = 0;
+    let renewal_sent = h.now();
+    let status = |health| LineageStatus {
+        health,
+        ..lineage.borrow().clone()
+    };
+    // The store reaches its quota while the renewal's answer is due.
+    lineage.send_replace(status(Health::QuotaReached));
     while h.status().await["reason"] != "lineage-unavailable" {
-        let _ = h.authorize("unlock").await;
-        asked += 1;
-        assert!(asked < 100_000, "the quota never closed the gate");
+        tokio::task::yield_now().await;
     }
-    // The collector catches up: acknowledged segments are pruned and the
-    // store is writable again — while the renewal's answer is still due.
-    let next = h.status().await["lineage"]["next_seq"].as_u64().unwrap();
-    h.lineage.prune(next - 1);
+    assert_eq!(h.state().await, "closed");
+    assert_eq!(
+        h.authorize("unlock").await.reason,
+        Some("closed"),
+        "no permit while lineage cannot be written"
+    );
+    // The collector catches up: the store is writable again, still within
+    // the renewal's answer timeout (2 s), and no time passed at all.
+    lineage.send_replace(status(Health::Ok));
     while h.status().await["lineage"]["health"] != "ok" {
         tokio::task::yield_now().await;
     }
+    assert_eq!(h.now(), renewal_sent, "paused time did not move");
     stale_answer_stays_closed(&mut h, quoted, "lineage-unavailable").await;
     fresh_round_reopens(&mut h).await;
 }

@@ -208,6 +208,32 @@ impl LineageHandle {
     }
 }
 
+#[cfg(test)]
+impl LineageHandle {
+    /// A handle on no writer, for paused-time tests of its users: the test
+    /// holds the command queue (nothing is answered unless it answers) and
+    /// sets the health. Unlike the real writer thread, nothing here runs
+    /// while paused time advances.
+    pub(crate) fn fake() -> (
+        LineageHandle,
+        mpsc::Receiver<Command>,
+        watch::Sender<LineageStatus>,
+    ) {
+        let (tx, rx) = mpsc::channel();
+        let (status_tx, status) = watch::channel(LineageStatus {
+            health: Health::Ok,
+            next_seq: 0,
+            first_seq: None,
+            used_bytes: 0,
+            quota_bytes: u64::MAX,
+            last_checkpoint: None,
+            syncs: 0,
+            records: 0,
+        });
+        (LineageHandle { tx, status }, rx, status_tx)
+    }
+}
+
 /// What the writer starts from.
 #[derive(Debug)]
 pub struct WriterStart {
