@@ -156,7 +156,9 @@ fn the_gate_answers_concurrent_clients_with_shared_fdatasyncs_in_a_small_footpri
     device.bring_up();
     let pid = device.pid();
 
-    // Idle: no busy polling (drift checks every 250 ms, heartbeats).
+    // Idle: no busy polling (drift checks every 250 ms, heartbeats). The
+    // sleeps are the measurement: 1 s for the start-up work (first
+    // checkpoint, status) to pass, then a 5 s window of CPU time.
     std::thread::sleep(Duration::from_secs(1));
     let (ticks0, t0) = (cpu_ticks(pid), Instant::now());
     std::thread::sleep(Duration::from_secs(5));
@@ -208,6 +210,7 @@ fn the_gate_answers_concurrent_clients_with_shared_fdatasyncs_in_a_small_footpri
         })
         .collect();
     let start = Instant::now();
+    // The load's duration (a measurement window, not synchronisation).
     std::thread::sleep(Duration::from_secs(5));
     stop.store(true, Ordering::Relaxed);
     for t in threads {

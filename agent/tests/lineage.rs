@@ -68,6 +68,8 @@ fn burst(
                     let Ok(answer) =
                         mctc_agent::socket::request(&socket, &request, Duration::from_secs(5))
                     else {
+                        // Pace of a client whose connection failed (the
+                        // socket is busy), not synchronisation.
                         std::thread::sleep(Duration::from_millis(5));
                         continue;
                     };
@@ -186,13 +188,15 @@ fn a_corrupted_middle_record_is_reported_and_the_gate_stays_closed() {
     bytes[16 + 16 + 40] ^= 0x20;
     std::fs::write(victim, &bytes).unwrap();
 
+    let heartbeats = common::heartbeat_watch(&fleet, "corrupt-hb");
     device.start();
     let status = device.status();
     assert_eq!(status["lineage"]["health"], "failed", "{status}");
     let error = status["lineage"]["error"].as_str().unwrap();
     assert!(error.contains("corrupt"), "{error}");
-    // Reported, never skipped: and nothing can open the gate.
-    std::thread::sleep(Duration::from_secs(3));
+    // Reported, never skipped: and nothing can open the gate, however long
+    // a round would take.
+    common::connected_for_two_heartbeats(&device, &heartbeats);
     let status = device.status();
     assert_ne!(status["state"], "open", "{status}");
     let answer = device.authorize("unlock", None, None, None);

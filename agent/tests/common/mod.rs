@@ -75,3 +75,36 @@ pub fn kinds(records: &[(u64, Vec<u8>)]) -> Vec<&'static str> {
         })
         .collect()
 }
+
+/// The fleet heartbeat topic.
+pub const HEARTBEAT_TOPIC: &str = "mctc/v1/fleet/heartbeat";
+
+/// An observer of the fleet heartbeat, connected (and subscribed) before
+/// the device under test starts.
+pub fn heartbeat_watch(fleet: &Fleet, client_id: &str) -> MqttClient {
+    MqttClient::connect(
+        &fleet.broker,
+        mctc_tests::OBSERVER,
+        client_id,
+        &[HEARTBEAT_TOPIC],
+    )
+}
+
+/// Waits until `device` is connected to the broker and two fleet heartbeats
+/// went out after that: the window in which a healthy agent has attested
+/// and opened (a round takes a few hundred ms, heartbeats come every
+/// second). Tests that prove a gate stays closed ask it after this event.
+pub fn connected_for_two_heartbeats(device: &Device, watch: &MqttClient) {
+    let connected = mctc_tests::wait_until(PATIENCE, || device.status()["connected"] == true);
+    assert!(connected.is_some(), "never connected: {}", device.status());
+    let since = std::time::Instant::now();
+    let beats = mctc_tests::wait_until(PATIENCE, || {
+        watch
+            .stamped()
+            .iter()
+            .filter(|(at, (topic, _, _))| *at > since && topic == HEARTBEAT_TOPIC)
+            .count()
+            >= 2
+    });
+    assert!(beats.is_some(), "no two heartbeats after connecting");
+}
