@@ -230,7 +230,13 @@ fn a_revoked_device_stays_revoked_across_restarts() {
     );
     let answer = device.authorize("unlock", None, None, None);
     assert_eq!(answer["reason"], "revoked", "{answer}");
+    // Written off the enforcement loop, right after the gate closed.
     let marker = device.state_dir().join("revoked");
+    assert!(
+        wait_until(PATIENCE, || marker.exists()).is_some(),
+        "revocation marker never written:\n{}",
+        device.log()
+    );
     let mode =
         std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&marker).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600);

@@ -116,12 +116,67 @@ pub enum Input {
         result: Result<Quote, PlatformError>,
     },
     Finding(Finding),
+    /// A state file written off the loop ([`StateWrite`]) is durable, or
+    /// failed.
+    Persisted {
+        what: StateWrite,
+        result: Result<(), crate::AgentError>,
+    },
     /// Close the gate, record the stop, answer when the stop record is
     /// durable.
     Shutdown {
         reason: String,
         reply: oneshot::Sender<()>,
     },
+}
+
+/// A state file the enforcement task writes without waiting: each is an
+/// atomic write with fsyncs, which must not stall the loop (the gate's
+/// deadlines, the socket's answers). They are written in order, one at a
+/// time, by one task, so a later control seq never lands before an earlier
+/// one; the result comes back as [`Input::Persisted`]. Neither can open
+/// anything: the revoked gate is closed for good in this process whether
+/// or not its marker is durable yet, and a failure is reported loudly and
+/// shown in the status (`detail`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateWrite {
+    Revoked(RevokedMarker),
+    ControlSeq(u64),
+}
+
+impl StateWrite {
+    fn write(&self, state: &StateDir) -> Result<(), crate::AgentError> {
+        match self {
+            StateWrite::Revoked(marker) => state.set_revoked(marker),
+            StateWrite::ControlSeq(seq) => state.set_control_seq(*seq),
+        }
+    }
+}
+
+/// Runs the state writes in order until `writes` closes.
+async fn write_state(
+    state: StateDir,
+    mut writes: mpsc::UnboundedReceiver<StateWrite>,
+    inbox: mpsc::Sender<Input>,
+) {
+    while let Some(what) = writes.recv().await {
+        let dir = state.clone();
+        let job = what.clone();
+        let result = match tokio::task::spawn_blocking(move || job.write(&dir)).await {
+            Ok(result) => result,
+            Err(e) => Err(crate::AgentError::Startup(format!("state write task: {e}"))),
+        };
+        // Not awaited: during shutdown nobody reads the inbox any more,
+        // so a failure is logged here then.
+        if let Err(e) = inbox.try_send(Input::Persisted { what, result })
+            && let Input::Persisted {
+                what,
+                result: Err(error),
+            } = e.into_inner()
+        {
+            tracing::error!(%error, ?what, "STATE FILE NOT WRITTEN");
+        }
+    }
 }
 
 /// The drift check reports into the inbox.
@@ -192,6 +247,12 @@ pub struct Enforcer<P: Platform, O: Outbox> {
     lineage_status: watch::Receiver<LineageStatus>,
     forward: watch::Receiver<ForwardStatus>,
     state: StateDir,
+    /// The queue of [`StateWrite`]s and the task that writes them (started
+    /// by `run`).
+    state_writes: Option<(
+        mpsc::UnboundedSender<StateWrite>,
+        tokio::task::JoinHandle<()>,
+    )>,
     inbox: mpsc::Sender<Input>,
     baseline: watch::Sender<Option<Baseline>>,
     sessions: Sessions,
@@ -264,6 +325,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             lineage_status,
             forward: parts.forward,
             state: parts.state,
+            state_writes: None,
             inbox: parts.inbox,
             baseline: parts.baseline,
             fresh_queue: VecDeque::new(),
@@ -302,6 +364,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             tracing::warn!(device = %self.device, "device is revoked (persisted); the gate stays closed until re-provisioning");
         }
         self.sessions.schedule_renewal(now, None);
+        let (writes, queue) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_state(self.state.clone(), queue, self.inbox.clone()));
+        self.state_writes = Some((writes, writer));
         loop {
             let now = self.now();
             let wake = self.next_wake(now);
@@ -415,6 +480,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             }
             Input::QuoteDone { round, result } => self.on_quote(round, result),
             Input::Finding(finding) => self.on_finding(finding),
+            Input::Persisted { what, result } => self.on_persisted(&what, result),
             Input::Shutdown { .. } => {}
         }
     }
@@ -523,9 +589,38 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             detail,
             wall_ms: self.clock.wall_display_ms(),
         };
-        if let Err(e) = self.state.set_revoked(&marker) {
-            tracing::error!(error = %e, "REVOCATION NOT PERSISTED: a restart would not know it");
-            self.persist_error = Some(e.to_string());
+        self.write_state(StateWrite::Revoked(marker));
+    }
+
+    /// Queues `what` to the state writer. Without one (`run` not started,
+    /// or stopping) it is written here, blocking: it must not be lost.
+    fn write_state(&mut self, what: StateWrite) {
+        let unsent = match &self.state_writes {
+            Some((writes, _)) => writes.send(what).err().map(|e| e.0),
+            None => Some(what),
+        };
+        if let Some(what) = unsent {
+            let result = what.write(&self.state);
+            self.on_persisted(&what, result);
+        }
+    }
+
+    fn on_persisted(&mut self, what: &StateWrite, result: Result<(), crate::AgentError>) {
+        match (what, result) {
+            (StateWrite::Revoked(_), Ok(())) => {
+                tracing::info!(device = %self.device, "revocation persisted");
+            }
+            (StateWrite::Revoked(_), Err(e)) => {
+                tracing::error!(error = %e, "REVOCATION NOT PERSISTED: a restart would not know it");
+                self.persist_error = Some(e.to_string());
+                self.publish_status(true);
+            }
+            (StateWrite::ControlSeq(_), Ok(())) => {}
+            (StateWrite::ControlSeq(seq), Err(e)) => {
+                tracing::error!(error = %e, seq, "control seq not persisted");
+                self.persist_error = Some(e.to_string());
+                self.publish_status(true);
+            }
         }
     }
 
@@ -562,10 +657,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             Ok(events) => {
                 tracing::info!(device = %self.device, seq, ?action, reason = control.message().reason.as_str(), "control accepted");
                 self.lineage.record(Entry::ControlReceived { seq, action });
-                if let Err(e) = self.state.set_control_seq(seq) {
-                    tracing::error!(error = %e, "control seq not persisted");
-                    self.persist_error = Some(e.to_string());
-                }
+                self.write_state(StateWrite::ControlSeq(seq));
                 self.apply(events.as_slice());
             }
             Err(e) => tracing::warn!(error = %e, "control message not applied"),
@@ -742,6 +834,17 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let events = self.gate.close_at(CloseReason::Shutdown, now);
         self.apply(events.as_slice());
         self.fail_fresh_queue(DenyCode::Closed);
+        // The state files queued so far are written before the stop: a
+        // revocation heard just before must survive the restart.
+        if let Some((writes, writer)) = self.state_writes.take() {
+            drop(writes);
+            if tokio::time::timeout(Duration::from_secs(5), writer)
+                .await
+                .is_err()
+            {
+                tracing::error!("state files not written within 5 s of the stop");
+            }
+        }
         let stop = self.lineage.append(Entry::agent_stop(reason));
         match tokio::time::timeout(Duration::from_secs(5), stop).await {
             Ok(Ok(Ok(seq))) => tracing::info!(seq, "stop recorded"),

@@ -576,9 +576,53 @@ async fn a_heartbeat_naming_the_device_revokes_it_for_good() {
     h.open(600_000).await;
     h.heartbeat(&["d2", "d1"]).await;
     assert_eq!(h.state().await, "revoked");
-    assert!(h._dir.path().join("state/revoked").exists(), "persisted");
+    // Written off the loop: the marker is there once the state writer got
+    // to it.
+    let marker = h._dir.path().join("state/revoked");
+    let started = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(started.elapsed() < Duration::from_secs(10), "not persisted");
+        std::thread::sleep(Duration::from_millis(1));
+        tokio::task::yield_now().await;
+    }
+    let written: crate::state::RevokedMarker =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    assert_eq!(written.source, "heartbeat");
+    assert_eq!(written.wall_ms, WALL_T0, "stamped on the Clock seam");
     // Nothing reopens it: not even an artifact answering a fresh round.
     h.control(ControlAction::Restore).await;
+    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_revocation_that_cannot_be_persisted_is_reported_and_the_gate_stays_revoked() {
+    let mut h = Harness::start().await;
+    let quoted = renewal_in_flight(&mut h).await;
+    // The state directory is gone and a file sits in its place: the
+    // marker cannot be written.
+    let state = h._dir.path().join("state");
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, b"not a directory").unwrap();
+    // The authority answers the renewal: revoked.
+    h.send(
+        Inbound::Artifact,
+        h.refusal(quoted, RefusalCode::Revoked, false),
+    )
+    .await;
+    let status = h.status().await;
+    assert_eq!(status["reason"], "revoked-by-refusal", "{status}");
+    let started = std::time::Instant::now();
+    let status = loop {
+        let status = h.status().await;
+        if !status["detail"].is_null() {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{status}");
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    assert_eq!(status["state"], "revoked", "{status}");
+    let detail = status["detail"].as_str().unwrap();
+    assert!(detail.contains("state"), "{detail}");
     assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
 }
 
