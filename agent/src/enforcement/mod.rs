@@ -1,39 +1,33 @@
-//! The enforcement task: the one owner of the shim's [`Gate`].
+//! The enforcement task: the executor of the session core.
 //!
-//! Everything that changes or asks the gate is a message to this task
-//! ([`Input`]): broker messages (nonces, artifacts and refusals,
-//! heartbeats, controls), authorize and status requests from the gate
-//! socket, quote results, drift findings, lineage health, shutdown. It
-//! arms one timer for the earliest of its deadlines (the gate's own, the
-//! next renewal, answer timeouts, the status period, the watchdog), but the
-//! gate applies its deadlines itself on every input, so it is closed *at*
-//! the deadline whatever the timer does.
+//! [`session::Core`] owns the shim's [`Gate`](mctc_shim::gate::Gate) and the
+//! attestation session and does no IO; this task feeds it everything that
+//! changes or asks the gate ([`Input`]: broker messages — nonces, artifacts
+//! and refusals, heartbeats, controls —, authorize and status requests from
+//! the gate socket, quote results, drift findings, lineage health, state
+//! files written, shutdown) with the time read from the [`Clock`], and
+//! carries out the [`Action`]s it returns, in order: lineage records and
+//! answers, publishes, quotes (spawned, with a timeout), the drift baseline,
+//! state files (written off the loop by one writer task), the status. It
+//! arms one timer for the earliest of the core's deadlines (the gate's own,
+//! the next round, answer timeouts, fresh requests), the status period and
+//! the watchdog, but the gate applies its deadlines itself on every input,
+//! so it is closed *at* the deadline whatever the timer does.
 //!
 //! Every gate event and every decision is queued to the lineage writer in
-//! the same step it is made, so lineage order is decision order. A permit
-//! is given to the client only once its record is durable (see
+//! the order the core made them, so lineage order is decision order. A
+//! permit is given to the client only once its record is durable (see
 //! [`Pending`]).
-//!
-//! The attestation session lives here too ([`attestation`]): nonce →
-//! quote → evidence → artifact or refusal, renewal at half-life with ±10 %
-//! jitter using `next_nonce`, fresh rounds for operations that need them.
 
-mod attestation;
 pub mod names;
+pub mod session;
 pub mod status;
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use mctc_service::link::QoS;
-use mctc_shim::artifact::Currency;
-use mctc_shim::crypto::RingCrypto;
-use mctc_shim::gate::{
-    self, CloseReason, Decision, Gate, GateEvent, GateState, OpRequest, RevokedBy, Verdict,
-};
-use mctc_shim::lineage::DenyCode;
-use mctc_shim::{AuthorityKey, DeviceId};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::clock::{Clock, CurrentBoot};
@@ -42,38 +36,11 @@ use crate::lineage::entry::Entry;
 use crate::lineage::forwarder::ForwardStatus;
 use crate::lineage::writer::{Health, LineageHandle, LineageStatus, Refused};
 use crate::outbox::Outbox;
-use crate::platform::{Platform, PlatformError, Quote};
-use crate::state::{RevokedMarker, StateDir};
-use attestation::Sessions;
+use crate::platform::{Platform, PlatformError, PlatformOp, Quote};
+use crate::state::StateDir;
+use session::{Action, At, Core, Ticket};
+pub use session::{AuthorizeRequest, Inbound, Settings, StateWrite};
 use status::{ArtifactCore, AttestationCore, LineageCore, StatusCore};
-
-/// Which device topic a message came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Inbound {
-    Nonce,
-    Artifact,
-    Control,
-    Heartbeat,
-}
-
-/// A request for a governed operation, as validated by the gate socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthorizeRequest {
-    pub op: String,
-    pub amount: Option<u64>,
-    pub currency: Option<Currency>,
-    pub reference: Option<String>,
-}
-
-impl AuthorizeRequest {
-    fn op_request(&self) -> OpRequest<'_> {
-        OpRequest {
-            op: &self.op,
-            amount: self.amount,
-            currency: self.currency,
-        }
-    }
-}
 
 /// The gate's answer, valid only once `durable` says the decision record
 /// is on disk. A permit whose record is not durable is a deny, and so is one
@@ -130,20 +97,6 @@ pub enum Input {
     },
 }
 
-/// A state file the enforcement task writes without waiting: each is an
-/// atomic write with fsyncs, which must not stall the loop (the gate's
-/// deadlines, the socket's answers). They are written in order, one at a
-/// time, by one task, so a later control seq never lands before an earlier
-/// one; the result comes back as [`Input::Persisted`]. Neither can open
-/// anything: the revoked gate is closed for good in this process whether
-/// or not its marker is durable yet, and a failure is reported loudly and
-/// shown in the status (`detail`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StateWrite {
-    Revoked(RevokedMarker),
-    ControlSeq(u64),
-}
-
 impl StateWrite {
     fn write(&self, state: &StateDir) -> Result<(), crate::AgentError> {
         match self {
@@ -153,7 +106,13 @@ impl StateWrite {
     }
 }
 
-/// Runs the state writes in order until `writes` closes.
+/// Writes state files in order until `writes` closes: each is an atomic
+/// write with fsyncs, which must not stall the loop (the gate's deadlines,
+/// the socket's answers), and one task writes them one at a time, so a
+/// later control seq never lands before an earlier one. The result comes
+/// back as [`Input::Persisted`]. Neither can open anything: the revoked
+/// gate is closed for good in this process whether or not its marker is
+/// durable yet; a failure is reported loudly and shown in the status.
 async fn write_state(
     state: StateDir,
     mut writes: mpsc::UnboundedReceiver<StateWrite>,
@@ -186,23 +145,6 @@ impl crate::drift::Findings for mpsc::Sender<Input> {
     }
 }
 
-/// Tuning of the enforcement task.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub issuer: String,
-    pub answer_timeout_ms: u64,
-    pub retry_min_ms: u64,
-    pub retry_max_ms: u64,
-    pub status_interval_ms: u64,
-    pub fresh_timeout_ms: u64,
-    pub max_fresh_age_ms: u64,
-    /// The PCRs quoted as evidence (what the platform's quote covers).
-    pub pcrs: mctc_shim::tpm::PcrSelection,
-    pub version: &'static str,
-    /// systemd watchdog period (`WATCHDOG_USEC`), if enabled.
-    pub watchdog: Option<Duration>,
-}
-
 /// Sends `WATCHDOG=1`; a trait so that tests need no systemd.
 pub trait Watchdog: Send + 'static {
     fn ping(&mut self);
@@ -211,8 +153,8 @@ pub trait Watchdog: Send + 'static {
 /// The wiring the enforcement task needs.
 #[derive(Debug)]
 pub struct Parts<P: Platform, O: Outbox> {
-    pub device: DeviceId,
-    pub keys: Vec<AuthorityKey>,
+    pub device: mctc_shim::DeviceId,
+    pub keys: Vec<mctc_shim::AuthorityKey>,
     pub revoked: bool,
     pub control_seq: Option<u64>,
     pub clock: Arc<dyn Clock>,
@@ -226,19 +168,9 @@ pub struct Parts<P: Platform, O: Outbox> {
     pub baseline: watch::Sender<Option<Baseline>>,
 }
 
-struct FreshRequest {
-    request: AuthorizeRequest,
-    reply: oneshot::Sender<Pending>,
-    deadline_ms: u64,
-}
-
-/// The gate's owner.
+/// The executor: the session core plus everything it needs done.
 pub struct Enforcer<P: Platform, O: Outbox> {
-    settings: Settings,
-    device: DeviceId,
-    keys: Vec<AuthorityKey>,
-    crypto: RingCrypto,
-    gate: Gate,
+    core: Core,
     clock: Arc<dyn Clock>,
     boot: CurrentBoot,
     platform: P,
@@ -255,16 +187,9 @@ pub struct Enforcer<P: Platform, O: Outbox> {
     )>,
     inbox: mpsc::Sender<Input>,
     baseline: watch::Sender<Option<Baseline>>,
-    sessions: Sessions,
-    fresh_queue: VecDeque<FreshRequest>,
-    connected: bool,
-    session: u64,
-    last_attestation: Option<AttestationCore>,
-    last_heartbeat_hb_ms: Option<u32>,
-    tpm_ok: bool,
-    persist_error: Option<String>,
-    /// The lineage store failed (IO) since it was last healthy.
-    lineage_failed: bool,
+    /// Clients waiting for their answer, by ticket.
+    replies: HashMap<Ticket, oneshot::Sender<Pending>>,
+    next_ticket: Ticket,
     published: Option<StatusCore>,
     next_status_ms: u64,
     watchdog: Option<Box<dyn Watchdog>>,
@@ -275,17 +200,8 @@ pub struct Enforcer<P: Platform, O: Outbox> {
 impl<P: Platform, O: Outbox> std::fmt::Debug for Enforcer<P, O> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Enforcer")
-            .field("device", &self.device)
-            .field("gate", self.gate.state())
+            .field("core", &self.core)
             .finish_non_exhaustive()
-    }
-}
-
-fn decision_deny(code: DenyCode, cti: Option<[u8; 16]>) -> Decision {
-    Decision {
-        verdict: Verdict::Deny(code),
-        cti,
-        events: gate::Events::default(),
     }
 }
 
@@ -295,28 +211,21 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         parts: Parts<P, O>,
         watchdog: Option<Box<dyn Watchdog>>,
     ) -> Self {
-        let gate = Gate::new(
-            gate::GateConfig {
-                device: parts.device.clone(),
-                max_fresh_age_ms: settings.max_fresh_age_ms,
-            },
-            gate::Persisted {
-                revoked: parts.revoked,
-                control_seq: parts.control_seq,
-            },
-        );
         let status_topic = mctc_shim::topics::DeviceTopic::Status
             .topic(&parts.device)
             .as_str()
             .to_owned();
         let lineage_status = parts.lineage.status();
+        let lineage_ok = lineage_status.borrow().health.is_ok();
         Enforcer {
-            sessions: Sessions::new(&parts.device, settings.retry_min_ms, settings.retry_max_ms),
-            settings,
-            device: parts.device,
-            keys: parts.keys,
-            crypto: RingCrypto,
-            gate,
+            core: Core::new(
+                settings,
+                parts.device,
+                parts.keys,
+                parts.revoked,
+                parts.control_seq,
+                lineage_ok,
+            ),
             clock: parts.clock,
             boot: parts.boot,
             platform: parts.platform,
@@ -328,14 +237,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             state_writes: None,
             inbox: parts.inbox,
             baseline: parts.baseline,
-            fresh_queue: VecDeque::new(),
-            connected: false,
-            session: 0,
-            last_attestation: None,
-            last_heartbeat_hb_ms: None,
-            tpm_ok: true,
-            persist_error: None,
-            lineage_failed: false,
+            replies: HashMap::new(),
+            next_ticket: 0,
             published: None,
             next_status_ms: 0,
             watchdog,
@@ -345,12 +248,22 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     }
 
     /// The gate (for tests and status).
-    pub fn gate(&self) -> &Gate {
-        &self.gate
+    pub fn gate(&self) -> &mctc_shim::gate::Gate {
+        self.core.gate()
     }
 
     fn now(&self) -> u64 {
         self.clock.now_ms()
+    }
+
+    /// The time an input is handled at, as the core takes it.
+    fn at(&self) -> At {
+        At {
+            now_ms: self.clock.now_ms(),
+            wall_ms: self.clock.wall_ms(),
+            wall_display_ms: self.clock.wall_display_ms(),
+            boot: self.boot.get(),
+        }
     }
 
     /// Runs until shutdown or until every input sender is gone.
@@ -359,14 +272,11 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let mut forward = self.forward.clone();
         // A watch whose sender is gone would wake the loop forever.
         let (mut lineage_open, mut forward_open) = (true, true);
-        let now = self.now();
-        if matches!(self.gate.state(), GateState::Revoked(_)) {
-            tracing::warn!(device = %self.device, "device is revoked (persisted); the gate stays closed until re-provisioning");
-        }
-        self.sessions.schedule_renewal(now, None);
         let (writes, queue) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_state(self.state.clone(), queue, self.inbox.clone()));
         self.state_writes = Some((writes, writer));
+        let actions = self.core.start(self.at());
+        self.execute(actions);
         loop {
             let now = self.now();
             let wake = self.next_wake(now);
@@ -379,24 +289,30 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                         return;
                     }
                     Some(input) => {
-                        // Deadlines first: an input that arrives after one
+                        // Lineage health first: the core must not install
+                        // an artifact on a store that just failed.
+                        if lineage_open && lineage.has_changed().unwrap_or(false) {
+                            let health = lineage.borrow_and_update().health.clone();
+                            let actions = self.core.on_lineage_health(self.at(), &health);
+                            self.execute(actions);
+                        }
+                        // Deadlines next: an input that arrives after one
                         // (a status request in the same millisecond as the
                         // timer) sees the gate as it is now.
-                        self.on_time();
+                        self.tick();
                         self.handle(input);
                     }
                     None => return,
                 },
                 changed = lineage.changed(), if lineage_open => {
-                    if changed.is_ok() {
+                    let actions = if changed.is_ok() {
                         let health = lineage.borrow_and_update().health.clone();
-                        self.on_lineage_health(&health);
+                        self.core.on_lineage_health(self.at(), &health)
                     } else {
                         lineage_open = false;
-                        let now = self.now();
-                        let events = self.gate.close_at(CloseReason::LineageUnavailable, now);
-                        self.apply(events.as_slice());
-                    }
+                        self.core.on_lineage_gone(self.at())
+                    };
+                    self.execute(actions);
                 }
                 changed = forward.changed(), if forward_open => {
                     if changed.is_ok() {
@@ -407,7 +323,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 }
                 () = tokio::time::sleep(sleep) => {}
             }
-            self.on_time();
+            self.tick();
             self.publish_status(false);
             self.feed_watchdog();
         }
@@ -415,23 +331,18 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
 
     fn next_wake(&self, now: u64) -> u64 {
         let mut wake = self.next_status_ms.max(now);
-        let mut consider = |t: Option<u64>| {
-            if let Some(t) = t {
-                wake = wake.min(t);
-            }
-        };
-        consider(self.gate.next_deadline());
-        consider(self.sessions.next_wake());
-        consider(self.fresh_queue.front().map(|f| f.deadline_ms));
+        if let Some(t) = self.core.next_wake() {
+            wake = wake.min(t);
+        }
         if self.watchdog.is_some() {
-            consider(Some(self.next_watchdog_ms));
+            wake = wake.min(self.next_watchdog_ms);
         }
         wake
     }
 
     fn feed_watchdog(&mut self) {
         let now = self.now();
-        let Some(period) = self.settings.watchdog else {
+        let Some(period) = self.core.settings().watchdog else {
             return;
         };
         if now < self.next_watchdog_ms {
@@ -446,150 +357,118 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         self.next_watchdog_ms = now.saturating_add(half);
     }
 
+    /// Time passed: the core's deadlines and timers.
+    fn tick(&mut self) {
+        let replies = &self.replies;
+        let gone = |ticket: Ticket| replies.get(&ticket).is_none_or(oneshot::Sender::is_closed);
+        let actions = self.core.tick(self.at(), &gone);
+        self.execute(actions);
+    }
+
     fn handle(&mut self, input: Input) {
-        match input {
+        let at = self.at();
+        let actions = match input {
             Input::Message {
                 kind,
                 payload,
                 received_ms,
-            } => match kind {
-                Inbound::Heartbeat => self.on_heartbeat(&payload),
-                Inbound::Control => self.on_control(&payload),
-                Inbound::Nonce => self.on_nonce(&payload),
-                Inbound::Artifact => self.on_artifact_topic(&payload, received_ms),
-            },
-            Input::Connected { session } => {
-                self.connected = true;
-                self.session = session;
-                let now = self.now();
-                self.sessions.on_connected(now);
-                self.restart_fresh_round();
-                self.publish_status(true);
-            }
+            } => self.core.on_message(at, kind, &payload, received_ms),
+            Input::Connected { session } => self.core.on_connected(at, session),
             Input::Disconnected => {
-                self.connected = false;
+                self.core.on_disconnected();
+                Vec::new()
             }
-            Input::Authorize { request, reply } => self.authorize(request, reply),
+            Input::Authorize { request, reply } => {
+                let ticket = self.next_ticket;
+                self.next_ticket += 1;
+                self.replies.insert(ticket, reply);
+                self.core.authorize(at, ticket, request)
+            }
             Input::Status { reply } => {
-                let now = self.now();
                 let _ = reply.send(status::render(
-                    &self.status_core(now),
-                    now,
-                    self.clock.wall_display_ms(),
+                    &self.status_core(at.now_ms),
+                    at.now_ms,
+                    at.wall_display_ms,
                 ));
+                Vec::new()
             }
-            Input::QuoteDone { round, result } => self.on_quote(round, result),
-            Input::Finding(finding) => self.on_finding(finding),
-            Input::Persisted { what, result } => self.on_persisted(&what, result),
-            Input::Shutdown { .. } => {}
-        }
+            Input::QuoteDone { round, result } => self.core.on_quote(at, round, result),
+            Input::Finding(finding) => self.core.on_finding(at, finding),
+            Input::Persisted { what, result } => self.core.on_persisted(&what, result),
+            Input::Shutdown { .. } => Vec::new(),
+        };
+        self.execute(actions);
     }
 
-    /// Applies the gate's deadlines and the session timers.
-    fn on_time(&mut self) {
-        let now = self.now();
-        let events = self.gate.tick(now);
-        self.apply(events.as_slice());
-        self.session_timers(now);
-        self.expire_fresh(now);
-    }
-
-    /// Writes the events to lineage (in order) and reacts to them.
-    fn apply(&mut self, events: &[GateEvent]) {
-        for event in events {
-            self.lineage.record(Entry::Gate(event.clone()));
-            let now = self.now();
-            match event {
-                GateEvent::Opened { cti, deadline_ms } => {
-                    tracing::info!(device = %self.device, cti = %hex::encode(cti), expires_in_ms = deadline_ms.saturating_sub(now), "gate opened");
-                }
-                GateEvent::Renewed {
-                    cti, deadline_ms, ..
+    /// Carries out the core's actions in order (a refused publish is fed
+    /// back, and what the core does about it is carried out too).
+    fn execute(&mut self, actions: Vec<Action>) {
+        let mut queue = std::collections::VecDeque::from(actions);
+        let mut status = false;
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Record(entry) => self.lineage.record(entry),
+                Action::Publish {
+                    topic,
+                    payload,
+                    round,
                 } => {
-                    tracing::debug!(cti = %hex::encode(cti), expires_in_ms = deadline_ms.saturating_sub(now), "artifact renewed");
+                    if !self
+                        .outbox
+                        .try_publish(&topic, payload, QoS::AtLeastOnce, false)
+                    {
+                        tracing::warn!(%topic, "publish refused by the outbox; the round failed");
+                        queue.extend(self.core.publish_failed(self.at(), round));
+                    }
                 }
-                GateEvent::Closed(reason) => {
-                    tracing::warn!(device = %self.device, reason = %names::close(*reason), "gate closed");
-                    if *reason == CloseReason::HeartbeatLapsed {
-                        self.lineage.record(Entry::HeartbeatLapse {
-                            last_seq: self.gate.heartbeat_seq(),
-                            window_ms: self.hb_window(),
+                Action::Quote { round, nonce } => self.quote(round, nonce),
+                Action::Answer {
+                    ticket,
+                    permit,
+                    reason,
+                    cti,
+                    valid_until_ms,
+                    record,
+                } => {
+                    let durable = self.lineage.append(record);
+                    if let Some(reply) = self.replies.remove(&ticket) {
+                        let _ = reply.send(Pending {
+                            permit,
+                            reason,
+                            cti,
+                            valid_until_ms,
+                            durable,
                         });
                     }
-                    self.baseline.send_replace(None);
-                    if reason.voids_evidence() {
-                        // Drift, TPM loss, a revocation gap, a clock
-                        // regression…: nothing quoted before this close may
-                        // reopen the gate (the gate refuses it as stale).
-                        // Expiry and heartbeat lapse keep the renewal: the
-                        // platform did not change.
-                        // (A queued fresh operation gets a new round on
-                        // the next pass of the loop, `expire_fresh`.)
-                        self.sessions.void_rounds();
-                    }
-                    // Recovery: re-attest with a fresh nonce (after the
-                    // backoff if the authority refused).
-                    let delay = match reason {
-                        CloseReason::Refused(_) | CloseReason::AttestationFailed => {
-                            Some(self.sessions.failure_delay())
-                        }
-                        _ => None,
-                    };
-                    self.sessions.schedule_fresh_renewal(now, delay);
                 }
-                GateEvent::Contained(_) => {
-                    tracing::warn!(device = %self.device, "gate contained");
-                    self.baseline.send_replace(None);
-                    // An artifact answering pre-containment evidence must
-                    // never verify: forget every outstanding nonce.
-                    self.sessions.discard_all();
-                    self.fail_fresh_queue(DenyCode::Contained);
+                Action::Baseline(baseline) => {
+                    self.baseline.send_replace(baseline);
                 }
-                GateEvent::Restored { control_seq } => {
-                    tracing::info!(device = %self.device, control_seq, "containment lifted; re-attesting");
-                    self.sessions.schedule_fresh_renewal(now, None);
-                }
-                GateEvent::Revoked(by) => {
-                    tracing::error!(device = %self.device, ?by, "device revoked");
-                    self.baseline.send_replace(None);
-                    self.sessions.discard_all();
-                    self.fail_fresh_queue(DenyCode::Revoked);
-                    self.persist_revocation(by);
-                }
+                Action::Boot(boot) => self.boot.set(boot),
+                Action::Persist(what) => self.write_state(what),
+                Action::Status => status = true,
             }
         }
-        if !events.is_empty() {
+        if status {
             self.publish_status(true);
         }
     }
 
-    fn hb_window(&self) -> u32 {
-        let artifact = self.gate.artifact().map(mctc_shim::VerifiedArtifact::hb_ms);
-        match (artifact, self.last_heartbeat_hb_ms) {
-            (Some(a), Some(h)) => a.min(h),
-            (Some(a), None) => a,
-            (None, Some(h)) => h,
-            (None, None) => 0,
-        }
-    }
-
-    fn persist_revocation(&mut self, by: &RevokedBy) {
-        let (source, detail) = match by {
-            RevokedBy::Control { seq, reason } => {
-                ("control", format!("seq {seq}: {}", reason.as_str()))
-            }
-            RevokedBy::Heartbeat { seq, epoch } => {
-                ("heartbeat", format!("seq {seq}, epoch {epoch}"))
-            }
-            RevokedBy::Refusal => ("refusal", String::new()),
-            RevokedBy::Persisted => return,
-        };
-        let marker = RevokedMarker {
-            source: source.into(),
-            detail,
-            wall_ms: self.clock.wall_display_ms(),
-        };
-        self.write_state(StateWrite::Revoked(marker));
+    /// Quotes off the loop; the result comes back as [`Input::QuoteDone`].
+    fn quote(&self, round: u64, nonce: [u8; 32]) {
+        let platform = self.platform.clone();
+        let inbox = self.inbox.clone();
+        tokio::spawn(async move {
+            // A hung TPM must not hold the round forever: no answer in
+            // time is a transient error like a busy TPM.
+            let result = tokio::time::timeout(session::QUOTE_TIMEOUT, platform.quote(nonce))
+                .await
+                .unwrap_or(Err(PlatformError::Timeout {
+                    op: PlatformOp::Quote,
+                    within: session::QUOTE_TIMEOUT,
+                }));
+            let _ = inbox.send(Input::QuoteDone { round, result }).await;
+        });
     }
 
     /// Queues `what` to the state writer. Without one (`run` not started,
@@ -601,239 +480,14 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         };
         if let Some(what) = unsent {
             let result = what.write(&self.state);
-            self.on_persisted(&what, result);
+            let actions = self.core.on_persisted(&what, result);
+            self.execute(actions);
         }
-    }
-
-    fn on_persisted(&mut self, what: &StateWrite, result: Result<(), crate::AgentError>) {
-        match (what, result) {
-            (StateWrite::Revoked(_), Ok(())) => {
-                tracing::info!(device = %self.device, "revocation persisted");
-            }
-            (StateWrite::Revoked(_), Err(e)) => {
-                tracing::error!(error = %e, "REVOCATION NOT PERSISTED: a restart would not know it");
-                self.persist_error = Some(e.to_string());
-                self.publish_status(true);
-            }
-            (StateWrite::ControlSeq(_), Ok(())) => {}
-            (StateWrite::ControlSeq(seq), Err(e)) => {
-                tracing::error!(error = %e, seq, "control seq not persisted");
-                self.persist_error = Some(e.to_string());
-                self.publish_status(true);
-            }
-        }
-    }
-
-    fn on_heartbeat(&mut self, payload: &[u8]) {
-        let heartbeat = match gate::verify_heartbeat(payload, &self.keys, &self.crypto) {
-            Ok(hb) => hb,
-            Err(e) => {
-                tracing::warn!(error = %e, "heartbeat rejected");
-                return;
-            }
-        };
-        let now = self.now();
-        let hb_ms = heartbeat.message().hb_ms;
-        match self.gate.on_heartbeat(&heartbeat, now) {
-            Ok(events) => {
-                self.last_heartbeat_hb_ms = Some(hb_ms);
-                self.apply(events.as_slice());
-            }
-            Err(e) => tracing::debug!(error = %e, "heartbeat not applied"),
-        }
-    }
-
-    fn on_control(&mut self, payload: &[u8]) {
-        let control = match gate::verify_control(payload, &self.keys, &self.crypto, &self.device) {
-            Ok(control) => control,
-            Err(e) => {
-                tracing::warn!(error = %e, "control message rejected");
-                return;
-            }
-        };
-        let now = self.now();
-        let (seq, action) = (control.message().seq, control.message().action);
-        match self.gate.on_control(&control, now) {
-            Ok(events) => {
-                tracing::info!(device = %self.device, seq, ?action, reason = control.message().reason.as_str(), "control accepted");
-                self.lineage.record(Entry::ControlReceived { seq, action });
-                self.write_state(StateWrite::ControlSeq(seq));
-                self.apply(events.as_slice());
-            }
-            Err(e) => tracing::warn!(error = %e, "control message not applied"),
-        }
-    }
-
-    fn on_finding(&mut self, finding: Finding) {
-        let now = self.now();
-        match finding {
-            Finding::Drift { kind, detail, cti } => {
-                let current = self.gate.artifact().map(|a| *a.cti());
-                if cti.is_some() && cti != current {
-                    return;
-                }
-                tracing::error!(device = %self.device, what = names::drift(kind), %detail, "drift detected");
-                self.lineage.record(Entry::drift(kind, &detail));
-                let events = self.gate.drift(kind, now);
-                self.apply(events.as_slice());
-            }
-            Finding::TpmUnavailable { detail, class } => {
-                // Reported on every drift check while the TPM is away: each
-                // report closes again (and voids evidence), so nothing keeps
-                // the gate open without a TPM, and no round starts — whatever
-                // the class: a TPM busy for longer than a drift read cannot
-                // vouch for the gate either.
-                let class = crate::platform::class_name(class);
-                if std::mem::replace(&mut self.tpm_ok, false) {
-                    tracing::error!(%detail, class, "TPM unavailable: closing the gate");
-                } else {
-                    tracing::debug!(%detail, class, "TPM still unavailable");
-                }
-                let events = self.gate.close_at(CloseReason::AttestationFailed, now);
-                self.apply(events.as_slice());
-                self.publish_status(false);
-            }
-            Finding::TpmBack => {
-                tracing::info!("TPM answers again; re-attesting");
-                self.tpm_ok = true;
-                if !matches!(self.gate.state(), GateState::Open(_)) {
-                    self.sessions.schedule_fresh_renewal(now, None);
-                }
-                self.start_fresh_round();
-                self.publish_status(true);
-            }
-        }
-    }
-
-    fn on_lineage_health(&mut self, health: &Health) {
-        let now = self.now();
-        match health {
-            Health::Ok => {
-                if std::mem::take(&mut self.lineage_failed)
-                    && self.gate.state() == &GateState::Closed(CloseReason::LineageUnavailable)
-                {
-                    // The failed store refused the record of this close;
-                    // written now, so the lineage says why decisions
-                    // stopped before the gate reopens.
-                    self.lineage.record(Entry::Gate(GateEvent::Closed(
-                        CloseReason::LineageUnavailable,
-                    )));
-                }
-                // Writable again: a closed gate may reopen through a new
-                // attestation.
-                if matches!(self.gate.state(), GateState::Closed(_)) {
-                    self.sessions.schedule_fresh_renewal(now, None);
-                }
-            }
-            Health::QuotaReached | Health::Failed(_) => {
-                self.lineage_failed |= matches!(health, Health::Failed(_));
-                let events = self.gate.close_at(CloseReason::LineageUnavailable, now);
-                self.apply(events.as_slice());
-            }
-        }
-        self.publish_status(true);
-    }
-
-    fn lineage_ok(&self) -> bool {
-        self.lineage_status.borrow().health.is_ok()
-    }
-
-    fn authorize(&mut self, request: AuthorizeRequest, reply: oneshot::Sender<Pending>) {
-        let now = self.now();
-        let decision = self.gate.decide(&request.op_request(), now);
-        self.apply(decision.events.as_slice());
-        if decision.verdict == Verdict::NeedsFreshAttestation {
-            tracing::debug!(op = %request.op, "operation needs a fresh attestation");
-            self.lineage.record(Entry::Decision {
-                verdict: decision.verdict,
-                cti: decision.cti,
-                op: request.op.clone(),
-                amount: request.amount,
-                currency: request.currency,
-                reference: request.reference.clone(),
-                valid_until_ms: None,
-            });
-            self.fresh_queue.push_back(FreshRequest {
-                request,
-                reply,
-                deadline_ms: now.saturating_add(self.settings.fresh_timeout_ms),
-            });
-            self.start_fresh_round();
-            return;
-        }
-        self.answer(request, reply, decision);
-    }
-
-    /// Records `decision` and hands the client its pending answer.
-    fn answer(
-        &mut self,
-        request: AuthorizeRequest,
-        reply: oneshot::Sender<Pending>,
-        decision: Decision,
-    ) {
-        let (permit, reason) = match decision.verdict {
-            Verdict::Permit => (true, None),
-            Verdict::Deny(code) => (false, Some(names::deny(code))),
-            Verdict::NeedsFreshAttestation => {
-                (false, Some(names::deny(DenyCode::FreshAttestationInvalid)))
-            }
-        };
-        tracing::debug!(op = %request.op, permit, reason, "decision");
-        let cti = decision.cti;
-        let valid_until_ms = if permit {
-            self.gate.next_deadline()
-        } else {
-            None
-        };
-        let durable = self.lineage.append(Entry::Decision {
-            verdict: decision.verdict,
-            cti,
-            op: request.op,
-            amount: request.amount,
-            currency: request.currency,
-            reference: request.reference,
-            valid_until_ms,
-        });
-        let _ = reply.send(Pending {
-            permit,
-            reason,
-            cti,
-            valid_until_ms,
-            durable,
-        });
-    }
-
-    fn fail_fresh_queue(&mut self, code: DenyCode) {
-        self.sessions.discard_fresh();
-        while let Some(fresh) = self.fresh_queue.pop_front() {
-            self.answer(fresh.request, fresh.reply, decision_deny(code, None));
-        }
-    }
-
-    fn expire_fresh(&mut self, now: u64) {
-        while self
-            .fresh_queue
-            .front()
-            .is_some_and(|f| now >= f.deadline_ms || f.reply.is_closed())
-        {
-            if let Some(fresh) = self.fresh_queue.pop_front() {
-                tracing::warn!(op = %fresh.request.op, "fresh attestation did not complete in time");
-                self.sessions.discard_fresh();
-                self.answer(
-                    fresh.request,
-                    fresh.reply,
-                    decision_deny(DenyCode::FreshAttestationInvalid, None),
-                );
-            }
-        }
-        self.start_fresh_round();
     }
 
     async fn shutdown(&mut self, reason: &str) {
-        let now = self.now();
-        let events = self.gate.close_at(CloseReason::Shutdown, now);
-        self.apply(events.as_slice());
-        self.fail_fresh_queue(DenyCode::Closed);
+        let actions = self.core.shutdown(self.at());
+        self.execute(actions);
         // The state files queued so far are written before the stop: a
         // revocation heard just before must survive the restart.
         if let Some((writes, writer)) = self.state_writes.take() {
@@ -854,8 +508,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     }
 
     fn status_core(&self, now: u64) -> StatusCore {
-        let (state, reason, detail) = names::state(self.gate.state());
-        let artifact = self.gate.artifact().map(|a| ArtifactCore {
+        let gate = self.core.gate();
+        let (state, reason, detail) = names::state(gate.state());
+        let artifact = gate.artifact().map(|a| ArtifactCore {
             cti: hex::encode(a.cti()),
             deadline_ms: a.deadline_ms(),
             exp: a.exp(),
@@ -871,19 +526,29 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let acked_next = forward
             .acked
             .map_or(lineage.first_seq.unwrap_or(0), |a| a + 1);
-        let detail = detail.or_else(|| self.persist_error.clone());
+        let detail = detail.or_else(|| self.core.persist_error().map(str::to_owned));
         let _ = now;
+        let last_attestation = self.core.last_attestation().map(|a| AttestationCore {
+            verdict: names::verdict(a.verdict),
+            purpose: names::purpose(a.purpose),
+            refusal: a.refusal.map(names::refusal),
+            at_ms: a.at_ms,
+        });
         StatusCore {
-            device: self.device.as_str().to_owned(),
+            device: self.core.device().as_str().to_owned(),
             state,
             reason,
             detail,
             artifact,
-            last_attestation: self.last_attestation.clone(),
-            heartbeat_seq: self.gate.heartbeat_seq(),
-            connected: self.connected,
-            session: self.session,
-            tpm: if self.tpm_ok { "ok" } else { "unavailable" },
+            last_attestation,
+            heartbeat_seq: gate.heartbeat_seq(),
+            connected: self.core.connected(),
+            session: self.core.session(),
+            tpm: if self.core.tpm_ok() {
+                "ok"
+            } else {
+                "unavailable"
+            },
             lineage: LineageCore {
                 health,
                 error,
@@ -899,7 +564,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 records: lineage.records,
                 syncs: lineage.syncs,
             },
-            version: self.settings.version,
+            version: self.core.settings().version,
         }
     }
 
@@ -912,10 +577,10 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         if !(force || changed || now >= self.next_status_ms) {
             return;
         }
-        if !self.connected {
+        if !self.core.connected() {
             // Published on the next connection (which forces a publish).
             self.published = Some(core);
-            self.next_status_ms = now.saturating_add(self.settings.status_interval_ms);
+            self.next_status_ms = now.saturating_add(self.core.settings().status_interval_ms);
             return;
         }
         let json = status::render(&core, now, self.clock.wall_display_ms());
@@ -925,7 +590,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             .try_publish(&self.status_topic, payload, QoS::AtLeastOnce, true)
         {
             self.published = Some(core);
-            self.next_status_ms = now.saturating_add(self.settings.status_interval_ms);
+            self.next_status_ms = now.saturating_add(self.core.settings().status_interval_ms);
         }
     }
 }

@@ -15,7 +15,7 @@ use mctc_shim::messages::{
 };
 use mctc_shim::tpm::BootCounters;
 use mctc_shim::wire::{Bytes, List, Message, Text, Token, Version};
-use mctc_shim::{RingCrypto, RingSigner, Signed, Signer};
+use mctc_shim::{AuthorityKey, DeviceId, RingCrypto, RingSigner, Signed, Signer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use super::*;

@@ -1,4 +1,4 @@
-//! The attestation session: nonce → quote → evidence → artifact or signed
+//! The attestation rounds of the session core: nonce → quote → evidence → artifact or signed
 //! refusal, verified with the shim against the authority keys, this
 //! device, the TPM's current boot and the outstanding nonce.
 //!
@@ -19,247 +19,28 @@
 //! the installed artifact stays valid until its own deadline, and the
 //! session immediately asks for a fresh nonce. It is still recorded.
 
-use mctc_service::link::QoS;
 use mctc_shim::crypto::nonce_hash;
 use mctc_shim::error::{ArtifactError, EnvelopeError, ErrorClass};
 use mctc_shim::gate::{self, CloseReason, GateState, Generation};
 use mctc_shim::limits::{MAX_EVIDENCE_LEN, MAX_SMALL_MESSAGE_LEN};
-use mctc_shim::lineage::AttestVerdict;
+use mctc_shim::lineage::{AttestVerdict, DenyCode};
 use mctc_shim::messages::{Evidence, Nonce, NoncePurpose, NonceRequest, RefusalCode};
-use mctc_shim::topics::DeviceTopic;
 use mctc_shim::wire::{Bstr, Bytes, List, Message, Version};
-use mctc_shim::{DeviceId, Error, VerifiedArtifact, VerifyContext, verify_artifact};
-use ring::rand::SecureRandom;
+use mctc_shim::{Error, VerifiedArtifact, VerifyContext, verify_artifact};
 
-use super::status::AttestationCore;
-use super::{Enforcer, Input, names};
+use super::phase::{PARKED, Phase, jittered};
+use super::{Action, Core, LastAttestation, Which, decision_deny, names};
 use crate::drift::Baseline;
 use crate::lineage::entry::Entry;
-use crate::outbox::Outbox;
-use crate::platform::{Platform, PlatformError, PlatformOp, Quote, TpmClass};
+use crate::platform::{PlatformError, Quote, TpmClass};
 
-/// How long a quote may take before it counts as a transient failure (a
-/// quote takes well under a second on any TPM, even queued behind a drift
-/// read or a checkpoint).
-pub(super) const QUOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Which {
-    Renewal,
-    Fresh,
-}
-
-impl Which {
-    fn purpose(self) -> NoncePurpose {
-        match self {
-            Which::Renewal => NoncePurpose::Renew,
-            Which::Fresh => NoncePurpose::FreshOp,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
-    /// Not attesting; start at `start_at` (with a known nonce, or by asking
-    /// for one). `start_at: None` = parked until something schedules it.
-    Idle {
-        start_at: Option<u64>,
-        nonce: Option<[u8; 32]>,
-    },
-    AwaitNonce {
-        deadline: u64,
-    },
-    /// The gate's generation is taken when the quote starts: the answer
-    /// installs only if the gate has not closed for a cause other than
-    /// expiry since ([`mctc_shim::gate`], "Generations").
-    Quoting {
-        round: u64,
-        nonce: [u8; 32],
-        quoted_in: Generation,
-    },
-    AwaitAnswer {
-        nonce: [u8; 32],
-        quoted_in: Generation,
-        deadline: u64,
-    },
-}
-
-const PARKED: Phase = Phase::Idle {
-    start_at: None,
-    nonce: None,
-};
-
-/// Both sessions' state.
-#[derive(Debug)]
-pub(super) struct Sessions {
-    renewal: Phase,
-    fresh: Phase,
-    rounds: u64,
-    failures: u32,
-    retry_min_ms: u64,
-    retry_max_ms: u64,
-    nonce_topic: String,
-    evidence_topic: String,
-    rng: ring::rand::SystemRandom,
-}
-
-/// A uniformly random fraction in [0, 1).
-fn random_fraction(rng: &ring::rand::SystemRandom) -> f64 {
-    let mut bytes = [0u8; 4];
-    // A failing system RNG leaves zeros: no jitter, still correct.
-    let _ = rng.fill(&mut bytes);
-    f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0)
-}
-
-/// `base` scaled by a random factor in `[1 - spread, 1 + spread)`.
-fn jittered(rng: &ring::rand::SystemRandom, base: u64, spread: f64) -> u64 {
-    let factor = 1.0 - spread + 2.0 * spread * random_fraction(rng);
-    #[expect(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss,
-        reason = "a delay in ms, far below 2^52; the factor is positive"
-    )]
-    let scaled = (base as f64 * factor) as u64;
-    scaled
-}
-
-impl Sessions {
-    pub(super) fn new(device: &DeviceId, retry_min_ms: u64, retry_max_ms: u64) -> Sessions {
-        Sessions {
-            renewal: PARKED,
-            fresh: PARKED,
-            rounds: 0,
-            failures: 0,
-            retry_min_ms,
-            retry_max_ms,
-            nonce_topic: DeviceTopic::NonceRequest.topic(device).as_str().to_owned(),
-            evidence_topic: DeviceTopic::Evidence.topic(device).as_str().to_owned(),
-            rng: ring::rand::SystemRandom::new(),
-        }
-    }
-
-    fn phase(&self, which: Which) -> Phase {
-        match which {
-            Which::Renewal => self.renewal,
-            Which::Fresh => self.fresh,
-        }
-    }
-
-    fn set(&mut self, which: Which, phase: Phase) {
-        match which {
-            Which::Renewal => self.renewal = phase,
-            Which::Fresh => self.fresh = phase,
-        }
-    }
-
-    /// Starts the renewal session at `now` (with `nonce`, or asking).
-    pub(super) fn schedule_renewal(&mut self, now: u64, nonce: Option<[u8; 32]>) {
-        self.renewal = Phase::Idle {
-            start_at: Some(now),
-            nonce,
-        };
-    }
-
-    /// Reattests with a requested nonce after `delay`, unless a round is
-    /// already under way or due sooner.
-    pub(super) fn schedule_fresh_renewal(&mut self, now: u64, delay: Option<u64>) {
-        let at = now.saturating_add(delay.unwrap_or(0));
-        if let Phase::Idle { start_at, .. } = self.renewal {
-            let start_at = Some(start_at.map_or(at, |s| s.min(at)));
-            self.renewal = Phase::Idle {
-                start_at,
-                nonce: None,
-            };
-        }
-    }
-
-    /// The backoff before the next round after a failure.
-    pub(super) fn failure_delay(&self) -> u64 {
-        let (min, max) = (self.retry_min_ms, self.retry_max_ms);
-        let base = min
-            .saturating_mul(1u64 << self.failures.min(20))
-            .min(max)
-            .max(min);
-        jittered(&self.rng, base, 0.2)
-    }
-
-    /// Parks the renewal until `now + delay`, asking for a new nonce then
-    /// (a round under way is abandoned).
-    pub(super) fn fail_renewal_for(&mut self, now: u64, delay: u64) {
-        self.renewal = Phase::Idle {
-            start_at: Some(now.saturating_add(delay)),
-            nonce: None,
-        };
-    }
-
-    pub(super) fn discard_all(&mut self) {
-        self.renewal = PARKED;
-        self.fresh = PARKED;
-    }
-
-    pub(super) fn discard_fresh(&mut self) {
-        self.fresh = PARKED;
-    }
-
-    /// The gate closed for a cause that voids evidence: no round quoted
-    /// before it may be answered, and the renewal's `next_nonce` belongs to
-    /// the artifact that is gone. Both sessions start over with requested
-    /// nonces (the renewal when the close schedules it, the fresh one for
-    /// the queue's head). The gate refuses such an answer anyway
-    /// ([`gate::GateError::StaleEvidence`]); dropping the rounds here means
-    /// it is not even matched, and nothing waits for an answer that
-    /// cannot count.
-    pub(super) fn void_rounds(&mut self) {
-        self.renewal = PARKED;
-        self.fresh = PARKED;
-    }
-
-    /// A new broker session: whatever was in flight is lost (clean
-    /// sessions), so in-flight rounds start over.
-    pub(super) fn on_connected(&mut self, now: u64) {
-        match self.renewal {
-            Phase::Idle {
-                start_at: Some(_), ..
-            } => {}
-            Phase::Idle {
-                start_at: None,
-                nonce,
-            } => {
-                self.renewal = Phase::Idle {
-                    start_at: Some(now),
-                    nonce,
-                };
-            }
-            Phase::AwaitNonce { .. } | Phase::Quoting { .. } | Phase::AwaitAnswer { .. } => {
-                self.renewal = Phase::Idle {
-                    start_at: Some(now),
-                    nonce: None,
-                };
-            }
-        }
-    }
-
-    pub(super) fn next_wake(&self) -> Option<u64> {
-        let wake = |phase: Phase| match phase {
-            Phase::Idle { start_at, .. } => start_at,
-            Phase::AwaitNonce { deadline } | Phase::AwaitAnswer { deadline, .. } => Some(deadline),
-            Phase::Quoting { .. } => None,
-        };
-        match (wake(self.renewal), wake(self.fresh)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-}
-
-impl<P: Platform, O: Outbox> Enforcer<P, O> {
+impl Core {
     fn can_attest(&self) -> bool {
         // A TPM that does not answer cannot quote; a round started anyway
         // would only fail and back off. TpmBack reschedules.
         self.connected
             && self.tpm_ok
-            && self.lineage_ok()
+            && self.lineage_ok
             && !matches!(
                 self.gate.state(),
                 GateState::Contained(_) | GateState::Revoked(_)
@@ -267,7 +48,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     }
 
     /// A failed round: back off, then ask for a new nonce.
-    fn round_failed(&mut self, which: Which, now: u64) {
+    pub(super) fn round_failed(&mut self, which: Which, now: u64) {
         match which {
             Which::Renewal => {
                 let delay = self.sessions.failure_delay();
@@ -281,12 +62,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 self.sessions.fresh = PARKED;
                 if let Some(head) = self.fresh_queue.pop_front() {
                     self.answer(
+                        head.ticket,
                         head.request,
-                        head.reply,
-                        super::decision_deny(
-                            mctc_shim::lineage::DenyCode::FreshAttestationInvalid,
-                            None,
-                        ),
+                        decision_deny(DenyCode::FreshAttestationInvalid, None),
                     );
                 }
                 self.start_fresh_round();
@@ -300,10 +78,10 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         verdict: AttestVerdict,
         refusal: Option<RefusalCode>,
     ) {
-        self.last_attestation = Some(AttestationCore {
-            verdict: names::verdict(verdict),
-            purpose: names::purpose(which.purpose()),
-            refusal: refusal.map(names::refusal),
+        self.last_attestation = Some(LastAttestation {
+            verdict,
+            purpose: which.purpose(),
+            refusal,
             at_ms: self.now(),
         });
     }
@@ -316,12 +94,12 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         refusal: Option<RefusalCode>,
         cti: Option<[u8; 16]>,
     ) {
-        self.lineage.record(Entry::Attested {
+        self.out.push(Action::Record(Entry::Attested {
             nonce_hash: nonce_hash(&self.crypto, nonce),
             verdict,
             refusal,
             cti,
-        });
+        }));
         self.note_attestation(which, verdict, refusal);
     }
 
@@ -390,28 +168,25 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             purpose: which.purpose(),
         };
         let mut buf = [0u8; MAX_SMALL_MESSAGE_LEN];
-        let sent = match request.encode(&mut buf) {
-            Ok(bytes) => self.outbox.try_publish(
-                &self.sessions.nonce_topic,
-                bytes.to_vec(),
-                QoS::AtLeastOnce,
-                false,
-            ),
+        match request.encode(&mut buf) {
+            Ok(bytes) => {
+                tracing::debug!(purpose = names::purpose(which.purpose()), "nonce requested");
+                self.sessions.set(
+                    which,
+                    Phase::AwaitNonce {
+                        deadline: now.saturating_add(self.settings.answer_timeout_ms),
+                    },
+                );
+                self.out.push(Action::Publish {
+                    topic: self.sessions.nonce_topic.clone(),
+                    payload: bytes.to_vec(),
+                    round: which,
+                });
+            }
             Err(e) => {
                 tracing::error!(error = %e, "nonce request does not encode");
-                false
+                self.round_failed(which, now);
             }
-        };
-        if sent {
-            tracing::debug!(purpose = names::purpose(which.purpose()), "nonce requested");
-            self.sessions.set(
-                which,
-                Phase::AwaitNonce {
-                    deadline: now.saturating_add(self.settings.answer_timeout_ms),
-                },
-            );
-        } else {
-            self.round_failed(which, now);
         }
     }
 
@@ -427,19 +202,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 quoted_in,
             },
         );
-        let platform = self.platform.clone();
-        let inbox = self.inbox.clone();
-        tokio::spawn(async move {
-            // A hung TPM must not hold the round forever: no answer in
-            // time is a transient error like a busy TPM.
-            let result = tokio::time::timeout(QUOTE_TIMEOUT, platform.quote(nonce))
-                .await
-                .unwrap_or(Err(PlatformError::Timeout {
-                    op: PlatformOp::Quote,
-                    within: QUOTE_TIMEOUT,
-                }));
-            let _ = inbox.send(Input::QuoteDone { round, result }).await;
-        });
+        self.out.push(Action::Quote { round, nonce });
     }
 
     pub(super) fn on_nonce(&mut self, payload: &[u8]) {
@@ -499,7 +262,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         }
     }
 
-    pub(super) fn on_quote(&mut self, round: u64, result: Result<Quote, PlatformError>) {
+    pub(super) fn quote_done(&mut self, round: u64, result: Result<Quote, PlatformError>) {
         let which = [Which::Renewal, Which::Fresh].into_iter().find(
             |w| matches!(self.sessions.phase(*w), Phase::Quoting { round: r, .. } if r == round),
         );
@@ -521,7 +284,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 return;
             }
         };
-        self.boot.set(quote.boot);
+        self.at.boot = quote.boot;
+        self.out.push(Action::Boot(quote.boot));
         let mut values = List::new();
         for value in &quote.pcr_values {
             if values.push(Bytes(*value)).is_err() {
@@ -539,30 +303,27 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             pcr_values: values,
         };
         let mut buf = [0u8; MAX_EVIDENCE_LEN];
-        let sent = match evidence.encode(&mut buf) {
-            Ok(bytes) => self.outbox.try_publish(
-                &self.sessions.evidence_topic,
-                bytes.to_vec(),
-                QoS::AtLeastOnce,
-                false,
-            ),
+        match evidence.encode(&mut buf) {
+            Ok(bytes) => {
+                tracing::debug!(purpose = names::purpose(which.purpose()), "evidence sent");
+                self.sessions.set(
+                    which,
+                    Phase::AwaitAnswer {
+                        nonce,
+                        quoted_in,
+                        deadline: now.saturating_add(self.settings.answer_timeout_ms),
+                    },
+                );
+                self.out.push(Action::Publish {
+                    topic: self.sessions.evidence_topic.clone(),
+                    payload: bytes.to_vec(),
+                    round: which,
+                });
+            }
             Err(e) => {
                 tracing::error!(error = %e, "evidence does not encode");
-                false
+                self.round_failed(which, now);
             }
-        };
-        if sent {
-            tracing::debug!(purpose = names::purpose(which.purpose()), "evidence sent");
-            self.sessions.set(
-                which,
-                Phase::AwaitAnswer {
-                    nonce,
-                    quoted_in,
-                    deadline: now.saturating_add(self.settings.answer_timeout_ms),
-                },
-            );
-        } else {
-            self.round_failed(which, now);
         }
     }
 
@@ -575,7 +336,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         // runtime) an artifact that waited in the socket would otherwise be
         // installed with a full ttl counted from now, on evidence quoted
         // longer ago than any ttl.
-        self.on_time();
+        // (The executor ticks before every input; this keeps the core right
+        // without it.)
+        self.on_time(&|_| false);
         let waiting: Vec<(Which, [u8; 32], Generation)> = [Which::Renewal, Which::Fresh]
             .into_iter()
             .filter_map(|w| match self.sessions.phase(w) {
@@ -590,8 +353,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             return;
         }
         for (which, nonce, quoted_in) in waiting {
-            let boot = self.boot.get();
-            let wall_ms = self.clock.wall_ms();
+            let boot = self.at.boot;
+            let wall_ms = self.at.wall_ms;
             let ctx = VerifyContext {
                 device: &self.device,
                 issuer: &self.settings.issuer,
@@ -652,7 +415,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let now = self.now();
         let nonce = *artifact.nonce();
         let cti = *artifact.cti();
-        if !self.lineage_ok() {
+        if !self.lineage_ok {
             tracing::error!("artifact not installed: lineage cannot be written");
             self.record_attested(
                 Which::Renewal,
@@ -684,7 +447,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 );
                 self.sessions.failures = 0;
                 self.apply(events.as_slice());
-                self.baseline.send_replace(Some(baseline));
+                self.out.push(Action::Baseline(Some(baseline)));
                 let half = deadline.saturating_sub(received) / 2;
                 let renew_at = received.saturating_add(jittered(&self.sessions.rng, half, 0.1));
                 self.sessions.renewal = Phase::Idle {
@@ -727,7 +490,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 self.gate
                     .decide_fresh(&head.request.op_request(), artifact, quoted_in, now);
             self.apply(decision.events.as_slice());
-            self.answer(head.request, head.reply, decision);
+            self.answer(head.ticket, head.request, decision);
         }
         self.start_fresh_round();
     }
@@ -779,12 +542,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                     let decision = self.gate.decide(&head.request.op_request(), now);
                     let decision = match decision.verdict {
                         gate::Verdict::Deny(_) => decision,
-                        _ => super::decision_deny(
-                            mctc_shim::lineage::DenyCode::FreshAttestationInvalid,
-                            decision.cti,
-                        ),
+                        _ => decision_deny(DenyCode::FreshAttestationInvalid, decision.cti),
                     };
-                    self.answer(head.request, head.reply, decision);
+                    self.answer(head.ticket, head.request, decision);
                 }
                 self.start_fresh_round();
             }
@@ -811,20 +571,5 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     pub(super) fn restart_fresh_round(&mut self) {
         self.sessions.fresh = PARKED;
         self.start_fresh_round();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jitter_stays_within_its_spread() {
-        let rng = ring::rand::SystemRandom::new();
-        for _ in 0..1000 {
-            let j = jittered(&rng, 10_000, 0.1);
-            assert!((9_000..11_000).contains(&j), "{j}");
-        }
-        assert_eq!(jittered(&rng, 0, 0.1), 0);
     }
 }

@@ -1,0 +1,427 @@
+//! The session core without a runtime: inputs in, actions out, time given
+//! by the test. (The executor's tests, on paused tokio time, are in
+//! `enforcement/tests.rs`.)
+
+use mctc_shim::artifact::{Claims, ScopeEntry};
+use mctc_shim::gate::{CloseReason, GateEvent, GateState};
+use mctc_shim::messages::{Heartbeat, Nonce, NonceRequest};
+use mctc_shim::wire::{Bytes, List, Message, Token, Version};
+use mctc_shim::{AuthorityKey, DeviceId, RingCrypto, RingSigner, Signed, Signer};
+
+use super::*;
+use crate::platform::{PlatformOp, TpmClass};
+
+const T0: u64 = 1_000_000;
+
+fn at(now_ms: u64) -> At {
+    At {
+        now_ms,
+        wall_ms: None,
+        wall_display_ms: 1_700_000_000_000,
+        boot: BootCounters::default(),
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        issuer: "fleet-authority".into(),
+        answer_timeout_ms: 2_000,
+        retry_min_ms: 1_000,
+        retry_max_ms: 8_000,
+        status_interval_ms: 3_600_000,
+        fresh_timeout_ms: 15_000,
+        max_fresh_age_ms: 10_000,
+        pcrs: mctc_shim::tpm::PcrSelection::sha256(1),
+        version: "test",
+        watchdog: None,
+    }
+}
+
+struct Authority {
+    signer: RingSigner,
+    device: DeviceId,
+}
+
+impl Authority {
+    fn new() -> Authority {
+        Authority {
+            signer: RingSigner::from_seed(&[9; 32]).unwrap(),
+            device: DeviceId::new("d1").unwrap(),
+        }
+    }
+
+    fn core(&self) -> Core {
+        Core::new(
+            settings(),
+            self.device.clone(),
+            vec![AuthorityKey::new(&RingCrypto, self.signer.public_key())],
+            false,
+            None,
+            true,
+        )
+    }
+
+    fn nonce(&self, nonce: [u8; 32], purpose: NoncePurpose) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        Nonce {
+            v: Version::CURRENT,
+            nonce: Bytes(nonce),
+            purpose,
+            expires_in_ms: 10_000,
+        }
+        .encode(&mut buf)
+        .unwrap()
+        .to_vec()
+    }
+
+    fn artifact(&self, nonce: [u8; 32], next_nonce: [u8; 32], ttl_ms: u32) -> Vec<u8> {
+        let mut scope = List::new();
+        for (op, fresh) in [("unlock", false), ("refund", true)] {
+            scope
+                .push(ScopeEntry {
+                    op: Token(op),
+                    max_amount: None,
+                    currency: None,
+                    fresh_attestation: fresh,
+                })
+                .unwrap();
+        }
+        let claims = Claims {
+            iss: Token("fleet-authority"),
+            sub: self.device.clone(),
+            exp: 4_000_000_000,
+            iat: 1,
+            cti: Bytes([0xa1; 16]),
+            v: Version::CURRENT,
+            ttl_ms,
+            nonce: Bytes(nonce),
+            pcr_alg: 0x000b,
+            pcr_mask: 1,
+            pcr_digest: Bytes([0; 32]),
+            boot: BootCounters::default(),
+            scope,
+            next_nonce: Bytes(next_nonce),
+            hb_ms: 30_000,
+            hb_seq: 0,
+            epoch: 0,
+        };
+        let mut buf = [0u8; 2048];
+        claims
+            .sign(&self.signer, &RingCrypto, &mut buf)
+            .unwrap()
+            .to_vec()
+    }
+
+    fn heartbeat_revoking(&self, seq: u64) -> Vec<u8> {
+        let mut revoked = List::new();
+        revoked.push(self.device.clone()).unwrap();
+        let mut buf = [0u8; 2048];
+        Heartbeat {
+            v: Version::CURRENT,
+            seq,
+            epoch: 0,
+            since_epoch: 0,
+            iat: 1,
+            hb_ms: 30_000,
+            revoked,
+        }
+        .sign(&self.signer, &RingCrypto, &mut buf)
+        .unwrap()
+        .to_vec()
+    }
+}
+
+fn quote_of(nonce: [u8; 32]) -> Quote {
+    Quote {
+        attest: nonce.to_vec(),
+        signature: vec![1],
+        pcr_values: vec![[0; 32]],
+        boot: BootCounters::default(),
+    }
+}
+
+fn never_gone(_: Ticket) -> bool {
+    false
+}
+
+/// The publishes among `actions`: (topic suffix, round).
+fn publishes(actions: &[Action]) -> Vec<(String, Which)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Publish { topic, round, .. } => {
+                Some((topic.rsplit_once("/d1/").unwrap().1.to_owned(), *round))
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn quotes(actions: &[Action]) -> Vec<(u64, [u8; 32])> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Quote { round, nonce } => Some((*round, *nonce)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connects and runs the first round to an open gate (ttl `ttl_ms`);
+/// returns the core and the renewal's `next_nonce`.
+fn opened(authority: &Authority, ttl_ms: u32) -> Core {
+    let mut core = authority.core();
+    assert!(
+        core.start(at(T0)).is_empty(),
+        "nothing happens before a connection"
+    );
+    let actions = core.on_connected(at(T0), 1);
+    assert!(
+        matches!(actions.as_slice(), [Action::Status]),
+        "{actions:?}"
+    );
+    // The renewal is due at start: it asks for a nonce.
+    let actions = core.tick(at(T0), &never_gone);
+    assert_eq!(
+        publishes(&actions),
+        [("nonce/req".to_owned(), Which::Renewal)]
+    );
+    let Action::Publish { payload, .. } = &actions[0] else {
+        unreachable!()
+    };
+    assert_eq!(
+        NonceRequest::decode(payload).unwrap().purpose,
+        NoncePurpose::Renew
+    );
+    // The nonce: quote it.
+    let nonce = authority.nonce([1; 32], NoncePurpose::Renew);
+    let actions = core.on_message(at(T0 + 10), Inbound::Nonce, &nonce, T0 + 10);
+    let [(round, quoted)] = quotes(&actions)[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(quoted, [1; 32]);
+    // The quote: evidence.
+    let actions = core.on_quote(at(T0 + 20), round, Ok(quote_of(quoted)));
+    assert!(matches!(actions[0], Action::Boot(_)), "{actions:?}");
+    assert_eq!(
+        publishes(&actions),
+        [("evidence".to_owned(), Which::Renewal)]
+    );
+    // The artifact: open, recorded, the drift check gets its baseline.
+    let artifact = authority.artifact(quoted, [2; 32], ttl_ms);
+    let actions = core.on_message(at(T0 + 30), Inbound::Artifact, &artifact, T0 + 30);
+    assert!(
+        matches!(core.gate().state(), GateState::Open(_)),
+        "{:?}",
+        core.gate().state()
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Record(Entry::Gate(GateEvent::Opened { .. })))),
+        "{actions:?}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::Baseline(Some(_)))),
+        "{actions:?}"
+    );
+    core
+}
+
+#[test]
+fn a_round_runs_from_nonce_request_to_open_gate_as_actions() {
+    let authority = Authority::new();
+    let mut core = opened(&authority, 10_000);
+    // A permit is an answer for the ticket, with its record and deadline.
+    let request = AuthorizeRequest {
+        op: "unlock".into(),
+        amount: None,
+        currency: None,
+        reference: None,
+    };
+    let actions = core.authorize(at(T0 + 40), 7, request);
+    let [
+        Action::Answer {
+            ticket: 7,
+            permit: true,
+            valid_until_ms: Some(deadline),
+            ..
+        },
+    ] = actions.as_slice()
+    else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(*deadline, T0 + 30 + 10_000, "ttl counted from receipt");
+}
+
+#[test]
+fn the_gate_closes_at_its_deadline_on_a_tick_and_the_renewal_is_kept() {
+    let authority = Authority::new();
+    let mut core = opened(&authority, 10_000);
+    let deadline = T0 + 30 + 10_000;
+    let actions = core.tick(at(deadline - 1), &never_gone);
+    assert!(
+        !actions
+            .iter()
+            .any(|a| matches!(a, Action::Record(Entry::Gate(GateEvent::Closed(_))))),
+        "{actions:?}"
+    );
+    let actions = core.tick(at(deadline), &never_gone);
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Record(Entry::Gate(GateEvent::Closed(CloseReason::ArtifactExpired)))
+        )),
+        "{actions:?}"
+    );
+    assert!(
+        actions.iter().any(|a| matches!(a, Action::Baseline(None))),
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn a_refused_publish_fails_the_round_and_the_next_one_comes_after_the_backoff() {
+    let authority = Authority::new();
+    let mut core = authority.core();
+    core.start(at(T0));
+    core.on_connected(at(T0), 1);
+    let actions = core.tick(at(T0), &never_gone);
+    assert_eq!(publishes(&actions).len(), 1);
+    // The outbox refused it.
+    assert!(core.publish_failed(at(T0), Which::Renewal).is_empty());
+    let retry_at = core.next_wake().unwrap();
+    assert!(
+        (T0 + 800..=T0 + 1_200).contains(&retry_at),
+        "retry at +{}",
+        retry_at - T0
+    );
+    assert!(publishes(&core.tick(at(retry_at - 1), &never_gone)).is_empty());
+    assert_eq!(
+        publishes(&core.tick(at(retry_at), &never_gone)),
+        [("nonce/req".to_owned(), Which::Renewal)]
+    );
+}
+
+#[test]
+fn a_transient_quote_error_quotes_the_same_nonce_again_and_a_fatal_one_closes() {
+    let authority = Authority::new();
+    let mut core = opened(&authority, 40_000);
+    // The renewal is due at half-life ±10 % with next_nonce: it quotes.
+    let renew_at = core.next_wake().unwrap();
+    let actions = core.tick(at(renew_at), &never_gone);
+    let [(round, nonce)] = quotes(&actions)[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(nonce, [2; 32], "next_nonce");
+    let busy = PlatformError::Tpm {
+        op: PlatformOp::Quote,
+        source: mctc_attest::Error::PcrsUnstable { attempts: 3 },
+    };
+    assert_eq!(busy.class(), TpmClass::Retry);
+    let actions = core.on_quote(at(renew_at + 5), round, Err(busy));
+    assert!(publishes(&actions).is_empty(), "{actions:?}");
+    assert!(matches!(core.gate().state(), GateState::Open(_)));
+    let retry_at = core.next_wake().unwrap();
+    let actions = core.tick(at(retry_at), &never_gone);
+    let [(round, again)] = quotes(&actions)[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(again, nonce, "the same nonce, no new request");
+    // This time the TPM is gone: closed at once, evidence void.
+    let gone = PlatformError::Tpm {
+        op: PlatformOp::Quote,
+        source: mctc_attest::Error::WorkerStopped,
+    };
+    let actions = core.on_quote(at(retry_at + 5), round, Err(gone));
+    assert_eq!(
+        core.gate().state(),
+        &GateState::Closed(CloseReason::AttestationFailed)
+    );
+    assert!(
+        actions.iter().any(|a| matches!(
+            a,
+            Action::Record(Entry::Gate(GateEvent::Closed(
+                CloseReason::AttestationFailed
+            )))
+        )),
+        "{actions:?}"
+    );
+    assert!(
+        core.next_wake().unwrap() >= retry_at + 5 + 8_000,
+        "the next round waits retry_max_ms"
+    );
+}
+
+#[test]
+fn a_revoking_heartbeat_asks_for_the_marker_and_nothing_reopens() {
+    let authority = Authority::new();
+    let mut core = opened(&authority, 600_000);
+    let heartbeat = authority.heartbeat_revoking(1);
+    let actions = core.on_message(at(T0 + 100), Inbound::Heartbeat, &heartbeat, T0 + 100);
+    assert!(matches!(core.gate().state(), GateState::Revoked(_)));
+    let marker = actions.iter().find_map(|a| match a {
+        Action::Persist(StateWrite::Revoked(marker)) => Some(marker),
+        _ => None,
+    });
+    let marker = marker.unwrap_or_else(|| panic!("no marker written: {actions:?}"));
+    assert_eq!(marker.source, "heartbeat");
+    assert_eq!(marker.wall_ms, 1_700_000_000_000, "wall time from At");
+    // Its write failing is reported, and changes nothing else.
+    let error = crate::AgentError::Startup("disk gone".into());
+    let actions = core.on_persisted(&StateWrite::Revoked(marker.clone()), Err(error));
+    assert!(
+        matches!(actions.as_slice(), [Action::Status]),
+        "{actions:?}"
+    );
+    assert_eq!(core.persist_error(), Some("disk gone"));
+    assert!(matches!(core.gate().state(), GateState::Revoked(_)));
+    // No round starts any more, whatever time passes.
+    for later in [T0 + 1_000, T0 + 100_000, T0 + 10_000_000] {
+        let actions = core.tick(at(later), &never_gone);
+        assert!(publishes(&actions).is_empty(), "{actions:?}");
+    }
+}
+
+#[test]
+fn a_fresh_request_whose_client_left_is_denied_on_the_next_tick() {
+    let authority = Authority::new();
+    let mut core = opened(&authority, 600_000);
+    let request = AuthorizeRequest {
+        op: "refund".into(),
+        amount: None,
+        currency: None,
+        reference: None,
+    };
+    // Needs its own round: recorded, queued, a fresh nonce asked for; no
+    // answer yet.
+    let actions = core.authorize(at(T0 + 50), 1, request);
+    assert!(
+        !actions.iter().any(|a| matches!(a, Action::Answer { .. })),
+        "{actions:?}"
+    );
+    assert_eq!(
+        publishes(&actions),
+        [("nonce/req".to_owned(), Which::Fresh)]
+    );
+    // The client is still there: nothing to answer.
+    let actions = core.tick(at(T0 + 60), &never_gone);
+    assert!(!actions.iter().any(|a| matches!(a, Action::Answer { .. })));
+    // It left (the socket timed out): denied, the round dropped.
+    let actions = core.tick(at(T0 + 70), &|ticket| ticket == 1);
+    let answers: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Answer {
+                ticket,
+                permit,
+                reason,
+                ..
+            } => Some((*ticket, *permit, *reason)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [(1, false, Some("fresh-attestation-invalid"))]);
+}
