@@ -178,7 +178,12 @@ pub async fn run(
     let status_topic = DeviceTopic::Status.topic(&device).as_str().to_owned();
     let mut options = LinkOptions::new(device.as_str()).last_will(
         status_topic.clone(),
-        status::offline(device.as_str(), VERSION, "connection-lost"),
+        status::offline(
+            device.as_str(),
+            VERSION,
+            "connection-lost",
+            clock.wall_display_ms(),
+        ),
         true,
     );
     for topic in [
@@ -307,7 +312,12 @@ pub async fn run(
     let _ = enforcer_task.await;
     lineage.stop().await;
     let _ = writer_thread.join();
-    let offline = status::offline(device.as_str(), VERSION, "shutdown");
+    let offline = status::offline(
+        device.as_str(),
+        VERSION,
+        "shutdown",
+        clock.wall_display_ms(),
+    );
     let _ = Outbox::publish(&client, &status_topic, offline, QoS::AtLeastOnce, true).await;
     let _ = stop_router.send(());
     let link = router_task.await.ok();

@@ -117,15 +117,16 @@ pub fn render(core: &StatusCore, now_ms: u64, wall_ms: u64) -> serde_json::Value
 }
 
 /// The Last Will and the clean-shutdown status: the device is not
-/// answering, so nothing it said before counts.
-pub fn offline(device: &str, version: &'static str, reason: &str) -> Vec<u8> {
+/// answering, so nothing it said before counts. `wall_ms`: the
+/// (display) wall clock, from the agent's `Clock`.
+pub fn offline(device: &str, version: &'static str, reason: &str, wall_ms: u64) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "device": device,
         "state": "offline",
         "online": false,
         "reason": reason,
         "version": version,
-        "wall_ms": mctc_service::clock::wall_ms(),
+        "wall_ms": wall_ms,
     }))
     .unwrap_or_default()
 }
