@@ -553,8 +553,11 @@ impl Core {
 
     /// Starts a fresh round for the head of the queue, if none is running.
     pub(super) fn start_fresh_round(&mut self) {
-        // Only from parked: a scheduled retry keeps its nonce and time.
-        if self.fresh_queue.is_empty() || self.sessions.fresh != PARKED {
+        // Only from parked (a retry parked for want of a connection or a
+        // TPM starts over with a new nonce); a scheduled retry keeps its
+        // nonce and time, a round under way runs on.
+        let parked = matches!(self.sessions.fresh, Phase::Idle { start_at: None, .. });
+        if self.fresh_queue.is_empty() || !parked {
             return;
         }
         if !self.can_attest() {

@@ -425,3 +425,56 @@ fn a_fresh_request_whose_client_left_is_denied_on_the_next_tick() {
         .collect();
     assert_eq!(answers, [(1, false, Some("fresh-attestation-invalid"))]);
 }
+
+#[test]
+fn a_fresh_round_whose_quote_was_busy_retries_its_nonce_and_permits_on_its_artifact() {
+    let authority = Authority::new();
+    let mut core = opened(&authority, 600_000);
+    let request = AuthorizeRequest {
+        op: "refund".into(),
+        amount: None,
+        currency: None,
+        reference: None,
+    };
+    let actions = core.authorize(at(T0 + 50), 3, request);
+    assert_eq!(
+        publishes(&actions),
+        [("nonce/req".to_owned(), Which::Fresh)]
+    );
+    let nonce = authority.nonce([0x55; 32], NoncePurpose::FreshOp);
+    let actions = core.on_message(at(T0 + 60), Inbound::Nonce, &nonce, T0 + 60);
+    let [(round, quoted)] = quotes(&actions)[..] else {
+        panic!("{actions:?}")
+    };
+    let busy = PlatformError::Timeout {
+        op: PlatformOp::Quote,
+        within: QUOTE_TIMEOUT,
+    };
+    let actions = core.on_quote(at(T0 + 70), round, Err(busy));
+    assert!(actions.is_empty(), "no answer, no publish: {actions:?}");
+    // The retry quotes the same nonce; the request is still waiting.
+    let retry_at = core.next_wake().unwrap();
+    assert!(retry_at <= T0 + 70 + 1_200, "retry at +{}", retry_at - T0);
+    let actions = core.tick(at(retry_at), &never_gone);
+    let [(round, again)] = quotes(&actions)[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(again, quoted);
+    let actions = core.on_quote(at(retry_at + 5), round, Ok(quote_of(again)));
+    assert_eq!(publishes(&actions), [("evidence".to_owned(), Which::Fresh)]);
+    let artifact = authority.artifact(again, [0x56; 32], 600_000);
+    let actions = core.on_message(
+        at(retry_at + 20),
+        Inbound::Artifact,
+        &artifact,
+        retry_at + 20,
+    );
+    let answers: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Answer { ticket, permit, .. } => Some((*ticket, *permit)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answers, [(3, true)], "{actions:?}");
+}
