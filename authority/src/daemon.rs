@@ -247,9 +247,14 @@ fn dispatch(
             payload,
             retain,
         } => (topic, payload, retain),
-        LinkEvent::Connected { session } => {
-            tracing::info!(session, "subscribed to device requests");
+        LinkEvent::Connected { .. } => {
             let _ = wake.send(Wake::Reannounce);
+            return;
+        }
+        LinkEvent::Subscribed { session } => {
+            // Logged only once the broker granted the subscriptions: the
+            // harness and operators read this line as "requests are heard".
+            tracing::info!(session, "subscribed to device requests");
             return;
         }
         LinkEvent::Disconnected { reason } => {

@@ -211,18 +211,16 @@ keep_alive_secs = 5
             .envs(env.iter().copied());
         let proc = Proc::spawn_command("mctc-authority", command, &log).unwrap();
         self.instances.push(Some(proc));
-        // Subscriptions are sent on CONNACK, before anything else.
+        // Logged on the link's `Subscribed`: the broker has granted every
+        // request topic, so whatever a device publishes from now on is heard.
         let up = wait_until(ANSWER, || {
             self.log(index).contains("subscribed to device requests")
         });
         assert!(
             up.is_some(),
-            "authority did not connect:\n{}",
+            "authority did not subscribe:\n{}",
             self.log(index)
         );
-        // The broker handles a SUBSCRIBE before later packets of other
-        // clients only once it has read it; give it a moment.
-        std::thread::sleep(Duration::from_millis(300));
         index
     }
 

@@ -556,6 +556,17 @@ pub fn collector_config(
     path
 }
 
+/// `mctc-collector run` with the ingest core's debug lines in the log: the
+/// tests wait on them (an ignored registry record, a rationed ack) where
+/// nothing else is observable.
+fn spawn_collector(config: &Path, log: &Path) -> Proc {
+    let mut command = std::process::Command::new(mctc_tests::bin_path("mctc-collector").unwrap());
+    command
+        .args(["run", "--config", config.to_str().unwrap()])
+        .env("MCTC_LOG", "info,mctc_collector::ingest=debug");
+    Proc::spawn_command("mctc-collector", command, log).unwrap()
+}
+
 impl Collector {
     /// Starts `mctc-collector run` (gap grace 300 ms unless `extra_ingest`
     /// says otherwise).
@@ -567,12 +578,7 @@ impl Collector {
             format!("gap_grace_ms = 300\n{extra_ingest}")
         };
         let config = collector_config(broker, dir.path(), authority_keys, &extra);
-        let proc = Proc::spawn(
-            "mctc-collector",
-            ["run", "--config", config.to_str().unwrap()],
-            &dir.path().join("collector.log"),
-        )
-        .unwrap();
+        let proc = spawn_collector(&config, &dir.path().join("collector.log"));
         Collector {
             proc,
             db: dir.path().join("collector.db"),
@@ -584,12 +590,7 @@ impl Collector {
     /// Starts it again on the same config and database.
     pub fn restart(&mut self) {
         self.proc.kill();
-        self.proc = Proc::spawn(
-            "mctc-collector",
-            ["run", "--config", self.config.to_str().unwrap()],
-            &self.dir.path().join("collector.log"),
-        )
-        .unwrap();
+        self.proc = spawn_collector(&self.config, &self.dir.path().join("collector.log"));
     }
 
     /// Waits until the log contains `needle`.
