@@ -52,7 +52,7 @@ struct Job {
 fn store_error(config: &Config) -> impl Fn(crate::store::StoreError) -> Error + '_ {
     move |e| Error::Store {
         path: config.database.clone(),
-        reason: e.to_string(),
+        source: e,
     }
 }
 

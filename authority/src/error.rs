@@ -29,12 +29,13 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The database failed or is unusable.
-    #[error("database {path}: {reason}")]
+    #[error("database {path}: {source}")]
     Store {
         /// The database file.
         path: PathBuf,
-        /// What failed.
-        reason: String,
+        /// What failed, classified (busy, corrupt, full, …).
+        #[source]
+        source: crate::store::StoreError,
     },
     /// The shared IO edge failed (keys, TLS, broker configuration).
     #[error(transparent)]

@@ -19,12 +19,27 @@ use crate::now::{Deadline, Now};
 use crate::policy::LearnedDigest;
 use crate::verdict::{Decision, NonceCheck, Refusal};
 
-/// A storage failure.
+pub use mctc_service::sqlite::Fault;
+
+/// A storage failure. [`StoreError::is_transient`] says whether it is worth
+/// trying again; every other failure is ours (the database, the disk, this
+/// code), never the device's.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database engine failed (IO, lock timeout, constraint).
+    /// The database engine failed; `fault` classifies it (busy → retry;
+    /// corrupt, full, IO → the operator's problem, logged loudly).
+    #[error("{fault}: {source}")]
+    Backend {
+        /// What kind of failure.
+        fault: Fault,
+        /// The engine's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database file cannot be used as the store requires (WAL refused,
+    /// file not creatable).
     #[error("{0}")]
-    Backend(String),
+    Unusable(String),
     /// The database was written by a newer version of the authority.
     #[error("schema version {found} is newer than this binary supports ({supported})")]
     TooNew {
@@ -36,6 +51,24 @@ pub enum StoreError {
     /// A stored value is not what this code wrote (manual edits, bit rot).
     #[error("corrupt row: {0}")]
     Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether the same operation may succeed if tried again later (the
+    /// database was busy past the busy timeout).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend { fault, .. } if fault.is_transient())
+    }
+
+    /// A stable name of the failure's kind (logs, counters).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Backend { fault, .. } => fault.name(),
+            StoreError::Unusable(_) => "unusable",
+            StoreError::TooNew { .. } => "too_new",
+            StoreError::Corrupt(_) => "corrupt_row",
+        }
+    }
 }
 
 /// A device as registered by `devices add`.

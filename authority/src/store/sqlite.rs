@@ -144,7 +144,10 @@ pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        StoreError::Backend(e.to_string())
+        StoreError::Backend {
+            fault: super::Fault::of(&e),
+            source: Box::new(e),
+        }
     }
 }
 
@@ -173,7 +176,7 @@ impl SqliteStore {
             Ok(_) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => {
-                return Err(StoreError::Backend(format!("cannot create the file: {e}")));
+                return Err(StoreError::Unusable(format!("cannot create the file: {e}")));
             }
         }
         let mut conn = Connection::open(path)?;
@@ -181,7 +184,7 @@ impl SqliteStore {
         let mode: String =
             conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Backend(format!(
+            return Err(StoreError::Unusable(format!(
                 "journal_mode stays {mode}; WAL is required (is the file on a network filesystem?)"
             )));
         }
