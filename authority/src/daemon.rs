@@ -29,7 +29,7 @@ use crate::engine::{Engine, EngineSettings, INPUT_TOPICS, max_input_len, topic_n
 use crate::error::Error;
 use crate::housekeeping::{HeartbeatSettings, Housekeeper, Wake};
 use crate::issuer::{Issuer, KeySigner};
-use crate::now::Now;
+use crate::now::{Now, SystemClock};
 use crate::outbox::LinkPublisher;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimiter;
@@ -131,7 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             limits: config.limits,
             challenge_ttl_ms: config.enrollment.challenge_ttl_ms,
         };
-        let mut engine = Engine::new(engine_store, settings, clock.clone());
+        let mut engine = Engine::new(engine_store, settings, SystemClock::of(&clock));
         let publisher = publisher.clone();
         let alive = Arc::clone(&engine_alive);
         let clock = clock.clone();

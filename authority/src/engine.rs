@@ -26,7 +26,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::config::Limits;
 use crate::issuer::{ArtifactFacts, Issuer, status_name};
-use crate::now::Now;
+use crate::now::{Clock, Now, SystemClock};
 use crate::outbox::{Outgoing, Publisher, pump};
 use crate::policy::Policy;
 use crate::store::{EnrollCommit, Issue, NonceGrant, PendingEnrollment, Store, StoreError};
@@ -144,12 +144,13 @@ pub struct EngineCounters {
     pub failures: u64,
 }
 
-/// The worker.
+/// The worker. `C` is where it reads the time (every deadline it sets or
+/// checks): the host's clocks in the daemon, a controlled one in tests.
 #[derive(Debug)]
-pub struct Engine<S: Store> {
+pub struct Engine<S: Store, C: Clock = SystemClock> {
     store: S,
     settings: EngineSettings,
-    clock: Now,
+    clock: C,
     rng: SystemRandom,
     /// The last message queued outbox rows.
     queued: bool,
@@ -162,9 +163,9 @@ fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], Dropped> {
     Ok(out)
 }
 
-impl<S: Store> Engine<S> {
-    /// A worker on `store`; `clock` is a reading of this boot.
-    pub fn new(store: S, settings: EngineSettings, clock: Now) -> Engine<S> {
+impl<S: Store, C: Clock> Engine<S, C> {
+    /// A worker on `store`, reading the time from `clock`.
+    pub fn new(store: S, settings: EngineSettings, clock: C) -> Engine<S, C> {
         Engine {
             store,
             settings,
@@ -201,7 +202,7 @@ impl<S: Store> Engine<S> {
         payload: &[u8],
         publisher: &dyn Publisher,
     ) {
-        let now = self.clock.refresh();
+        let now = self.clock.now();
         let result = if payload.len() > max_input_len(topic) {
             Err(Dropped::sender(format!(
                 "oversized: {} bytes, at most {}",
@@ -555,7 +556,7 @@ impl<S: Store> Engine<S> {
                     return self.refusal(
                         device,
                         nonce,
-                        crate::verdict::Refusal::Internal,
+                        crate::model::Refusal::Internal,
                         false,
                         now,
                     );
@@ -615,7 +616,7 @@ impl<S: Store> Engine<S> {
         &self,
         device: &DeviceId,
         nonce: [u8; 32],
-        refusal: crate::verdict::Refusal,
+        refusal: crate::model::Refusal,
         contained: bool,
         now: &Now,
     ) -> Result<Vec<Outgoing>, Dropped> {
@@ -651,14 +652,14 @@ mod tests {
     use mctc_shim::{AuthorityKey, messages};
 
     use crate::issuer::KeySigner;
+    use crate::model::LearnedDigest;
+    use crate::model::{Decision, NonceCheck};
     use crate::now::Deadline;
-    use crate::policy::LearnedDigest;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{
         Attested, DeviceRecord, EnrollCommit as Commit, Fault, FleetState, HeartbeatState,
         NewDevice, OutboxItem, StatusChange, StatusOutcome,
     };
-    use crate::verdict::{Decision, NonceCheck};
 
     /// A real store whose `attest` and `issue_nonce` fail with `fault` when armed.
     #[derive(Debug)]
@@ -805,15 +806,39 @@ mod tests {
         }
     }
 
+    /// A clock the test moves by hand (shared with the engine).
+    #[derive(Debug, Clone)]
+    struct Manual(Arc<Mutex<Now>>);
+
+    impl Clock for Manual {
+        fn now(&self) -> Now {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Manual {
+        fn advance(&self, ms: u64) {
+            let mut now = self.0.lock().unwrap();
+            now.boot_ms += ms;
+            now.wall_ms += ms;
+        }
+    }
+
     struct Rig {
-        engine: Engine<Failing>,
+        engine: Engine<Failing, Manual>,
+        clock: Manual,
         keys: Vec<AuthorityKey>,
         _dir: tempfile::TempDir,
     }
 
     fn rig() -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let now = Now::read().unwrap();
+        let now = Now {
+            wall_ms: 1_800_000_000_000,
+            boot_ms: 1_000_000,
+            boot_id: "test-boot".into(),
+        };
+        let clock = Manual(Arc::new(Mutex::new(now.clone())));
         let mut inner = SqliteStore::open(&dir.path().join("a.db")).unwrap();
         inner
             .add_device(
@@ -843,7 +868,8 @@ mod tests {
         };
         let store = Failing { inner, fault: None };
         Rig {
-            engine: Engine::new(store, settings, now),
+            engine: Engine::new(store, settings, clock.clone()),
+            clock,
             keys,
             _dir: dir,
         }
@@ -854,10 +880,14 @@ mod tests {
     }
 
     fn evidence_bytes(device: &DeviceId) -> Vec<u8> {
+        evidence_with(device, [9; 32])
+    }
+
+    fn evidence_with(device: &DeviceId, nonce: [u8; 32]) -> Vec<u8> {
         let evidence = messages::Evidence {
             v: Version::default(),
             device: device.clone(),
-            nonce: Bytes([9; 32]),
+            nonce: Bytes(nonce),
             attest: Bstr(&[0; 8]),
             signature: Bstr(&[0; 8]),
             pcr_alg: 0x000b,
@@ -968,5 +998,79 @@ mod tests {
         assert_eq!(max_input_len(DeviceTopic::Evidence), 2560);
         assert_eq!(max_input_len(DeviceTopic::NonceRequest), 1024);
         assert_eq!(max_input_len(DeviceTopic::EnrollProof), 1024);
+    }
+
+    /// Enrolls `id()` with placeholder keys straight in the store: the
+    /// decision then stops at the stored AK (`internal`), after the nonce
+    /// check, which is what the clock tests look at.
+    fn enroll(rig: &mut Rig) {
+        let now = rig.clock.now();
+        let pending = PendingEnrollment {
+            device: id(),
+            request_id: [1; 16],
+            class: "locker".into(),
+            first_use: false,
+            proof: [0; 32],
+            ek_public: vec![1],
+            ek_sha256: [2; 32],
+            ak_public: vec![3],
+            ak_name: vec![4],
+            deadline: now.after(1000),
+        };
+        assert_eq!(
+            rig.engine.store.commit_enrollment(&pending, &now).unwrap(),
+            Commit::Enrolled
+        );
+    }
+
+    fn issued_nonce(rig: &mut Rig, out: &Recorder) -> [u8; 32] {
+        rig.engine
+            .handle(DeviceTopic::NonceRequest, &id(), &nonce_request(&id()), out);
+        let answers = out.take();
+        assert_eq!(answers.len(), 1, "one nonce");
+        messages::Nonce::decode(&answers[0].payload)
+            .unwrap()
+            .nonce
+            .0
+    }
+
+    fn refusal_code(rig: &Rig, out: &Recorder) -> RefusalCode {
+        let answers = out.take();
+        assert_eq!(answers.len(), 1, "one answer");
+        SignedRefusal::open(&answers[0].payload, &rig.keys, &RingCrypto)
+            .unwrap()
+            .reason
+    }
+
+    /// Deadlines follow the engine's clock, not the host's: a nonce answered
+    /// 1 ms before its ttl is checked against the quote; 1 ms after, it is
+    /// stale. No test waits for the ttl to pass.
+    #[test]
+    fn nonce_expiry_is_decided_on_the_engines_clock() {
+        let mut rig = rig();
+        enroll(&mut rig);
+        let out = Recorder::default();
+        let ttl = Limits::default().nonce_ttl_ms;
+
+        let nonce = issued_nonce(&mut rig, &out);
+        rig.clock.advance(ttl - 1);
+        rig.engine.handle(
+            DeviceTopic::Evidence,
+            &id(),
+            &evidence_with(&id(), nonce),
+            &out,
+        );
+        // Past the nonce check: it fails later, at the placeholder AK.
+        assert_eq!(refusal_code(&rig, &out), RefusalCode::Internal);
+
+        let nonce = issued_nonce(&mut rig, &out);
+        rig.clock.advance(ttl);
+        rig.engine.handle(
+            DeviceTopic::Evidence,
+            &id(),
+            &evidence_with(&id(), nonce),
+            &out,
+        );
+        assert_eq!(refusal_code(&rig, &out), RefusalCode::StaleNonce);
     }
 }

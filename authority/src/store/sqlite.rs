@@ -21,9 +21,8 @@ use super::{
     NonceGrant, OutboxItem, PcrSnapshot, PendingEnrollment, RegistryRow, StatusChange,
     StatusOutcome, Store, StoreError, Verdict,
 };
+use crate::model::{Decision, LearnedDigest, NonceCheck, Refusal, VerifiedFacts};
 use crate::now::{Deadline, Now};
-use crate::policy::LearnedDigest;
-use crate::verdict::{Decision, NonceCheck, Refusal, VerifiedFacts};
 
 /// How long a writer waits for another process's transaction.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -799,8 +798,11 @@ impl Store for SqliteStore {
     ) -> Result<Option<Attested>, StoreError> {
         let tx = self.immediate()?;
         let id = device.as_str();
-        // Consumed whatever the outcome: a nonce answers one piece of
-        // evidence, good or bad.
+        // Single use: the nonce is consumed by the transaction that decides
+        // its evidence, whatever the decision (affirmed, refused, or a
+        // decision that cannot be recorded, below). Only a transaction that
+        // fails (the database) leaves it: then nothing was decided and the
+        // device may send the same evidence again.
         let consumed: Option<(u8, String, u64)> = tx
             .prepare_cached(
                 "DELETE FROM nonces WHERE nonce = ?1 AND device = ?2 RETURNING purpose, boot_id, deadline_ms",
@@ -831,8 +833,11 @@ impl Store for SqliteStore {
             Decision::Affirm { facts } => {
                 // The decision saw the status read in this transaction;
                 // an affirmation of anything but an active device is a bug
-                // to be refused here, not issued.
+                // to be refused here, not issued. The nonce stays consumed
+                // (committed without anything else): a bug must not make
+                // evidence replayable.
                 if record.status != DeviceStatus::Active {
+                    tx.commit()?;
                     return Err(StoreError::Corrupt(format!(
                         "affirmed a {:?} device {id}",
                         record.status
@@ -1138,7 +1143,7 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::*;
-    use crate::verdict::NonceCheck;
+    use crate::model::NonceCheck;
 
     fn now_at(boot_ms: u64) -> Now {
         Now {
@@ -1280,6 +1285,64 @@ mod tests {
             .collect();
         let total: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
         assert_eq!(total, nonces.len(), "every nonce valid exactly once");
+    }
+
+    /// A nonce is single use whatever happens to its evidence: an
+    /// affirmation the store refuses to record (of a contained device) still
+    /// consumes it, so the same evidence cannot be tried again.
+    #[test]
+    fn a_nonce_is_consumed_even_when_the_decision_is_not_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = now_at(1000);
+        let mut store = open(&dir);
+        enrolled_device(&mut store, "d1", &now);
+        let d = id("d1");
+        store
+            .issue_nonce(&d, &[7; 32], NoncePurpose::Renew, &now.after(100), 8, &now)
+            .unwrap();
+        store
+            .change_status(&d, StatusChange::Contain, "test", &now)
+            .unwrap();
+        let facts = VerifiedFacts {
+            clock: ClockInfo {
+                clock: 1,
+                reset_count: 1,
+                restart_count: 0,
+                safe: true,
+            },
+            high_water: ClockInfo {
+                clock: 1,
+                reset_count: 1,
+                restart_count: 0,
+                safe: true,
+            },
+            mask: 1,
+            values: vec![[1; 32]],
+            digest: [0; 32],
+        };
+        let err = store
+            .attest(&d, &[7; 32], &issue(&now), &now, &mut |_, check, _| {
+                assert_eq!(check, NonceCheck::Valid(NoncePurpose::Renew));
+                Decision::Affirm {
+                    facts: facts.clone(),
+                }
+            })
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err}");
+        // Nothing of the bogus affirmation was recorded...
+        let record = store.device(&d).unwrap().unwrap();
+        assert_eq!(record.verified_ms, None);
+        assert_eq!(record.artifacts_issued, 0);
+        // ...but the nonce is gone: the same evidence is stale.
+        let mut seen = None;
+        store
+            .attest(&d, &[7; 32], &issue(&now), &now, &mut |_, check, _| {
+                seen = Some(check);
+                refuse()
+            })
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen, Some(NonceCheck::Invalid));
     }
 
     #[test]
