@@ -23,10 +23,9 @@ mod schema;
 #[cfg(test)]
 mod tests;
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
-use std::time::Duration;
 
+use mctc_service::sqlite::OpenError;
 use mctc_shim::DeviceId;
 use mctc_shim::messages::NoncePurpose;
 use rusqlite::Connection;
@@ -39,9 +38,6 @@ use crate::model::{Decision, LearnedDigest, NonceCheck};
 use crate::now::{Deadline, Now};
 
 pub use schema::SCHEMA_VERSION;
-
-/// How long a writer waits for another process's transaction.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -59,40 +55,27 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating, mode 0600) and migrates the database at `path`.
+    /// Opens (creating, mode 0600, O_EXCL) and migrates the database at
+    /// `path`, in WAL (checked) with `synchronous = FULL`: the shared
+    /// opener of every mctc store (`mctc_service::sqlite::open`).
     pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
-        // SQLite would create the file with the umask's mode; the database
-        // holds pending proofs and nonces, so it is made private first. Only
-        // a *new* file is opened here (O_EXCL): closing any descriptor of a
-        // database file drops every POSIX lock this process holds on it,
-        // including those of another open connection, after which another
-        // process may checkpoint and delete the WAL under that connection
-        // (its later commits would be lost).
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(StoreError::Unusable(format!("cannot create the file: {e}")));
+        let conn = mctc_service::sqlite::open(path, &schema::SCHEMA)?;
+        Ok(SqliteStore { conn })
+    }
+}
+
+impl From<OpenError> for StoreError {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::TooNew { found, supported } => StoreError::TooNew { found, supported },
+            OpenError::Sqlite { fault, source } => StoreError::Backend {
+                fault,
+                source: Box::new(source),
+            },
+            e @ (OpenError::Create { .. } | OpenError::NotWal { .. }) => {
+                StoreError::Unusable(e.to_string())
             }
         }
-        let mut conn = Connection::open(path)?;
-        conn.busy_timeout(BUSY_TIMEOUT)?;
-        let mode: String =
-            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Unusable(format!(
-                "journal_mode stays {mode}; WAL is required (is the file on a network filesystem?)"
-            )));
-        }
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        schema::migrate(&mut conn)?;
-        Ok(SqliteStore { conn })
     }
 }
 

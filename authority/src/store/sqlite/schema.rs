@@ -1,9 +1,8 @@
 //! The schema and its migrations: `PRAGMA user_version` is the version,
-//! each migration one step, all of them in one `BEGIN IMMEDIATE` at open.
+//! each migration one step, run by `mctc_service::sqlite` in one
+//! `BEGIN IMMEDIATE` at open.
 
-use rusqlite::{Connection, TransactionBehavior};
-
-use crate::store::StoreError;
+use mctc_service::sqlite::Schema;
 
 /// Schema migrations; `MIGRATIONS[i]` takes version `i` to `i + 1`.
 pub(super) const MIGRATIONS: &[&str] = &[
@@ -112,23 +111,7 @@ INSERT INTO outbox (kind, device, wall_ms) SELECT 3, id, added_ms FROM devices;
 /// The schema version this binary writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
-pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let found: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if found > SCHEMA_VERSION {
-        return Err(StoreError::TooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        });
-    }
-    for (version, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(found).unwrap_or(0))
-    {
-        tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", version as i64 + 1)?;
-    }
-    tx.commit()?;
-    Ok(())
-}
+/// The schema as the shared opener takes it.
+pub(super) const SCHEMA: Schema = Schema {
+    migrations: MIGRATIONS,
+};
