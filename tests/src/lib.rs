@@ -10,6 +10,8 @@
 //!   certificates, and the shipped broker configuration (`configs/mosquitto/`:
 //!   mosquitto.conf and the dynamic-security roles).
 //! - [`Proc`]: the project's own binaries started with a config, logs captured.
+//! - [`mqtt`]: the one MQTT test client, blocking ([`mqtt::MqttClient`]) or
+//!   async ([`mqtt::Client`]), ready only once its subscriptions are granted.
 //!
 //! A missing program is an error that says how to install it; nothing is
 //! silently skipped.
@@ -25,6 +27,7 @@ mod broker;
 mod error;
 pub mod fleet;
 pub mod forge;
+pub mod mqtt;
 mod pki;
 mod ports;
 mod process;

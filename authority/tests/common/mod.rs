@@ -4,7 +4,6 @@
 //! their own broker identity.
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -22,8 +21,6 @@ use mctc_shim::topics::{DeviceTopic, HEARTBEAT};
 use mctc_shim::wire::{Bstr, Bytes, List, Version};
 use mctc_shim::{AuthorityKey, DeviceId, Error as ShimError, Message, RingCrypto};
 use mctc_tests::{Broker, Proc, Swtpm, SwtpmOptions, bin_path, wait_until};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
-use tokio::sync::mpsc;
 
 pub const AUTHORITY_ID: &str = "fleet-authority";
 pub const ZERO: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -264,112 +261,9 @@ keep_alive_secs = 5
     }
 }
 
-/// An MQTT client that keeps every message it receives in an inbox.
-pub struct Client {
-    pub client: AsyncClient,
-    inbox: VecDeque<(String, Vec<u8>, bool)>,
-    rx: mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Client {
-    pub async fn connect(broker: &Broker, cn: &str, filters: &[&str]) -> Client {
-        let identity = broker.client_identity(cn).unwrap();
-        let client_id = format!("{cn}-{}", hex::encode(rand_bytes::<4>()));
-        let mut options = broker.mqtt_options(&client_id, &identity).unwrap();
-        // Large enough for the oversized inputs the tests send on purpose.
-        options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut eventloop) = AsyncClient::new(options, 64);
-        let mut network = eventloop.network_options();
-        network.set_tcp_nodelay(true);
-        eventloop.set_network_options(network);
-        let (tx, rx) = mpsc::unbounded_channel();
-        let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
-        let subscriber = client.clone();
-        let filters: Vec<String> = filters.iter().map(|s| (*s).to_owned()).collect();
-        let task = tokio::spawn(async move {
-            let mut pending = filters.len();
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                        if filters.is_empty() {
-                            let _ = ready_tx.send(());
-                        }
-                        for f in &filters {
-                            subscriber.subscribe(f, QoS::AtLeastOnce).await.unwrap();
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        pending = pending.saturating_sub(1);
-                        if pending == 0 {
-                            let _ = ready_tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send((p.topic, p.payload.to_vec(), p.retain));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        tokio::time::timeout(ANSWER, ready_rx.recv())
-            .await
-            .expect("client subscribed")
-            .unwrap();
-        Client {
-            client,
-            inbox: VecDeque::new(),
-            rx,
-            task,
-        }
-    }
-
-    pub async fn publish(&self, topic: &str, payload: Vec<u8>) {
-        self.publish_retained(topic, payload, false).await;
-    }
-
-    pub async fn publish_retained(&self, topic: &str, payload: Vec<u8>, retain: bool) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-            .unwrap();
-    }
-
-    /// The next message on `topic` (earlier ones on other topics stay in
-    /// the inbox), or `None` after `wait`.
-    pub async fn next_on(&mut self, topic: &str, wait: Duration) -> Option<Vec<u8>> {
-        self.next_with(topic, wait).await.map(|(p, _)| p)
-    }
-
-    pub async fn next_with(&mut self, topic: &str, wait: Duration) -> Option<(Vec<u8>, bool)> {
-        if let Some(i) = self.inbox.iter().position(|(t, _, _)| t == topic) {
-            return self.inbox.remove(i).map(|(_, p, r)| (p, r));
-        }
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((t, p, r))) if t == topic => return Some((p, r)),
-                Ok(Some(other)) => self.inbox.push_back(other),
-                Ok(None) | Err(_) => return None,
-            }
-        }
-    }
-
-    /// Forgets everything received on `topic` so far.
-    pub fn clear(&mut self, topic: &str) {
-        while let Ok(m) = self.rx.try_recv() {
-            self.inbox.push_back(m);
-        }
-        self.inbox.retain(|(t, _, _)| t != topic);
-    }
-}
+/// The workspace's one MQTT test client.
+#[allow(unused_imports, reason = "each test file uses a different subset")]
+pub use mctc_tests::mqtt::Client;
 
 /// What the authority answered on the artifact topic.
 #[derive(Debug)]
@@ -454,7 +348,9 @@ impl Device {
     }
 
     pub async fn send(&self, which: DeviceTopic, payload: Vec<u8>) {
-        self.mqtt.publish(&topic(which, &self.id), payload).await;
+        self.mqtt
+            .publish(&topic(which, &self.id), payload, false)
+            .await;
     }
 
     pub async fn next(&mut self, which: DeviceTopic, wait: Duration) -> Option<Vec<u8>> {

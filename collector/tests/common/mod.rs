@@ -19,8 +19,6 @@ use mctc_shim::{
     CollectorKey, DeviceId, Message, RingCrypto, RingSigner, Signed, Signer, verify_receipt,
 };
 use mctc_tests::{Broker, Proc, Swtpm};
-use rumqttc::{AsyncClient, Event, Packet, QoS};
-use tokio::sync::mpsc;
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -352,94 +350,9 @@ pub fn bundle(device: &Device, registry: &[u8], from_seq: u64) -> BundleBytes {
 
 // --- MQTT clients and the collector process. ---
 
-/// A connected MQTT client whose received publishes arrive on a channel.
-pub struct Client {
-    pub client: AsyncClient,
-    received: mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Client {
-    /// Connects as `identity` (the certificate CN) and subscribes to
-    /// `subscriptions`; returns once the broker acknowledged them.
-    pub async fn connect(broker: &Broker, identity: &str, subscriptions: &[&str]) -> Client {
-        let certs = broker.client_identity(identity).unwrap();
-        let client_id = format!("{identity}-test-{}", std::process::id());
-        let mut options = broker.mqtt_options(&client_id, &certs).unwrap();
-        options.set_max_packet_size(512 * 1024, 512 * 1024);
-        let (client, mut eventloop) = AsyncClient::new(options, 1024);
-        let (tx, received) = mpsc::unbounded_channel();
-        let (ready_tx, mut ready) = mpsc::unbounded_channel();
-        let expected = subscriptions.len();
-        let task = tokio::spawn(async move {
-            let mut acked = 0;
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Packet::ConnAck(_))) if expected == 0 => {
-                        let _ = ready_tx.send(());
-                    }
-                    Ok(Event::Incoming(Packet::SubAck(_))) => {
-                        acked += 1;
-                        if acked == expected {
-                            let _ = ready_tx.send(());
-                        }
-                    }
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let _ = tx.send((p.topic.clone(), p.payload.to_vec(), p.retain));
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-        for topic in subscriptions {
-            client
-                .subscribe(topic.to_string(), QoS::AtLeastOnce)
-                .await
-                .unwrap();
-        }
-        tokio::time::timeout(Duration::from_secs(15), ready.recv())
-            .await
-            .expect("connected and subscribed within 15 s")
-            .unwrap();
-        Client {
-            client,
-            received,
-            task,
-        }
-    }
-
-    pub async fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-            .unwrap();
-    }
-
-    /// The next publish received within `timeout`.
-    pub async fn next(&mut self, timeout: Duration) -> Option<(String, Vec<u8>, bool)> {
-        tokio::time::timeout(timeout, self.received.recv())
-            .await
-            .ok()
-            .flatten()
-    }
-
-    /// Everything received within `window`.
-    pub async fn drain(&mut self, window: Duration) -> Vec<(String, Vec<u8>, bool)> {
-        let mut out = Vec::new();
-        let deadline = tokio::time::Instant::now() + window;
-        while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.received.recv()).await {
-            out.push(m);
-        }
-        out
-    }
-}
+/// The workspace's one MQTT test client.
+#[allow(unused_imports, reason = "each test file uses a different subset")]
+pub use mctc_tests::mqtt::Client;
 
 /// A running collector with its private config and database.
 pub struct Collector {
