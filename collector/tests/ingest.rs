@@ -533,25 +533,21 @@ async fn registry_records_decide_trust_newest_wins_and_revoked_devices_are_kept(
     // An older version arriving late changes nothing.
     fleet.register(&device, 1, DeviceStatus::Active).await;
     device.write(5, 0).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let db = rusqlite::Connection::open(&fleet.collector.db).unwrap();
-        let (version, status): (i64, i64) = db
+    let registry = || -> (i64, i64) {
+        rusqlite::Connection::open(&fleet.collector.db)
+            .unwrap()
             .query_row(
                 "SELECT version, status FROM registry WHERE device = ?1",
                 [device.id.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .unwrap();
-        if (version, status) == (3, 3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "registry at v{version} status {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .unwrap()
+    };
+    assert!(
+        mctc_tests::wait_until(WAIT, || registry() == (3, 3)).is_some(),
+        "registry at (version, status) {:?}",
+        registry()
+    );
     // The late v1 was seen and ignored (not merely not yet read).
     fleet
         .collector
