@@ -144,6 +144,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
                 alive.store(clock.refresh().boot_ms, Ordering::Relaxed);
             }
+            let counters = engine.counters();
+            tracing::info!(
+                sender_faults = counters.sender_faults,
+                transient_failures = counters.transient_failures,
+                failures = counters.failures,
+                "engine stopped"
+            );
         })?
     };
     let (wake, wake_queue) = mpsc::channel::<Wake>();
@@ -268,11 +275,13 @@ fn dispatch(
     };
     let Some((kind, device)) = topics::parse(&topic).filter(|(k, _)| INPUT_TOPICS.contains(k))
     else {
-        tracing::warn!(%topic, reason = "not a request topic", "input dropped");
+        tracing::info!(%topic, reason = "not a request topic", "input dropped");
         return;
     };
+    // The sender's fault (a replay, too large, too often): info, as in the
+    // engine. The queue's state is ours and logged louder below.
     let dropped = |reason: &str| {
-        tracing::warn!(%device, topic = topic_name(kind), reason, "input dropped");
+        tracing::info!(%device, topic = topic_name(kind), reason, "input dropped");
     };
     if retain {
         // A retained request is a replay by construction.
@@ -299,7 +308,11 @@ fn dispatch(
         payload,
     }) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => dropped("worker queue full"),
-        Err(TrySendError::Disconnected(_)) => dropped("worker stopped"),
+        Err(TrySendError::Full(_)) => {
+            tracing::warn!(%device, topic = topic_name(kind), reason = "worker queue full", "input dropped");
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            tracing::error!(%device, topic = topic_name(kind), reason = "worker stopped", "input dropped");
+        }
     }
 }
