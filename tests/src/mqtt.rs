@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeReasonCode};
 use tokio::sync::mpsc;
 
-use crate::{Broker, ClientIdentity};
+use crate::broker::{Broker, ClientIdentity};
 
 /// The largest packet a test client sends or accepts: above every mctc
 /// message, so the oversized inputs tests send on purpose get out.
