@@ -366,6 +366,10 @@ async fn route(mut link: Link, mut router: Router, mut stop: oneshot::Receiver<(
                     .await
                     .is_ok()
             }
+            LinkEvent::Subscribed { session } => {
+                tracing::info!(session, "subscribed to device topics");
+                true
+            }
             LinkEvent::Disconnected { reason } => {
                 tracing::warn!(%reason, "broker connection lost");
                 let _ = router.forward.send(ForwarderInput::Disconnected).await;

@@ -277,6 +277,7 @@ async fn exchange(
                     resend_at = Some(tokio::time::Instant::now() + RESEND_EVERY);
                 }
             }
+            Some(LinkEvent::Subscribed { .. }) => {}
             Some(LinkEvent::Disconnected { reason }) => {
                 tracing::warn!(%reason, "broker connection lost during enrollment");
             }

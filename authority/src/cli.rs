@@ -266,7 +266,7 @@ impl Context {
         let config = Config::load(path)?;
         let store = SqliteStore::open(&config.database).map_err(|e| Error::Store {
             path: config.database.clone(),
-            reason: e.to_string(),
+            source: e,
         })?;
         Ok(Context {
             config,
@@ -282,7 +282,7 @@ impl Context {
     fn db<T>(&self, r: Result<T, crate::store::StoreError>) -> Result<T, Error> {
         r.map_err(|e| Error::Store {
             path: self.config.database.clone(),
-            reason: e.to_string(),
+            source: e,
         })
     }
 

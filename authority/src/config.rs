@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use mctc_service::BrokerConfig;
 use serde::Deserialize;
 
-use crate::error::Error;
-use crate::policy::is_token;
+use crate::error::{Error, one_line};
+use crate::model::is_token;
+
+pub use crate::model::parse_sha256;
 
 /// Longest `authority_id` (the artifact's `iss`, shim limit).
 const MAX_AUTHORITY_ID_LEN: usize = mctc_shim::limits::MAX_AUTHORITY_ID_LEN;
@@ -122,12 +124,6 @@ impl Default for RawEnrollment {
 
 fn default_challenge_ttl() -> u64 {
     60_000
-}
-
-/// Parses a 64-digit hex SHA-256.
-pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
-    let bytes = hex::decode(text.trim()).ok()?;
-    <[u8; 32]>::try_from(bytes.as_slice()).ok()
 }
 
 impl Config {
@@ -244,23 +240,6 @@ fn check_range(path: &Path, key: &str, value: u64, min: u64, max: u64) -> Result
             format!("{key} = {value} is outside {min}..={max}"),
         ))
     }
-}
-
-/// TOML errors span several lines (a source excerpt); the CLI promises one.
-pub(crate) fn one_line(text: &str) -> String {
-    let mut parts = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'));
-    let mut out = parts.next().unwrap_or("invalid TOML").to_owned();
-    for part in parts {
-        if part.chars().next().is_some_and(char::is_numeric) {
-            continue; // "12 | key = …" excerpt lines
-        }
-        out.push_str("; ");
-        out.push_str(part);
-    }
-    out
 }
 
 #[cfg(test)]

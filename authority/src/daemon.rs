@@ -29,7 +29,7 @@ use crate::engine::{Engine, EngineSettings, INPUT_TOPICS, max_input_len, topic_n
 use crate::error::Error;
 use crate::housekeeping::{HeartbeatSettings, Housekeeper, Wake};
 use crate::issuer::{Issuer, KeySigner};
-use crate::now::Now;
+use crate::now::{Now, SystemClock};
 use crate::outbox::LinkPublisher;
 use crate::policy::Policy;
 use crate::ratelimit::RateLimiter;
@@ -52,7 +52,7 @@ struct Job {
 fn store_error(config: &Config) -> impl Fn(crate::store::StoreError) -> Error + '_ {
     move |e| Error::Store {
         path: config.database.clone(),
-        reason: e.to_string(),
+        source: e,
     }
 }
 
@@ -131,7 +131,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             limits: config.limits,
             challenge_ttl_ms: config.enrollment.challenge_ttl_ms,
         };
-        let mut engine = Engine::new(engine_store, settings, clock.clone());
+        let mut engine = Engine::new(engine_store, settings, SystemClock::of(&clock));
         let publisher = publisher.clone();
         let alive = Arc::clone(&engine_alive);
         let clock = clock.clone();
@@ -144,6 +144,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 }
                 alive.store(clock.refresh().boot_ms, Ordering::Relaxed);
             }
+            let counters = engine.counters();
+            tracing::info!(
+                sender_faults = counters.sender_faults,
+                transient_failures = counters.transient_failures,
+                failures = counters.failures,
+                "engine stopped"
+            );
         })?
     };
     let (wake, wake_queue) = mpsc::channel::<Wake>();
@@ -247,9 +254,14 @@ fn dispatch(
             payload,
             retain,
         } => (topic, payload, retain),
-        LinkEvent::Connected { session } => {
-            tracing::info!(session, "subscribed to device requests");
+        LinkEvent::Connected { .. } => {
             let _ = wake.send(Wake::Reannounce);
+            return;
+        }
+        LinkEvent::Subscribed { session } => {
+            // Logged only once the broker granted the subscriptions: the
+            // harness and operators read this line as "requests are heard".
+            tracing::info!(session, "subscribed to device requests");
             return;
         }
         LinkEvent::Disconnected { reason } => {
@@ -263,11 +275,13 @@ fn dispatch(
     };
     let Some((kind, device)) = topics::parse(&topic).filter(|(k, _)| INPUT_TOPICS.contains(k))
     else {
-        tracing::warn!(%topic, reason = "not a request topic", "input dropped");
+        tracing::info!(%topic, reason = "not a request topic", "input dropped");
         return;
     };
+    // The sender's fault (a replay, too large, too often): info, as in the
+    // engine. The queue's state is ours and logged louder below.
     let dropped = |reason: &str| {
-        tracing::warn!(%device, topic = topic_name(kind), reason, "input dropped");
+        tracing::info!(%device, topic = topic_name(kind), reason, "input dropped");
     };
     if retain {
         // A retained request is a replay by construction.
@@ -294,7 +308,11 @@ fn dispatch(
         payload,
     }) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => dropped("worker queue full"),
-        Err(TrySendError::Disconnected(_)) => dropped("worker stopped"),
+        Err(TrySendError::Full(_)) => {
+            tracing::warn!(%device, topic = topic_name(kind), reason = "worker queue full", "input dropped");
+        }
+        Err(TrySendError::Disconnected(_)) => {
+            tracing::error!(%device, topic = topic_name(kind), reason = "worker stopped", "input dropped");
+        }
     }
 }

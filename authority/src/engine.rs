@@ -26,10 +26,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::config::Limits;
 use crate::issuer::{ArtifactFacts, Issuer, status_name};
-use crate::now::Now;
+use crate::now::{Clock, Now, SystemClock};
 use crate::outbox::{Outgoing, Publisher, pump};
 use crate::policy::Policy;
-use crate::store::{EnrollCommit, Issue, NonceGrant, PendingEnrollment, Store};
+use crate::store::{EnrollCommit, Issue, NonceGrant, PendingEnrollment, Store, StoreError};
 use crate::verdict::{Decision, evaluate};
 
 /// The request topics the authority subscribes to.
@@ -83,43 +83,114 @@ pub struct EngineSettings {
     pub challenge_ttl_ms: u64,
 }
 
-/// Why an input was dropped.
+/// Why an input got no answer. Two owners, two paths: what the sender did
+/// wrong is its business (logged at info as "input dropped", counted), what
+/// failed here is ours (logged at error, counted apart, and the device is
+/// never told its input was bad).
 #[derive(Debug)]
-struct Dropped(String);
+enum Dropped {
+    /// Malformed, mismatched or not allowed: the sender's fault.
+    Sender(String),
+    /// The database, the signer or the random source failed: our fault.
+    Ours(Failure),
+}
 
-impl<T: std::fmt::Display> From<T> for Dropped {
-    fn from(reason: T) -> Self {
-        Dropped(reason.to_string())
+impl Dropped {
+    fn sender(reason: impl Into<String>) -> Dropped {
+        Dropped::Sender(reason.into())
     }
 }
 
-/// The worker.
+/// A failure on the authority's side while handling an input.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// The store failed (busy, corrupt, full, IO, …).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing or encoding an answer failed (a buffer too small, the signer).
+    #[error("signing or encoding an answer: {0}")]
+    Answer(#[from] mctc_shim::Error),
+    /// The system random number generator failed.
+    #[error("system random number generator failed")]
+    Random,
+    /// A decision needs a class the loaded policy no longer has.
+    #[error("class {0} is not in the policy")]
+    Policy(String),
+}
+
+impl Failure {
+    /// Whether trying again later may succeed (a busy database).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Failure::Store(e) if e.is_transient())
+    }
+}
+
+impl<E: Into<Failure>> From<E> for Dropped {
+    fn from(e: E) -> Self {
+        Dropped::Ours(e.into())
+    }
+}
+
+/// What the engine has seen go wrong, by owner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EngineCounters {
+    /// Inputs dropped for the sender's fault.
+    pub sender_faults: u64,
+    /// Inputs not handled (or answered `internal`) for a transient failure
+    /// of ours (a busy database).
+    pub transient_failures: u64,
+    /// Inputs not handled (or answered `internal`) for a failure of ours
+    /// that will not go away by itself (corrupt, full, IO, signer).
+    pub failures: u64,
+}
+
+/// The worker. `C` is where it reads the time (every deadline it sets or
+/// checks): the host's clocks in the daemon, a controlled one in tests.
 #[derive(Debug)]
-pub struct Engine<S: Store> {
+pub struct Engine<S: Store, C: Clock = SystemClock> {
     store: S,
     settings: EngineSettings,
-    clock: Now,
+    clock: C,
     rng: SystemRandom,
     /// The last message queued outbox rows.
     queued: bool,
+    counters: EngineCounters,
 }
 
 fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], Dropped> {
     let mut out = [0u8; N];
-    rng.fill(&mut out)
-        .map_err(|_| Dropped("system random number generator failed".into()))?;
+    rng.fill(&mut out).map_err(|_| Failure::Random)?;
     Ok(out)
 }
 
-impl<S: Store> Engine<S> {
-    /// A worker on `store`; `clock` is a reading of this boot.
-    pub fn new(store: S, settings: EngineSettings, clock: Now) -> Engine<S> {
+impl<S: Store, C: Clock> Engine<S, C> {
+    /// A worker on `store`, reading the time from `clock`.
+    pub fn new(store: S, settings: EngineSettings, clock: C) -> Engine<S, C> {
         Engine {
             store,
             settings,
             clock,
             rng: SystemRandom::new(),
             queued: false,
+            counters: EngineCounters::default(),
+        }
+    }
+
+    /// What went wrong so far, by owner.
+    pub fn counters(&self) -> EngineCounters {
+        self.counters
+    }
+
+    /// Counts and logs a failure of ours: error level unless it is
+    /// transient (a busy database: the device asks again).
+    fn our_failure(&mut self, device: &DeviceId, topic: DeviceTopic, failure: &Failure) {
+        let topic = topic_name(topic);
+        if failure.is_transient() {
+            self.counters.transient_failures += 1;
+            tracing::warn!(%device, topic, error = %failure, "input not handled: database busy, the device will ask again");
+        } else {
+            self.counters.failures += 1;
+            tracing::error!(%device, topic, error = %failure, "input not handled: the authority failed");
         }
     }
 
@@ -131,9 +202,9 @@ impl<S: Store> Engine<S> {
         payload: &[u8],
         publisher: &dyn Publisher,
     ) {
-        let now = self.clock.refresh();
+        let now = self.clock.now();
         let result = if payload.len() > max_input_len(topic) {
-            Err(Dropped(format!(
+            Err(Dropped::sender(format!(
                 "oversized: {} bytes, at most {}",
                 payload.len(),
                 max_input_len(topic)
@@ -144,7 +215,7 @@ impl<S: Store> Engine<S> {
                 DeviceTopic::EnrollProof => self.enroll_proof(device, payload, &now),
                 DeviceTopic::NonceRequest => self.nonce_request(device, payload, &now),
                 DeviceTopic::Evidence => self.evidence(device, payload, &now),
-                _ => Err(Dropped("not an input topic".into())),
+                _ => Err(Dropped::sender("not an input topic")),
             }
         };
         match result {
@@ -160,9 +231,11 @@ impl<S: Store> Engine<S> {
                     tracing::error!(error = %e, "outbox pump failed");
                 }
             }
-            Err(Dropped(reason)) => {
-                tracing::warn!(%device, topic = topic_name(topic), %reason, "input dropped");
+            Err(Dropped::Sender(reason)) => {
+                self.counters.sender_faults += 1;
+                tracing::info!(%device, topic = topic_name(topic), %reason, "input dropped");
             }
+            Err(Dropped::Ours(failure)) => self.our_failure(device, topic, &failure),
         }
     }
 
@@ -196,10 +269,11 @@ impl<S: Store> Engine<S> {
         payload: &[u8],
         now: &Now,
     ) -> Result<Vec<Outgoing>, Dropped> {
-        let request = EnrollRequest::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+        let request = EnrollRequest::decode(payload)
+            .map_err(|e| Dropped::sender(format!("undecodable: {e}")))?;
         if request.device != *device {
-            return Err(Dropped(
-                "device in the payload differs from the topic's".into(),
+            return Err(Dropped::sender(
+                "device in the payload differs from the topic's",
             ));
         }
         let request_id = request.request_id.0;
@@ -208,7 +282,10 @@ impl<S: Store> Engine<S> {
         };
         let record = match self.store.device(device) {
             Ok(record) => record,
-            Err(e) => return refuse(self, EnrollStatus::Internal, &e.to_string()),
+            Err(e) => {
+                self.our_failure(device, DeviceTopic::EnrollRequest, &e.into());
+                return refuse(self, EnrollStatus::Internal, "database error");
+            }
         };
         let (class, first_use) = match &record {
             Some(r) if r.status == DeviceStatus::Revoked => {
@@ -274,7 +351,11 @@ impl<S: Store> Engine<S> {
             Err(e @ CredentialError::BadEkKey(_)) => {
                 return refuse(self, EnrollStatus::BadEk, &e.to_string());
             }
-            Err(e) => return refuse(self, EnrollStatus::Internal, &e.to_string()),
+            Err(e) => {
+                tracing::error!(%device, error = %e, "credential not made");
+                self.counters.failures += 1;
+                return refuse(self, EnrollStatus::Internal, "credential not made");
+            }
         };
         let pending = PendingEnrollment {
             device: device.clone(),
@@ -289,7 +370,8 @@ impl<S: Store> Engine<S> {
             deadline: now.after(self.settings.challenge_ttl_ms),
         };
         if let Err(e) = self.store.begin_enrollment(&pending) {
-            return refuse(self, EnrollStatus::Internal, &e.to_string());
+            self.our_failure(device, DeviceTopic::EnrollRequest, &e.into());
+            return refuse(self, EnrollStatus::Internal, "database error");
         }
         let challenge = EnrollChallenge {
             v: Version::default(),
@@ -313,7 +395,8 @@ impl<S: Store> Engine<S> {
         payload: &[u8],
         now: &Now,
     ) -> Result<Vec<Outgoing>, Dropped> {
-        let proof = EnrollProof::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+        let proof = EnrollProof::decode(payload)
+            .map_err(|e| Dropped::sender(format!("undecodable: {e}")))?;
         let request_id = proof.request_id.0;
         let pending = match self.store.take_enrollment(device, &request_id, now) {
             Ok(Some(p)) => p,
@@ -327,11 +410,12 @@ impl<S: Store> Engine<S> {
                 );
             }
             Err(e) => {
+                self.our_failure(device, DeviceTopic::EnrollProof, &e.into());
                 return self.enroll_result(
                     device,
                     request_id,
                     EnrollStatus::Internal,
-                    &e.to_string(),
+                    "database error",
                     now,
                 );
             }
@@ -358,7 +442,7 @@ impl<S: Store> Engine<S> {
             Ok(EnrollCommit::BadEk) => (EnrollStatus::BadEk, "EK differs from the pinned one"),
             Ok(EnrollCommit::NotAllowed) => (EnrollStatus::NotAllowed, "device is not registered"),
             Err(e) => {
-                tracing::error!(%device, error = %e, "enrollment not recorded");
+                self.our_failure(device, DeviceTopic::EnrollProof, &e.into());
                 (EnrollStatus::Internal, "database error")
             }
         };
@@ -374,10 +458,11 @@ impl<S: Store> Engine<S> {
         payload: &[u8],
         now: &Now,
     ) -> Result<Vec<Outgoing>, Dropped> {
-        let request = NonceRequest::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+        let request = NonceRequest::decode(payload)
+            .map_err(|e| Dropped::sender(format!("undecodable: {e}")))?;
         if request.device != *device {
-            return Err(Dropped(
-                "device in the payload differs from the topic's".into(),
+            return Err(Dropped::sender(
+                "device in the payload differs from the topic's",
             ));
         }
         let nonce: [u8; 32] = random(&self.rng)?;
@@ -392,10 +477,13 @@ impl<S: Store> Engine<S> {
         )?;
         match grant {
             NonceGrant::Issued => {}
-            NonceGrant::Unknown => return Err(Dropped("device is not registered".into())),
-            NonceGrant::NotEnrolled => return Err(Dropped("device has not enrolled".into())),
+            NonceGrant::Unknown => return Err(Dropped::sender("device is not registered")),
+            NonceGrant::NotEnrolled => return Err(Dropped::sender("device has not enrolled")),
             NonceGrant::NotActive(status) => {
-                return Err(Dropped(format!("device is {}", status_name(status))));
+                return Err(Dropped::sender(format!(
+                    "device is {}",
+                    status_name(status)
+                )));
             }
         }
         let message = Nonce {
@@ -420,17 +508,18 @@ impl<S: Store> Engine<S> {
         payload: &[u8],
         now: &Now,
     ) -> Result<Vec<Outgoing>, Dropped> {
-        let evidence = Evidence::decode(payload).map_err(|e| format!("undecodable: {e}"))?;
+        let evidence =
+            Evidence::decode(payload).map_err(|e| Dropped::sender(format!("undecodable: {e}")))?;
         if evidence.device != *device {
-            return Err(Dropped(
-                "device in the payload differs from the topic's".into(),
+            return Err(Dropped::sender(
+                "device in the payload differs from the topic's",
             ));
         }
         let policy = Arc::clone(&self.settings.policy);
         // The class fixes the next nonce's lifetime (it must outlive the
         // artifact it rides in); classes never change after registration.
         let Some(record) = self.store.device(device)? else {
-            return Err(Dropped("device is not registered".into()));
+            return Err(Dropped::sender("device is not registered"));
         };
         let ttl = policy
             .class(&record.class)
@@ -458,13 +547,16 @@ impl<S: Store> Engine<S> {
                     )
                 }) {
                 Ok(Some(attested)) => attested,
-                Ok(None) => return Err(Dropped("device is not registered".into())),
+                Ok(None) => return Err(Dropped::sender("device is not registered")),
                 Err(e) => {
-                    tracing::error!(%device, error = %e, "evidence not decided");
+                    // Ours, not the device's: it hears `internal` (never a
+                    // verdict on its evidence) and the transaction, nonce
+                    // included, did not happen.
+                    self.our_failure(device, DeviceTopic::Evidence, &e.into());
                     return self.refusal(
                         device,
                         nonce,
-                        crate::verdict::Refusal::Internal,
+                        crate::model::Refusal::Internal,
                         false,
                         now,
                     );
@@ -475,7 +567,7 @@ impl<S: Store> Engine<S> {
             Decision::Affirm { facts } => {
                 let Some(class_policy) = policy.class(class) else {
                     // evaluate() never affirms without a class policy.
-                    return Err(Dropped("class vanished from the policy".into()));
+                    return Err(Failure::Policy(class.to_owned()).into());
                 };
                 let artifact = ArtifactFacts {
                     sub: device.clone(),
@@ -524,7 +616,7 @@ impl<S: Store> Engine<S> {
         &self,
         device: &DeviceId,
         nonce: [u8; 32],
-        refusal: crate::verdict::Refusal,
+        refusal: crate::model::Refusal,
         contained: bool,
         now: &Now,
     ) -> Result<Vec<Outgoing>, Dropped> {
@@ -552,6 +644,345 @@ fn ring_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    use mctc_shim::cose::Signed;
+    use mctc_shim::messages::{NoncePurpose, Refusal as SignedRefusal, RefusalCode};
+    use mctc_shim::wire::List;
+    use mctc_shim::{AuthorityKey, messages};
+
+    use crate::issuer::KeySigner;
+    use crate::model::LearnedDigest;
+    use crate::model::{Decision, NonceCheck};
+    use crate::now::Deadline;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{
+        Attested, DeviceRecord, EnrollCommit as Commit, Fault, FleetState, HeartbeatState,
+        NewDevice, OutboxItem, StatusChange, StatusOutcome,
+    };
+
+    /// A real store whose `attest` and `issue_nonce` fail with `fault` when armed.
+    #[derive(Debug)]
+    struct Failing {
+        inner: SqliteStore,
+        fault: Option<Fault>,
+    }
+
+    impl Failing {
+        fn fail(&self) -> Result<(), StoreError> {
+            match self.fault {
+                Some(fault) => Err(StoreError::Backend {
+                    fault,
+                    source: format!("injected {fault}").into(),
+                }),
+                None => Ok(()),
+            }
+        }
+    }
+
+    impl Store for Failing {
+        fn add_device(&mut self, d: &NewDevice, now: &Now) -> Result<bool, StoreError> {
+            self.inner.add_device(d, now)
+        }
+        fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
+            self.inner.device(id)
+        }
+        fn devices(&mut self) -> Result<Vec<DeviceRecord>, StoreError> {
+            self.inner.devices()
+        }
+        fn change_status(
+            &mut self,
+            id: &DeviceId,
+            change: StatusChange,
+            reason: &str,
+            now: &Now,
+        ) -> Result<StatusOutcome, StoreError> {
+            self.inner.change_status(id, change, reason, now)
+        }
+        fn begin_enrollment(&mut self, p: &PendingEnrollment) -> Result<(), StoreError> {
+            self.inner.begin_enrollment(p)
+        }
+        fn take_enrollment(
+            &mut self,
+            d: &DeviceId,
+            r: &[u8; 16],
+            now: &Now,
+        ) -> Result<Option<PendingEnrollment>, StoreError> {
+            self.inner.take_enrollment(d, r, now)
+        }
+        fn commit_enrollment(
+            &mut self,
+            p: &PendingEnrollment,
+            now: &Now,
+        ) -> Result<Commit, StoreError> {
+            self.inner.commit_enrollment(p, now)
+        }
+        fn issue_nonce(
+            &mut self,
+            d: &DeviceId,
+            n: &[u8; 32],
+            p: NoncePurpose,
+            dl: &Deadline,
+            max: u32,
+            now: &Now,
+        ) -> Result<NonceGrant, StoreError> {
+            self.fail()?;
+            self.inner.issue_nonce(d, n, p, dl, max, now)
+        }
+        fn attest(
+            &mut self,
+            d: &DeviceId,
+            n: &[u8; 32],
+            i: &Issue,
+            now: &Now,
+            decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &[LearnedDigest]) -> Decision,
+        ) -> Result<Option<Attested>, StoreError> {
+            self.fail()?;
+            self.inner.attest(d, n, i, now, decide)
+        }
+        fn heartbeat(
+            &mut self,
+            h: &str,
+            l: u64,
+            m: usize,
+            now: &Now,
+        ) -> Result<Option<HeartbeatState>, StoreError> {
+            self.inner.heartbeat(h, l, m, now)
+        }
+        fn release_lease(&mut self, h: &str) -> Result<(), StoreError> {
+            self.inner.release_lease(h)
+        }
+        fn fleet(&mut self) -> Result<FleetState, StoreError> {
+            self.inner.fleet()
+        }
+        fn claim_outbox(
+            &mut self,
+            l: usize,
+            c: u64,
+            now: &Now,
+        ) -> Result<Vec<OutboxItem>, StoreError> {
+            self.inner.claim_outbox(l, c, now)
+        }
+        fn ack_outbox(&mut self, ids: &[i64]) -> Result<(), StoreError> {
+            self.inner.ack_outbox(ids)
+        }
+        fn requeue_latest_controls(&mut self, now: &Now) -> Result<usize, StoreError> {
+            self.inner.requeue_latest_controls(now)
+        }
+        fn learned(&mut self, class: &str) -> Result<Vec<LearnedDigest>, StoreError> {
+            self.inner.learned(class)
+        }
+        fn learn(
+            &mut self,
+            class: &str,
+            values: &[(u8, [u8; 32])],
+            from: &DeviceId,
+            now: &Now,
+        ) -> Result<(), StoreError> {
+            self.inner.learn(class, values, from, now)
+        }
+        fn sweep(&mut self, now: &Now) -> Result<usize, StoreError> {
+            self.inner.sweep(now)
+        }
+    }
+
+    /// Keeps what the engine publishes.
+    #[derive(Debug, Default)]
+    struct Recorder(Mutex<Vec<Outgoing>>);
+
+    impl Publisher for Recorder {
+        fn publish(&self, message: Outgoing) -> bool {
+            self.0.lock().unwrap().push(message);
+            true
+        }
+        fn connected(&self) -> bool {
+            true
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<Outgoing> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    /// A clock the test moves by hand (shared with the engine).
+    #[derive(Debug, Clone)]
+    struct Manual(Arc<Mutex<Now>>);
+
+    impl Clock for Manual {
+        fn now(&self) -> Now {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl Manual {
+        fn advance(&self, ms: u64) {
+            let mut now = self.0.lock().unwrap();
+            now.boot_ms += ms;
+            now.wall_ms += ms;
+        }
+    }
+
+    struct Rig {
+        engine: Engine<Failing, Manual>,
+        clock: Manual,
+        keys: Vec<AuthorityKey>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn rig() -> Rig {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Now {
+            wall_ms: 1_800_000_000_000,
+            boot_ms: 1_000_000,
+            boot_id: "test-boot".into(),
+        };
+        let clock = Manual(Arc::new(Mutex::new(now.clone())));
+        let mut inner = SqliteStore::open(&dir.path().join("a.db")).unwrap();
+        inner
+            .add_device(
+                &NewDevice {
+                    id: id(),
+                    class: "locker".into(),
+                    pinned_ek_sha256: None,
+                },
+                &now,
+            )
+            .unwrap();
+        let configs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        let policy = Policy::load(&configs.join("policy.toml")).unwrap();
+        let pkcs8 = ring::signature::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+        let pair = ring::signature::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let signer = KeySigner::from_pair(pair).unwrap();
+        let keys = vec![AuthorityKey::new(
+            &RingCrypto,
+            mctc_shim::Signer::public_key(&signer),
+        )];
+        let settings = EngineSettings {
+            policy: Arc::new(policy),
+            issuer: Arc::new(Issuer::new(signer, "test-authority".into())),
+            ek_policy: EkPolicy::new(None, []),
+            limits: Limits::default(),
+            challenge_ttl_ms: 10_000,
+        };
+        let store = Failing { inner, fault: None };
+        Rig {
+            engine: Engine::new(store, settings, clock.clone()),
+            clock,
+            keys,
+            _dir: dir,
+        }
+    }
+
+    fn id() -> DeviceId {
+        DeviceId::new("locker-1").unwrap()
+    }
+
+    fn evidence_bytes(device: &DeviceId) -> Vec<u8> {
+        evidence_with(device, [9; 32])
+    }
+
+    fn evidence_with(device: &DeviceId, nonce: [u8; 32]) -> Vec<u8> {
+        let evidence = messages::Evidence {
+            v: Version::default(),
+            device: device.clone(),
+            nonce: Bytes(nonce),
+            attest: Bstr(&[0; 8]),
+            signature: Bstr(&[0; 8]),
+            pcr_alg: 0x000b,
+            pcr_mask: 1,
+            pcr_values: List::from_slice(&[Bytes([0; 32])]).unwrap(),
+        };
+        let mut buf = [0u8; MAX_EVIDENCE_LEN];
+        evidence.encode(&mut buf).unwrap().to_vec()
+    }
+
+    fn nonce_request(device: &DeviceId) -> Vec<u8> {
+        let request = NonceRequest {
+            v: Version::default(),
+            device: device.clone(),
+            purpose: NoncePurpose::Renew,
+        };
+        let mut buf = [0u8; MAX_SMALL_MESSAGE_LEN];
+        request.encode(&mut buf).unwrap().to_vec()
+    }
+
+    #[test]
+    fn the_senders_fault_is_counted_as_such_and_gets_no_answer() {
+        let mut rig = rig();
+        let out = Recorder::default();
+        let stranger = DeviceId::new("stranger").unwrap();
+        rig.engine
+            .handle(DeviceTopic::Evidence, &id(), &[0xff, 0x00], &out);
+        rig.engine.handle(
+            DeviceTopic::NonceRequest,
+            &stranger,
+            &nonce_request(&stranger),
+            &out,
+        );
+        rig.engine.handle(
+            DeviceTopic::Evidence,
+            &id(),
+            &evidence_bytes(&stranger),
+            &out,
+        );
+        assert!(out.take().is_empty());
+        assert_eq!(
+            rig.engine.counters(),
+            EngineCounters {
+                sender_faults: 3,
+                transient_failures: 0,
+                failures: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn a_database_failure_is_ours_and_never_a_verdict_on_the_evidence() {
+        let mut rig = rig();
+        let out = Recorder::default();
+        rig.engine.store.fault = Some(Fault::Corrupt);
+        rig.engine
+            .handle(DeviceTopic::Evidence, &id(), &evidence_bytes(&id()), &out);
+        // The device hears `internal`, not a verdict on its evidence.
+        let answers = out.take();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(
+            answers[0].topic,
+            DeviceTopic::Artifact.topic(&id()).to_string()
+        );
+        let refusal = SignedRefusal::open(&answers[0].payload, &rig.keys, &RingCrypto).unwrap();
+        assert_eq!(refusal.reason, RefusalCode::Internal);
+        assert!(!refusal.contained);
+        assert_eq!(
+            rig.engine.counters(),
+            EngineCounters {
+                sender_faults: 0,
+                transient_failures: 0,
+                failures: 1,
+            }
+        );
+
+        // A busy database is transient: the nonce request gets no answer
+        // and is counted apart; nothing is blamed on the device.
+        rig.engine.store.fault = Some(Fault::Busy);
+        rig.engine.handle(
+            DeviceTopic::NonceRequest,
+            &id(),
+            &nonce_request(&id()),
+            &out,
+        );
+        assert!(out.take().is_empty());
+        assert_eq!(
+            rig.engine.counters(),
+            EngineCounters {
+                sender_faults: 0,
+                transient_failures: 1,
+                failures: 1,
+            }
+        );
+    }
 
     #[test]
     fn proof_comparison_is_exact() {
@@ -567,5 +998,79 @@ mod tests {
         assert_eq!(max_input_len(DeviceTopic::Evidence), 2560);
         assert_eq!(max_input_len(DeviceTopic::NonceRequest), 1024);
         assert_eq!(max_input_len(DeviceTopic::EnrollProof), 1024);
+    }
+
+    /// Enrolls `id()` with placeholder keys straight in the store: the
+    /// decision then stops at the stored AK (`internal`), after the nonce
+    /// check, which is what the clock tests look at.
+    fn enroll(rig: &mut Rig) {
+        let now = rig.clock.now();
+        let pending = PendingEnrollment {
+            device: id(),
+            request_id: [1; 16],
+            class: "locker".into(),
+            first_use: false,
+            proof: [0; 32],
+            ek_public: vec![1],
+            ek_sha256: [2; 32],
+            ak_public: vec![3],
+            ak_name: vec![4],
+            deadline: now.after(1000),
+        };
+        assert_eq!(
+            rig.engine.store.commit_enrollment(&pending, &now).unwrap(),
+            Commit::Enrolled
+        );
+    }
+
+    fn issued_nonce(rig: &mut Rig, out: &Recorder) -> [u8; 32] {
+        rig.engine
+            .handle(DeviceTopic::NonceRequest, &id(), &nonce_request(&id()), out);
+        let answers = out.take();
+        assert_eq!(answers.len(), 1, "one nonce");
+        messages::Nonce::decode(&answers[0].payload)
+            .unwrap()
+            .nonce
+            .0
+    }
+
+    fn refusal_code(rig: &Rig, out: &Recorder) -> RefusalCode {
+        let answers = out.take();
+        assert_eq!(answers.len(), 1, "one answer");
+        SignedRefusal::open(&answers[0].payload, &rig.keys, &RingCrypto)
+            .unwrap()
+            .reason
+    }
+
+    /// Deadlines follow the engine's clock, not the host's: a nonce answered
+    /// 1 ms before its ttl is checked against the quote; 1 ms after, it is
+    /// stale. No test waits for the ttl to pass.
+    #[test]
+    fn nonce_expiry_is_decided_on_the_engines_clock() {
+        let mut rig = rig();
+        enroll(&mut rig);
+        let out = Recorder::default();
+        let ttl = Limits::default().nonce_ttl_ms;
+
+        let nonce = issued_nonce(&mut rig, &out);
+        rig.clock.advance(ttl - 1);
+        rig.engine.handle(
+            DeviceTopic::Evidence,
+            &id(),
+            &evidence_with(&id(), nonce),
+            &out,
+        );
+        // Past the nonce check: it fails later, at the placeholder AK.
+        assert_eq!(refusal_code(&rig, &out), RefusalCode::Internal);
+
+        let nonce = issued_nonce(&mut rig, &out);
+        rig.clock.advance(ttl);
+        rig.engine.handle(
+            DeviceTopic::Evidence,
+            &id(),
+            &evidence_with(&id(), nonce),
+            &out,
+        );
+        assert_eq!(refusal_code(&rig, &out), RefusalCode::StaleNonce);
     }
 }

@@ -29,12 +29,13 @@ pub enum Error {
     #[error("{0}")]
     Usage(String),
     /// The database failed or is unusable.
-    #[error("database {path}: {reason}")]
+    #[error("database {path}: {source}")]
     Store {
         /// The database file.
         path: PathBuf,
-        /// What failed.
-        reason: String,
+        /// What failed, classified (busy, corrupt, full, …).
+        #[source]
+        source: crate::store::StoreError,
     },
     /// The shared IO edge failed (keys, TLS, broker configuration).
     #[error(transparent)]
@@ -45,9 +46,12 @@ pub enum Error {
     /// The request is well formed but refused in the device's current state.
     #[error("{0}")]
     Refused(String),
-    /// The host does not provide what the daemon needs (boot id, threads).
+    /// The host does not provide what the daemon needs (threads).
     #[error("{0}")]
     Environment(String),
+    /// The host's clocks or boot id cannot be read.
+    #[error(transparent)]
+    Clock(#[from] crate::now::ClockError),
 }
 
 impl Error {
@@ -61,7 +65,8 @@ impl Error {
             | Error::Usage(_)
             | Error::Store { .. }
             | Error::Service(_)
-            | Error::Environment(_) => 2,
+            | Error::Environment(_)
+            | Error::Clock(_) => 2,
         }
     }
 
@@ -71,6 +76,23 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+/// TOML errors span several lines (a source excerpt); the CLI promises one.
+pub(crate) fn one_line(text: &str) -> String {
+    let mut parts = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^'));
+    let mut out = parts.next().unwrap_or("invalid TOML").to_owned();
+    for part in parts {
+        if part.chars().next().is_some_and(char::is_numeric) {
+            continue; // "12 | key = …" excerpt lines
+        }
+        out.push_str("; ");
+        out.push_str(part);
+    }
+    out
 }
 
 #[cfg(test)]

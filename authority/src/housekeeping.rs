@@ -14,7 +14,7 @@ use mctc_shim::topics::HEARTBEAT;
 use crate::issuer::Issuer;
 use crate::now::Now;
 use crate::outbox::{Outgoing, Publisher, broker_reply, pump};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// How often the loop wakes.
 const TICK: Duration = Duration::from_millis(50);
@@ -98,7 +98,7 @@ impl<S: Store> Housekeeper<S> {
                     match broker_reply(&mut self.store, &payload) {
                         Ok(0) => {}
                         Ok(n) => tracing::info!(rows = n, "broker confirmed device rights"),
-                        Err(e) => tracing::error!(error = %e, "broker confirmation not stored"),
+                        Err(e) => store_failed(&e, "store the broker's confirmation"),
                     }
                     false
                 }
@@ -112,7 +112,7 @@ impl<S: Store> Housekeeper<S> {
                         tracing::info!(controls = n, "latest controls announced again");
                         next_pump = now.boot_ms;
                     }
-                    Err(e) => tracing::error!(error = %e, "controls not announced again"),
+                    Err(e) => store_failed(&e, "announce the latest controls again"),
                 }
             }
             alive.store(now.boot_ms, Ordering::Relaxed);
@@ -125,7 +125,7 @@ impl<S: Store> Housekeeper<S> {
             }
             if now.boot_ms >= next_pump {
                 if let Err(e) = pump(&mut self.store, &self.issuer, publisher, &now) {
-                    tracing::error!(error = %e, "outbox pump failed");
+                    store_failed(&e, "pump the outbox");
                 }
                 next_pump = now.boot_ms.saturating_add(PUMP_EVERY_MS);
             }
@@ -133,7 +133,7 @@ impl<S: Store> Housekeeper<S> {
                 match self.store.sweep(&now) {
                     Ok(0) => {}
                     Ok(n) => tracing::debug!(removed = n, "expired nonces and challenges removed"),
-                    Err(e) => tracing::error!(error = %e, "sweep failed"),
+                    Err(e) => store_failed(&e, "sweep expired nonces and challenges"),
                 }
                 next_sweep = now.boot_ms.saturating_add(SWEEP_EVERY_MS);
             }
@@ -173,7 +173,7 @@ impl<S: Store> Housekeeper<S> {
                 return;
             }
             Err(e) => {
-                tracing::error!(error = %e, "heartbeat not allocated");
+                store_failed(&e, "allocate the heartbeat");
                 return;
             }
         };
@@ -191,5 +191,15 @@ impl<S: Store> Housekeeper<S> {
             }
             Err(e) => tracing::error!(seq = state.seq, error = %e, "heartbeat not signed"),
         }
+    }
+}
+
+/// Logs a store failure by whose it is: a busy database is retried at the
+/// next tick (warn); anything else is the database's or ours (error).
+fn store_failed(error: &StoreError, doing: &'static str) {
+    if error.is_transient() {
+        tracing::warn!(%error, fault = error.kind(), doing, "database busy; retried at the next tick");
+    } else {
+        tracing::error!(%error, fault = error.kind(), doing, "database failed");
     }
 }

@@ -7,6 +7,8 @@
 //! fleet manager's CLI. `authority/README.md` documents the CLI, the
 //! configuration, the policy file, the database and the protocol decisions.
 //!
+//! - [`model`]: the shared data (device record, decision, learned digest)
+//!   and name grammar; it imports no other module of the crate.
 //! - [`verdict`]: the sans-IO decision on one piece of evidence.
 //! - [`store`]: the state, one atomic transaction per decision.
 //! - [`engine`]: the worker answering devices; [`housekeeping`]: heartbeat,
@@ -22,6 +24,7 @@ pub mod engine;
 pub mod error;
 pub mod housekeeping;
 pub mod issuer;
+pub mod model;
 pub mod now;
 pub mod outbox;
 pub mod policy;

@@ -7,9 +7,18 @@
 //! deadline fails closed, and a wall-clock jump changes nothing. The wall
 //! clock is used only for claims (`iat`, `exp`) and for display.
 
-use crate::error::Error;
-
 const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// The clocks could not be read (the host lacks what the authority needs).
+#[derive(Debug, thiserror::Error)]
+pub enum ClockError {
+    /// The boot id could not be read.
+    #[error("cannot read {BOOT_ID_PATH}: {0}")]
+    BootId(#[source] std::io::Error),
+    /// The boot id is empty.
+    #[error("{BOOT_ID_PATH} is empty")]
+    EmptyBootId,
+}
 
 /// One reading of the clocks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,13 +33,13 @@ pub struct Now {
 
 impl Now {
     /// Reads the clocks and the boot id.
-    pub fn read() -> Result<Now, Error> {
+    pub fn read() -> Result<Now, ClockError> {
         let boot_id = std::fs::read_to_string(BOOT_ID_PATH)
-            .map_err(|e| Error::Environment(format!("cannot read {BOOT_ID_PATH}: {e}")))?
+            .map_err(ClockError::BootId)?
             .trim()
             .to_owned();
         if boot_id.is_empty() {
-            return Err(Error::Environment(format!("{BOOT_ID_PATH} is empty")));
+            return Err(ClockError::EmptyBootId);
         }
         Ok(Now {
             wall_ms: mctc_service::clock::wall_ms(),
@@ -59,6 +68,39 @@ impl Now {
         Deadline {
             boot_id: self.boot_id.clone(),
             boot_ms: self.boot_ms.saturating_add(ms),
+        }
+    }
+}
+
+/// Where a worker reads the time. The daemon gives the engine the host's
+/// clocks ([`SystemClock`]); tests give it one they move by hand, so
+/// deadlines are tested without waiting.
+pub trait Clock: Send + std::fmt::Debug {
+    /// A reading of the clocks.
+    fn now(&self) -> Now;
+}
+
+/// The host's clocks on this boot.
+#[derive(Debug, Clone)]
+pub struct SystemClock {
+    boot_id: String,
+}
+
+impl SystemClock {
+    /// The clocks of the boot `reading` was taken on.
+    pub fn of(reading: &Now) -> SystemClock {
+        SystemClock {
+            boot_id: reading.boot_id.clone(),
+        }
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Now {
+        Now {
+            wall_ms: mctc_service::clock::wall_ms(),
+            boot_ms: mctc_service::clock::boottime_ms(),
+            boot_id: self.boot_id.clone(),
         }
     }
 }

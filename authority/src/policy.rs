@@ -16,13 +16,10 @@ use mctc_shim::limits::{
 };
 use serde::Deserialize;
 
-use crate::config::{one_line, parse_sha256};
-use crate::error::Error;
+use crate::error::{Error, one_line};
+use crate::model::parse_sha256;
 
-/// A shim token: 1+ bytes of printable ASCII without space.
-pub fn is_token(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
+pub use crate::model::{LearnedDigest, is_token};
 
 /// The parsed policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,19 +60,6 @@ pub struct ScopeRule {
     pub currency: Option<Currency>,
     /// Each operation needs its own fresh attestation.
     pub fresh_attestation: bool,
-}
-
-/// A reference digest learned into the database.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LearnedDigest {
-    /// The PCR.
-    pub pcr: u8,
-    /// The allowed value.
-    pub digest: [u8; 32],
-    /// The device it was learned from.
-    pub from: String,
-    /// When (Unix ms).
-    pub at_ms: u64,
 }
 
 /// How observed PCR values compare with a class's reference.

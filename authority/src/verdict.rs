@@ -20,167 +20,14 @@
 //!    contain (drift); a PCR without reference → `NoBaseline`
 //!    (`PolicyMismatch` on the wire, not contained).
 
-use std::fmt;
-
 use mctc_attest::verifier::{AkPublic, QuoteError, QuoteExpectation, verify_quote};
 use mctc_attest::{ClockInfo, PcrSelection, PcrValues};
-use mctc_shim::messages::{DeviceStatus, Evidence, NoncePurpose, RefusalCode};
+use mctc_shim::messages::{DeviceStatus, Evidence};
 
-use crate::policy::{ClassPolicy, LearnedDigest};
-use crate::store::DeviceRecord;
+use crate::model::{DeviceRecord, LearnedDigest};
+use crate::policy::ClassPolicy;
 
-/// Why evidence was not affirmed: the wire's [`RefusalCode`] plus
-/// `NoBaseline`, which the authority tells apart in its logs and records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Refusal {
-    /// The quote, its signature or the PCR values do not verify.
-    BadEvidence,
-    /// The nonce is unknown, expired, used, or another device's.
-    StaleNonce,
-    /// The PCR values differ from the class's reference (drift), or the
-    /// class is not in the policy.
-    PolicyMismatch,
-    /// Some policy PCR has no reference value yet (`policy learn`).
-    NoBaseline,
-    /// No enrolled AK, or the quote is not by the enrolled AK.
-    NotEnrolled,
-    /// The device is revoked.
-    Revoked,
-    /// The device is contained.
-    Contained,
-    /// TPM counters or clock went back.
-    BootAnomaly,
-    /// The authority failed.
-    Internal,
-}
-
-impl Refusal {
-    /// Every refusal, for name lookups.
-    pub const ALL: [Refusal; 9] = [
-        Refusal::BadEvidence,
-        Refusal::StaleNonce,
-        Refusal::PolicyMismatch,
-        Refusal::NoBaseline,
-        Refusal::NotEnrolled,
-        Refusal::Revoked,
-        Refusal::Contained,
-        Refusal::BootAnomaly,
-        Refusal::Internal,
-    ];
-
-    /// The code on the wire.
-    pub const fn code(self) -> RefusalCode {
-        match self {
-            Refusal::BadEvidence => RefusalCode::BadEvidence,
-            Refusal::StaleNonce => RefusalCode::StaleNonce,
-            Refusal::PolicyMismatch | Refusal::NoBaseline => RefusalCode::PolicyMismatch,
-            Refusal::NotEnrolled => RefusalCode::NotEnrolled,
-            Refusal::Revoked => RefusalCode::Revoked,
-            Refusal::Contained => RefusalCode::Contained,
-            Refusal::BootAnomaly => RefusalCode::BootAnomaly,
-            Refusal::Internal => RefusalCode::Internal,
-        }
-    }
-
-    /// Stable name (logs, JSON, the database).
-    pub const fn name(self) -> &'static str {
-        match self {
-            Refusal::BadEvidence => "bad-evidence",
-            Refusal::StaleNonce => "stale-nonce",
-            Refusal::PolicyMismatch => "policy-mismatch",
-            Refusal::NoBaseline => "no-baseline",
-            Refusal::NotEnrolled => "not-enrolled",
-            Refusal::Revoked => "revoked",
-            Refusal::Contained => "contained",
-            Refusal::BootAnomaly => "boot-anomaly",
-            Refusal::Internal => "internal",
-        }
-    }
-
-    /// The refusal named `name`.
-    pub fn from_name(name: &str) -> Option<Refusal> {
-        Refusal::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
-
-impl fmt::Display for Refusal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Whether the evidence's nonce was outstanding for this device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NonceCheck {
-    /// Issued to this device, unexpired, now consumed.
-    Valid(NoncePurpose),
-    /// Unknown, expired, already used or another device's.
-    Invalid,
-}
-
-/// What a verified quote proved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedFacts {
-    /// The signed TPM clock and boot counters.
-    pub clock: ClockInfo,
-    /// What to remember as the last verified clock: this quote's, unless a
-    /// later one of the same boot was verified already (quotes decided out
-    /// of order never move the high-water mark back).
-    pub high_water: ClockInfo,
-    /// The quoted PCRs (bit i = PCR i).
-    pub mask: u32,
-    /// Their values, ascending PCR order.
-    pub values: Vec<[u8; 32]>,
-    /// The signed composite digest.
-    pub digest: [u8; 32],
-}
-
-impl VerifiedFacts {
-    /// (PCR, value) pairs.
-    pub fn pairs(&self) -> Vec<(u8, [u8; 32])> {
-        indices(self.mask)
-            .zip(self.values.iter().copied())
-            .collect()
-    }
-}
-
-/// The PCR indices of a mask, ascending.
-pub fn indices(mask: u32) -> impl Iterator<Item = u8> {
-    (0..24u8).filter(move |i| mask & (1 << i) != 0)
-}
-
-/// The decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Issue an artifact.
-    Affirm {
-        /// What the quote proved.
-        facts: VerifiedFacts,
-    },
-    /// Send a signed refusal.
-    Refuse {
-        /// Why.
-        refusal: Refusal,
-        /// For the log: which check, in words (no nonces, no keys).
-        detail: String,
-        /// Set when the quote verified (stored for rollback detection and
-        /// `policy learn`).
-        facts: Option<VerifiedFacts>,
-        /// Contain the device, with this reason (≤ 64 bytes).
-        contain: Option<String>,
-    },
-}
-
-impl Decision {
-    fn refuse(refusal: Refusal, detail: impl Into<String>) -> Decision {
-        Decision::Refuse {
-            refusal,
-            detail: detail.into(),
-            facts: None,
-            contain: None,
-        }
-    }
-}
+pub use crate::model::{Decision, NonceCheck, Refusal, VerifiedFacts, indices};
 
 /// Evaluates `evidence` (already decoded, its device equal to the topic's)
 /// for `device`. `class` is the device's class from the policy, if present.
@@ -353,8 +200,9 @@ fn truncate(mut reason: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Enrolled;
+    use crate::model::Enrolled;
     use mctc_shim::DeviceId;
+    use mctc_shim::messages::{NoncePurpose, RefusalCode};
     use mctc_shim::wire::{Bstr, Bytes, List, Version};
 
     fn device(status: DeviceStatus, enrolled: bool) -> DeviceRecord {

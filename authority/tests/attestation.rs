@@ -131,7 +131,14 @@ async fn artifacts_verify_on_the_device_and_follow_the_policy() {
         .await
         .unwrap();
     let earlier = device.evidence(renew, &[0, 7]).await;
-    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // The later quote must carry a later TPM clock: wait for the TPM's
+    // clock to move on (an event on the TPM), not for a fixed time.
+    let quoted = device.tpm.read_clock().await.unwrap().clock;
+    let deadline = tokio::time::Instant::now() + ANSWER;
+    while device.tpm.read_clock().await.unwrap().clock <= quoted {
+        assert!(tokio::time::Instant::now() < deadline, "TPM clock stuck");
+        tokio::task::yield_now().await;
+    }
     let later = device.evidence(fresh, &[0, 7]).await;
     device.submit(later).await.artifact();
     device.submit(earlier).await.artifact();
@@ -182,6 +189,8 @@ async fn replayed_stale_and_forged_evidence_is_refused() {
     );
     // An expired nonce.
     let nonce = device.nonce().await;
+    // The fault itself: the nonce's lifetime (1 s) runs out on the
+    // authority's real clock. Not a wait for an event.
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     let late = device.evidence(nonce, &[0, 7]).await;
     assert_eq!(
@@ -458,6 +467,8 @@ async fn quote_after_outage(device: &Device, nonce: [u8; 32]) -> Vec<u8> {
         if let Ok(quote) = device.tpm.quote(nonce.to_vec(), selection).await {
             return encode_evidence(&device.id, nonce, &quote);
         }
+        // Not synchronisation: the pause between attempts to reach a
+        // simulator that is restarting (bounded, five attempts).
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     panic!("the TPM did not come back");

@@ -113,7 +113,7 @@ async fn bad_input_on_every_topic_is_dropped_and_others_are_served() {
     for (which, valid, _, _) in &cases {
         mallory
             .mqtt
-            .publish_retained(&topic(*which, &mallory.id), valid.clone(), true)
+            .publish(&topic(*which, &mallory.id), valid.clone(), true)
             .await;
         expected.push((*which, "retained message"));
     }
@@ -125,7 +125,7 @@ async fn bad_input_on_every_topic_is_dropped_and_others_are_served() {
         // An empty retained message clears the broker's copy.
         mallory
             .mqtt
-            .publish_retained(&topic(*which, &mallory.id), Vec::new(), true)
+            .publish(&topic(*which, &mallory.id), Vec::new(), true)
             .await;
     }
 

@@ -41,9 +41,7 @@ async fn a_lost_control_is_announced_again_on_the_next_broker_session() {
 
     // The broker loses it (here: the retained copy is cleared, as a broker
     // restart without persistence or a lost in-flight publish would).
-    watcher
-        .publish_retained(&control_topic, Vec::new(), true)
-        .await;
+    watcher.publish(&control_topic, Vec::new(), true).await;
     fleet.kill(first);
 
     // A new authority session announces the latest control again.

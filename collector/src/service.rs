@@ -179,7 +179,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         break Err(Error::Worker("stopped unexpectedly".into()));
                     }
                 }
-                Some(LinkEvent::Connected { session }) => {
+                Some(LinkEvent::Connected { .. }) => {}
+                // Logged once the broker granted the subscriptions, not at
+                // CONNACK: readers take this line as "lineage is heard".
+                Some(LinkEvent::Subscribed { session }) => {
                     tracing::info!(session, "subscribed to lineage and registry");
                 }
                 Some(LinkEvent::SubscribeRefused { topic }) => {

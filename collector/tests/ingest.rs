@@ -223,7 +223,9 @@ async fn out_of_order_batches_are_kept_until_the_hole_fills() {
     assert_eq!(ack_through(&mut client, Some(191)).await.anomaly, None);
     assert_eq!(fleet.collector.records(&device.id).len(), 192);
     assert_eq!(fleet.collector.checkpoints(&device.id), 3);
-    // Past the grace period: the hole was filled in time, so no gap.
+    // Past the grace period: the hole was filled in time, so no gap. This
+    // sleep is the scenario (time passing without an anomaly), not a wait
+    // for an event: there is no event to wait for when nothing may happen.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     assert!(fleet.collector.anomalies(&device.id).is_empty());
     fleet.alert_free().await;
@@ -531,26 +533,25 @@ async fn registry_records_decide_trust_newest_wins_and_revoked_devices_are_kept(
     // An older version arriving late changes nothing.
     fleet.register(&device, 1, DeviceStatus::Active).await;
     device.write(5, 0).await;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let db = rusqlite::Connection::open(&fleet.collector.db).unwrap();
-        let (version, status): (i64, i64) = db
+    let registry = || -> (i64, i64) {
+        rusqlite::Connection::open(&fleet.collector.db)
+            .unwrap()
             .query_row(
                 "SELECT version, status FROM registry WHERE device = ?1",
                 [device.id.as_str()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
-            .unwrap();
-        if (version, status) == (3, 3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "registry at v{version} status {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+            .unwrap()
+    };
+    assert!(
+        mctc_tests::wait_until(WAIT, || registry() == (3, 3)).is_some(),
+        "registry at (version, status) {:?}",
+        registry()
+    );
+    // The late v1 was seen and ignored (not merely not yet read).
+    fleet
+        .collector
+        .wait_log("older registry record ignored", WAIT);
     send(&client, &device.id, &device.records[20..]).await;
     assert_eq!(ack_through(&mut client, Some(24)).await.anomaly, None);
     let db = rusqlite::Connection::open(&fleet.collector.db).unwrap();
@@ -673,14 +674,13 @@ async fn two_instances_share_the_load_and_one_database() {
         mctc_tests::Proc::spawn_command("mctc-collector", command, &dir.path().join("second.log"))
             .unwrap();
     // The registry record is already in the shared database, so the second
-    // instance has nothing to log about it; its subscription is up shortly
-    // after its session.
+    // instance has nothing to log about it; "subscribed" is logged once the
+    // broker granted its subscriptions (the link's `Subscribed`).
     assert!(
         mctc_tests::wait_until(WAIT, || second.log().contains("subscribed to lineage")).is_some(),
         "{}",
         second.log()
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut client = fleet.device_client(&device).await;
     send_all(&client, &device, 64).await;
     ack_through(&mut client, Some(N as u64 - 1)).await;

@@ -14,6 +14,8 @@
 //!   suspend, unlike `Instant`).
 //! - [`keys`]: the authority's Ed25519 keys as PEM (PKCS#8, SPKI) and fingerprints.
 //! - [`logging`]: one tracing setup for every binary.
+//! - `sqlite` (feature `sqlite`): what a database failure means (transient
+//!   or our fault) and one way to open a store file.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
@@ -24,6 +26,8 @@ pub mod files;
 pub mod keys;
 pub mod link;
 pub mod logging;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 pub mod tls;
 
 pub use config::BrokerConfig;

@@ -95,9 +95,15 @@ impl LinkOptions {
 /// What the link tells the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// A new session is up and the subscriptions were sent. `session` counts
-    /// sessions since the link started (1, 2, …).
+    /// A new session is up and the subscriptions were sent (not yet
+    /// granted). `session` counts sessions since the link started (1, 2, …).
     Connected { session: u64 },
+    /// Every subscription of `session` is granted by the broker (its SUBACKs
+    /// arrived, none refused): from now on the session hears its topics.
+    /// Reported once per session, after [`LinkEvent::Connected`]; at once if
+    /// the link subscribes to nothing. A session whose subscriptions are
+    /// refused reports it only when the retries are granted.
+    Subscribed { session: u64 },
     /// The session ended; the link is backing off before reconnecting.
     Disconnected { reason: String },
     /// A message arrived on a subscribed topic.
@@ -228,6 +234,10 @@ async fn drive(
     let mut pending: VecDeque<Vec<(String, QoS)>> = VecDeque::new();
     let mut retry: Option<(tokio::time::Instant, Vec<(String, QoS)>)> = None;
     let mut session = 0u64;
+    // The session's filters the broker has not granted yet; `Subscribed` is
+    // reported when this empties (once per session).
+    let mut ungranted: Vec<String> = Vec::new();
+    let mut subscribed_reported = false;
     let mut disconnecting = false;
     loop {
         let retry_at = retry.as_ref().map(|(at, _)| *at);
@@ -252,9 +262,23 @@ async fn drive(
                 if !options.subscriptions.is_empty() {
                     subscribe(&client, &mut pending, options.subscriptions.clone());
                 }
+                ungranted = options
+                    .subscriptions
+                    .iter()
+                    .map(|(t, _)| t.clone())
+                    .collect();
+                subscribed_reported = false;
                 let _ = connected.send(true);
                 tracing::info!(session, "broker session up");
-                Some(LinkEvent::Connected { session })
+                if tx.send(LinkEvent::Connected { session }).await.is_err() {
+                    return;
+                }
+                if ungranted.is_empty() {
+                    subscribed_reported = true;
+                    Some(LinkEvent::Subscribed { session })
+                } else {
+                    None
+                }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => Some(LinkEvent::Message {
                 topic: p.topic,
@@ -277,6 +301,8 @@ async fn drive(
                             return;
                         }
                         refused.push((topic, qos));
+                    } else {
+                        ungranted.retain(|t| *t != topic);
                     }
                 }
                 if !refused.is_empty() {
@@ -286,7 +312,13 @@ async fn drive(
                         None => retry = Some((at, refused)),
                     }
                 }
-                None
+                if ungranted.is_empty() && !subscribed_reported {
+                    subscribed_reported = true;
+                    tracing::debug!(session, "subscriptions granted");
+                    Some(LinkEvent::Subscribed { session })
+                } else {
+                    None
+                }
             }
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => {
                 disconnecting = true;

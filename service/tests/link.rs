@@ -55,6 +55,7 @@ async fn reconnects_after_broker_restart_and_resubscribes() {
     let options = LinkOptions::new("mctc-collector").subscribe(ALERTS, QoS::AtLeastOnce);
     let mut link = Link::start(&config(&broker, "mctc-collector"), options).unwrap();
     assert_eq!(next(&mut link).await, LinkEvent::Connected { session: 1 });
+    assert_eq!(next(&mut link).await, LinkEvent::Subscribed { session: 1 });
     link.client()
         .publish(ALERTS, QoS::AtLeastOnce, false, b"1".to_vec())
         .await
@@ -86,6 +87,8 @@ async fn reconnects_after_broker_restart_and_resubscribes() {
         match next(&mut link).await {
             LinkEvent::Connected { session } => {
                 assert_eq!(session, 2);
+                // The new session subscribes again and says when granted.
+                assert_eq!(next(&mut link).await, LinkEvent::Subscribed { session: 2 });
                 break;
             }
             LinkEvent::Disconnected { .. } => {}
@@ -119,6 +122,11 @@ async fn last_will_is_published_when_a_client_vanishes_but_not_on_clean_shutdown
     let will = || LinkOptions::new("device-a").last_will(status, b"offline".to_vec(), false);
     let mut device = Link::start(&config(&broker, "device-a"), will()).unwrap();
     assert_eq!(next(&mut device).await, LinkEvent::Connected { session: 1 });
+    // Nothing to subscribe to: subscribed at once.
+    assert_eq!(
+        next(&mut device).await,
+        LinkEvent::Subscribed { session: 1 }
+    );
     device.shutdown(Duration::from_secs(2)).await;
     assert!(
         timeout(Duration::from_secs(1), next_message(&mut watcher))
@@ -179,18 +187,28 @@ async fn a_refused_subscription_is_asked_again_until_granted() {
         .publish(control, QoS::AtLeastOnce, true, b"retained".to_vec())
         .await
         .unwrap();
-    // Refusals that were in flight may still be reported; then the message.
+    // Refusals that were in flight may still be reported; then `Subscribed`
+    // (only now: the refused session never reported it), then the message.
+    let mut subscribed = false;
     let got = timeout(Duration::from_secs(30), async {
         loop {
             match link.recv().await {
                 Some(LinkEvent::Message { topic, payload, .. }) => return (topic, payload),
-                Some(LinkEvent::SubscribeRefused { .. }) => {}
+                Some(LinkEvent::SubscribeRefused { .. }) => {
+                    assert!(!subscribed, "a refusal after Subscribed");
+                }
+                Some(LinkEvent::Subscribed { session }) => {
+                    assert_eq!(session, 1, "granted on the same session");
+                    assert!(!subscribed, "Subscribed twice in one session");
+                    subscribed = true;
+                }
                 other => panic!("unexpected {other:?}"),
             }
         }
     })
     .await
     .expect("the device hears its topic once granted");
+    assert!(subscribed, "the message came before Subscribed");
     assert_eq!(got, (control.to_owned(), b"retained".to_vec()));
 }
 

@@ -375,7 +375,7 @@ impl Broker {
             detail,
         };
         let tag = format!("harness-{}-{}", std::process::id(), crate::free_port());
-        let admin = crate::fleet::MqttClient::try_connect(
+        let admin = crate::mqtt::MqttClient::try_connect(
             self,
             "mctc-authority",
             &format!("mctc-harness-{tag}"),

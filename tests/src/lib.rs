@@ -10,6 +10,11 @@
 //!   certificates, and the shipped broker configuration (`configs/mosquitto/`:
 //!   mosquitto.conf and the dynamic-security roles).
 //! - [`Proc`]: the project's own binaries started with a config, logs captured.
+//! - `authority`, `collector` (feature `fixtures`): the fixtures of those
+//!   crates' integration tests (the real binaries, devices on swtpm, signed
+//!   registry records and lineage, bundles).
+//! - [`mqtt`]: the one MQTT test client, blocking ([`mqtt::MqttClient`]) or
+//!   async ([`mqtt::Client`]), ready only once its subscriptions are granted.
 //!
 //! A missing program is an error that says how to install it; nothing is
 //! silently skipped.
@@ -21,10 +26,15 @@
     reason = "test harness: a broken test environment should stop the test loudly"
 )]
 
+#[cfg(feature = "fixtures")]
+pub mod authority;
 mod broker;
+#[cfg(feature = "fixtures")]
+pub mod collector;
 mod error;
 pub mod fleet;
 pub mod forge;
+pub mod mqtt;
 mod pki;
 mod ports;
 mod process;

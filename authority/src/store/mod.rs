@@ -11,20 +11,35 @@
 
 pub mod sqlite;
 
-use mctc_attest::ClockInfo;
 use mctc_shim::DeviceId;
 use mctc_shim::messages::{ControlAction, DeviceStatus, NoncePurpose};
 
+use crate::model::{Decision, LearnedDigest, NonceCheck};
 use crate::now::{Deadline, Now};
-use crate::policy::LearnedDigest;
-use crate::verdict::{Decision, NonceCheck, Refusal};
 
-/// A storage failure.
+pub use crate::model::{DeviceRecord, Enrolled, PcrSnapshot, Verdict};
+
+pub use mctc_service::sqlite::Fault;
+
+/// A storage failure. [`StoreError::is_transient`] says whether it is worth
+/// trying again; every other failure is ours (the database, the disk, this
+/// code), never the device's.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database engine failed (IO, lock timeout, constraint).
+    /// The database engine failed; `fault` classifies it (busy → retry;
+    /// corrupt, full, IO → the operator's problem, logged loudly).
+    #[error("{fault}: {source}")]
+    Backend {
+        /// What kind of failure.
+        fault: Fault,
+        /// The engine's own error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database file cannot be used as the store requires (WAL refused,
+    /// file not creatable).
     #[error("{0}")]
-    Backend(String),
+    Unusable(String),
     /// The database was written by a newer version of the authority.
     #[error("schema version {found} is newer than this binary supports ({supported})")]
     TooNew {
@@ -38,6 +53,24 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the same operation may succeed if tried again later (the
+    /// database was busy past the busy timeout).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Backend { fault, .. } if fault.is_transient())
+    }
+
+    /// A stable name of the failure's kind (logs, counters).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Backend { fault, .. } => fault.name(),
+            StoreError::Unusable(_) => "unusable",
+            StoreError::TooNew { .. } => "too_new",
+            StoreError::Corrupt(_) => "corrupt_row",
+        }
+    }
+}
+
 /// A device as registered by `devices add`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDevice {
@@ -47,76 +80,6 @@ pub struct NewDevice {
     pub class: String,
     /// SHA-256 of the EK `TPM2B_PUBLIC` it must enroll with.
     pub pinned_ek_sha256: Option<[u8; 32]>,
-}
-
-/// The enrolled TPM identity.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Enrolled {
-    /// EK `TPM2B_PUBLIC`.
-    pub ek_public: Vec<u8>,
-    /// Its SHA-256: pinned from now on.
-    pub ek_sha256: [u8; 32],
-    /// AK `TPM2B_PUBLIC`.
-    pub ak_public: Vec<u8>,
-    /// AK name.
-    pub ak_name: Vec<u8>,
-    /// When (Unix ms).
-    pub at_ms: u64,
-}
-
-/// Last verified PCR values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PcrSnapshot {
-    /// The PCRs (bit i = PCR i).
-    pub mask: u32,
-    /// Values, ascending PCR order.
-    pub values: Vec<[u8; 32]>,
-}
-
-/// The outcome of the last attestation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// An artifact was issued.
-    Affirmed,
-    /// A refusal was sent.
-    Refused,
-}
-
-/// Everything the authority knows about a device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceRecord {
-    /// The id.
-    pub id: DeviceId,
-    /// Its class.
-    pub class: String,
-    /// Standing.
-    pub status: DeviceStatus,
-    /// Why it is contained or revoked.
-    pub reason: Option<String>,
-    /// EK hash pinned at registration.
-    pub pinned_ek_sha256: Option<[u8; 32]>,
-    /// Set once enrolled.
-    pub enrolled: Option<Enrolled>,
-    /// Registered (Unix ms).
-    pub added_ms: u64,
-    /// Last control seq sent.
-    pub control_seq: u64,
-    /// Last registry record version.
-    pub registry_version: u64,
-    /// Clock info of the last verified quote (rollback detection).
-    pub last_clock: Option<ClockInfo>,
-    /// PCR values of the last verified quote.
-    pub last_pcrs: Option<PcrSnapshot>,
-    /// When the last quote verified (Unix ms).
-    pub verified_ms: Option<u64>,
-    /// When the last evidence was decided (Unix ms).
-    pub attempt_ms: Option<u64>,
-    /// Its verdict.
-    pub verdict: Option<Verdict>,
-    /// The refusal, if refused.
-    pub refusal: Option<Refusal>,
-    /// Artifacts issued so far.
-    pub artifacts_issued: u64,
 }
 
 /// A credential challenge waiting for its proof.
@@ -385,10 +348,15 @@ pub trait Store: Send {
         now: &Now,
     ) -> Result<NonceGrant, StoreError>;
 
-    /// Consumes `nonce` (whatever follows), loads the device and its
-    /// class's learned baseline, runs `decide`, and records the decision:
-    /// verified facts, the next nonce (`issue`, on affirm), containment.
-    /// `None` if the device is not registered (nothing is recorded).
+    /// Consumes `nonce`, loads the device and its class's learned
+    /// baseline, runs `decide`, and records the decision: verified facts,
+    /// the next nonce (`issue`, on affirm), containment. `None` if the
+    /// device is not registered (nothing is recorded).
+    ///
+    /// The nonce is consumed whatever the decision, even one the store
+    /// refuses to record ([`StoreError::Corrupt`]: an affirmation of a
+    /// device that is not active); only a failed transaction leaves it, as
+    /// then nothing was decided.
     fn attest(
         &mut self,
         device: &DeviceId,

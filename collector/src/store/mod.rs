@@ -54,6 +54,21 @@ pub enum StoreError {
         /// The newest this build knows.
         supported: i64,
     },
+    /// The database file cannot be used as the store requires (not
+    /// creatable, WAL refused, or SQLite failed while opening it).
+    #[error("open: {0}")]
+    Open(mctc_service::sqlite::OpenError),
+}
+
+impl From<mctc_service::sqlite::OpenError> for StoreError {
+    fn from(e: mctc_service::sqlite::OpenError) -> Self {
+        match e {
+            mctc_service::sqlite::OpenError::TooNew { found, supported } => {
+                StoreError::SchemaTooNew { found, supported }
+            }
+            e => StoreError::Open(e),
+        }
+    }
 }
 
 /// The verified end of a device's chain.

@@ -11,6 +11,7 @@
 use std::path::Path;
 
 use mctc_attest::ClockInfo;
+use mctc_service::sqlite::Schema;
 use mctc_shim::DeviceId;
 use mctc_shim::messages::DeviceStatus;
 use mctc_shim::tpm::BootCounters;
@@ -23,11 +24,19 @@ use super::{
 };
 use crate::registry::RegistryEntry;
 
-/// The schema version this build writes. 2 added `anomaly_overflow`; a
-/// version 1 database is upgraded by creating it.
+/// The schema, one migration per version (`PRAGMA user_version`), run by
+/// the shared opener (`mctc_service::sqlite`). `IF NOT EXISTS` keeps them
+/// safe on databases made before the migrations were numbered.
+const SCHEMA: Schema = Schema {
+    migrations: &[V1, V2],
+};
+
+/// The schema version this build writes.
+#[cfg(test)]
 const SCHEMA_VERSION: i64 = 2;
 
-const SCHEMA: &str = "
+/// Version 1: registry, heads, records, checkpoints, pending, anomalies.
+const V1: &str = "
 CREATE TABLE IF NOT EXISTS registry (
     device      TEXT PRIMARY KEY,
     version     INTEGER NOT NULL,
@@ -98,6 +107,10 @@ CREATE TABLE IF NOT EXISTS anomalies (
     UNIQUE (device, kind, seq_key, evidence_sha256)
 ) STRICT;
 CREATE INDEX IF NOT EXISTS anomalies_by_device ON anomalies (device, id);
+";
+
+/// Version 2: per device and kind, the anomalies beyond the row bound.
+const V2: &str = "
 CREATE TABLE IF NOT EXISTS anomaly_overflow (
     device        TEXT NOT NULL,
     kind          TEXT NOT NULL,
@@ -138,35 +151,23 @@ fn hash32(what: &str, bytes: Vec<u8>) -> Result<[u8; 32], StoreError> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `path`.
+    /// Opens the database at `path` through the shared opener: created
+    /// 0600 if new, WAL (checked), `synchronous = FULL` (a batch is acked
+    /// only once on disk), migrated.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path)?)
+        Ok(Self::with(mctc_service::sqlite::open(path, &SCHEMA)?))
     }
 
     /// A private in-memory database (unit tests).
     pub fn in_memory() -> Result<Self, StoreError> {
-        Self::init(Connection::open_in_memory()?)
+        Ok(Self::with(mctc_service::sqlite::open_in_memory(&SCHEMA)?))
     }
 
-    fn init(conn: Connection) -> Result<Self, StoreError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        // journal_mode answers with the mode in effect (memory databases
-        // stay "memory"); synchronous = FULL makes each commit durable.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous = FULL;")?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > SCHEMA_VERSION {
-            return Err(StoreError::SchemaTooNew {
-                found: version,
-                supported: SCHEMA_VERSION,
-            });
-        }
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION};"))?;
-        Ok(Self {
+    fn with(conn: Connection) -> Self {
+        Self {
             conn,
             anomaly_rows_per_kind: DEFAULT_ANOMALY_ROWS_PER_KIND,
-        })
+        }
     }
 
     /// Keeps at most `rows` anomaly rows per device and kind (at least 1).
@@ -947,16 +948,64 @@ mod tests {
     }
 
     #[test]
+    fn a_new_database_file_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    }
+
+    /// Without WAL an ack could cover a batch a crash loses mid-checkpoint
+    /// and readers would block ingestion: the collector refuses the file.
+    #[test]
+    fn a_database_that_cannot_be_put_in_wal_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        // No locking, no shared WAL index: SQLite keeps a rollback journal,
+        // as on a network filesystem.
+        let uri = format!("file:{}?nolock=1", dir.path().join("c.db").display());
+        let conn = Connection::open(uri).unwrap();
+        let err = StoreError::from(mctc_service::sqlite::configure(conn, &SCHEMA).unwrap_err());
+        assert!(
+            matches!(
+                err,
+                StoreError::Open(mctc_service::sqlite::OpenError::NotWal { .. })
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_newer_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        drop(SqliteStore::open(&path).unwrap());
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 3;")
+            .unwrap();
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                StoreError::SchemaTooNew {
+                    found: 3,
+                    supported: 2
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_version_1_database_is_upgraded() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.db");
         {
+            // What a version 1 collector wrote (no 0600, no WAL check).
             let conn = Connection::open(&path).unwrap();
-            let v1 = SCHEMA
-                .split("CREATE TABLE IF NOT EXISTS anomaly_overflow")
-                .next()
-                .unwrap();
-            conn.execute_batch(v1).unwrap();
+            conn.execute_batch(V1).unwrap();
             conn.execute_batch("PRAGMA user_version = 1;").unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
