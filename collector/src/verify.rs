@@ -19,11 +19,11 @@
 //! first failure is reported with the seq at which the chain expected
 //! something else.
 
+use mctc_shim::bundle::{BUNDLE_VERSION, BundleReader};
 use mctc_shim::lineage::{ChainVerifier, Record};
 use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, Message, RingCrypto, verify_receipt};
 use serde::Serialize;
 
-use crate::bundle::{BUNDLE_VERSION, BundleReader};
 use crate::chain::check_next;
 use crate::checkpoint::clock_regression;
 use crate::registry::{status_name, verify_registry};

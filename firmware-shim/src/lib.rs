@@ -20,6 +20,8 @@
 //! - [`gate`]: the fail-closed gate state machine.
 //! - [`lineage`]: record hashing, chain building ([`lineage::ChainHead`]) and
 //!   verification ([`lineage::ChainVerifier`]), checkpoint qualifying data.
+//! - [`bundle`]: the lineage bundle file (the one reader and writer the agent
+//!   and the collector share); its owned form needs the `alloc` feature.
 //!
 //! # Size limits, and why they suffice
 //!
@@ -43,7 +45,11 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::indexing_slicing)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
 pub mod artifact;
+pub mod bundle;
 mod codec;
 pub mod cose;
 pub mod crypto;
