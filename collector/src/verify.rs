@@ -26,7 +26,7 @@ use serde::Serialize;
 
 use crate::chain::check_next;
 use crate::checkpoint::clock_regression;
-use crate::registry::{status_name, verify_registry};
+use crate::registry::verify_registry;
 
 /// What the registry record in the bundle says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,7 +142,7 @@ pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey], collectors: &[Collect
     };
     report.registry = Some(RegistrySummary {
         version: entry.version,
-        status: status_name(entry.status),
+        status: entry.status.name(),
         class: entry.class.clone(),
         ak_sha256: hex::encode(ak.fingerprint()),
     });

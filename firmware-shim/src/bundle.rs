@@ -652,7 +652,10 @@ mod tests {
         }
     }
 
-    #[expect(clippy::panic, reason = "test helper: an accepted input fails the test")]
+    #[expect(
+        clippy::panic,
+        reason = "test helper: an accepted input fails the test"
+    )]
     fn problem<T: fmt::Debug>(result: Result<T, BundleError>) -> BundleProblem {
         match result {
             Ok(value) => panic!("accepted: {value:?}"),
