@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use mctc_shim::artifact::Currency;
 use mctc_shim::limits::{MAX_OP_LEN, MAX_REF_LEN};
+use mctc_shim::wire::token_problem;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
@@ -73,7 +74,7 @@ pub enum Request {
 }
 
 fn valid_op(op: &str) -> bool {
-    !op.is_empty() && op.len() <= MAX_OP_LEN && op.bytes().all(|b| (0x21..=0x7e).contains(&b))
+    token_problem(op, MAX_OP_LEN).is_none()
 }
 
 /// Parses one request line; the error text is safe to send back.

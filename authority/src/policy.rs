@@ -14,15 +14,11 @@ use mctc_shim::artifact::Currency;
 use mctc_shim::limits::{
     MAX_CLASS_LEN, MAX_HB_MS, MAX_OP_LEN, MAX_PCRS, MAX_SCOPE_ENTRIES, MAX_TTL_MS, MIN_HB_MS,
 };
+use mctc_shim::wire::token_problem;
 use serde::Deserialize;
 
 use crate::config::{one_line, parse_sha256};
 use crate::error::Error;
-
-/// A shim token: 1+ bytes of printable ASCII without space.
-pub fn is_token(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
 
 /// The parsed policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,7 +244,7 @@ struct RawScope {
 
 impl RawClass {
     fn validate(self, name: &str) -> Result<ClassPolicy, String> {
-        if name.len() > MAX_CLASS_LEN || !is_token(name) {
+        if token_problem(name, MAX_CLASS_LEN).is_some() {
             return Err(format!(
                 "class names are 1-{MAX_CLASS_LEN} printable ASCII characters without spaces"
             ));
@@ -305,7 +301,7 @@ impl RawClass {
         }
         let mut scope: Vec<ScopeRule> = Vec::new();
         for s in self.scope {
-            if s.op.len() > MAX_OP_LEN || !is_token(&s.op) {
+            if token_problem(&s.op, MAX_OP_LEN).is_some() {
                 return Err(format!(
                     "scope op `{}`: 1-{MAX_OP_LEN} printable ASCII characters without spaces",
                     s.op

@@ -82,18 +82,13 @@ impl Refusal {
         }
     }
 
-    /// Stable name (logs, JSON, the database).
+    /// Stable name (logs, JSON, the database): the wire code's name from
+    /// the shim's table, except for the one refusal the wire folds into
+    /// another code.
     pub const fn name(self) -> &'static str {
         match self {
-            Refusal::BadEvidence => "bad-evidence",
-            Refusal::StaleNonce => "stale-nonce",
-            Refusal::PolicyMismatch => "policy-mismatch",
             Refusal::NoBaseline => "no-baseline",
-            Refusal::NotEnrolled => "not-enrolled",
-            Refusal::Revoked => "revoked",
-            Refusal::Contained => "contained",
-            Refusal::BootAnomaly => "boot-anomaly",
-            Refusal::Internal => "internal",
+            other => other.code().name(),
         }
     }
 
