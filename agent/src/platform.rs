@@ -7,8 +7,6 @@ use std::future::Future;
 use mctc_attest::device::Tpm;
 use mctc_shim::tpm::{BootCounters, PcrSelection};
 
-use crate::clock::boot_of;
-
 /// A quote as the evidence message carries it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Quote {
@@ -58,8 +56,7 @@ pub struct TpmPlatform {
 
 /// The attest crate's selection for a shim selection (SHA-256 bank).
 pub fn attest_selection(selection: PcrSelection) -> Result<mctc_attest::PcrSelection, String> {
-    let indices: Vec<u8> = selection.indices().collect();
-    mctc_attest::PcrSelection::sha256(&indices).map_err(|e| e.to_string())
+    mctc_attest::PcrSelection::try_from(selection).map_err(|e| e.to_string())
 }
 
 fn digests(values: &mctc_attest::PcrValues) -> Result<Vec<[u8; 32]>, String> {
@@ -87,7 +84,7 @@ impl Platform for TpmPlatform {
                 .map_err(|e| e.to_string())?;
             Ok(Quote {
                 pcr_values: digests(&evidence.pcrs)?,
-                boot: boot_of(evidence.clock.boot()),
+                boot: evidence.clock.boot(),
                 attest: evidence.attest,
                 signature: evidence.signature,
             })
@@ -105,7 +102,7 @@ impl Platform for TpmPlatform {
             let boot = tpm.boot_counters().await.map_err(|e| e.to_string())?;
             Ok(Observation {
                 pcr_digest: values.composite_digest(),
-                boot: boot_of(boot),
+                boot,
             })
         }
     }
