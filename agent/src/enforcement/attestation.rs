@@ -287,9 +287,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         refusal: Option<RefusalCode>,
     ) {
         self.last_attestation = Some(AttestationCore {
-            verdict: names::verdict(verdict),
-            purpose: names::purpose(which.purpose()),
-            refusal: refusal.map(names::refusal),
+            verdict,
+            purpose: which.purpose(),
+            refusal,
             at_ms: self.now(),
         });
     }

@@ -45,6 +45,7 @@ use crate::outbox::Outbox;
 use crate::platform::{Platform, Quote};
 use crate::state::{RevokedMarker, StateDir};
 use attestation::Sessions;
+use mctc_shim::api::{GateSummary, LineageHealth, TpmHealth};
 use status::{ArtifactCore, AttestationCore, LineageCore, StatusCore};
 
 /// Which device topic a message came from.
@@ -81,7 +82,7 @@ impl AuthorizeRequest {
 #[derive(Debug)]
 pub struct Pending {
     pub permit: bool,
-    pub reason: Option<&'static str>,
+    pub reason: Option<DenyCode>,
     pub cti: Option<[u8; 16]>,
     /// For a permit: the gate's deadline when it was decided (CLOCK_BOOTTIME
     /// ms, the artifact's or the heartbeat window's). A client told
@@ -109,7 +110,7 @@ pub enum Input {
         reply: oneshot::Sender<Pending>,
     },
     Status {
-        reply: oneshot::Sender<serde_json::Value>,
+        reply: oneshot::Sender<mctc_shim::api::Status>,
     },
     QuoteDone {
         round: u64,
@@ -671,12 +672,10 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     ) {
         let (permit, reason) = match decision.verdict {
             Verdict::Permit => (true, None),
-            Verdict::Deny(code) => (false, Some(names::deny(code))),
-            Verdict::NeedsFreshAttestation => {
-                (false, Some(names::deny(DenyCode::FreshAttestationInvalid)))
-            }
+            Verdict::Deny(code) => (false, Some(code)),
+            Verdict::NeedsFreshAttestation => (false, Some(DenyCode::FreshAttestationInvalid)),
         };
-        tracing::debug!(op = %request.op, permit, reason, "decision");
+        tracing::debug!(op = %request.op, permit, reason = reason.map(DenyCode::name), "decision");
         let cti = decision.cti;
         let valid_until_ms = if permit {
             self.gate.next_deadline()
@@ -741,7 +740,11 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     }
 
     fn status_core(&self, now: u64) -> StatusCore {
-        let (state, reason, detail) = names::state(self.gate.state());
+        let GateSummary {
+            state,
+            reason,
+            detail,
+        } = GateSummary::of(self.gate.state());
         let artifact = self.gate.artifact().map(|a| ArtifactCore {
             cti: hex::encode(a.cti()),
             deadline_ms: a.deadline_ms(),
@@ -751,9 +754,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let lineage = self.lineage_status.borrow().clone();
         let forward = self.forward.borrow().clone();
         let (health, error) = match &lineage.health {
-            Health::Ok => ("ok", None),
-            Health::QuotaReached => ("quota-reached", None),
-            Health::Failed(e) => ("failed", Some(e.clone())),
+            Health::Ok => (LineageHealth::Ok, None),
+            Health::QuotaReached => (LineageHealth::QuotaReached, None),
+            Health::Failed(e) => (LineageHealth::Failed, Some(e.clone())),
         };
         let acked_next = forward
             .acked
@@ -770,7 +773,11 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             heartbeat_seq: self.gate.heartbeat_seq(),
             connected: self.connected,
             session: self.session,
-            tpm: if self.tpm_ok { "ok" } else { "unavailable" },
+            tpm: if self.tpm_ok {
+                TpmHealth::Ok
+            } else {
+                TpmHealth::Unavailable
+            },
             lineage: LineageCore {
                 health,
                 error,

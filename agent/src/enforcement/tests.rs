@@ -379,7 +379,7 @@ impl Harness {
     async fn status(&self) -> serde_json::Value {
         let (reply, status) = oneshot::channel();
         self.inbox.send(Input::Status { reply }).await.unwrap();
-        status.await.unwrap()
+        serde_json::to_value(status.await.unwrap()).unwrap()
     }
 
     async fn state(&self) -> String {
@@ -391,7 +391,7 @@ impl Harness {
 async fn the_gate_closes_exactly_at_the_artifact_deadline() {
     let mut h = Harness::start().await;
     // Start is always closed.
-    assert_eq!(h.authorize("unlock").await.reason, Some("closed"));
+    assert_eq!(h.authorize("unlock").await.reason, Some(DenyCode::Closed));
     h.open(10_000).await;
     let deadline = h.status().await["artifact"]["expires_in_ms"]
         .as_u64()
@@ -407,7 +407,7 @@ async fn the_gate_closes_exactly_at_the_artifact_deadline() {
     tokio::time::advance(Duration::from_millis(1)).await;
     let at_deadline = h.authorize("unlock").await;
     assert!(!at_deadline.permit, "closed at the deadline itself");
-    assert_eq!(at_deadline.reason, Some("closed"));
+    assert_eq!(at_deadline.reason, Some(DenyCode::Closed));
     assert_eq!(h.status().await["reason"], "artifact-expired");
 }
 
@@ -503,7 +503,10 @@ async fn containment_discards_the_outstanding_nonce_and_restore_needs_a_new_one(
     let in_flight = h.evidence().await;
     h.control(ControlAction::Contain).await;
     assert_eq!(h.state().await, "contained");
-    assert_eq!(h.authorize("unlock").await.reason, Some("contained"));
+    assert_eq!(
+        h.authorize("unlock").await.reason,
+        Some(DenyCode::Contained)
+    );
     // An artifact answering the pre-containment evidence does nothing.
     h.send(
         Inbound::Artifact,
@@ -554,7 +557,7 @@ async fn a_heartbeat_naming_the_device_revokes_it_for_good() {
     assert!(h._dir.path().join("state/revoked").exists(), "persisted");
     // Nothing reopens it: not even an artifact answering a fresh round.
     h.control(ControlAction::Restore).await;
-    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+    assert_eq!(h.authorize("unlock").await.reason, Some(DenyCode::Revoked));
 }
 
 #[tokio::test(start_paused = true)]
@@ -624,7 +627,7 @@ async fn a_fresh_operation_is_permitted_only_on_its_own_new_artifact() {
         .unwrap();
     let answer = pending.await.unwrap();
     assert!(!answer.permit);
-    assert_eq!(answer.reason, Some("fresh-attestation-invalid"));
+    assert_eq!(answer.reason, Some(DenyCode::FreshAttestationInvalid));
 }
 
 // Issue 13, part 5: a close for any cause but expiry voids the evidence in
@@ -658,7 +661,7 @@ async fn stale_answer_stays_closed(h: &mut Harness, quoted: [u8; 32], why: &str)
     assert_eq!(status["reason"], why, "{status}");
     let answer = h.authorize("unlock").await;
     assert!(!answer.permit, "permit after a {why} close: {answer:?}");
-    assert_eq!(answer.reason, Some("closed"));
+    assert_eq!(answer.reason, Some(DenyCode::Closed));
 }
 
 /// Recovery: a new round, with a requested nonce, quoted after the close,
@@ -831,7 +834,7 @@ async fn a_revoke_control_voids_the_renewal_in_flight_for_good() {
     )
     .await;
     assert_eq!(h.state().await, "revoked");
-    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+    assert_eq!(h.authorize("unlock").await.reason, Some(DenyCode::Revoked));
 }
 
 #[tokio::test(start_paused = true)]
