@@ -226,3 +226,75 @@ fn a_status_topic_payload_is_online_or_offline_and_an_unknown_state_is_neither()
     bad_code["last_attestation"]["verdict"] = json!("approved");
     assert!(serde_json::from_value::<Status>(bad_code).is_err());
 }
+
+#[test]
+fn gate_states_summarise_as_the_status_documents() {
+    use mctc_shim::api::GateSummary;
+    use mctc_shim::gate::{CloseReason, ContainedBy, GateState, Reason, RevokedBy};
+    use mctc_shim::messages::RefusalCode;
+
+    let reason = || Reason::try_from("stolen").unwrap();
+    let cases = [
+        (
+            GateState::Closed(CloseReason::Refused(RefusalCode::PolicyMismatch)),
+            GateStatus::Closed,
+            "refused-policy-mismatch",
+            None,
+        ),
+        (
+            GateState::Contained(ContainedBy::Control {
+                seq: 1,
+                reason: reason(),
+            }),
+            GateStatus::Contained,
+            "contained-by-control",
+            Some("stolen"),
+        ),
+        (
+            GateState::Contained(ContainedBy::Refusal {
+                code: RefusalCode::Contained,
+            }),
+            GateStatus::Contained,
+            "contained-by-refusal",
+            Some("contained"),
+        ),
+        (
+            GateState::Revoked(RevokedBy::Control {
+                seq: 2,
+                reason: reason(),
+            }),
+            GateStatus::Revoked,
+            "revoked-by-control",
+            Some("stolen"),
+        ),
+        (
+            GateState::Revoked(RevokedBy::Heartbeat { seq: 9, epoch: 1 }),
+            GateStatus::Revoked,
+            "revoked-by-heartbeat",
+            Some("heartbeat seq 9"),
+        ),
+        (
+            GateState::Revoked(RevokedBy::Refusal),
+            GateStatus::Revoked,
+            "revoked-by-refusal",
+            None,
+        ),
+        (
+            GateState::Revoked(RevokedBy::Persisted),
+            GateStatus::Revoked,
+            "revoked-persisted",
+            None,
+        ),
+    ];
+    for (state, status, reason, detail) in cases {
+        let summary = GateSummary::of(&state);
+        assert_eq!(
+            (
+                summary.state,
+                summary.reason.as_str(),
+                summary.detail.as_deref()
+            ),
+            (status, reason, detail)
+        );
+    }
+}
