@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use serde_json::{Value, json};
+use mctc_shim::api::{AuthorizeAnswer, CheckpointAnswer, GateStatus, Reply, Request, Status};
 
 use crate::config::{self, Validated};
 use crate::error::AgentError;
@@ -201,18 +201,17 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
         }
         Command::Status(args) => {
             let path = socket_path(&args)?;
-            let answer = socket::request(&path, &json!({"status": {}}), Duration::from_secs(10))?;
-            if let Some(error) = answer.get("error").and_then(Value::as_str) {
-                return Err(AgentError::Socket {
-                    path,
-                    reason: error.to_owned(),
-                });
-            }
-            let open = answer.get("state").and_then(Value::as_str) == Some("open");
+            let answer: Reply<Status> =
+                socket::request(&path, &Request::status(), Duration::from_secs(10))?;
+            let status = answer.into_result().map_err(|reason| AgentError::Socket {
+                path: path.clone(),
+                reason,
+            })?;
+            let open = status.state == GateStatus::Open;
             let stdout = if args.json {
-                serde_json::to_string_pretty(&answer).unwrap_or_default() + "\n"
+                serde_json::to_string_pretty(&status).unwrap_or_default() + "\n"
             } else {
-                render_status(&answer)
+                render_status(&status)
             };
             Ok(Outcome {
                 stdout,
@@ -227,48 +226,27 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
             reference,
         } => {
             let path = socket_path(&args)?;
-            let mut request = serde_json::Map::new();
-            request.insert("op".into(), json!(op));
-            if let Some(amount) = amount {
-                request.insert("amount".into(), json!(amount));
-            }
-            if let Some(currency) = currency {
-                request.insert("currency".into(), json!(currency));
-            }
-            if let Some(reference) = reference {
-                request.insert("ref".into(), json!(reference));
-            }
-            let answer = socket::request(
-                &path,
-                &json!({ "authorize": request }),
-                Duration::from_secs(30),
-            )?;
-            if let Some(error) = answer.get("error").and_then(Value::as_str) {
-                return Err(AgentError::Socket {
-                    path,
-                    reason: error.to_owned(),
-                });
-            }
-            let permit = answer.get("decision").and_then(Value::as_str) == Some("permit");
+            let request =
+                Request::authorize(&op, amount, currency.as_deref(), reference.as_deref());
+            let answer: Reply<AuthorizeAnswer> =
+                socket::request(&path, &request, Duration::from_secs(30))?;
+            let answer = answer.into_result().map_err(|reason| AgentError::Socket {
+                path: path.clone(),
+                reason,
+            })?;
+            let permit = answer.permits();
             let stdout = if args.json {
                 serde_json::to_string(&answer).unwrap_or_default() + "\n"
             } else if permit {
                 format!(
                     "permit (seq {}, artifact {})\n",
-                    answer.get("seq").unwrap_or(&Value::Null),
                     answer
-                        .get("artifact")
-                        .and_then(Value::as_str)
-                        .unwrap_or("-")
+                        .seq
+                        .map_or_else(|| "null".to_owned(), |s| s.to_string()),
+                    answer.artifact.as_deref().unwrap_or("-")
                 )
             } else {
-                format!(
-                    "deny: {}\n",
-                    answer
-                        .get("reason")
-                        .and_then(Value::as_str)
-                        .unwrap_or("unknown")
-                )
+                format!("deny: {}\n", answer.reason.map_or("unknown", |r| r.name()))
             };
             Ok(Outcome {
                 stdout,
@@ -288,15 +266,15 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
 /// everything up to this moment; returns a note for the operator when there
 /// is none (the bundle then ends at the last checkpoint on disk).
 fn checkpoint_now(config: &Validated) -> String {
-    match socket::request(
+    match socket::request::<Reply<CheckpointAnswer>>(
         &config.raw.gate.socket,
-        &json!({"checkpoint": {}}),
+        &Request::checkpoint(),
         Duration::from_secs(10),
     ) {
-        Ok(answer) if answer.get("checkpoint").is_some() => String::new(),
-        Ok(answer) => format!(
+        Ok(Reply::Ok(_)) => String::new(),
+        Ok(Reply::Error(e)) => format!(
             "  (agent did not checkpoint: {}; the bundle ends at the last checkpoint)\n",
-            answer.get("error").and_then(Value::as_str).unwrap_or("?")
+            e.error
         ),
         Err(_) => "  (agent not running; the bundle ends at the last checkpoint)\n".into(),
     }
@@ -380,51 +358,40 @@ fn export(
     })
 }
 
-fn render_status(status: &Value) -> String {
-    let text = |v: Option<&Value>| match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Null) | None => "-".into(),
-        Some(other) => other.to_string(),
-    };
+fn render_status(status: &Status) -> String {
+    fn or_dash<T: ToString>(value: Option<T>) -> String {
+        value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+    }
     let mut out = format!(
         "device      {}\ngate        {} ({})\n",
-        text(status.get("device")),
-        text(status.get("state")),
-        text(status.get("reason")),
+        status.device, status.state, status.reason,
     );
-    if let Some(detail) = status.get("detail").filter(|d| !d.is_null()) {
-        out.push_str(&format!("detail      {}\n", text(Some(detail))));
+    if let Some(detail) = &status.detail {
+        out.push_str(&format!("detail      {detail}\n"));
     }
-    if let Some(artifact) = status.get("artifact").filter(|a| !a.is_null()) {
+    if let Some(artifact) = &status.artifact {
         out.push_str(&format!(
             "artifact    {} expires in {} ms\n",
-            text(artifact.get("cti")),
-            text(artifact.get("expires_in_ms"))
+            artifact.cti, artifact.expires_in_ms
         ));
     }
-    if let Some(last) = status.get("last_attestation").filter(|a| !a.is_null()) {
+    if let Some(last) = &status.last_attestation {
         out.push_str(&format!(
             "attestation {} ({}) {} ms ago\n",
-            text(last.get("verdict")),
-            text(last.get("purpose")),
-            text(last.get("ago_ms"))
+            last.verdict, last.purpose, last.ago_ms
         ));
     }
-    if let Some(lineage) = status.get("lineage") {
-        out.push_str(&format!(
-            "lineage     {} next seq {} acked {} backlog {}\n",
-            text(lineage.get("health")),
-            text(lineage.get("next_seq")),
-            text(lineage.get("acked_seq")),
-            text(lineage.get("backlog"))
-        ));
-    }
+    let lineage = &status.lineage;
+    out.push_str(&format!(
+        "lineage     {} next seq {} acked {} backlog {}\n",
+        lineage.health,
+        lineage.next_seq,
+        or_dash(lineage.acked_seq),
+        lineage.backlog
+    ));
     out.push_str(&format!(
         "broker      connected {} session {}\ntpm         {}\nversion     {}\n",
-        text(status.get("connected")),
-        text(status.get("session")),
-        text(status.get("tpm")),
-        text(status.get("version"))
+        status.connected, status.session, status.tpm, status.version
     ));
     out
 }

@@ -68,14 +68,6 @@ impl CurrentBoot {
     }
 }
 
-/// The shim's boot counters from the attest crate's.
-pub fn boot_of(counters: mctc_attest::BootCounters) -> BootCounters {
-    BootCounters {
-        reset: counters.reset_count,
-        restart: counters.restart_count,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -453,8 +453,8 @@ fn validate(raw: Config) -> Result<Validated, AgentError> {
     let pcrs = PcrSelection::sha256(mask);
     pcrs.validate()
         .map_err(|_| bad("attestation.pcrs: select at least one PCR"))?;
-    let attest_pcrs = AttestSelection::sha256(&raw.attestation.pcrs)
-        .map_err(|e| bad(format!("attestation.pcrs: {e}")))?;
+    let attest_pcrs =
+        AttestSelection::try_from(pcrs).map_err(|e| bad(format!("attestation.pcrs: {e}")))?;
     let a = &raw.attestation;
     if !(10..=60_000).contains(&a.drift_interval_ms) {
         return Err(bad("attestation.drift_interval_ms must be 10-60000"));

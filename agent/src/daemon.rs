@@ -21,7 +21,7 @@ use mctc_service::link::{Link, LinkEvent, LinkOptions, QoS};
 use mctc_shim::topics::{self, DeviceTopic, HEARTBEAT};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::clock::{BootClock, Clock, CurrentBoot, boot_of};
+use crate::clock::{BootClock, Clock, CurrentBoot};
 use crate::config::{self, Validated};
 use crate::drift;
 use crate::enforcement::{Enforcer, Inbound, Input, Parts, Settings, Watchdog, status};
@@ -120,7 +120,7 @@ pub async fn run(
     {
         tracing::warn!("the TPM's AK is not the enrolled one: run `mctc-agent enroll` again");
     }
-    let boot = CurrentBoot::new(boot_of(tpm.boot_counters().await?));
+    let boot = CurrentBoot::new(tpm.boot_counters().await?);
     let platform = TpmPlatform {
         tpm: tpm.clone(),
         selection: config.attest_pcrs,

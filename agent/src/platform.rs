@@ -21,8 +21,6 @@ pub use mctc_attest::ErrorClass as TpmClass;
 use mctc_attest::device::Tpm;
 use mctc_shim::tpm::{BootCounters, PcrSelection};
 
-use crate::clock::boot_of;
-
 /// The TPM operation that failed, as the agent names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PlatformOp {
@@ -160,8 +158,7 @@ pub struct TpmPlatform {
 pub fn attest_selection(
     selection: PcrSelection,
 ) -> Result<mctc_attest::PcrSelection, mctc_attest::Error> {
-    let indices: Vec<u8> = selection.indices().collect();
-    Ok(mctc_attest::PcrSelection::sha256(&indices)?)
+    Ok(mctc_attest::PcrSelection::try_from(selection)?)
 }
 
 fn digests(values: &mctc_attest::PcrValues) -> Result<Vec<[u8; 32]>, PlatformError> {
@@ -191,7 +188,7 @@ impl Platform for TpmPlatform {
                 .map_err(PlatformError::tpm(PlatformOp::Quote))?;
             Ok(Quote {
                 pcr_values: digests(&evidence.pcrs)?,
-                boot: boot_of(evidence.clock.boot()),
+                boot: evidence.clock.boot(),
                 attest: evidence.attest,
                 signature: evidence.signature,
             })
@@ -216,7 +213,7 @@ impl Platform for TpmPlatform {
                 .map_err(PlatformError::tpm(PlatformOp::BootCounters))?;
             Ok(Observation {
                 pcr_digest: values.composite_digest(),
-                boot: boot_of(boot),
+                boot,
             })
         }
     }

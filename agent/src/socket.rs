@@ -3,12 +3,15 @@
 //! speaking line-delimited JSON, one request per line, answered in order:
 //!
 //! ```text
-//! {"authorize":{"op":"capture","amount":1250,"currency":"EUR","ref":"order-77"}}
-//! → {"decision":"permit","reason":null,"seq":4711,"artifact":"3f2a…"}
+//! {"authorize":{"amount":1250,"currency":"EUR","op":"capture","ref":"order-77"}}
+//! → {"artifact":"3f2a…","decision":"permit","reason":null,"seq":4711,"v":1}
 //! {"status":{}}      → the status object (see agent/README.md)
-//! {"checkpoint":{}}  → {"checkpoint":4712}  (lineage checkpoint now; used by `lineage export`)
-//! anything else      → {"error":"…"}
+//! {"checkpoint":{}}  → {"checkpoint":4712,"v":1}  (lineage checkpoint now; used by `lineage export`)
+//! anything else      → {"error":"…","v":1}
 //! ```
+//!
+//! The schema is the shim's (`mctc_shim::api`): this module parses and
+//! checks requests with it, and answers with its types.
 //!
 //! Bounded: at most `max_connections` connections (more are answered
 //! `{"error":"busy"}` and closed), lines of at most `max_line_bytes`
@@ -23,10 +26,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mctc_shim::artifact::Currency;
-use mctc_shim::limits::{MAX_OP_LEN, MAX_REF_LEN};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use mctc_shim::api::{
+    self, AuthorizeAnswer, CheckpointAnswer, Decision, DenyReason, Empty, ErrorAnswer,
+};
+use mctc_shim::lineage::DenyCode;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -42,28 +47,6 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Longest answer a client reads.
 const MAX_ANSWER_BYTES: u64 = 1024 * 1024;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Empty {}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuthorizeJson {
-    op: String,
-    amount: Option<u64>,
-    currency: Option<String>,
-    #[serde(rename = "ref")]
-    reference: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "lowercase")]
-enum RequestJson {
-    Authorize(AuthorizeJson),
-    Status(Empty),
-    Checkpoint(Empty),
-}
-
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -72,32 +55,25 @@ pub enum Request {
     Checkpoint,
 }
 
-fn valid_op(op: &str) -> bool {
-    !op.is_empty() && op.len() <= MAX_OP_LEN && op.bytes().all(|b| (0x21..=0x7e).contains(&b))
+/// Why a request line is refused; the text is safe to send back.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Not JSON of the schema (`mctc_shim::api::Request`).
+    #[error("bad request: {0}")]
+    Json(#[from] serde_json::Error),
+    /// An authorize request whose fields break the wire's rules.
+    #[error("bad request: {0}")]
+    Invalid(#[from] api::RequestError),
 }
 
-/// Parses one request line; the error text is safe to send back.
-pub fn parse_request(line: &[u8]) -> Result<Request, String> {
-    let parsed: RequestJson =
-        serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))?;
-    Ok(match parsed {
-        RequestJson::Status(Empty {}) => Request::Status,
-        RequestJson::Checkpoint(Empty {}) => Request::Checkpoint,
-        RequestJson::Authorize(a) => {
-            if !valid_op(&a.op) {
-                return Err(format!(
-                    "bad request: op must be 1-{MAX_OP_LEN} printable ASCII characters without spaces"
-                ));
-            }
-            let currency = match a.currency {
-                None => None,
-                Some(code) => Some(Currency::new(&code).ok_or_else(|| {
-                    "bad request: currency must be three upper-case letters (ISO 4217)".to_owned()
-                })?),
-            };
-            if a.reference.as_ref().is_some_and(|r| r.len() > MAX_REF_LEN) {
-                return Err(format!("bad request: ref longer than {MAX_REF_LEN} bytes"));
-            }
+/// Parses one request line against the schema, then checks an authorize
+/// request's fields against the wire's rules.
+pub fn parse_request(line: &[u8]) -> Result<Request, RequestError> {
+    Ok(match serde_json::from_slice::<api::Request>(line)? {
+        api::Request::Status(Empty {}) => Request::Status,
+        api::Request::Checkpoint(Empty {}) => Request::Checkpoint,
+        api::Request::Authorize(a) => {
+            let currency = a.check()?;
             Request::Authorize(AuthorizeRequest {
                 op: a.op,
                 amount: a.amount,
@@ -108,8 +84,34 @@ pub fn parse_request(line: &[u8]) -> Result<Request, String> {
     })
 }
 
-fn deny(reason: &str) -> Value {
-    json!({"decision": "deny", "reason": reason, "seq": null, "artifact": null})
+/// Any answer line.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum Answer {
+    Authorize(AuthorizeAnswer),
+    Status(Box<api::Status>),
+    Checkpoint(CheckpointAnswer),
+    Error(ErrorAnswer),
+}
+
+impl Answer {
+    fn error(text: impl Into<String>) -> Self {
+        Self::Error(ErrorAnswer::new(text))
+    }
+
+    /// The line, newline included.
+    fn line(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail (no maps with
+        // non-string keys, no failing Serialize impls); an empty line would
+        // read as an error to the client anyway.
+        let mut bytes = serde_json::to_vec(self).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+fn deny(reason: DenyReason) -> Answer {
+    Answer::Authorize(AuthorizeAnswer::deny(reason))
 }
 
 /// The numeric gid for a group name (from /etc/group) or number.
@@ -185,7 +187,7 @@ pub async fn serve(listener: UnixListener, service: Service) {
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
             tracing::warn!("gate socket: too many connections");
             tokio::spawn(async move {
-                let _ = stream.write_all(b"{\"error\":\"busy\"}\n").await;
+                let _ = stream.write_all(&Answer::error("busy").line()).await;
             });
             continue;
         };
@@ -221,9 +223,8 @@ async fn connection(stream: UnixStream, service: &Service) {
         }
         let complete = line.last() == Some(&b'\n');
         if !complete && line.len() > max {
-            let _ = write
-                .write_all(format!("{{\"error\":\"line longer than {max} bytes\"}}\n").as_bytes())
-                .await;
+            let answer = Answer::error(format!("line longer than {max} bytes"));
+            let _ = write.write_all(&answer.line()).await;
             return;
         }
         let text = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -232,11 +233,9 @@ async fn connection(stream: UnixStream, service: &Service) {
         }
         let answer = match parse_request(text) {
             Ok(request) => handle(request, service).await,
-            Err(e) => json!({ "error": e }),
+            Err(e) => Answer::error(e.to_string()),
         };
-        let mut bytes = serde_json::to_vec(&answer).unwrap_or_default();
-        bytes.push(b'\n');
-        if write.write_all(&bytes).await.is_err() {
+        if write.write_all(&answer.line()).await.is_err() {
             return;
         }
         if !complete {
@@ -245,31 +244,34 @@ async fn connection(stream: UnixStream, service: &Service) {
     }
 }
 
-async fn handle(request: Request, service: &Service) -> Value {
+async fn handle(request: Request, service: &Service) -> Answer {
     let timeout = Duration::from_millis(service.settings.request_timeout_ms);
     match request {
         Request::Status => {
             let (reply, answer) = oneshot::channel();
             if service.inbox.send(Input::Status { reply }).await.is_err() {
-                return json!({"error": "agent stopping"});
+                return Answer::error("agent stopping");
             }
             match tokio::time::timeout(timeout, answer).await {
-                Ok(Ok(status)) => status,
-                _ => json!({"error": "timeout"}),
+                Ok(Ok(status)) => Answer::Status(Box::new(status)),
+                _ => Answer::error("timeout"),
             }
         }
         Request::Checkpoint => {
             match tokio::time::timeout(timeout, service.lineage.checkpoint()).await {
-                Ok(Ok(Ok(seq))) => json!({ "checkpoint": seq }),
-                Ok(Ok(Err(e))) => json!({ "error": e.to_string() }),
-                _ => json!({"error": "timeout"}),
+                Ok(Ok(Ok(seq))) => Answer::Checkpoint(CheckpointAnswer {
+                    checkpoint: seq,
+                    v: api::API_VERSION,
+                }),
+                Ok(Ok(Err(e))) => Answer::error(e.to_string()),
+                _ => Answer::error("timeout"),
             }
         }
         Request::Authorize(request) => authorize(request, service).await,
     }
 }
 
-async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
+async fn authorize(request: AuthorizeRequest, service: &Service) -> Answer {
     let asked_ms = service.clock.now_ms();
     let (reply, pending) = oneshot::channel();
     let decide = Duration::from_millis(
@@ -285,12 +287,12 @@ async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
         .await
         .is_err()
     {
-        return deny("agent-stopping");
+        return deny(DenyReason::AgentStopping);
     }
     let pending = match tokio::time::timeout(decide, pending).await {
         Ok(Ok(pending)) => pending,
-        Ok(Err(_)) => return deny("agent-stopping"),
-        Err(_) => return deny("timeout"),
+        Ok(Err(_)) => return deny(DenyReason::AgentStopping),
+        Err(_) => return deny(DenyReason::Timeout),
     };
     let artifact = pending.cti.map(hex::encode);
     match tokio::time::timeout(durable, pending.durable).await {
@@ -303,32 +305,43 @@ async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
         {
             tracing::warn!(
                 seq,
-                reason,
+                reason = reason.name(),
                 "permit durable only after its request timeout or the gate's deadline: answered deny"
             );
-            json!({
-                "decision": "deny",
-                "reason": reason,
-                "seq": seq,
-                "artifact": artifact,
+            Answer::Authorize(AuthorizeAnswer {
+                artifact,
+                decision: Decision::Deny,
+                reason: Some(reason),
+                seq: Some(seq),
+                v: api::API_VERSION,
             })
         }
-        Ok(Ok(Ok(seq))) => json!({
-            "decision": if pending.permit { "permit" } else { "deny" },
-            "reason": pending.reason,
-            "seq": seq,
-            "artifact": artifact,
+        Ok(Ok(Ok(seq))) => Answer::Authorize(AuthorizeAnswer {
+            artifact,
+            decision: if pending.permit {
+                Decision::Permit
+            } else {
+                Decision::Deny
+            },
+            reason: pending.reason.map(DenyReason::Gate),
+            seq: Some(seq),
+            v: api::API_VERSION,
         }),
         Ok(Ok(Err(e))) => {
             tracing::error!(error = %e, "decision not durable: answered deny");
-            json!({
-                "decision": "deny",
-                "reason": if pending.permit { "lineage-unavailable" } else { pending.reason.unwrap_or("closed") },
-                "seq": null,
-                "artifact": artifact,
+            Answer::Authorize(AuthorizeAnswer {
+                artifact,
+                decision: Decision::Deny,
+                reason: Some(if pending.permit {
+                    DenyReason::LineageUnavailable
+                } else {
+                    DenyReason::Gate(pending.reason.unwrap_or(DenyCode::Closed))
+                }),
+                seq: None,
+                v: api::API_VERSION,
             })
         }
-        _ => deny("timeout"),
+        _ => deny(DenyReason::Timeout),
     }
 }
 
@@ -336,19 +349,24 @@ async fn authorize(request: AuthorizeRequest, service: &Service) -> Value {
 /// at or after the gate's deadline it was decided under ("closed": the
 /// writer recorded it as the closed gate's deny, its stamp being no earlier
 /// than now on the same clock), or past the request timeout ("timeout").
-fn late(service: &Service, asked_ms: u64, valid_until_ms: Option<u64>) -> Option<&'static str> {
+fn late(service: &Service, asked_ms: u64, valid_until_ms: Option<u64>) -> Option<DenyReason> {
     let now = service.clock.now_ms();
     if valid_until_ms.is_some_and(|deadline| now >= deadline) {
-        Some("closed")
+        Some(DenyReason::Gate(DenyCode::Closed))
     } else if now.saturating_sub(asked_ms) > service.settings.request_timeout_ms {
-        Some("timeout")
+        Some(DenyReason::Timeout)
     } else {
         None
     }
 }
 
-/// The thin client: one request, one answer (blocking; for the CLI).
-pub fn request(path: &Path, request: &Value, timeout: Duration) -> Result<Value, AgentError> {
+/// The thin client: one request, one answer (blocking; for the CLI). The
+/// answer is read as `T`, typically `api::Reply<…>` of the request's answer.
+pub fn request<T: DeserializeOwned>(
+    path: &Path,
+    request: &(impl Serialize + ?Sized),
+    timeout: Duration,
+) -> Result<T, AgentError> {
     let fail = |reason: String| AgentError::Socket {
         path: PathBuf::from(path),
         reason,
@@ -374,14 +392,20 @@ pub fn request(path: &Path, request: &Value, timeout: Duration) -> Result<Value,
 
 #[cfg(test)]
 mod tests {
+    use mctc_shim::artifact::Currency;
+    use serde_json::Value;
+
     use super::*;
 
     #[test]
     fn requests_parse_strictly() {
-        assert_eq!(parse_request(br#"{"status":{}}"#), Ok(Request::Status));
         assert_eq!(
-            parse_request(br#"{"checkpoint":{}}"#),
-            Ok(Request::Checkpoint)
+            parse_request(br#"{"status":{}}"#).ok(),
+            Some(Request::Status)
+        );
+        assert_eq!(
+            parse_request(br#"{"checkpoint":{}}"#).ok(),
+            Some(Request::Checkpoint)
         );
         let Ok(Request::Authorize(a)) = parse_request(
             br#"{"authorize":{"op":"capture","amount":5,"currency":"EUR","ref":"x"}}"#,

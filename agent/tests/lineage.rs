@@ -65,9 +65,11 @@ fn burst(
                     i += 1;
                     let request =
                         serde_json::json!({"authorize": {"op": "unlock", "ref": reference}});
-                    let Ok(answer) =
-                        mctc_agent::socket::request(&socket, &request, Duration::from_secs(5))
-                    else {
+                    let Ok(answer) = mctc_agent::socket::request::<serde_json::Value>(
+                        &socket,
+                        &request,
+                        Duration::from_secs(5),
+                    ) else {
                         // Pace of a client whose connection failed (the
                         // socket is busy), not synchronisation.
                         std::thread::sleep(Duration::from_millis(5));

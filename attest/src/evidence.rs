@@ -23,21 +23,17 @@ impl ClockInfo {
     /// The boot counters alone.
     pub const fn boot(&self) -> BootCounters {
         BootCounters {
-            reset_count: self.reset_count,
-            restart_count: self.restart_count,
+            reset: self.reset_count,
+            restart: self.restart_count,
         }
     }
 }
 
-/// The two counters that identify a TPM boot. An artifact is bound to them;
-/// when either changes the platform went through a reset or restart.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BootCounters {
-    /// `resetCount`.
-    pub reset_count: u32,
-    /// `restartCount`.
-    pub restart_count: u32,
-}
+/// The two counters that identify a TPM boot: the shim's type (one
+/// definition, the one artifacts and lineage records carry). An artifact is
+/// bound to them; when either changes the platform went through a reset or
+/// restart.
+pub use mctc_shim::tpm::BootCounters;
 
 /// A TPM2_Quote as it leaves the device. These bytes go to the verifier
 /// unchanged: `attest` and `signature` are exactly what the TPM produced.

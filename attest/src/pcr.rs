@@ -98,6 +98,9 @@ pub enum PcrError {
         /// Values given.
         got: usize,
     },
+    /// A wire selection names a bank this crate does not know.
+    #[error("unknown PCR bank algorithm 0x{0:04x}")]
+    UnknownBank(u16),
     /// A value's length does not match the bank's digest length.
     #[error("PCR {pcr} value has {got} bytes, the {bank} bank has {expected}")]
     ValueLength {
@@ -207,6 +210,28 @@ impl fmt::Display for PcrSelection {
     }
 }
 
+/// The one conversion from the shim's wire form of a selection (what
+/// configuration, messages and the drift check carry) to this crate's
+/// (what the TPM reads and quotes, and the verifier checks).
+impl TryFrom<mctc_shim::tpm::PcrSelection> for PcrSelection {
+    type Error = PcrError;
+
+    fn try_from(wire: mctc_shim::tpm::PcrSelection) -> Result<Self, PcrError> {
+        let bank = HashAlg::from_tpm_alg_id(wire.alg).ok_or(PcrError::UnknownBank(wire.alg))?;
+        PcrSelection::from_mask(bank, wire.mask)
+    }
+}
+
+/// And back: the wire form of a selection.
+impl From<PcrSelection> for mctc_shim::tpm::PcrSelection {
+    fn from(selection: PcrSelection) -> Self {
+        mctc_shim::tpm::PcrSelection {
+            alg: selection.bank.tpm_alg_id(),
+            mask: selection.mask,
+        }
+    }
+}
+
 /// PCR values for a selection, in ascending index order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PcrValues {
@@ -295,6 +320,26 @@ mod tests {
         );
         assert_eq!(PcrSelection::sha256(&[]), Err(PcrError::EmptySelection));
         assert!(PcrSelection::from_mask(HashAlg::Sha256, 1 << 24).is_err());
+    }
+
+    #[test]
+    fn wire_selections_convert_both_ways_and_refuse_what_the_tpm_cannot_quote() {
+        let wire = mctc_shim::tpm::PcrSelection::sha256(0b1000_0001);
+        let selection = PcrSelection::try_from(wire).unwrap();
+        assert_eq!(selection, PcrSelection::sha256(&[0, 7]).unwrap());
+        assert_eq!(mctc_shim::tpm::PcrSelection::from(selection), wire);
+        assert_eq!(
+            PcrSelection::try_from(mctc_shim::tpm::PcrSelection::sha256(0)),
+            Err(PcrError::EmptySelection)
+        );
+        assert!(PcrSelection::try_from(mctc_shim::tpm::PcrSelection::sha256(1 << 24)).is_err());
+        assert_eq!(
+            PcrSelection::try_from(mctc_shim::tpm::PcrSelection {
+                alg: 0x0099,
+                mask: 1
+            }),
+            Err(PcrError::UnknownBank(0x0099))
+        );
     }
 
     #[test]

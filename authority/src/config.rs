@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use mctc_service::BrokerConfig;
+use mctc_shim::wire::token_problem;
 use serde::Deserialize;
 
 use crate::error::{Error, one_line};
-use crate::model::is_token;
 
 pub use crate::model::parse_sha256;
 
@@ -144,7 +144,7 @@ impl Config {
         let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
         let bad = |reason: String| Error::config(path, reason);
 
-        if raw.authority_id.len() > MAX_AUTHORITY_ID_LEN || !is_token(&raw.authority_id) {
+        if token_problem(&raw.authority_id, MAX_AUTHORITY_ID_LEN).is_some() {
             return Err(bad(format!(
                 "authority_id must be 1-{MAX_AUTHORITY_ID_LEN} printable ASCII characters without spaces"
             )));

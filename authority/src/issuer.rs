@@ -274,13 +274,9 @@ impl Issuer {
     }
 }
 
-/// A name for a device status (CLI, logs).
+/// A name for a device status (CLI, logs): the shim's name of the code.
 pub const fn status_name(status: DeviceStatus) -> &'static str {
-    match status {
-        DeviceStatus::Active => "active",
-        DeviceStatus::Contained => "contained",
-        DeviceStatus::Revoked => "revoked",
-    }
+    status.name()
 }
 
 #[cfg(test)]

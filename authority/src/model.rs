@@ -11,11 +11,6 @@ use mctc_attest::ClockInfo;
 use mctc_shim::DeviceId;
 use mctc_shim::messages::{DeviceStatus, NoncePurpose, RefusalCode};
 
-/// A shim token: 1+ bytes of printable ASCII without space.
-pub fn is_token(text: &str) -> bool {
-    !text.is_empty() && text.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
 /// Parses a 64-digit hex SHA-256.
 pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
     let bytes = hex::decode(text.trim()).ok()?;
@@ -158,18 +153,13 @@ impl Refusal {
         }
     }
 
-    /// Stable name (logs, JSON, the database).
+    /// Stable name (logs, JSON, the database): the wire code's name from
+    /// the shim's table, except for the one refusal the wire folds into
+    /// another code.
     pub const fn name(self) -> &'static str {
         match self {
-            Refusal::BadEvidence => "bad-evidence",
-            Refusal::StaleNonce => "stale-nonce",
-            Refusal::PolicyMismatch => "policy-mismatch",
             Refusal::NoBaseline => "no-baseline",
-            Refusal::NotEnrolled => "not-enrolled",
-            Refusal::Revoked => "revoked",
-            Refusal::Contained => "contained",
-            Refusal::BootAnomaly => "boot-anomaly",
-            Refusal::Internal => "internal",
+            other => other.code().name(),
         }
     }
 

@@ -14,12 +14,13 @@ use mctc_shim::artifact::Currency;
 use mctc_shim::limits::{
     MAX_CLASS_LEN, MAX_HB_MS, MAX_OP_LEN, MAX_PCRS, MAX_SCOPE_ENTRIES, MAX_TTL_MS, MIN_HB_MS,
 };
+use mctc_shim::wire::token_problem;
 use serde::Deserialize;
 
 use crate::error::{Error, one_line};
 use crate::model::parse_sha256;
 
-pub use crate::model::{LearnedDigest, is_token};
+pub use crate::model::LearnedDigest;
 
 /// The parsed policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,7 +233,7 @@ struct RawScope {
 
 impl RawClass {
     fn validate(self, name: &str) -> Result<ClassPolicy, String> {
-        if name.len() > MAX_CLASS_LEN || !is_token(name) {
+        if token_problem(name, MAX_CLASS_LEN).is_some() {
             return Err(format!(
                 "class names are 1-{MAX_CLASS_LEN} printable ASCII characters without spaces"
             ));
@@ -289,7 +290,7 @@ impl RawClass {
         }
         let mut scope: Vec<ScopeRule> = Vec::new();
         for s in self.scope {
-            if s.op.len() > MAX_OP_LEN || !is_token(&s.op) {
+            if token_problem(&s.op, MAX_OP_LEN).is_some() {
                 return Err(format!(
                     "scope op `{}`: 1-{MAX_OP_LEN} printable ASCII characters without spaces",
                     s.op

@@ -31,11 +31,7 @@ async fn enrolled(name: &str, class: &str) -> (Fleet, Device) {
 }
 
 async fn boot(device: &Device) -> BootCounters {
-    let b = device.tpm.boot_counters().await.unwrap();
-    BootCounters {
-        reset: b.reset_count,
-        restart: b.restart_count,
-    }
+    device.tpm.boot_counters().await.unwrap()
 }
 
 fn wall_ms() -> u64 {

@@ -36,7 +36,7 @@ use crate::alert::{self, ALERT_TOPIC, Coalescer, Due, Sighting};
 use crate::chain::{Fault, check_next};
 use crate::checkpoint::clock_regression;
 use crate::receipt::{ReceiptFields, ReceiptSigner};
-use crate::registry::{RegistryEntry, status_name, verify_registry};
+use crate::registry::{RegistryEntry, verify_registry};
 use crate::store::{
     AnomalyKind, Changes, Head, NewAnomaly, NewCheckpoint, NewRecord, Recorded, RegistryChange,
     Store, StoreError,
@@ -430,7 +430,7 @@ impl<S: Store> Ingest<S> {
                 tracing::info!(
                     device = %device,
                     version = entry.version,
-                    status = status_name(entry.status),
+                    status = entry.status.name(),
                     new = change == RegistryChange::New,
                     "registry record accepted"
                 );

@@ -12,7 +12,8 @@
 //!   out; `export` of a device's bundle from the store).
 //! - [`receipt`]: the collector's own receipt key and what it signs.
 //! - [`store`]: the [`store::Store`] trait and its SQLite implementation.
-//! - [`verify`] and [`bundle`]: offline verification of a lineage bundle.
+//! - [`verify`]: offline verification of a lineage bundle (read with the
+//!   shim's `mctc_shim::bundle::BundleReader`, the one bundle codec).
 //! - [`chain`], [`checkpoint`], [`registry`]: the checks both paths share.
 //!
 //! `collector/README.md` documents the configuration, the storage schema,
@@ -21,7 +22,6 @@
 
 pub mod admission;
 pub mod alert;
-pub mod bundle;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mctc_collector::bundle::{BundleParts, MAX_BUNDLE_LEN, encode_bundle};
 use mctc_collector::config::Config;
 use mctc_collector::receipt::KEY_STEM;
 use mctc_collector::verify::{Report, utc, verify_bundle};
 use mctc_collector::{Error, service};
+use mctc_shim::bundle::{BundleParts, MAX_BUNDLE_LEN, encode_bundle};
 use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, RingCrypto};
 
 /// mctc lineage collector.

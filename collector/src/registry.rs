@@ -49,15 +49,6 @@ pub enum RegistryError {
     AkName,
 }
 
-/// The lower-case name of a status (JSON, logs).
-pub fn status_name(status: DeviceStatus) -> &'static str {
-    match status {
-        DeviceStatus::Active => "active",
-        DeviceStatus::Contained => "contained",
-        DeviceStatus::Revoked => "revoked",
-    }
-}
-
 /// Verifies a signed registry record for `device` with the trusted authority
 /// `keys`, and checks its AK. Returns the entry and the parsed AK.
 pub fn verify_registry(

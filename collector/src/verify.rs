@@ -19,14 +19,14 @@
 //! first failure is reported with the seq at which the chain expected
 //! something else.
 
+use mctc_shim::bundle::{BUNDLE_VERSION, BundleReader};
 use mctc_shim::lineage::{ChainVerifier, Record};
 use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, Message, RingCrypto, verify_receipt};
 use serde::Serialize;
 
-use crate::bundle::{BUNDLE_VERSION, BundleReader};
 use crate::chain::check_next;
 use crate::checkpoint::clock_regression;
-use crate::registry::{status_name, verify_registry};
+use crate::registry::verify_registry;
 
 /// What the registry record in the bundle says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -142,7 +142,7 @@ pub fn verify_bundle(bundle: &[u8], keys: &[AuthorityKey], collectors: &[Collect
     };
     report.registry = Some(RegistrySummary {
         version: entry.version,
-        status: status_name(entry.status),
+        status: entry.status.name(),
         class: entry.class.clone(),
         ak_sha256: hex::encode(ak.fingerprint()),
     });

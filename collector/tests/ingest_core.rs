@@ -583,7 +583,7 @@ async fn every_ack_is_a_receipt_naming_the_stored_hash_and_the_newest_verified_c
         .unwrap()
         .unwrap();
     assert_eq!(export.records.len(), 6);
-    let parts = mctc_collector::bundle::BundleParts {
+    let parts = mctc_shim::bundle::BundleParts {
         device: device.id.as_str(),
         from_seq: 0,
         head: export.head,
@@ -593,7 +593,7 @@ async fn every_ack_is_a_receipt_naming_the_stored_hash_and_the_newest_verified_c
     };
     let key = mctc_service::keys::read_public_key(&authority.key_path).unwrap();
     let keys = [AuthorityKey::new(&RingCrypto, key)];
-    let bytes = mctc_collector::bundle::encode_bundle(&parts, &export.records);
+    let bytes = mctc_shim::bundle::encode_bundle(&parts, &export.records);
     let report = mctc_collector::verify::verify_bundle(&bytes, &keys, &[common::receipt_key()]);
     assert!(report.ok, "{report:?}");
     let summary = report.receipt.unwrap();
@@ -601,12 +601,12 @@ async fn every_ack_is_a_receipt_naming_the_stored_hash_and_the_newest_verified_c
     assert_eq!(summary.time_ms, core.now + 1);
 
     let cut = &export.records[..3];
-    let parts = mctc_collector::bundle::BundleParts {
+    let parts = mctc_shim::bundle::BundleParts {
         head: mctc_shim::lineage::record_hash(&RingCrypto, cut.last().unwrap()),
         ..parts
     };
     let report = mctc_collector::verify::verify_bundle(
-        &mctc_collector::bundle::encode_bundle(&parts, cut),
+        &mctc_shim::bundle::encode_bundle(&parts, cut),
         &keys,
         &[common::receipt_key()],
     );

@@ -528,7 +528,7 @@ fn with_receipt(
     records: &[Vec<u8>],
     receipt: Option<&[u8]>,
 ) -> Vec<u8> {
-    let parts = mctc_collector::bundle::BundleParts {
+    let parts = mctc_shim::bundle::BundleParts {
         device: device.id.as_str(),
         from_seq,
         head: record_hash(&RingCrypto, records.last().unwrap()),
@@ -536,7 +536,7 @@ fn with_receipt(
         ak_public: &device.identity.ak_public,
         receipt,
     };
-    mctc_collector::bundle::encode_bundle(&parts, records)
+    mctc_shim::bundle::encode_bundle(&parts, records)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

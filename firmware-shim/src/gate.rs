@@ -162,6 +162,19 @@ impl CloseReason {
     }
 }
 
+/// The kebab-case name of a close (status JSON, logs): the close code's
+/// name, except that a drift says what drifted (`drift-pcr`) and a refusal
+/// its code (`refused-bad-evidence`).
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Drift(kind) => f.write_str(kind.name()),
+            Self::Refused(code) => write!(f, "refused-{}", code.name()),
+            other => f.write_str(other.code().name()),
+        }
+    }
+}
+
 /// Who contained the device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainedBy {

@@ -20,6 +20,11 @@
 //! - [`gate`]: the fail-closed gate state machine.
 //! - [`lineage`]: record hashing, chain building ([`lineage::ChainHead`]) and
 //!   verification ([`lineage::ChainVerifier`]), checkpoint qualifying data.
+//! - `api` (feature `alloc`): the device's local API and status schema
+//!   (gate socket requests and answers, the status JSON), typed, shared by
+//!   the agent, its CLI, the test harness and any console.
+//! - [`bundle`]: the lineage bundle file (the one reader and writer the agent
+//!   and the collector share); its owned form needs the `alloc` feature.
 //!
 //! # Size limits, and why they suffice
 //!
@@ -43,7 +48,13 @@
 #![forbid(unsafe_code)]
 #![deny(clippy::indexing_slicing)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
+
+#[cfg(feature = "alloc")]
+pub mod api;
 pub mod artifact;
+pub mod bundle;
 mod codec;
 pub mod cose;
 pub mod crypto;

@@ -59,13 +59,13 @@ wire_code! {
     /// How an attestation attempt ended.
     pub enum AttestVerdict: u8 {
         /// Affirmed: an artifact arrived and verified.
-        Affirmed = 1,
+        Affirmed = 1 => "affirmed",
         /// The authority refused the evidence.
-        Refused = 2,
+        Refused = 2 => "refused",
         /// No valid answer in time.
-        NoAnswer = 3,
+        NoAnswer = 3 => "no-answer",
         /// The answer did not verify on the device.
-        Rejected = 4,
+        Rejected = 4 => "rejected",
     }
 }
 
@@ -73,27 +73,27 @@ wire_code! {
     /// Why the gate closed (lineage code of [`crate::gate::CloseReason`]).
     pub enum CloseCode: u8 {
         /// The agent started (the gate starts closed).
-        Startup = 1,
+        Startup = 1 => "startup",
         /// The artifact's deadline passed.
-        ArtifactExpired = 2,
+        ArtifactExpired = 2 => "artifact-expired",
         /// No valid heartbeat within the window.
-        HeartbeatLapsed = 3,
+        HeartbeatLapsed = 3 => "heartbeat-lapsed",
         /// Platform drift was reported.
-        Drift = 4,
+        Drift = 4 => "drift",
         /// The authority refused evidence (without containing).
-        Refused = 5,
+        Refused = 5 => "refused",
         /// Containment was lifted; re-attestation reopens.
-        Restored = 6,
+        Restored = 6 => "restored",
         /// A heartbeat showed the device may have missed a revocation.
-        RevocationGap = 7,
+        RevocationGap = 7 => "revocation-gap",
         /// Lineage could not be persisted.
-        LineageUnavailable = 8,
+        LineageUnavailable = 8 => "lineage-unavailable",
         /// The agent is stopping.
-        Shutdown = 9,
+        Shutdown = 9 => "shutdown",
         /// The monotonic clock went backwards.
-        ClockRegression = 10,
+        ClockRegression = 10 => "clock-regression",
         /// Attestation failed on the device side.
-        AttestationFailed = 11,
+        AttestationFailed = 11 => "attestation-failed",
     }
 }
 
@@ -101,13 +101,13 @@ wire_code! {
     /// Who contained or revoked the device.
     pub enum Source: u8 {
         /// A signed control message.
-        Control = 1,
+        Control = 1 => "control",
         /// A signed refusal.
-        Refusal = 2,
+        Refusal = 2 => "refusal",
         /// A signed heartbeat's revocation list.
-        Heartbeat = 3,
+        Heartbeat = 3 => "heartbeat",
         /// Persisted state at start (revocation survives restarts).
-        Persisted = 4,
+        Persisted = 4 => "persisted",
     }
 }
 
@@ -115,11 +115,11 @@ wire_code! {
     /// A decision's verdict.
     pub enum VerdictCode: u8 {
         /// Permitted.
-        Permit = 1,
+        Permit = 1 => "permit",
         /// Denied (see the deny code).
-        Deny = 2,
+        Deny = 2 => "deny",
         /// Needs a fresh attestation first.
-        NeedsFreshAttestation = 3,
+        NeedsFreshAttestation = 3 => "needs-fresh-attestation",
     }
 }
 
@@ -128,22 +128,22 @@ wire_code! {
     /// it).
     pub enum DenyCode: u8 {
         /// The gate is closed.
-        Closed = 1,
+        Closed = 1 => "closed",
         /// The device is contained.
-        Contained = 2,
+        Contained = 2 => "contained",
         /// The device is revoked.
-        Revoked = 3,
+        Revoked = 3 => "revoked",
         /// The artifact does not authorize the operation.
-        OutOfScope = 4,
+        OutOfScope = 4 => "out-of-scope",
         /// The amount exceeds the scope's limit.
-        OverLimit = 5,
+        OverLimit = 5 => "over-limit",
         /// The scope limits amounts but the request gave none.
-        AmountRequired = 6,
+        AmountRequired = 6 => "amount-required",
         /// The currency is not the scope's.
-        CurrencyMismatch = 7,
+        CurrencyMismatch = 7 => "currency-mismatch",
         /// The fresh attestation is too old, expired or does not cover the
         /// operation.
-        FreshAttestationInvalid = 8,
+        FreshAttestationInvalid = 8 => "fresh-attestation-invalid",
     }
 }
 
@@ -151,13 +151,13 @@ wire_code! {
     /// What drifted.
     pub enum DriftKind: u8 {
         /// A PCR digest differs from the artifact's.
-        Pcr = 1,
+        Pcr = 1 => "drift-pcr",
         /// TPM reset or restart counters changed.
-        Boot = 2,
+        Boot = 2 => "drift-boot",
         /// A measured file changed.
-        File = 3,
+        File = 3 => "drift-file",
         /// The TPM clock or the monotonic clock behaved unsafely.
-        Clock = 4,
+        Clock = 4 => "drift-clock",
     }
 }
 
@@ -348,11 +348,11 @@ wire_map! {
 }
 
 macro_rules! record_bodies {
-    ($( $(#[$doc:meta])* $variant:ident ( $ty:ty ) = $code:literal ),+ $(,)?) => {
+    ($( $(#[$doc:meta])* $variant:ident ( $ty:ty ) = $code:literal => $text:literal ),+ $(,)?) => {
         wire_code! {
             /// The kind of a record: selects the shape of its body.
             pub enum RecordKind: u8 {
-                $( $(#[$doc])* $variant = $code, )+
+                $( $(#[$doc])* $variant = $code => $text, )+
             }
         }
 
@@ -404,35 +404,35 @@ struct BodySeed<'a>(RecordKind, PhantomData<Body<'a>>);
 
 record_bodies! {
     /// The agent started.
-    AgentStart(AgentStart<'a>) = 1,
+    AgentStart(AgentStart<'a>) = 1 => "agent-start",
     /// The agent is stopping.
-    AgentStop(AgentStop<'a>) = 2,
+    AgentStop(AgentStop<'a>) = 2 => "agent-stop",
     /// The device enrolled.
-    Enrolled(Enrolled<'a>) = 3,
+    Enrolled(Enrolled<'a>) = 3 => "enrolled",
     /// An attestation attempt ended.
-    Attested(Attested) = 4,
+    Attested(Attested) = 4 => "attested",
     /// An artifact was verified and installed.
-    ArtifactInstalled(ArtifactInstalled) = 5,
+    ArtifactInstalled(ArtifactInstalled) = 5 => "artifact-installed",
     /// The gate opened.
-    GateOpened(GateOpened) = 6,
+    GateOpened(GateOpened) = 6 => "gate-opened",
     /// The gate closed.
-    GateClosed(GateClosed) = 7,
+    GateClosed(GateClosed) = 7 => "gate-closed",
     /// The device was contained.
-    GateContained(GateContained<'a>) = 8,
+    GateContained(GateContained<'a>) = 8 => "gate-contained",
     /// The device was revoked.
-    GateRevoked(GateRevoked<'a>) = 9,
+    GateRevoked(GateRevoked<'a>) = 9 => "gate-revoked",
     /// Containment was lifted.
-    GateRestored(GateRestored) = 10,
+    GateRestored(GateRestored) = 10 => "gate-restored",
     /// The gate answered a request.
-    Decision(Decision<'a>) = 11,
+    Decision(Decision<'a>) = 11 => "decision",
     /// Platform drift was detected.
-    Drift(Drift<'a>) = 12,
+    Drift(Drift<'a>) = 12 => "drift",
     /// The heartbeat window lapsed.
-    HeartbeatLapse(HeartbeatLapse) = 13,
+    HeartbeatLapse(HeartbeatLapse) = 13 => "heartbeat-lapse",
     /// A control message was accepted.
-    ControlReceived(ControlReceived) = 14,
+    ControlReceived(ControlReceived) = 14 => "control-received",
     /// A TPM-quoted commitment to the chain head.
-    Checkpoint(Checkpoint<'a>) = 15,
+    Checkpoint(Checkpoint<'a>) = 15 => "checkpoint",
 }
 
 /// One lineage record.

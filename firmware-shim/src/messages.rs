@@ -118,21 +118,21 @@ wire_code! {
     /// The outcome of an enrollment.
     pub enum EnrollStatus: u8 {
         /// Enrolled (or already enrolled with the same EK and AK).
-        Ok = 0,
+        Ok = 0 => "ok",
         /// The EK public or certificate is unacceptable.
-        BadEk = 1,
+        BadEk = 1 => "bad-ek",
         /// The AK public or name is unacceptable (attributes, algorithm).
-        BadAk = 2,
+        BadAk = 2 => "bad-ak",
         /// The proof does not match the credential's secret.
-        ProofMismatch = 3,
+        ProofMismatch = 3 => "proof-mismatch",
         /// The device id is enrolled with another EK.
-        IdentityConflict = 4,
+        IdentityConflict = 4 => "identity-conflict",
         /// The fleet does not admit this device id.
-        NotAllowed = 5,
+        NotAllowed = 5 => "not-allowed",
         /// The device id is revoked; only re-provisioning clears it.
-        Revoked = 6,
+        Revoked = 6 => "revoked",
         /// The authority failed; try again later.
-        Internal = 7,
+        Internal = 7 => "internal",
     }
 }
 
@@ -159,9 +159,9 @@ wire_code! {
     /// Why a device asks for a nonce.
     pub enum NoncePurpose: u8 {
         /// Renewal of the gate's artifact.
-        Renew = 1,
+        Renew = 1 => "renew",
         /// A fresh attestation for one operation whose scope demands it.
-        FreshOp = 2,
+        FreshOp = 2 => "fresh-op",
     }
 }
 
@@ -251,21 +251,21 @@ wire_code! {
     /// Why the authority did not affirm evidence.
     pub enum RefusalCode: u16 {
         /// The quote, its signature or the PCR values do not verify.
-        BadEvidence = 1,
+        BadEvidence = 1 => "bad-evidence",
         /// The nonce is unknown or expired: ask for a new one.
-        StaleNonce = 2,
+        StaleNonce = 2 => "stale-nonce",
         /// The PCR values do not match the device's policy.
-        PolicyMismatch = 3,
+        PolicyMismatch = 3 => "policy-mismatch",
         /// The device is not enrolled (or the AK is not its enrolled AK).
-        NotEnrolled = 4,
+        NotEnrolled = 4 => "not-enrolled",
         /// The device is revoked. The device treats this as revocation.
-        Revoked = 5,
+        Revoked = 5 => "revoked",
         /// The device is contained until an operator restores it.
-        Contained = 6,
+        Contained = 6 => "contained",
         /// The TPM boot counters went backwards or the clock is unsafe.
-        BootAnomaly = 7,
+        BootAnomaly = 7 => "boot-anomaly",
         /// The authority failed; try again later.
-        Internal = 8,
+        Internal = 8 => "internal",
     }
 }
 
@@ -345,11 +345,11 @@ wire_code! {
     /// What a control message orders.
     pub enum ControlAction: u8 {
         /// Close the gate and refuse artifacts until restored.
-        Contain = 1,
+        Contain = 1 => "contain",
         /// Lift containment; the device re-attests to reopen.
-        Restore = 2,
+        Restore = 2 => "restore",
         /// Close permanently; only re-provisioning clears it.
-        Revoke = 3,
+        Revoke = 3 => "revoke",
     }
 }
 
@@ -379,11 +379,11 @@ wire_code! {
     /// A device's standing in the fleet registry.
     pub enum DeviceStatus: u8 {
         /// Enrolled and in good standing.
-        Active = 1,
+        Active = 1 => "active",
         /// Contained by an operator.
-        Contained = 2,
+        Contained = 2 => "contained",
         /// Revoked (terminal).
-        Revoked = 3,
+        Revoked = 3 => "revoked",
     }
 }
 
@@ -457,22 +457,22 @@ wire_code! {
     /// What a collector found wrong in a device's lineage.
     pub enum AckAnomaly: u8 {
         /// A record does not decode.
-        Undecodable = 1,
+        Undecodable = 1 => "undecodable",
         /// A record names another device.
-        WrongDevice = 2,
+        WrongDevice = 2 => "wrong-device",
         /// Records are missing before `at_seq`.
-        Gap = 3,
+        Gap = 3 => "gap",
         /// A record arrived after later ones.
-        Reordered = 4,
+        Reordered = 4 => "reordered",
         /// Two different records share a seq (equivocation).
-        Conflict = 5,
+        Conflict = 5 => "conflict",
         /// A record's `prev` is not its predecessor's hash.
-        LinkMismatch = 6,
+        LinkMismatch = 6 => "link-mismatch",
         /// A checkpoint does not commit to its predecessor, or its quote
         /// does not verify.
-        BadCheckpoint = 7,
+        BadCheckpoint = 7 => "bad-checkpoint",
         /// Monotonic time went backwards within one boot.
-        ClockRegression = 8,
+        ClockRegression = 8 => "clock-regression",
     }
 }
 

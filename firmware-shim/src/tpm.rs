@@ -15,7 +15,7 @@ wire_map! {
     /// The TPM's boot counters from `TPMS_CLOCK_INFO`: they identify one
     /// TPM boot, so an artifact bound to them dies with a TPM reset or
     /// restart.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
     pub struct BootCounters {
         /// `resetCount`: TPM resets (power cycles, `TPM2_Startup(CLEAR)`).
         0 => reset: u32,

@@ -236,13 +236,17 @@ pub(crate) use wire_message;
 
 /// Defines a closed set of numeric codes that travel as a CBOR unsigned
 /// integer. An unknown code is malformed.
+///
+/// Each variant also gets its stable kebab-case name (`Variant = 3 =>
+/// "variant"`): this is the one table of the names logs, the gate socket,
+/// the status JSON and the fleet side print for a code ([`CodeName`]).
 macro_rules! wire_code {
     (
         $(#[$meta:meta])*
         pub enum $name:ident : $repr:ty {
             $(
                 $(#[$vmeta:meta])*
-                $variant:ident = $code:literal
+                $variant:ident = $code:literal => $text:literal
             ),+ $(,)?
         }
     ) => {
@@ -253,6 +257,9 @@ macro_rules! wire_code {
         }
 
         impl $name {
+            /// Every variant, in code order.
+            pub const ALL: &'static [Self] = &[$( Self::$variant, )+];
+
             /// The code on the wire.
             pub const fn code(self) -> $repr {
                 match self {
@@ -266,6 +273,40 @@ macro_rules! wire_code {
                     $( $code => Some(Self::$variant), )+
                     _ => None,
                 }
+            }
+
+            /// The stable kebab-case name (logs, JSON, databases).
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $( Self::$variant => $text, )+
+                }
+            }
+
+            /// The variant named `name`, if there is one.
+            pub fn from_name(name: &str) -> Option<Self> {
+                Self::ALL.iter().copied().find(|v| v.name() == name)
+            }
+        }
+
+        impl $crate::wire::CodeName for $name {
+            const ALL: &'static [Self] = $name::ALL;
+
+            fn name(self) -> &'static str {
+                $name::name(self)
+            }
+
+            fn wire_code(self) -> u64 {
+                u64::from(self.code())
+            }
+
+            fn from_wire_code(code: u64) -> Option<Self> {
+                <$repr>::try_from(code).ok().and_then(Self::from_code)
+            }
+        }
+
+        impl core::fmt::Display for $name {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(self.name())
             }
         }
 
@@ -292,6 +333,28 @@ macro_rules! wire_code {
     };
 }
 pub(crate) use wire_code;
+
+/// A closed set of wire codes with stable kebab-case names. On the wire a
+/// code is its number; everywhere people read it (logs, the gate socket,
+/// the status JSON, the fleet side's databases) it is this name.
+pub trait CodeName: Copy + Sized + 'static {
+    /// Every variant, in code order.
+    const ALL: &'static [Self];
+
+    /// The variant's name.
+    fn name(self) -> &'static str;
+
+    /// The variant's code on the wire.
+    fn wire_code(self) -> u64;
+
+    /// The variant for a wire code, if there is one.
+    fn from_wire_code(code: u64) -> Option<Self>;
+
+    /// The variant named `name`, if there is one.
+    fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|v| v.name() == name)
+    }
+}
 
 macro_rules! plain_fields {
     ($($ty:ty),+) => {
@@ -427,8 +490,11 @@ impl<'a, const N: usize> Token<'a, N> {
     }
 }
 
-/// Whether `s` is a valid token of at most `max` bytes.
-pub(crate) fn token_problem(s: &str, max: usize) -> Option<Problem> {
+/// What is wrong with `s` as a token of at most `max` bytes, if anything:
+/// the one definition of the token grammar (1 to `max` bytes of printable
+/// ASCII without space), which configuration parsers and the gate socket
+/// check against too, so what they accept always fits the wire.
+pub fn token_problem(s: &str, max: usize) -> Option<Problem> {
     if s.is_empty() {
         Some(Problem::Empty)
     } else if s.len() > max {

@@ -1,5 +1,6 @@
 //! The agent's gate socket: `mctc_agent::socket::parse_request`, the
-//! parser of every line a local client writes to the socket.
+//! parser of every line a local client writes to the socket (the shim's
+//! `api::Request` schema, then `api::Authorize::check`).
 //!
 //! Input: one request line.
 //!

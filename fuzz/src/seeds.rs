@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use mctc_agent::lineage::bundle::Bundle;
 use mctc_agent::lineage::store::{Priority, Store, StoreConfig};
 use mctc_service::keys::public_key_pem;
 use mctc_shim::artifact::{Currency, ScopeEntry};
+use mctc_shim::bundle::Bundle;
 use mctc_shim::lineage::record_hash;
 use mctc_shim::messages::{
     ControlAction, EnrollChallenge, EnrollProof, EnrollRequest, EnrollResult, EnrollStatus,

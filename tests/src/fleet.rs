@@ -14,6 +14,8 @@ use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mctc_shim::api::{AuthorizeAnswer, Reply, Request, Status};
+use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::{Broker, Proc, Swtpm, bin_path, wait_until};
@@ -447,7 +449,7 @@ interval_ms = 2000
             .args(["run", "--config", &path_str(&self.config)])
             .env("MCTC_LOG", "info,mctc_agent=debug");
         self.agent = Some(Proc::spawn_command("mctc-agent", command, &self.log_path()).unwrap());
-        let up = wait_until(PATIENCE, || self.request(&json!({"status": {}})).is_some());
+        let up = wait_until(PATIENCE, || self.request(&Request::status()).is_some());
         assert!(
             up.is_some(),
             "agent socket did not come up:\n{}",
@@ -482,18 +484,34 @@ interval_ms = 2000
     }
 
     /// One request on the gate socket (`None`: unreachable, or no answer
-    /// within 30 s).
-    pub fn request(&self, request: &Value) -> Option<Value> {
+    /// within 30 s): a typed `api::Request`, or any JSON a test wants to
+    /// send (malformed requests included). The answer is the raw JSON, so
+    /// tests check the documented bytes independently of the schema types.
+    pub fn request(&self, request: &(impl Serialize + ?Sized)) -> Option<Value> {
         gate_request(&self.socket, request, Duration::from_secs(30))
     }
 
+    /// The status as raw JSON (`{"state":"unreachable"}` when the agent
+    /// does not answer).
     pub fn status(&self) -> Value {
-        self.request(&json!({"status": {}}))
+        self.request(&Request::status())
             .unwrap_or_else(|| json!({"state": "unreachable"}))
     }
 
+    /// The status through the schema (`None`: unreachable, an error
+    /// answer, or a status the schema does not read).
+    pub fn gate_status(&self) -> Option<Status> {
+        let answer = self.request(&Request::status())?;
+        serde_json::from_value::<Reply<Status>>(answer)
+            .ok()?
+            .into_result()
+            .ok()
+    }
+
+    /// The gate's state by name, `unreachable` when there is no status.
     pub fn state(&self) -> String {
-        self.status()["state"].as_str().unwrap_or("?").to_owned()
+        self.gate_status()
+            .map_or_else(|| "unreachable".to_owned(), |s| s.state.name().to_owned())
     }
 
     /// Asks the gate; returns the whole answer (an unreachable agent is a
@@ -509,9 +527,11 @@ interval_ms = 2000
             .unwrap_or_else(|| json!({"decision": "deny", "reason": "unreachable"}))
     }
 
-    /// Whether `unlock` is permitted right now.
+    /// Whether `unlock` is permitted right now (read through the schema:
+    /// anything but a well-formed permit is a deny).
     pub fn permits(&self) -> bool {
-        self.authorize("unlock", None, None, None)["decision"] == "permit"
+        let answer = self.authorize("unlock", None, None, None);
+        serde_json::from_value::<AuthorizeAnswer>(answer).is_ok_and(|a| a.permits())
     }
 
     pub fn wait_state(&self, state: &str, timeout: Duration) -> Option<Duration> {
@@ -537,34 +557,30 @@ interval_ms = 2000
     }
 }
 
-/// The gate socket's `authorize` request.
+/// The gate socket's `authorize` request (the schema's
+/// `api::Request::authorize`), as JSON.
 pub fn authorize_request(
     op: &str,
     amount: Option<u64>,
     currency: Option<&str>,
     reference: Option<&str>,
 ) -> Value {
-    let mut request = serde_json::Map::new();
-    request.insert("op".into(), json!(op));
-    if let Some(amount) = amount {
-        request.insert("amount".into(), json!(amount));
-    }
-    if let Some(currency) = currency {
-        request.insert("currency".into(), json!(currency));
-    }
-    if let Some(reference) = reference {
-        request.insert("ref".into(), json!(reference));
-    }
-    json!({ "authorize": request })
+    serde_json::to_value(Request::authorize(op, amount, currency, reference))
+        .expect("the request schema serializes")
 }
 
 /// One line-delimited JSON request on a gate socket, as the device's own
-/// software would make it (independent of the agent's code).
-pub fn gate_request(socket: &Path, request: &Value, timeout: Duration) -> Option<Value> {
+/// software would make it (the shim's schema, independent of the agent's
+/// code).
+pub fn gate_request(
+    socket: &Path,
+    request: &(impl Serialize + ?Sized),
+    timeout: Duration,
+) -> Option<Value> {
     let mut stream = UnixStream::connect(socket).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream.set_write_timeout(Some(timeout)).ok()?;
-    let mut line = request.to_string();
+    let mut line = serde_json::to_string(request).ok()?;
     line.push('\n');
     stream.write_all(line.as_bytes()).ok()?;
     let mut answer = String::new();
@@ -627,10 +643,12 @@ impl Burst {
                     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                         let reference = format!("c{client}-{i}");
                         i += 1;
-                        let request = authorize_request("unlock", None, None, Some(&reference));
-                        match gate_request(&socket, &request, Duration::from_secs(5)) {
-                            Some(answer) if answer["decision"] == "permit" => {
-                                let seq = answer["seq"].as_u64().expect("a permit carries its seq");
+                        let request = Request::authorize("unlock", None, None, Some(&reference));
+                        let answer = gate_request(&socket, &request, Duration::from_secs(5))
+                            .map(serde_json::from_value::<Reply<AuthorizeAnswer>>);
+                        match answer {
+                            Some(Ok(Reply::Ok(answer))) if answer.permits() => {
+                                let seq = answer.seq.expect("a permit carries its seq");
                                 permits.lock().unwrap().push((seq, reference));
                             }
                             Some(_) => {}

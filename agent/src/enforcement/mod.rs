@@ -38,6 +38,8 @@ use crate::lineage::writer::{Health, LineageHandle, LineageStatus, Refused};
 use crate::outbox::Outbox;
 use crate::platform::{Platform, PlatformError, PlatformOp, Quote};
 use crate::state::StateDir;
+use mctc_shim::api::{GateSummary, LineageHealth, TpmHealth};
+use mctc_shim::lineage::DenyCode;
 use session::{Action, At, Core, Ticket};
 pub use session::{AuthorizeRequest, Inbound, Settings, StateWrite};
 use status::{ArtifactCore, AttestationCore, LineageCore, StatusCore};
@@ -48,7 +50,7 @@ use status::{ArtifactCore, AttestationCore, LineageCore, StatusCore};
 #[derive(Debug)]
 pub struct Pending {
     pub permit: bool,
-    pub reason: Option<&'static str>,
+    pub reason: Option<DenyCode>,
     pub cti: Option<[u8; 16]>,
     /// For a permit: the gate's deadline when it was decided (CLOCK_BOOTTIME
     /// ms, the artifact's or the heartbeat window's). A client told
@@ -76,7 +78,7 @@ pub enum Input {
         reply: oneshot::Sender<Pending>,
     },
     Status {
-        reply: oneshot::Sender<serde_json::Value>,
+        reply: oneshot::Sender<mctc_shim::api::Status>,
     },
     QuoteDone {
         round: u64,
@@ -509,7 +511,11 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
 
     fn status_core(&self, now: u64) -> StatusCore {
         let gate = self.core.gate();
-        let (state, reason, detail) = names::state(gate.state());
+        let GateSummary {
+            state,
+            reason,
+            detail,
+        } = GateSummary::of(gate.state());
         let artifact = gate.artifact().map(|a| ArtifactCore {
             cti: hex::encode(a.cti()),
             deadline_ms: a.deadline_ms(),
@@ -519,9 +525,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let lineage = self.lineage_status.borrow().clone();
         let forward = self.forward.borrow().clone();
         let (health, error) = match &lineage.health {
-            Health::Ok => ("ok", None),
-            Health::QuotaReached => ("quota-reached", None),
-            Health::Failed(e) => ("failed", Some(e.clone())),
+            Health::Ok => (LineageHealth::Ok, None),
+            Health::QuotaReached => (LineageHealth::QuotaReached, None),
+            Health::Failed(e) => (LineageHealth::Failed, Some(e.clone())),
         };
         let acked_next = forward
             .acked
@@ -529,9 +535,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let detail = detail.or_else(|| self.core.persist_error().map(str::to_owned));
         let _ = now;
         let last_attestation = self.core.last_attestation().map(|a| AttestationCore {
-            verdict: names::verdict(a.verdict),
-            purpose: names::purpose(a.purpose),
-            refusal: a.refusal.map(names::refusal),
+            verdict: a.verdict,
+            purpose: a.purpose,
+            refusal: a.refusal,
             at_ms: a.at_ms,
         });
         StatusCore {
@@ -545,9 +551,9 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             connected: self.core.connected(),
             session: self.core.session(),
             tpm: if self.core.tpm_ok() {
-                "ok"
+                TpmHealth::Ok
             } else {
-                "unavailable"
+                TpmHealth::Unavailable
             },
             lineage: LineageCore {
                 health,

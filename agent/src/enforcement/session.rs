@@ -143,7 +143,7 @@ pub enum Action {
     Answer {
         ticket: Ticket,
         permit: bool,
-        reason: Option<&'static str>,
+        reason: Option<DenyCode>,
         cti: Option<[u8; 16]>,
         valid_until_ms: Option<u64>,
         record: Entry,
@@ -714,12 +714,10 @@ impl Core {
     fn answer(&mut self, ticket: Ticket, request: AuthorizeRequest, decision: Decision) {
         let (permit, reason) = match decision.verdict {
             Verdict::Permit => (true, None),
-            Verdict::Deny(code) => (false, Some(names::deny(code))),
-            Verdict::NeedsFreshAttestation => {
-                (false, Some(names::deny(DenyCode::FreshAttestationInvalid)))
-            }
+            Verdict::Deny(code) => (false, Some(code)),
+            Verdict::NeedsFreshAttestation => (false, Some(DenyCode::FreshAttestationInvalid)),
         };
-        tracing::debug!(op = %request.op, permit, reason, "decision");
+        tracing::debug!(op = %request.op, permit, reason = reason.map(DenyCode::name), "decision");
         let cti = decision.cti;
         let valid_until_ms = if permit {
             self.gate.next_deadline()

@@ -404,7 +404,7 @@ impl Harness {
     async fn status(&self) -> serde_json::Value {
         let (reply, status) = oneshot::channel();
         self.inbox.send(Input::Status { reply }).await.unwrap();
-        status.await.unwrap()
+        serde_json::to_value(status.await.unwrap()).unwrap()
     }
 
     async fn state(&self) -> String {
@@ -416,7 +416,7 @@ impl Harness {
 async fn the_gate_closes_exactly_at_the_artifact_deadline() {
     let mut h = Harness::start().await;
     // Start is always closed.
-    assert_eq!(h.authorize("unlock").await.reason, Some("closed"));
+    assert_eq!(h.authorize("unlock").await.reason, Some(DenyCode::Closed));
     h.open(10_000).await;
     let deadline = h.status().await["artifact"]["expires_in_ms"]
         .as_u64()
@@ -432,7 +432,7 @@ async fn the_gate_closes_exactly_at_the_artifact_deadline() {
     tokio::time::advance(Duration::from_millis(1)).await;
     let at_deadline = h.authorize("unlock").await;
     assert!(!at_deadline.permit, "closed at the deadline itself");
-    assert_eq!(at_deadline.reason, Some("closed"));
+    assert_eq!(at_deadline.reason, Some(DenyCode::Closed));
     assert_eq!(h.status().await["reason"], "artifact-expired");
 }
 
@@ -528,7 +528,10 @@ async fn containment_discards_the_outstanding_nonce_and_restore_needs_a_new_one(
     let in_flight = h.evidence().await;
     h.control(ControlAction::Contain).await;
     assert_eq!(h.state().await, "contained");
-    assert_eq!(h.authorize("unlock").await.reason, Some("contained"));
+    assert_eq!(
+        h.authorize("unlock").await.reason,
+        Some(DenyCode::Contained)
+    );
     // An artifact answering the pre-containment evidence does nothing.
     h.send(
         Inbound::Artifact,
@@ -591,7 +594,7 @@ async fn a_heartbeat_naming_the_device_revokes_it_for_good() {
     assert_eq!(written.wall_ms, WALL_T0, "stamped on the Clock seam");
     // Nothing reopens it: not even an artifact answering a fresh round.
     h.control(ControlAction::Restore).await;
-    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+    assert_eq!(h.authorize("unlock").await.reason, Some(DenyCode::Revoked));
 }
 
 #[tokio::test(start_paused = true)]
@@ -623,7 +626,7 @@ async fn a_revocation_that_cannot_be_persisted_is_reported_and_the_gate_stays_re
     assert_eq!(status["state"], "revoked", "{status}");
     let detail = status["detail"].as_str().unwrap();
     assert!(detail.contains("state"), "{detail}");
-    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+    assert_eq!(h.authorize("unlock").await.reason, Some(DenyCode::Revoked));
 }
 
 #[tokio::test(start_paused = true)]
@@ -693,7 +696,7 @@ async fn a_fresh_operation_is_permitted_only_on_its_own_new_artifact() {
         .unwrap();
     let answer = pending.await.unwrap();
     assert!(!answer.permit);
-    assert_eq!(answer.reason, Some("fresh-attestation-invalid"));
+    assert_eq!(answer.reason, Some(DenyCode::FreshAttestationInvalid));
 }
 
 // Issue 13, part 5: a close for any cause but expiry voids the evidence in
@@ -727,7 +730,7 @@ async fn stale_answer_stays_closed(h: &mut Harness, quoted: [u8; 32], why: &str)
     assert_eq!(status["reason"], why, "{status}");
     let answer = h.authorize("unlock").await;
     assert!(!answer.permit, "permit after a {why} close: {answer:?}");
-    assert_eq!(answer.reason, Some("closed"));
+    assert_eq!(answer.reason, Some(DenyCode::Closed));
 }
 
 /// Recovery: a new round, with a requested nonce, quoted after the close,
@@ -902,7 +905,7 @@ async fn a_revoke_control_voids_the_renewal_in_flight_for_good() {
     )
     .await;
     assert_eq!(h.state().await, "revoked");
-    assert_eq!(h.authorize("unlock").await.reason, Some("revoked"));
+    assert_eq!(h.authorize("unlock").await.reason, Some(DenyCode::Revoked));
 }
 
 #[tokio::test(start_paused = true)]
@@ -974,7 +977,7 @@ async fn lineage_loss_voids_the_renewal_in_flight() {
     assert_eq!(h.state().await, "closed");
     assert_eq!(
         h.authorize("unlock").await.reason,
-        Some("closed"),
+        Some(DenyCode::Closed),
         "no permit while lineage cannot be written"
     );
     // The collector catches up: the store is writable again, still within

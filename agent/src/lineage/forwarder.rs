@@ -511,7 +511,7 @@ impl<O: Outbox> Forwarder<O> {
     /// such (anyone with the device's broker key could have sent it).
     fn report_anomaly(&mut self, anomaly: AckAnomaly, at_seq: Option<u64>, signed: bool) {
         let source = if signed { "" } else { " (unsigned ack)" };
-        let text = format!("{} at seq {:?}{source}", anomaly_name(anomaly), at_seq);
+        let text = format!("{} at seq {:?}{source}", anomaly.name(), at_seq);
         tracing::error!(anomaly = %text, "collector reports a lineage anomaly");
         self.status.send_modify(|s| s.anomaly = Some(text));
         // Whatever the collector lacks is resent; records are kept.
@@ -696,19 +696,6 @@ fn batches(frames: &[Frame]) -> Vec<&[Frame]> {
         rest = tail;
     }
     out
-}
-
-fn anomaly_name(anomaly: AckAnomaly) -> &'static str {
-    match anomaly {
-        AckAnomaly::Undecodable => "undecodable record",
-        AckAnomaly::WrongDevice => "record of another device",
-        AckAnomaly::Gap => "gap",
-        AckAnomaly::Reordered => "reordered",
-        AckAnomaly::Conflict => "conflict",
-        AckAnomaly::LinkMismatch => "link mismatch",
-        AckAnomaly::BadCheckpoint => "bad checkpoint",
-        AckAnomaly::ClockRegression => "clock regression",
-    }
 }
 
 #[cfg(test)]

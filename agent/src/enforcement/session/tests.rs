@@ -423,7 +423,10 @@ fn a_fresh_request_whose_client_left_is_denied_on_the_next_tick() {
             _ => None,
         })
         .collect();
-    assert_eq!(answers, [(1, false, Some("fresh-attestation-invalid"))]);
+    assert_eq!(
+        answers,
+        [(1, false, Some(DenyCode::FreshAttestationInvalid))]
+    );
 }
 
 #[test]
