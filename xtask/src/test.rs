@@ -2,31 +2,14 @@
 
 use std::process::Command;
 
+use crate::packages::{FIRMWARE_TARGET, SYSTEM_PACKAGES};
 use crate::sys::{ensure_packages, ensure_rust_target, run};
 
-/// What the tests need from the system: swtpm and Mosquitto are started for
-/// real, tss-esapi links libtss2, the authority and collector link SQLite.
-pub const SYSTEM_PACKAGES: &[&str] = &[
-    "swtpm",
-    "swtpm-tools",
-    "tpm2-tools",
-    "libtss2-dev",
-    "mosquitto",
-    "mosquitto-clients",
-    "pkg-config",
-    "libsqlite3-dev",
-    // systemd-analyze rates the shipped units (tests/tests/packaging.rs).
-    "systemd",
-];
+/// `cargo xtask test` takes no flags: CI and a developer run the same thing.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
 
-pub const FIRMWARE_TARGET: &str = "thumbv7em-none-eabihf";
-
-pub fn test(args: &[String]) -> Result<(), String> {
-    if let Some(unknown) = args.first() {
-        return Err(format!(
-            "`cargo xtask test` takes no arguments (got `{unknown}`)"
-        ));
-    }
+pub fn test(_args: &Args) -> Result<(), String> {
     ensure_packages(SYSTEM_PACKAGES)?;
     ensure_rust_target(FIRMWARE_TARGET)?;
     run("format", "cargo", &["fmt", "--all", "--check"])?;
@@ -57,7 +40,7 @@ pub fn test(args: &[String]) -> Result<(), String> {
     // The reliability suite's reduced run: the fault matrix, 100 crash
     // loops and a fuzz smoke run of every target, against real binaries.
     println!("==> chaos --quick");
-    crate::chaos::chaos(&["--quick".to_owned()])?;
+    crate::chaos::chaos(&crate::chaos::Args::quick())?;
     println!("<== chaos --quick: ok");
     run(
         "no_std firmware build",
