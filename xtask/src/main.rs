@@ -3,12 +3,15 @@
 //! - `test` — installs missing system packages, then fmt, clippy,
 //!   cargo-deny, every test (swtpm- and Mosquitto-backed), the demo's walk,
 //!   the chaos suite's quick run and the no_std target build.
+//! - `cycles` — fails if the modules of a workspace crate import each other
+//!   in a cycle (also a step of `test`).
 //! - `fuzz` — builds the cargo-fuzz targets and smoke-runs each one.
 //! - `demo`, `bench`, `chaos`, `dist` — see README.md.
 #![forbid(unsafe_code)]
 
 mod bench;
 mod chaos;
+mod cycles;
 mod demo;
 mod dist;
 mod fuzz;
@@ -43,6 +46,8 @@ enum Task {
     Fuzz(fuzz::Args),
     /// Build the .deb packages into target/dist/
     Dist,
+    /// Fail if the modules of a workspace crate import each other in a cycle
+    Cycles(cycles::Args),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +60,7 @@ fn main() -> ExitCode {
         Task::Dist => dist::dist(),
         Task::Bench(args) => bench::bench(&args),
         Task::Chaos(args) => chaos::chaos(&args),
+        Task::Cycles(args) => cycles::cycles(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -99,6 +105,8 @@ mod tests {
             "fuzz",
             "fuzz --seconds 600",
             "dist",
+            "cycles",
+            "cycles --list",
         ] {
             if let Err(e) = parse(line) {
                 panic!("`cargo xtask {line}` does not parse: {e}");

@@ -27,6 +27,8 @@ pub fn test(_args: &Args) -> Result<(), String> {
         ],
     )?;
     cargo_deny()?;
+    // Seconds, and it needs no build: before the long steps.
+    crate::cycles::cycles(&crate::cycles::Args::default())?;
     // End-to-end tests start the real binaries from target/debug; cargo
     // builds every bin target of a package whose integration tests it runs,
     // before running any test, so no separate build (with other features,
