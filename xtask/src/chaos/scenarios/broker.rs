@@ -6,6 +6,7 @@ use std::time::Instant;
 use mctc_tests::fleet::MqttClient;
 
 use super::{Outcome, recover_and_account, sleep_ms, watch};
+use crate::chaos::broken::Broken;
 use crate::chaos::rig::{Rig, TTL_MS};
 
 /// Twenty connections with the device's own certificate (its key file
@@ -13,7 +14,7 @@ use crate::chaos::rig::{Rig, TTL_MS};
 /// try to join the authority's and the collector's groups, and stay
 /// connected for two artifact lifetimes. Every subscription must be
 /// refused, the gate must never deny, renewals and lineage must go on.
-pub fn share_group_hijack(rig: &mut Rig) -> Outcome {
+pub fn share_group_hijack(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let broker = &rig.fleet.broker;
     let mut identities = Vec::new();
@@ -22,7 +23,7 @@ pub fn share_group_hijack(rig: &mut Rig) -> Outcome {
             Ok(identity) => identities.push(identity),
             Err(e) => {
                 out.fail(format!("certificate for {cn}: {e}"));
-                return out;
+                return Ok(out);
             }
         }
     }
@@ -71,5 +72,5 @@ pub fn share_group_hijack(rig: &mut Rig) -> Outcome {
         2 * TTL_MS
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }

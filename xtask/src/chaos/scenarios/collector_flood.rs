@@ -17,6 +17,7 @@ use mctc_tests::fleet::MqttClient;
 use mctc_tests::wait_until;
 
 use super::{Outcome, recover_and_account, watch};
+use crate::chaos::broken::Broken;
 use crate::chaos::probe::{self, Probe};
 use crate::chaos::rig::{LINEAGE, RECOVERY, Rig, ms};
 
@@ -39,11 +40,11 @@ fn field_sum(text: &str, needle: &str, device: &str, name: &str) -> u64 {
         .sum()
 }
 
-pub fn lineage_flood(rig: &mut Rig) -> Outcome {
+pub fn lineage_flood(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let mut victim = rig.device("flood", LINEAGE, Vec::new());
-    victim.start();
-    victim.must_open();
+    victim.start()?;
+    victim.must_open()?;
     let victim_id = victim.id().to_owned();
     let log_mark = rig.fleet.collector_log().len();
     let probe = watch(&rig.main, "flood-main");
@@ -152,5 +153,5 @@ pub fn lineage_flood(rig: &mut Rig) -> Outcome {
         acc.permits
     ));
     victim.device.kill();
-    out
+    Ok(out)
 }

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use mctc_shim::messages::{Control, ControlAction, Heartbeat};
 use mctc_shim::tpm::BootCounters;
-use mctc_shim::{AuthorityKey, RingCrypto, RingSigner, Signed, Signer};
+use mctc_shim::{AuthorityKey, RingCrypto, Signed, Signer};
 use mctc_tests::fleet::MqttClient;
 use mctc_tests::wait_until;
 
-use super::platform::ClockDevice;
 use super::{Outcome, closes, reason, recover_and_account, silence_noticed, sleep_ms, watch};
+use crate::chaos::broken::{Broken, Context};
 use crate::chaos::forge::{self, Impostor, ImpostorSetup, Variant};
 use crate::chaos::rig::{self, Dev, HB_MS, RECOVERY, Rig, SLACK, TTL_MS, ms};
+use crate::chaos::table::Ctx;
 
 pub(super) const HEARTBEAT: &str = "mctc/v1/fleet/heartbeat";
 
@@ -76,7 +77,7 @@ fn lapse_despite(
     rig: &mut Rig,
     tag: &str,
     next: impl Fn(u64) -> Vec<u8> + Send + 'static,
-) -> Outcome {
+) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&rig.main, tag);
     let cut = Instant::now();
@@ -96,11 +97,11 @@ fn lapse_despite(
     out.require(sent >= 4, || format!("only {sent} heartbeats injected"));
     out.observed = format!("{sent} injected heartbeats ignored; closed ({why})");
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// Genuine heartbeats captured earlier, replayed after the authority died.
-pub fn heartbeat_replayed(rig: &mut Rig) -> Outcome {
+pub fn heartbeat_replayed(rig: &mut Rig) -> Result<Outcome, Broken> {
     let captured: Vec<Vec<u8>> = rig.main.spy.received_on(HEARTBEAT);
     if captured.len() < 3 {
         let mut out = Outcome::default();
@@ -108,7 +109,7 @@ pub fn heartbeat_replayed(rig: &mut Rig) -> Outcome {
             "only {} heartbeats captured to replay",
             captured.len()
         ));
-        return out;
+        return Ok(out);
     }
     let replay: Vec<Vec<u8>> = captured[captured.len() - 3..].to_vec();
     lapse_despite(rig, "hb-replay", move |i| {
@@ -118,8 +119,8 @@ pub fn heartbeat_replayed(rig: &mut Rig) -> Outcome {
 
 /// Heartbeats with ever higher seqs, signed by a key the fleet does not
 /// trust.
-pub fn heartbeat_rogue_key(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
-    let keys = keys(signer);
+pub fn heartbeat_rogue_key(rig: &mut Rig, ctx: &mut Ctx) -> Result<Outcome, Broken> {
+    let keys = keys(&ctx.signer);
     let last = rig
         .main
         .spy
@@ -129,7 +130,7 @@ pub fn heartbeat_rogue_key(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         .map(|h| (h.seq, h.epoch))
         .max();
     let (seq, epoch) = last.unwrap_or((0, 0));
-    let rogue = forge::rogue_signer().unwrap_or_else(|e| panic!("{e}"));
+    let rogue = forge::rogue_signer(&mut ctx.rng).context("rogue key")?;
     let hb_ms = u32::try_from(HB_MS).unwrap_or(3_000);
     lapse_despite(rig, "hb-rogue", move |i| {
         forge::heartbeat(seq + 1 + i, epoch, hb_ms, &rogue).unwrap_or_default()
@@ -169,7 +170,7 @@ fn rejections(log: &str) -> usize {
 
 /// A contain replayed while open changes nothing; a restore replayed
 /// while contained changes nothing (the gate keeps denying).
-pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
+pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let id = rig.main.id().to_owned();
     let contained = |dev: &Dev| {
@@ -180,15 +181,15 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
     rig::cli(
         &rig.fleet,
         &["devices", "contain", &id, "--reason", "chaos drill"],
-    );
+    )?;
     out.require(contained(&rig.main).is_some(), || {
         "contain did not reach the device".into()
     });
     rig::cli(
         &rig.fleet,
         &["devices", "restore", &id, "--reason", "chaos drill over"],
-    );
-    rig.main.must_open();
+    )?;
+    rig.main.must_open()?;
     let seen = controls(&rig.main, signer);
     let old_contain = seen
         .iter()
@@ -214,7 +215,7 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
             "no contain/restore control captured (spy saw {topics:?}, controls {})",
             seen.len()
         ));
-        return out;
+        return Ok(out);
     };
     let injector = MqttClient::connect(
         &rig.fleet.broker,
@@ -237,7 +238,7 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
     rig::cli(
         &rig.fleet,
         &["devices", "contain", &id, "--reason", "chaos drill 2"],
-    );
+    )?;
     let cut = Instant::now();
     out.require(contained(&rig.main).is_some(), || {
         "second contain did not reach the device".into()
@@ -249,7 +250,7 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
     rig::cli(
         &rig.fleet,
         &["devices", "restore", &id, "--reason", "chaos drill 2 over"],
-    );
+    )?;
     let back = Instant::now();
     out.forbid_permits(&probe.observations(), cut + SLACK, back);
     out.closed_after(&probe.observations(), cut);
@@ -267,7 +268,7 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         old_contain.0, old_restore.0
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// One named result of the impostor block.
@@ -294,7 +295,7 @@ fn previous(boot: BootCounters) -> BootCounters {
     }
 }
 
-fn setup_for(dev: &Dev, keys: &[AuthorityKey]) -> ImpostorSetup {
+fn setup_for(dev: &Dev, keys: &[AuthorityKey]) -> Result<ImpostorSetup, Broken> {
     let epoch = dev
         .spy
         .received_on(HEARTBEAT)
@@ -303,14 +304,16 @@ fn setup_for(dev: &Dev, keys: &[AuthorityKey]) -> ImpostorSetup {
         .map(|h| h.epoch)
         .max()
         .unwrap_or(0);
-    ImpostorSetup {
+    Ok(ImpostorSetup {
         device: dev.id().to_owned(),
         ttl_ms: u32::try_from(TTL_MS).unwrap_or(4_000),
         hb_ms: u32::try_from(HB_MS).unwrap_or(3_000),
         hb_seq: dev.status()["heartbeat_seq"].as_u64().unwrap_or(0),
         epoch,
-        boot: dev.boot().unwrap_or_else(|e| panic!("{}: {e}", dev.id())),
-    }
+        boot: dev
+            .boot()
+            .context(&format!("{}: boot counters", dev.id()))?,
+    })
 }
 
 /// One variant: the gate (closed) must stay closed while at least two of
@@ -356,7 +359,9 @@ fn refuse(rig: &Rig, dev: &Dev, impostor: &Impostor, variant: Variant, tag: &str
 /// identity answering the devices' attestation rounds. First a genuine
 /// answer (must open the gate: proves the impostor speaks correctly), then
 /// each kind of bad artifact (must be refused).
-pub fn bad_artifacts(rig: &mut Rig, clock: &ClockDevice, signer: &RingSigner) -> Vec<Named> {
+pub fn bad_artifacts(rig: &mut Rig, ctx: &mut Ctx) -> Result<Vec<Named>, Broken> {
+    let signer = &ctx.signer;
+    let clock = ctx.clock.as_ref().context("the clock device")?;
     let keys = keys(signer);
     let replay = rig
         .main
@@ -365,16 +370,17 @@ pub fn bad_artifacts(rig: &mut Rig, clock: &ClockDevice, signer: &RingSigner) ->
         .cloned()
         .unwrap_or_default();
     let other = clock.dev.id().to_owned();
-    let main_setup = setup_for(&rig.main, &keys);
-    let clock_setup = setup_for(&clock.dev, &keys);
+    let main_setup = setup_for(&rig.main, &keys)?;
+    let clock_setup = setup_for(&clock.dev, &keys)?;
     let previous_boot = previous(main_setup.boot);
     rig.fleet.kill_authority();
     let cut = Instant::now();
-    let load = |path| forge::authority_signer(path).unwrap_or_else(|e| panic!("{e}"));
+    let load = |path| forge::authority_signer(path).context("the authority's key");
     let key_file = rig.fleet.dir.path().join("keys").join("authority.key");
-    let rogue = || forge::rogue_signer().unwrap_or_else(|e| panic!("{e}"));
-    let main_impostor = Impostor::start(&rig.fleet.broker, main_setup, load(&key_file), rogue());
-    let clock_impostor = Impostor::start(&rig.fleet.broker, clock_setup, load(&key_file), rogue());
+    let mut rogue = || forge::rogue_signer(&mut ctx.rng).context("rogue key");
+    let main_impostor = Impostor::start(&rig.fleet.broker, main_setup, load(&key_file)?, rogue()?);
+    let clock_impostor =
+        Impostor::start(&rig.fleet.broker, clock_setup, load(&key_file)?, rogue()?);
 
     let mut rows: Vec<Named> = Vec::new();
     // The control: a genuine answer opens both gates.
@@ -456,5 +462,5 @@ pub fn bad_artifacts(rig: &mut Rig, clock: &ClockDevice, signer: &RingSigner) ->
             main_back.map_or(0, ms)
         ));
     }
-    rows
+    Ok(rows)
 }
