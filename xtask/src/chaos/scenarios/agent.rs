@@ -25,9 +25,13 @@ pub fn sigkill_in_burst(rig: &mut Rig) -> Result<Outcome, Broken> {
     let burst: Vec<Probe> = (0..8)
         .map(|i| Probe::start(&rig.main.device.socket, &format!("kill-burst-{i}")))
         .collect();
-    sleep_ms(1_000);
+    // The kill must land in the middle of a burst: every client permitted.
+    out.require(super::all_permitting(&burst, SLACK), || {
+        "the burst did not get going before the kill".into()
+    });
     let cut = Instant::now();
     rig.main.device.kill();
+    // The fault: the agent stays dead for a moment while the clients ask.
     sleep_ms(500);
     rig.main.start()?;
     let back = Instant::now();
@@ -76,6 +80,7 @@ pub fn sigstop_beyond_ttl(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
     agent.signal(Signal::STOP).context("SIGSTOP")?;
     let stopped = Instant::now();
     out.require(fresh.is_some(), || "no evidence seen to stop after".into());
+    // The fault: stopped beyond the artifact's ttl.
     std::thread::sleep(Duration::from_millis(TTL_MS) + Duration::from_millis(1_500));
     let stale: BTreeSet<String> = rig
         .main
@@ -175,6 +180,7 @@ pub fn state_read_only(rig: &mut Rig) -> Result<Outcome, Broken> {
         return Ok(out);
     }
     let closed = closes(&probe, cut, SLACK);
+    // The fault holds a while after the close: the gate must stay shut.
     sleep_ms(2_000);
     let why = reason(&rig.main);
     let health = rig.main.status()["lineage"]["health"].clone();
@@ -294,6 +300,7 @@ pub fn disk_full(rig: &mut Rig) -> Result<Outcome, Broken> {
     let cut = Instant::now();
     let filled = disk.fill();
     let closed = closes(&probe, cut, SLACK);
+    // The disk stays full a while after the close: the gate must stay shut.
     sleep_ms(2_000);
     let why = reason(&dev);
     let health = dev.status()["lineage"]["health"].clone();

@@ -16,7 +16,7 @@ use mctc_tests::fleet::MqttClient;
 use super::{Outcome, recover_and_account, sleep_ms, watch};
 use crate::chaos::broken::{Broken, Context};
 use crate::chaos::probe::{self, Answer, Probe};
-use crate::chaos::rig::{Rig, ms};
+use crate::chaos::rig::{Rig, SLACK, TTL_MS, ms};
 
 fn genuine_ctis(rig: &Rig, signer: &dyn Signer) -> BTreeSet<String> {
     let keys = [AuthorityKey::new(&RingCrypto, signer.public_key())];
@@ -120,8 +120,11 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
             published += 1;
         }
     }
-    // Long enough for every message to arrive and for a renewal.
-    sleep_ms(4_500);
+    // Until the device renewed after the junk: the authority served through
+    // it (and the junk, published first, has been delivered).
+    let _ = mctc_tests::wait_until(Duration::from_millis(TTL_MS) + SLACK, || {
+        rig.main.status()["artifact"]["cti"] != cti_before
+    });
     let dead = alive(rig);
     let status = rig.main.status();
     let back = Instant::now();
@@ -172,7 +175,9 @@ pub fn socket_flood(rig: &mut Rig) -> Result<Outcome, Broken> {
     let askers: Vec<Probe> = (0..24)
         .map(|i| Probe::start(&socket, &format!("flood-{i}")))
         .collect();
-    sleep_ms(300);
+    out.require(super::all_permitting(&askers, SLACK), || {
+        "the askers were not served before the flood".into()
+    });
     // Idle connections past the limit (64): the extra ones are told busy.
     let mut busy = 0;
     let mut idlers = Vec::new();
@@ -210,6 +215,8 @@ pub fn socket_flood(rig: &mut Rig) -> Result<Outcome, Broken> {
             idlers.push(conn);
         }
     }
+    // The fault holds: idle and half-written connections stay open while
+    // the askers go on.
     sleep_ms(2_000);
     drop(idlers);
     let mut flood = Vec::new();

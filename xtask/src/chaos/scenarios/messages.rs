@@ -51,6 +51,7 @@ impl Repeater {
                     client.publish(&topic, &next(i), false);
                     sent.fetch_add(1, Ordering::AcqRel);
                     i += 1;
+                    // Paces the injection (the fault), four a second.
                     std::thread::sleep(Duration::from_millis(250));
                 }
             })
@@ -85,6 +86,7 @@ fn lapse_despite(
     let repeater = Repeater::start(rig, HEARTBEAT, next);
     let hb = Duration::from_millis(HB_MS);
     let closed = closes(&probe, cut, hb + SLACK + SLACK);
+    // The fault holds after the close: the injected heartbeats go on.
     sleep_ms(1_500);
     let why = reason(&rig.main);
     let sent = repeater.stop();
@@ -230,7 +232,10 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome, B
     // An old contain while open.
     let replayed = Instant::now();
     injector.publish(&topic, &old_contain.2, false);
-    sleep_ms(1_500);
+    // Until the agent logged that it did not apply it.
+    let _ = wait_until(SLACK + SLACK, || {
+        count(&rig.main.device.log(), "control message not applied") > ignored_before
+    });
     let still_open = rig.main.device.state() == "open";
     let denied = probe.denied_since(replayed);
 
@@ -243,8 +248,11 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome, B
     out.require(contained(&rig.main).is_some(), || {
         "second contain did not reach the device".into()
     });
+    let ignored_first = count(&rig.main.device.log(), "control message not applied");
     injector.publish(&topic, &old_restore.2, false);
-    sleep_ms(1_500);
+    let _ = wait_until(SLACK + SLACK, || {
+        count(&rig.main.device.log(), "control message not applied") > ignored_first
+    });
     let still_contained = rig.main.device.state() == "contained";
     let ignored = count(&rig.main.device.log(), "control message not applied") - ignored_before;
     rig::cli(

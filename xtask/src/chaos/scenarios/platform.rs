@@ -140,7 +140,7 @@ pub fn tpm_killed(rig: &mut Rig) -> Result<Outcome, Broken> {
     let cut = Instant::now();
     rig.main.device.swtpm.kill();
     let closed = closes(&probe, cut, drift() + TPM_GONE + SLACK + SLACK);
-    sleep_ms(1_000);
+    let _ = wait_until(SLACK + SLACK, || rig.main.status()["tpm"] == "unavailable");
     let status = rig.main.status();
     rig.main.device.kill();
     rig.main.device.swtpm.start_again().context("swtpm start")?;
@@ -249,7 +249,7 @@ pub fn clock_forward(rig: &mut Rig, clock: &ClockDevice) -> Result<Outcome, Brok
     clock.set_offset("+3h")?;
     let ttl = Duration::from_millis(TTL_MS);
     let closed = closes(&probe, cut, ttl + SLACK + SLACK);
-    sleep_ms(1_500);
+    let _ = wait_until(SLACK + SLACK, || reason(&clock.dev) == "artifact-expired");
     let skew = clock.skew_secs();
     let why = reason(&clock.dev);
     clock.set_offset("+0")?;
@@ -283,6 +283,7 @@ pub fn clock_backward(rig: &mut Rig, clock: &ClockDevice) -> Result<Outcome, Bro
         if let Some(cti) = status["artifact"]["cti"].as_str() {
             renewals.insert(cti.to_owned());
         }
+        // Samples the status twenty times a second.
         sleep_ms(50);
     }
     let skew = clock.skew_secs();

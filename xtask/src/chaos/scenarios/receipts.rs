@@ -121,6 +121,7 @@ pub fn forged_acks(rig: &mut Rig) -> Result<Outcome, Broken> {
         for ack in forged(&device, next.saturating_sub(1), &rogue) {
             forger.publish(&topic, &ack, false);
         }
+        // Paces the forger (the fault), ten rounds a second.
         super::sleep_ms(100);
     }
     let status = dev.status();

@@ -114,8 +114,9 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Result<
         let new = log.get(mark..).unwrap_or("");
         DROPPED.iter().any(|d| new.contains(d)) || new.contains("gate opened")
     });
-    // Longer than a drift check takes to re-close a gate the answer had
-    // reopened.
+    // An observation window, not a wait for an event: a gate the answer
+    // had reopened would be re-closed by the next drift check, so the log
+    // is read after four of them.
     std::thread::sleep(drift * 4);
     let log = rig.main.device.log();
     let reopened = log.get(mark..).unwrap_or("").contains("gate opened");
