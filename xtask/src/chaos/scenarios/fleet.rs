@@ -30,6 +30,7 @@ pub fn broker_restarted(rig: &mut Rig) -> Result<Outcome, Broken> {
     let probe = watch(&rig.main, "broker-restart");
     let cut = Instant::now();
     rig.fleet.broker.kill();
+    // The fault: the broker stays down for a second.
     sleep_ms(1_000);
     rig.fleet.broker.start_again().context("broker start")?;
     let back = Instant::now();
@@ -103,7 +104,7 @@ fn silence(
     let cut = Instant::now();
     cut_off(rig)?;
     let closed = closes(&probe, cut, hb() + SLACK + SLACK);
-    // Stay silent a while after the close.
+    // The fault holds: silent a while after the close.
     sleep_ms(1_500);
     let why = reason(&rig.main);
     restore(rig)?;
@@ -119,9 +120,12 @@ fn silence(
 
 /// The collector down until the device's lineage quota is full: the gate
 /// stays open while the backlog fits, closes at the quota without dropping
-/// a record, and reopens once the collector drained the backlog.
+/// a record, and reopens once the collector drained the backlog, with
+/// every record delivered exactly once (no anomaly at the collector: a
+/// duplicate or a gap would be one).
 pub fn collector_down(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
+    let anomalies_before = rig.collected(&rig.main).map_or(0, |c| c.anomalies.len());
     let probe = watch(&rig.main, "collector-down");
     let cut = Instant::now();
     rig.fleet.kill_collector();
@@ -137,7 +141,7 @@ pub fn collector_down(rig: &mut Rig) -> Result<Outcome, Broken> {
     });
     let full_at = Instant::now();
     let why = reason(&rig.main);
-    // The quota holds for a while: nothing may be permitted.
+    // The fault: the quota holds for a while; nothing may be permitted.
     sleep_ms(2_000);
     let mut seen_burst = Vec::new();
     for b in burst {
@@ -164,7 +168,21 @@ pub fn collector_down(rig: &mut Rig) -> Result<Outcome, Broken> {
     recover_and_account(&mut out, rig, &rig.main, probe, back);
     let acc = rig.account_permits(&rig.main, &burst_permits);
     out.accounted(&acc);
-    out.observed
-        .push_str(&format!("; {} permits accounted", acc.permits));
+    match rig.collected(&rig.main) {
+        Ok(collected) => {
+            let new = collected
+                .anomalies
+                .get(anomalies_before..)
+                .unwrap_or_default();
+            out.require(new.is_empty(), || {
+                format!("anomalies at the collector after the drain: {new:?}")
+            });
+        }
+        Err(e) => out.fail(format!("collector database: {e}")),
+    }
+    out.observed.push_str(&format!(
+        "; {} permits accounted, delivered once",
+        acc.permits
+    ));
     Ok(out)
 }
