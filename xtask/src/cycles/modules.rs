@@ -176,12 +176,13 @@ impl CrateModules {
     }
 
     /// The module that defines what the absolute path `segments` names,
-    /// following re-exports.
-    fn defining_module(&self, segments: &[String], depth: u8) -> ModPath {
+    /// following re-exports; `None` when a re-export leads out of the
+    /// crate (`pub use serde_json::Value`): no module of ours.
+    fn defining_module(&self, segments: &[String], depth: u8) -> Option<ModPath> {
         let mut at: ModPath = Vec::new();
         for (i, segment) in segments.iter().enumerate() {
             let Some(module) = self.modules.get(&at) else {
-                return at;
+                return Some(at);
             };
             if module.children.contains(segment) {
                 at.push(segment.clone());
@@ -189,17 +190,17 @@ impl CrateModules {
             }
             if depth < 8 {
                 if let Some(bound) = module.bindings.get(segment) {
-                    if let Some(mut target) = self.absolute(&at, bound, depth + 1) {
-                        target.extend(segments[i + 1..].iter().cloned());
-                        return self.defining_module(&target, depth + 1);
-                    }
-                    return at;
+                    let mut target = self.absolute(&at, bound, depth + 1)?;
+                    target.extend(segments[i + 1..].iter().cloned());
+                    return self.defining_module(&target, depth + 1);
                 }
                 for glob in &module.globs {
-                    let Some(base) = self.absolute(&at, glob, depth + 1) else {
+                    let Some(source) = self
+                        .absolute(&at, glob, depth + 1)
+                        .and_then(|base| self.defining_module(&base, depth + 1))
+                    else {
                         continue;
                     };
-                    let source = self.defining_module(&base, depth + 1);
                     let defines = self.modules.get(&source).is_some_and(|m| {
                         m.children.contains(segment) || m.bindings.contains_key(segment)
                     });
@@ -212,9 +213,9 @@ impl CrateModules {
                     }
                 }
             }
-            return at;
+            return Some(at);
         }
-        at
+        Some(at)
     }
 
     /// The module dependency graph (nodes are `crate::…` names) and, per
@@ -226,7 +227,9 @@ impl CrateModules {
             let Some(absolute) = self.absolute(&reference.from, &reference.segments, 0) else {
                 continue;
             };
-            let target = self.defining_module(&absolute, 0);
+            let Some(target) = self.defining_module(&absolute, 0) else {
+                continue;
+            };
             if target == reference.from {
                 continue;
             }

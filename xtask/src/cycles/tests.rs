@@ -128,6 +128,22 @@ fn a_parent_re_exporting_its_child_does_not_depend_on_it() {
     assert_eq!(found, [names(&["crate", "crate::config"])]);
 }
 
+/// A name the root re-exports from another crate is not the root's.
+#[test]
+fn a_re_export_of_another_crate_is_no_module_of_ours() {
+    let found = cycles_of(&[
+        (
+            "lib.rs",
+            "mod a;\npub use std::collections::BTreeMap as Map;\nfn f() { a::g(); }\n",
+        ),
+        (
+            "a.rs",
+            "pub fn g() -> crate::Map<u8, u8> { crate::Map::new() }\n",
+        ),
+    ]);
+    assert!(found.is_empty(), "{found:?}");
+}
+
 #[test]
 fn unit_tests_using_their_parent_are_no_cycle() {
     let found = cycles_of(&[
