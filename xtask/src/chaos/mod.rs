@@ -25,6 +25,7 @@
 
 mod broken;
 mod crash_loop;
+mod ctx;
 mod forge;
 mod lineage;
 mod probe;
@@ -40,11 +41,12 @@ use crate::fuzz;
 use crate::packages::chaos_packages;
 use crate::sys::{ensure_packages, run};
 use broken::Broken;
+use ctx::Ctx;
 use report::Row;
 use rig::{Rig, can_be_root};
 use scenarios::Outcome;
 use scenarios::platform::ClockDevice;
-use table::{Ctx, MATRIX, Need, Run, Scenario};
+use table::{MATRIX, Need, Run, Scenario};
 
 /// `cargo xtask chaos [--quick] [--only TEXT] [--seed N]`.
 #[derive(Debug, Default, clap::Args)]

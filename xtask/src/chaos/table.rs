@@ -13,12 +13,10 @@
 //! (`fn(&mut Rig, &mut Ctx) -> Result<Outcome, Broken>`) and one entry
 //! here.
 
-use mctc_shim::RingSigner;
-
-use super::broken::{Broken, Context};
+use super::broken::Broken;
+use super::ctx::Ctx;
 use super::rig::Rig;
 use super::scenarios::messages::Named;
-use super::scenarios::platform::ClockDevice;
 use super::scenarios::{Outcome, agent, broker, fleet, input, messages, platform, receipts, stale};
 
 /// What a row needs beyond the fleet.
@@ -26,25 +24,9 @@ use super::scenarios::{Outcome, agent, broker, fleet, input, messages, platform,
 pub enum Need {
     /// Root or passwordless `sudo -n`: tmpfs mounts, `chattr +i`.
     Root,
-    /// The device under libfaketime ([`ClockDevice`]), set up once for
-    /// the rows that use it.
+    /// The device under libfaketime (`ClockDevice`), set up once for the
+    /// rows that use it.
     ClockDevice,
-}
-
-/// What every row may use: the authority's key (to forge genuine-looking
-/// messages), the clock device when a row needs it, and the run's one
-/// seeded random generator.
-#[derive(Debug)]
-pub struct Ctx {
-    pub signer: RingSigner,
-    pub clock: Option<ClockDevice>,
-    pub rng: fastrand::Rng,
-}
-
-impl Ctx {
-    pub fn clock(&self) -> Result<&ClockDevice, Broken> {
-        self.clock.as_ref().context("the clock device")
-    }
 }
 
 /// How a row runs: most give one outcome; the impostor authority serves

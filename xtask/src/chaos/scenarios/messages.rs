@@ -15,9 +15,9 @@ use mctc_tests::wait_until;
 
 use super::{Outcome, closes, reason, recover_and_account, silence_noticed, sleep_ms, watch};
 use crate::chaos::broken::{Broken, Context};
+use crate::chaos::ctx::Ctx;
 use crate::chaos::forge::{self, Impostor, ImpostorSetup, Variant};
 use crate::chaos::rig::{self, Dev, HB_MS, RECOVERY, Rig, SLACK, TTL_MS, ms};
-use crate::chaos::table::Ctx;
 
 pub(super) const HEARTBEAT: &str = "mctc/v1/fleet/heartbeat";
 
