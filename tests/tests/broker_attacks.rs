@@ -1,7 +1,15 @@
 //! Issue 13's broker attacks against the real fleet (shipped broker
-//! configuration, real authority, collector and agents): no certificate of
-//! the fleet CA that is not a service's may take another device's messages,
-//! and `devices revoke` reaches the broker.
+//! configuration, real authority and agent): `devices revoke` reaches the
+//! broker.
+//!
+//! Attack 1 (stolen certificates joining the services' share groups) is
+//! proven twice elsewhere, so it is not provoked here a third time: the
+//! broker's refusal for every kind of certificate (a device's, the
+//! monitor's, a revoked one, one never granted) in
+//! `broker_smoke::no_device_or_monitor_joins_a_service_share_group`, and
+//! the live fleet under it (gate open, renewals answered, lineage at the
+//! collector) in the chaos row "stolen certificates join the services'
+//! share groups" (`cargo xtask chaos`, a step of `cargo xtask test`).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -15,6 +23,9 @@ use mctc_tests::fleet::{Fleet, MqttClient, class};
 use mctc_tests::wait_until;
 
 const TTL_MS: u64 = 3_000;
+/// The monitor may read it and the authority's identity may write it: the
+/// sentinel's topic.
+const HEARTBEAT: &str = "mctc/v1/fleet/heartbeat";
 const HB_MS: u64 = 3_000;
 
 fn short_policy() -> String {
@@ -24,83 +35,6 @@ fn short_policy() -> String {
         HB_MS,
         &["op = \"unlock\"\nfresh_attestation = false"],
     )
-}
-
-/// Attack 1: twenty connections holding a device's certificate, the
-/// monitor's, and a revoked device's try to join the authority's and the
-/// collector's shared-subscription groups. Every subscription is refused;
-/// over four artifact lifetimes the victim's gate never closes, every
-/// renewal is answered, and its lineage reaches the collector.
-#[test]
-fn stolen_certificates_cannot_starve_the_fleet() {
-    let mut fleet = Fleet::with_policy(&short_policy());
-    fleet.start_authority();
-    fleet.start_collector();
-    let mut victim = fleet.device("pos-victim", "pos");
-    victim.bring_up();
-    let mut thief = fleet.device("pos-thief", "pos");
-    thief.bring_up();
-    let mut gone = fleet.device("pos-gone", "pos");
-    gone.bring_up();
-    gone.stop();
-    let out = fleet.cli(&["devices", "revoke", "pos-gone", "--reason", "stolen"]);
-    assert_eq!(out.code, 0, "{out:?}");
-
-    let identities = [
-        fleet.broker.identity("pos-thief").unwrap(),
-        fleet.broker.identity("mctc-monitor").unwrap(),
-        fleet.broker.identity("pos-gone").unwrap(),
-    ];
-    let attackers: Vec<MqttClient> = (0..20)
-        .map(|i| {
-            MqttClient::try_connect_with(
-                &fleet.broker,
-                &identities[i % identities.len()],
-                &format!("attacker-{i}"),
-                &mctc_tests::SERVICE_GROUP_FILTERS,
-            )
-            .unwrap()
-        })
-        .collect();
-    for (i, attacker) in attackers.iter().enumerate() {
-        assert_eq!(
-            attacker.refused(),
-            mctc_tests::SERVICE_GROUP_FILTERS,
-            "attacker {i} was let into a group"
-        );
-    }
-
-    let start = Instant::now();
-    let mut asked = 0;
-    while start.elapsed() < Duration::from_millis(4 * TTL_MS) {
-        asked += 1;
-        assert!(
-            victim.permits(),
-            "the victim's gate closed after {} ms: {}\n--- authority ---\n{}",
-            start.elapsed().as_millis(),
-            victim.status(),
-            fleet.authority_log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(asked > 10);
-    let status = victim.status();
-    assert_eq!(
-        status["last_attestation"]["verdict"], "affirmed",
-        "{status}"
-    );
-    // Its lineage is acknowledged by the collector up to what it wrote
-    // before the burst ended.
-    let next = status["lineage"]["next_seq"].as_u64().unwrap();
-    let acked = wait_until(Duration::from_secs(30), || {
-        victim.status()["lineage"]["acked_seq"]
-            .as_u64()
-            .is_some_and(|a| a + 1 >= next)
-    });
-    assert!(acked.is_some(), "{}", victim.status());
-    for attacker in &attackers {
-        assert!(attacker.received().is_empty());
-    }
 }
 
 /// `devices revoke` reaches the broker: the revoked device is told (its
@@ -117,7 +51,7 @@ fn revocation_reaches_the_broker_within_seconds() {
         &fleet.broker,
         "mctc-monitor",
         "revocation-monitor",
-        &["mctc/v1/dev/pos-lost/status"],
+        &["mctc/v1/dev/pos-lost/status", HEARTBEAT],
     );
 
     let out = fleet.cli(&["devices", "revoke", "pos-lost", "--reason", "stolen"]);
@@ -153,9 +87,27 @@ fn revocation_reaches_the_broker_within_seconds() {
     )
     .unwrap();
     assert_eq!(probe.refused(), ["mctc/v1/dev/pos-lost/control"]);
+    drop(probe);
     let since = Instant::now();
-    probe.publish("mctc/v1/dev/pos-lost/status", b"still here", true);
-    std::thread::sleep(Duration::from_secs(1));
+    publish_until_acked(
+        &fleet,
+        &identity,
+        "mctc/v1/dev/pos-lost/status",
+        b"still here",
+    );
+    // The broker has now routed or dropped it. A sentinel sent after that
+    // reaches the monitor after anything the broker routed before it (one
+    // broker, one monitor connection, delivered in order): once the
+    // sentinel is in, the revoked device's publish would be too.
+    let sentinel = MqttClient::connect(&fleet.broker, "mctc-authority", "revocation-sentinel", &[]);
+    sentinel.publish(HEARTBEAT, b"sentinel", false);
+    let in_order = wait_until(Duration::from_secs(10), || {
+        monitor
+            .received_on(HEARTBEAT)
+            .iter()
+            .any(|p| p == b"sentinel")
+    });
+    assert!(in_order.is_some(), "the sentinel did not reach the monitor");
     assert!(
         monitor
             .since("mctc/v1/dev/pos-lost/status", since)
@@ -164,4 +116,47 @@ fn revocation_reaches_the_broker_within_seconds() {
         "a revoked device's publish got through"
     );
     eprintln!("total {} ms", revoked.elapsed().as_millis());
+}
+
+/// Publishes at QoS 1 with `identity` and returns once the broker answered
+/// with a PUBACK, which it sends after routing the message, or dropping it
+/// for a publish its ACL denies.
+fn publish_until_acked(
+    fleet: &Fleet,
+    identity: &mctc_tests::ClientIdentity,
+    topic: &str,
+    payload: &[u8],
+) {
+    use rumqttc::{Event, Packet, QoS};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let options = fleet
+            .broker
+            .mqtt_options("revoked-publisher", identity)
+            .unwrap();
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+        client
+            .publish(topic, QoS::AtLeastOnce, true, payload.to_vec())
+            .await
+            .unwrap();
+        let acked = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => return true,
+                    Ok(_) => {}
+                    Err(_) => return false,
+                }
+            }
+        })
+        .await;
+        assert_eq!(
+            acked,
+            Ok(true),
+            "the broker did not acknowledge the publish:\n{}",
+            fleet.broker.log()
+        );
+    });
 }

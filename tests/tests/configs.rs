@@ -306,10 +306,22 @@ fn the_shipped_broker_passes_a_full_batch_and_refuses_a_larger_packet() {
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The broker closed the sender's connection on that packet: it has
+    // routed or dropped it. A sentinel sent now reaches the collector after
+    // anything routed before it (one broker, one subscriber connection,
+    // delivered in order).
+    let sentinel =
+        mctc_tests::fleet::MqttClient::try_connect_with(&broker, &identity, "limits-sentinel", &[])
+            .unwrap();
+    sentinel.publish(&topic, b"sentinel", false);
+    let in_order = mctc_tests::wait_until(Duration::from_secs(10), || {
+        collector.received_on(&topic).len() >= 2
+    });
+    assert!(in_order.is_some(), "the sentinel did not arrive");
+    let received = collector.received_on(&topic);
     assert_eq!(
-        collector.received_on(&topic).len(),
-        1,
+        received.iter().map(Vec::len).collect::<Vec<_>>(),
+        [MAX_BATCH_LEN, b"sentinel".len()],
         "the broker delivered the oversized packet"
     );
 }

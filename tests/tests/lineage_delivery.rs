@@ -1,6 +1,14 @@
-//! Lineage from the real agent to the real collector, end to end: nothing
-//! the gate answered is lost or duplicated when the collector is down for a
-//! while, or when the agent is killed in the middle of a burst.
+//! Lineage from the real agent to the real collector, end to end: an agent
+//! restarted behind the collector's head still drains its backlog.
+//!
+//! Two faults that used to be provoked here too are proven by the chaos
+//! suite (`cargo xtask chaos`, a step of `cargo xtask test`), which checks
+//! every permit it was answered against the device's log and the
+//! collector: the collector down during a burst (row "collector down long
+//! (backlog, quota)": backlog, the deny at the quota, the drain, every
+//! permit delivered once with no anomaly) and the agent killed in a burst
+//! (row "agent SIGKILL during bursts" and the crash loop's 100 to 1000
+//! kills at seeded random moments).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -50,59 +58,6 @@ fn check_collector(db: &Path, device: &Device, through: u64, permits: &[(u64, St
     }
     let anomalies = store.anomalies(Some(&id)).unwrap();
     assert!(anomalies.is_empty(), "anomalies: {anomalies:?}");
-}
-
-#[test]
-fn collector_down_during_a_thousand_decisions_then_up_delivers_them_all_exactly_once() {
-    let mut fleet = Fleet::new();
-    fleet.start_authority();
-    fleet.start_collector();
-    let mut device = fleet.device("deliver-1", "locker");
-    device.bring_up();
-    wait_all_acked(&fleet, &device);
-
-    fleet.kill_collector();
-    let burst = Burst::start(&device, 8);
-    assert!(wait_until(PATIENCE, || burst.count() >= 1000).is_some());
-    let permits = burst.stop();
-    let backlog = device.status()["lineage"]["backlog"].as_u64().unwrap();
-    assert!(
-        backlog >= 1000,
-        "the backlog waits for the collector: {backlog}"
-    );
-
-    fleet.start_collector();
-    let through = wait_all_acked(&fleet, &device);
-    check_collector(
-        &fleet.dir.path().join("collector.db"),
-        &device,
-        through,
-        &permits,
-    );
-}
-
-#[test]
-fn every_permit_answered_before_a_sigkill_reaches_the_collector() {
-    let mut fleet = Fleet::new();
-    fleet.start_authority();
-    fleet.start_collector();
-    let mut device = fleet.device("deliver-2", "locker");
-    device.bring_up();
-
-    let burst = Burst::start(&device, 16);
-    assert!(wait_until(PATIENCE, || burst.count() >= 500).is_some());
-    device.kill();
-    let permits = burst.stop();
-
-    device.start();
-    device.wait_open();
-    let through = wait_all_acked(&fleet, &device);
-    check_collector(
-        &fleet.dir.path().join("collector.db"),
-        &device,
-        through,
-        &permits,
-    );
 }
 
 /// The acknowledged seq is persisted lazily; a crash can leave it behind

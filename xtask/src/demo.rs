@@ -21,43 +21,23 @@ use mctc_tests::fleet::{Device, Fleet, class};
 use mctc_tests::wait_until;
 use serde_json::Value;
 
+use crate::packages::SYSTEM_PACKAGES;
 use crate::sys::{ensure_packages, run};
-use crate::test::SYSTEM_PACKAGES;
 
 /// The heartbeat window of every demo class: short, so that phase 8 is quick.
 const HB_MS: u64 = 3_000;
 /// How long a phase may take before the demo calls it failed.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-struct Options {
+/// `cargo xtask demo [--check --out DIR]`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Walk the lifecycle non-interactively and fail if a phase misbehaves
+    #[arg(long)]
     check: bool,
+    /// Write each device's lineage bundle and the authority's public key here
+    #[arg(long, value_name = "DIR", requires = "check")]
     out: Option<PathBuf>,
-}
-
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options {
-        check: false,
-        out: None,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--check" => options.check = true,
-            "--out" => {
-                let dir = args.next().ok_or("--out needs a directory")?;
-                options.out = Some(PathBuf::from(dir));
-            }
-            other => {
-                return Err(format!(
-                    "unknown argument `{other}` (demo [--check --out DIR])"
-                ));
-            }
-        }
-    }
-    if options.out.is_some() && !options.check {
-        return Err("--out goes with --check".into());
-    }
-    Ok(options)
 }
 
 /// The demo fleet's policy: three classes without reference values, so the
@@ -182,28 +162,27 @@ fn device_failure(device: &Device) -> String {
     )
 }
 
-pub fn demo(args: &[String]) -> Result<(), String> {
-    let options = parse(args)?;
+pub fn demo(options: &Args) -> Result<(), String> {
     ensure_packages(SYSTEM_PACKAGES)?;
     run(
         "build binaries",
         "cargo",
         &["build", "--workspace", "--bins", "--locked"],
     )?;
-    walk_and_report(&options)
+    walk_and_report(options)
 }
 
 /// `demo --check --out DIR` with the binaries `cargo test` just built (the
 /// last step of `cargo xtask test`).
 pub fn check_with_built_binaries(out: &Path) -> Result<(), String> {
     println!("==> demo --check --out {}", out.display());
-    walk_and_report(&Options {
+    walk_and_report(&Args {
         check: true,
         out: Some(out.to_path_buf()),
     })
 }
 
-fn walk_and_report(options: &Options) -> Result<(), String> {
+fn walk_and_report(options: &Args) -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = Arc::clone(&stop);
@@ -252,7 +231,7 @@ struct DemoFleet {
     fleet: Fleet,
 }
 
-fn walk_lifecycle(walk: &mut Walk, options: &Options) -> Result<DemoFleet, String> {
+fn walk_lifecycle(walk: &mut Walk, options: &Args) -> Result<DemoFleet, String> {
     println!(
         "starting: Mosquitto (TLS 1.3, client certificates, per-identity rights), authority, collector"
     );

@@ -129,12 +129,7 @@ const PACKAGES: &[Package] = &[
     },
 ];
 
-pub fn dist(args: &[String]) -> Result<(), String> {
-    if let Some(unknown) = args.first() {
-        return Err(format!(
-            "`cargo xtask dist` takes no arguments (got `{unknown}`)"
-        ));
-    }
+pub fn dist() -> Result<(), String> {
     for tool in ["dpkg-deb", "dpkg", "ldd", "readelf", "strip"] {
         if Command::new("which")
             .arg(tool)

@@ -377,24 +377,18 @@ pub fn table(results: &[FuzzResult]) -> String {
     out
 }
 
-fn parse_seconds(args: &[String]) -> Result<u64, String> {
-    match args {
-        [] => Ok(DEFAULT_SECONDS),
-        [flag, value] if flag == "--seconds" => value
-            .parse()
-            .ok()
-            .filter(|s| *s > 0)
-            .ok_or_else(|| format!("--seconds takes a positive whole number (got `{value}`)")),
-        _ => Err(format!(
-            "usage: cargo xtask fuzz [--seconds N] (got `{}`)",
-            args.join(" ")
-        )),
-    }
+/// `cargo xtask fuzz [--seconds N]`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Seconds each target runs
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_SECONDS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    seconds: u64,
 }
 
 /// `cargo xtask fuzz [--seconds N]`.
-pub fn fuzz(args: &[String]) -> Result<(), String> {
-    let seconds = parse_seconds(args)?;
+pub fn fuzz(args: &Args) -> Result<(), String> {
+    let seconds = args.seconds;
     let results = run_fuzz_smoke(seconds)?;
     print!("\n{}", table(&results));
     let failed: Vec<&str> = results
@@ -456,12 +450,21 @@ stat::new_units_added:          12
 
     #[test]
     fn seconds_default_and_must_be_positive() {
-        assert_eq!(parse_seconds(&[]), Ok(DEFAULT_SECONDS));
-        let args = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        assert_eq!(parse_seconds(&args(&["--seconds", "60"])), Ok(60));
-        assert!(parse_seconds(&args(&["--seconds", "0"])).is_err());
-        assert!(parse_seconds(&args(&["--seconds"])).is_err());
-        assert!(parse_seconds(&args(&["--quick"])).is_err());
+        use clap::Parser;
+        #[derive(Debug, Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: Args,
+        }
+        let parse = |v: &[&str]| {
+            Cli::try_parse_from(std::iter::once("fuzz").chain(v.iter().copied()))
+                .map(|c| c.args.seconds)
+        };
+        assert_eq!(parse(&[]).unwrap(), DEFAULT_SECONDS);
+        assert_eq!(parse(&["--seconds", "60"]).unwrap(), 60);
+        assert!(parse(&["--seconds", "0"]).is_err());
+        assert!(parse(&["--seconds"]).is_err());
+        assert!(parse(&["--quick"]).is_err());
     }
 
     #[test]

@@ -1,79 +1,127 @@
 //! `cargo xtask test`: the README's test command and what CI runs.
 
 use std::process::Command;
+use std::time::Instant;
 
+use crate::packages::{FIRMWARE_TARGET, SYSTEM_PACKAGES};
 use crate::sys::{ensure_packages, ensure_rust_target, run};
 
-/// What the tests need from the system: swtpm and Mosquitto are started for
-/// real, tss-esapi links libtss2, the authority and collector link SQLite.
-pub const SYSTEM_PACKAGES: &[&str] = &[
-    "swtpm",
-    "swtpm-tools",
-    "tpm2-tools",
-    "libtss2-dev",
-    "mosquitto",
-    "mosquitto-clients",
-    "pkg-config",
-    "libsqlite3-dev",
-    // systemd-analyze rates the shipped units (tests/tests/packaging.rs).
-    "systemd",
-];
+/// `cargo xtask test` takes no flags: CI and a developer run the same thing.
+#[derive(Debug, clap::Args)]
+pub struct Args {}
 
-pub const FIRMWARE_TARGET: &str = "thumbv7em-none-eabihf";
+pub fn test(_args: &Args) -> Result<(), String> {
+    let mut steps = Steps::default();
+    let result = all_steps(&mut steps);
+    // On success and on failure: where the time went.
+    print!("{}", steps.table());
+    result?;
+    println!("all checks passed");
+    Ok(())
+}
 
-pub fn test(args: &[String]) -> Result<(), String> {
-    if let Some(unknown) = args.first() {
-        return Err(format!(
-            "`cargo xtask test` takes no arguments (got `{unknown}`)"
-        ));
-    }
-    ensure_packages(SYSTEM_PACKAGES)?;
-    ensure_rust_target(FIRMWARE_TARGET)?;
-    run("format", "cargo", &["fmt", "--all", "--check"])?;
-    run(
-        "clippy",
-        "cargo",
-        &[
+fn all_steps(steps: &mut Steps) -> Result<(), String> {
+    steps.time("system packages", || {
+        ensure_packages(SYSTEM_PACKAGES)?;
+        ensure_rust_target(FIRMWARE_TARGET)
+    })?;
+    steps.time("format", || {
+        run("format", "cargo", &["fmt", "--all", "--check"])
+    })?;
+    steps.time("clippy", || {
+        run(
             "clippy",
-            "--workspace",
-            "--all-targets",
-            "--locked",
-            "--",
-            "-D",
-            "warnings",
-        ],
-    )?;
-    cargo_deny()?;
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )
+    })?;
+    steps.time("cargo deny", cargo_deny)?;
+    // Seconds, and it needs no build: before the long steps.
+    steps.time("module cycles", || {
+        crate::cycles::cycles(&crate::cycles::Args::default())
+    })?;
     // End-to-end tests start the real binaries from target/debug; cargo
     // builds every bin target of a package whose integration tests it runs,
     // before running any test, so no separate build (with other features,
     // hence a second compile) is needed.
-    run("tests", "cargo", &["test", "--workspace", "--locked"])?;
+    steps.time("tests", || {
+        run("tests", "cargo", &["test", "--workspace", "--locked"])
+    })?;
     // The README's main command, non-interactively, on those binaries.
-    let proof = std::env::temp_dir().join(format!("mctc-demo-check-{}", std::process::id()));
-    let demo = crate::demo::check_with_built_binaries(&proof);
-    let _ = std::fs::remove_dir_all(&proof);
-    demo?;
+    steps.time("demo --check", || {
+        let proof = std::env::temp_dir().join(format!("mctc-demo-check-{}", std::process::id()));
+        let demo = crate::demo::check_with_built_binaries(&proof);
+        let _ = std::fs::remove_dir_all(&proof);
+        demo
+    })?;
     // The reliability suite's reduced run: the fault matrix, 100 crash
     // loops and a fuzz smoke run of every target, against real binaries.
-    println!("==> chaos --quick");
-    crate::chaos::chaos(&["--quick".to_owned()])?;
-    println!("<== chaos --quick: ok");
-    run(
-        "no_std firmware build",
-        "cargo",
-        &[
-            "build",
-            "-p",
-            "mctc-shim",
-            "--no-default-features",
-            "--target",
-            FIRMWARE_TARGET,
-            "--locked",
-        ],
-    )?;
-    println!("all checks passed");
-    Ok(())
+    steps.time("chaos --quick", || {
+        crate::chaos::chaos(&crate::chaos::Args::quick())
+    })?;
+    steps.time("no_std firmware build", || {
+        run(
+            "no_std firmware build",
+            "cargo",
+            &[
+                "build",
+                "-p",
+                "mctc-shim",
+                "--no-default-features",
+                "--target",
+                FIRMWARE_TARGET,
+                "--locked",
+            ],
+        )
+    })
+}
+
+/// Wall time of each step of `cargo xtask test`, printed as a table at
+/// the end of the run (and when a step fails).
+#[derive(Debug, Default)]
+struct Steps {
+    done: Vec<(&'static str, f64, bool)>,
+}
+
+impl Steps {
+    fn time(
+        &mut self,
+        name: &'static str,
+        step: impl FnOnce() -> Result<(), String>,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let result = step();
+        let seconds = started.elapsed().as_secs_f64();
+        println!(
+            "<== step `{name}`: {} in {seconds:.1} s",
+            if result.is_ok() { "ok" } else { "FAILED" }
+        );
+        self.done.push((name, seconds, result.is_ok()));
+        result
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::from(
+            "\n`cargo xtask test`, wall time per step:\n\n| step | seconds | result |\n|---|---:|---|\n",
+        );
+        for (name, seconds, ok) in &self.done {
+            out.push_str(&format!(
+                "| {name} | {seconds:.1} | {} |\n",
+                if *ok { "ok" } else { "FAILED" }
+            ));
+        }
+        let total: f64 = self.done.iter().map(|(_, s, _)| s).sum();
+        out.push_str(&format!("| total | {total:.1} | |\n"));
+        out
+    }
 }
 
 fn cargo_deny() -> Result<(), String> {
@@ -103,5 +151,22 @@ fn cargo_deny() -> Result<(), String> {
             "cargo",
             &["deny", "check", "bans", "licenses", "sources"],
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_step_is_timed_and_a_failure_stops_the_run_and_is_shown() {
+        let mut steps = Steps::default();
+        assert!(steps.time("first", || Ok(())).is_ok());
+        assert!(steps.time("second", || Err("broke".to_owned())).is_err());
+        let table = steps.table();
+        assert!(table.contains("| first | "), "{table}");
+        assert!(table.contains(" | FAILED |"), "{table}");
+        assert!(table.contains("| total | "), "{table}");
+        assert_eq!(steps.done.len(), 2);
     }
 }

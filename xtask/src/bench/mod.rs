@@ -16,13 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use crate::packages::SYSTEM_PACKAGES;
 use crate::sys::{ensure_packages, root};
-use crate::test::SYSTEM_PACKAGES;
-
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--json FILE] [--only SECTION,...]
-  --quick          the reduced suite (under 3 minutes once the release build is cached)
-  --json FILE      also write every figure to FILE
-  --only SECTIONS  run only these sections (limits, authority, collector, device, gate, fleet)";
 
 /// The suite's sections, in the order they run.
 const SECTIONS: [&str; 6] = [
@@ -34,39 +29,33 @@ const SECTIONS: [&str; 6] = [
     "fleet",
 ];
 
-#[derive(Debug, Default)]
-struct Options {
+/// `cargo xtask bench [--quick] [--json FILE] [--only SECTION,...]`.
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// The reduced suite (under 3 minutes once the release build is cached)
+    #[arg(long)]
     quick: bool,
+    /// Also write every figure to FILE
+    #[arg(long, value_name = "FILE", value_parser = absolute_path)]
     json: Option<PathBuf>,
+    /// Run only these sections (limits, authority, collector, device, gate, fleet)
+    #[arg(long, value_name = "SECTION,...", value_parser = section_list)]
     only: Option<String>,
 }
 
-fn parse(args: &[String]) -> Result<Options, String> {
-    let mut options = Options::default();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--json" => {
-                let file = args
-                    .next()
-                    .ok_or_else(|| format!("--json needs a file name\n{USAGE}"))?;
-                options.json = Some(absolute(Path::new(file))?);
-            }
-            "--only" => {
-                let list = args
-                    .next()
-                    .ok_or_else(|| format!("--only needs a section list\n{USAGE}"))?;
-                if let Some(unknown) = list.split(',').find(|s| !SECTIONS.contains(s)) {
-                    return Err(format!("unknown section `{unknown}`\n{USAGE}"));
-                }
-                options.only = Some(list.clone());
-            }
-            "-h" | "--help" => return Err(USAGE.to_owned()),
-            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
-        }
+/// A comma-separated list of known sections.
+fn section_list(list: &str) -> Result<String, String> {
+    match list.split(',').find(|s| !SECTIONS.contains(s)) {
+        Some(unknown) => Err(format!(
+            "unknown section `{unknown}` (sections: {})",
+            SECTIONS.join(", ")
+        )),
+        None => Ok(list.to_owned()),
     }
-    Ok(options)
+}
+
+fn absolute_path(path: &str) -> Result<PathBuf, String> {
+    absolute(Path::new(path))
 }
 
 /// The suite runs with the package directory as its working directory, so
@@ -95,8 +84,7 @@ fn release_dir() -> PathBuf {
     target.join("release")
 }
 
-pub fn bench(args: &[String]) -> Result<(), String> {
-    let options = parse(args)?;
+pub fn bench(options: &Args) -> Result<(), String> {
     ensure_packages(SYSTEM_PACKAGES)?;
     let started = Instant::now();
     let build = Command::new("cargo")
@@ -148,28 +136,37 @@ pub fn bench(args: &[String]) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| (*s).to_owned()).collect()
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(list: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(list.iter().copied())).map(|c| c.args)
     }
 
     #[test]
     fn options_parse_and_resolve_the_json_path() {
-        let o = parse(&args(&["--quick", "--json", "out.json"])).unwrap();
+        let o = parse(&["--quick", "--json", "out.json"]).unwrap();
         assert!(o.quick);
         let json = o.json.unwrap();
         assert!(json.is_absolute());
         assert!(json.ends_with("out.json"));
-        let o = parse(&args(&["--only", "limits,fleet"])).unwrap();
+        let o = parse(&["--only", "limits,fleet"]).unwrap();
         assert_eq!(o.only.as_deref(), Some("limits,fleet"));
         assert!(!o.quick);
     }
 
     #[test]
     fn bad_arguments_are_refused() {
-        assert!(parse(&args(&["--json"])).is_err());
-        assert!(parse(&args(&["--only", "limits,nope"])).is_err());
-        assert!(parse(&args(&["--fast"])).is_err());
+        assert!(parse(&["--json"]).is_err());
+        let unknown = parse(&["--only", "limits,nope"]).unwrap_err().to_string();
+        assert!(unknown.contains("unknown section `nope`"), "{unknown}");
+        assert!(parse(&["--fast"]).is_err());
     }
 }

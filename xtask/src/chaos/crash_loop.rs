@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::forge::random;
+use super::broken::Broken;
 use super::lineage;
 use super::probe::{self, Probe};
 use super::rig::{LINEAGE, RECOVERY, Rig};
@@ -53,26 +53,21 @@ impl CrashReport {
     }
 }
 
-fn random_below(n: u32) -> u32 {
-    u32::from_le_bytes(random::<4>()) % n.max(1)
-}
-
 /// Runs `iterations` kill/restart cycles on a device of its own.
-pub fn run(rig: &mut Rig, iterations: u32) -> CrashReport {
+pub fn run(rig: &mut Rig, iterations: u32, rng: &mut fastrand::Rng) -> Result<CrashReport, Broken> {
     let started = Instant::now();
     let mut report = CrashReport::default();
     let mut dev = rig.device("crash", LINEAGE, Vec::new());
-    dev.start();
-    dev.must_open();
+    dev.start()?;
+    dev.must_open()?;
     let mut pruned: Vec<(u64, String)> = Vec::new();
     let mut all_permits: Vec<(u64, String)> = Vec::new();
     for i in 0..iterations {
         let clients: Vec<Probe> = (0..CLIENTS)
             .map(|c| Probe::start(&dev.device.socket, &format!("crash-{i}-{c}")))
             .collect();
-        std::thread::sleep(Duration::from_millis(u64::from(random_below(
-            KILL_WITHIN_MS,
-        ))));
+        // The fault itself: the kill lands at a seeded random moment.
+        std::thread::sleep(Duration::from_millis(u64::from(rng.u32(..KILL_WITHIN_MS))));
         dev.device.kill();
         let mut seen = Vec::new();
         for client in clients {
@@ -117,7 +112,7 @@ pub fn run(rig: &mut Rig, iterations: u32) -> CrashReport {
             Err(e) => report.problems.push(format!("iteration {i}: {e}")),
         }
         all_permits.extend(permits);
-        dev.start();
+        dev.start()?;
         if report.problems.len() > 10 {
             break;
         }
@@ -167,5 +162,5 @@ pub fn run(rig: &mut Rig, iterations: u32) -> CrashReport {
     report.problems.truncate(10);
     report.seconds = started.elapsed().as_secs_f64();
     dev.device.kill();
-    report
+    Ok(report)
 }

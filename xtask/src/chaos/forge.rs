@@ -22,14 +22,12 @@ use mctc_shim::{RingCrypto, RingSigner, Signed};
 use mctc_tests::Broker;
 use mctc_tests::fleet::MqttClient;
 pub use mctc_tests::forge::{ArtifactSpec, artifact, authority_signer, random, unix_now};
-use ring::rand::SecureRandom;
 
-/// A key the fleet does not trust.
-pub fn rogue_signer() -> Result<RingSigner, String> {
+/// A key the fleet does not trust, from the run's seeded generator (a
+/// replayed run forges with the same key).
+pub fn rogue_signer(rng: &mut fastrand::Rng) -> Result<RingSigner, String> {
     let mut seed = [0u8; 32];
-    ring::rand::SystemRandom::new()
-        .fill(&mut seed)
-        .map_err(|_| "no randomness".to_owned())?;
+    rng.fill(&mut seed);
     RingSigner::from_seed(&seed).map_err(|e| format!("rogue key: {e}"))
 }
 

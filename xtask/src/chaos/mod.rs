@@ -11,81 +11,93 @@
 //! permits again once the fault is over. The suite exits non-zero if any
 //! row, the crash loop or a fuzz target fails.
 //!
-//! Needs root (tmpfs mounts for the disk-full row, `chattr +i` for the
-//! read-only row) and the system packages of `cargo xtask test` plus
-//! `sqlite3` (reading the collector's database) and `libfaketime` (moving
-//! one agent's wall clock without touching the machine's).
+//! The matrix is a table ([`table::MATRIX`]): each row names its fault,
+//! the expectation and what it needs, and points at a function that
+//! returns a typed result ([`Outcome`] or [`Broken`]). One seeded random
+//! generator drives every random choice of the run (the crash loop's kill
+//! moments, the rogue keys); the seed is printed at the start and in the
+//! report, and `--seed N` replays it. Rows that need root (tmpfs mounts
+//! for the disk-full row, `chattr +i` for the read-only row) are reported
+//! `SKIPPED: needs root` when neither root nor `sudo -n` is available.
+//! Also needs the system packages of `cargo xtask test` plus `sqlite3`
+//! (reading the collector's database) and `libfaketime` (moving one
+//! agent's wall clock without touching the machine's).
 
+mod broken;
 mod crash_loop;
+mod ctx;
 mod forge;
 mod lineage;
 mod probe;
 mod report;
-// The fault matrix is a test suite run against a live fleet: like the
-// harness it drives (mctc-tests), a broken environment stops a scenario
-// loudly. `one` runs every scenario under `catch_unwind` and reports the
-// panic as that row's failure; nothing here handles outside input for a
-// production process.
-#[expect(
-    clippy::panic,
-    reason = "test suite: a broken environment aborts the scenario, reported as a failed row"
-)]
 mod rig;
-#[expect(
-    clippy::panic,
-    reason = "test suite: a broken environment aborts the scenario, reported as a failed row"
-)]
 mod scenarios;
+mod table;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::fuzz;
+use crate::packages::chaos_packages;
 use crate::sys::{ensure_packages, run};
-use crate::test::SYSTEM_PACKAGES;
+use broken::Broken;
+use ctx::Ctx;
 use report::Row;
-use rig::Rig;
+use rig::{Rig, can_be_root};
 use scenarios::Outcome;
 use scenarios::platform::ClockDevice;
+use table::{MATRIX, Need, Run, Scenario};
 
-/// What the suite needs beyond the test packages.
-const CHAOS_PACKAGES: &[&str] = &["sqlite3", "libfaketime"];
+/// `cargo xtask chaos [--quick] [--only TEXT] [--seed N]`.
+#[derive(Debug, Default, clap::Args)]
+pub struct Args {
+    /// The reduced run: 100 crash loops, 3 s of fuzzing per target
+    #[arg(long)]
+    quick: bool,
+    /// Just the rows whose fault contains TEXT (and the crash loop if TEXT
+    /// is `crash`), no fuzzing: for working on one fault
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
+    /// Replay a run: the seed of its random choices (printed at the start
+    /// of every run and in its report)
+    #[arg(long, value_name = "N")]
+    seed: Option<u64>,
+}
+
+impl Args {
+    /// What `cargo xtask test` runs.
+    pub fn quick() -> Args {
+        Args {
+            quick: true,
+            ..Args::default()
+        }
+    }
+}
 
 /// Crash-loop iterations and fuzz seconds per target.
 struct Plan {
     quick: bool,
     iterations: u32,
     fuzz_seconds: u64,
-    /// `--only TEXT`: just the rows whose fault contains TEXT (and the
-    /// crash loop if TEXT is `crash`), no fuzzing: for working on one
-    /// fault.
     only: Option<String>,
+    seed: u64,
 }
 
-const USAGE: &str = "usage: cargo xtask chaos [--quick] [--only TEXT]";
-
-fn plan(args: &[String]) -> Result<Plan, String> {
-    let mut plan = Plan {
-        quick: false,
-        iterations: 1_000,
-        fuzz_seconds: 60,
-        only: None,
-    };
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => {
-                plan.quick = true;
-                plan.iterations = 100;
-                plan.fuzz_seconds = 3;
-            }
-            "--only" => {
-                plan.only = Some(args.next().ok_or(USAGE)?.clone());
-            }
-            other => return Err(format!("{USAGE} (got `{other}`)")),
-        }
+fn plan(args: &Args) -> Plan {
+    let (iterations, fuzz_seconds) = if args.quick { (100, 3) } else { (1_000, 60) };
+    // A fresh seed per run unless one is replayed.
+    let seed = args.seed.unwrap_or_else(|| {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+    });
+    Plan {
+        quick: args.quick,
+        iterations,
+        fuzz_seconds,
+        only: args.only.clone(),
+        seed,
     }
-    Ok(plan)
 }
 
 fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
@@ -96,293 +108,134 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "panicked".to_owned())
 }
 
-/// Runs one scenario; a panic (a broken environment, a harness assertion)
-/// is a failed row, after which the fleet is healed for the next one.
-fn one(
-    rig: &mut Rig,
-    fault: &str,
-    expected: &str,
-    scenario: impl FnOnce(&mut Rig) -> Outcome,
-) -> Option<Row> {
-    if !wanted(fault) {
-        return None;
-    }
-    let started = Instant::now();
-    println!("--> {fault}");
-    let outcome = match catch_unwind(AssertUnwindSafe(|| scenario(rig))) {
-        Ok(outcome) => outcome,
-        Err(payload) => {
-            let mut outcome = Outcome::default();
-            outcome.fail(format!("aborted: {}", panic_text(payload.as_ref())));
-            outcome
-        }
-    };
-    let row = Row::new(fault, expected, outcome, started.elapsed().as_secs_f64());
-    println!("{}", row.line());
-    if !row.pass {
-        heal(rig);
-    }
-    Some(row)
-}
-
-thread_local! {
-    static ONLY: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
-}
-
-fn wanted(fault: &str) -> bool {
-    ONLY.with(|only| {
-        only.borrow()
-            .as_ref()
-            .is_none_or(|o| fault.contains(o.as_str()))
-    })
+/// Runs `step`, turning a panic of the shared harness (mctc-tests panics on
+/// a broken environment: that is its API for tests) into [`Broken`]. The
+/// suite's own code returns `Broken` and never panics (clippy::panic is
+/// not allowed in this module tree).
+fn guarded<T>(step: impl FnOnce() -> Result<T, Broken>) -> Result<T, Broken> {
+    catch_unwind(AssertUnwindSafe(step))
+        .unwrap_or_else(|payload| Err(Broken::Harness(panic_text(payload.as_ref()))))
 }
 
 fn heal(rig: &mut Rig) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| rig.heal())) {
-        println!(
-            "!!! could not heal the fleet: {}",
-            panic_text(payload.as_ref())
-        );
+    if let Err(e) = guarded(|| rig.heal()) {
+        println!("!!! could not heal the fleet: {e}");
     }
 }
 
-fn matrix(rig: &mut Rig) -> Vec<Row> {
+fn failed_row(fault: &str, expected: &str, broken: &Broken, seconds: f64) -> Row {
+    let mut outcome = Outcome::default();
+    outcome.fail(format!("aborted: {broken}"));
+    Row::new(fault, expected, outcome, seconds)
+}
+
+/// Runs one row of the table: skipped loudly if the machine cannot give
+/// it what it needs, otherwise its outcome(s) as rows; a failed row heals
+/// the fleet for the next one.
+fn run_scenario(rig: &mut Rig, ctx: &mut Ctx, scenario: &Scenario, root: bool) -> Vec<Row> {
+    println!("--> {}", scenario.fault);
+    if scenario.needs(Need::Root) && !root {
+        let row = Row::skipped(
+            scenario.fault,
+            scenario.expected,
+            "needs root (or passwordless sudo)",
+        );
+        println!("!!! {}", row.line());
+        return vec![row];
+    }
+    if scenario.needs(Need::ClockDevice) && ctx.clock.is_none() {
+        match guarded(|| ClockDevice::new(rig)) {
+            Ok(clock) => ctx.clock = Some(clock),
+            Err(e) => {
+                let row = failed_row(scenario.fault, "a device under libfaketime", &e, 0.0);
+                println!("{}", row.line());
+                heal(rig);
+                return vec![row];
+            }
+        }
+    }
+    let started = Instant::now();
+    let rows = match scenario.run {
+        Run::One(run) => match guarded(|| run(rig, ctx)) {
+            Ok(outcome) => vec![Row::new(
+                scenario.fault,
+                scenario.expected,
+                outcome,
+                started.elapsed().as_secs_f64(),
+            )],
+            Err(e) => vec![failed_row(
+                scenario.fault,
+                scenario.expected,
+                &e,
+                started.elapsed().as_secs_f64(),
+            )],
+        },
+        Run::Many(run) => match guarded(|| run(rig, ctx)) {
+            Ok(named) => {
+                let each = started.elapsed().as_secs_f64() / named.len().max(1) as f64;
+                named
+                    .into_iter()
+                    .map(|(fault, expected, outcome)| Row::new(&fault, &expected, outcome, each))
+                    .collect()
+            }
+            Err(e) => vec![failed_row(
+                scenario.fault,
+                scenario.expected,
+                &e,
+                started.elapsed().as_secs_f64(),
+            )],
+        },
+    };
+    for row in &rows {
+        println!("{}", row.line());
+    }
+    if rows.iter().any(Row::failed) {
+        heal(rig);
+    }
+    rows
+}
+
+fn matrix(rig: &mut Rig, plan: &Plan, rng: fastrand::Rng) -> (Vec<Row>, fastrand::Rng) {
     let key = rig.fleet.dir.path().join("keys").join("authority.key");
     let signer = match forge::authority_signer(&key) {
         Ok(signer) => signer,
         Err(e) => {
             let mut out = Outcome::default();
             out.fail(e);
-            return vec![Row::new("authority key", "readable", out, 0.0)];
+            return (vec![Row::new("authority key", "readable", out, 0.0)], rng);
         }
     };
+    let mut ctx = Ctx {
+        signer,
+        clock: None,
+        rng,
+    };
+    let root = can_be_root();
+    if !root {
+        println!(
+            "!!! chaos: not root and no passwordless sudo: the rows that need root will be SKIPPED"
+        );
+    }
+    let selected: Vec<&Scenario> = MATRIX
+        .iter()
+        .filter(|s| s.selected(plan.only.as_deref()))
+        .collect();
     let mut rows = Vec::new();
-    let s = &signer;
-    use scenarios::{agent, broker, fleet, input, messages, platform, stale};
-    rows.extend(one(
-        rig,
-        "config file with bad values",
-        "exit 2, one line, no start",
-        input::bad_configs,
-    ));
-    rows.extend(one(
-        rig,
-        "garbage and oversized payloads on every topic",
-        "dropped; all up; gate unaffected",
-        |r| input::garbage_everywhere(r, s),
-    ));
-    rows.extend(one(
-        rig,
-        "stolen certificates join the services' share groups",
-        "refused; gate open; renewed; nothing lost",
-        broker::share_group_hijack,
-    ));
-    rows.extend(one(
-        rig,
-        "device floods its own lineage topic (300 KB, 100 KB, junk)",
-        "collector keeps its session; flood counted; nothing lost",
-        scenarios::collector_flood::lineage_flood,
-    ));
-    rows.extend(one(
-        rig,
-        "gate socket flooded by many clients",
-        "served; busy beyond 64; nothing lost",
-        input::socket_flood,
-    ));
-    rows.extend(one(
-        rig,
-        "broker killed and restarted",
-        "≤ hb_ms open; reconnect",
-        fleet::broker_restarted,
-    ));
-    rows.extend(one(
-        rig,
-        "broker unreachable > hb_ms (SIGSTOP)",
-        "deny ≤ hb_ms; reopen",
-        fleet::broker_unreachable,
-    ));
-    rows.extend(one(
-        rig,
-        "authority killed, restarted",
-        "deny ≤ hb_ms; reopen",
-        fleet::authority_killed,
-    ));
-    rows.extend(one(
-        rig,
-        "collector down long (backlog, quota)",
-        "open, then deny at quota; drain; reopen",
-        fleet::collector_down,
-    ));
-    rows.extend(one(
-        rig,
-        "forged lineage acks (no receipt key), collector down",
-        "nothing pruned; deny at quota; all collected; reopen",
-        scenarios::receipts::forged_acks,
-    ));
-    rows.extend(one(
-        rig,
-        "replayed heartbeat",
-        "ignored; deny ≤ hb_ms",
-        messages::heartbeat_replayed,
-    ));
-    rows.extend(one(
-        rig,
-        "heartbeat signed by another key",
-        "ignored; deny ≤ hb_ms",
-        |r| messages::heartbeat_rogue_key(r, s),
-    ));
-    rows.extend(one(
-        rig,
-        "control message replayed",
-        "ignored (stays open / contained)",
-        |r| messages::control_replayed(r, s),
-    ));
-
-    let needs_clock = ["wall clock jumped", "artifact"].iter().any(|f| {
-        ONLY.with(|only| {
-            only.borrow()
-                .as_ref()
-                .is_none_or(|o| f.contains(o.as_str()) || o.contains(f))
-        })
-    });
-    let clock = if !needs_clock {
-        None
-    } else {
-        match catch_unwind(AssertUnwindSafe(|| ClockDevice::new(rig))) {
-            Ok(clock) => Some(clock),
-            Err(payload) => {
-                let mut out = Outcome::default();
-                out.fail(format!("clock device: {}", panic_text(payload.as_ref())));
-                rows.push(Row::new(
-                    "wall clock jumped (device setup)",
-                    "a device under libfaketime",
-                    out,
-                    0.0,
-                ));
-                heal(rig);
-                None
-            }
-        }
-    };
-    let clock_rows = ["wall clock", "artifact"].iter().any(|f| wanted(f));
-    let clock = if clock_rows { clock } else { None };
-    if let Some(clock) = &clock {
-        rows.extend(one(
-            rig,
-            "wall clock jumped forward 3 h",
-            "renewals expired; deny ≤ ttl",
-            |r| platform::clock_forward(r, clock),
-        ));
-        rows.extend(one(
-            rig,
-            "wall clock jumped back 3 h",
-            "no effect; validity ≤ ttl",
-            |r| platform::clock_backward(r, clock),
-        ));
-        let started = Instant::now();
-        println!("--> impostor authority: bad artifacts");
-        match catch_unwind(AssertUnwindSafe(|| messages::bad_artifacts(rig, clock, s))) {
-            Ok(named) => {
-                let each = started.elapsed().as_secs_f64() / named.len().max(1) as f64;
-                for (fault, expected, outcome) in named {
-                    let row = Row::new(&fault, &expected, outcome, each);
-                    println!("{}", row.line());
-                    rows.push(row);
-                }
-            }
-            Err(payload) => {
-                let mut out = Outcome::default();
-                out.fail(format!("aborted: {}", panic_text(payload.as_ref())));
-                rows.push(Row::new(
-                    "forged/expired/other-device/previous-boot/replayed artifacts",
-                    "refused; deny",
-                    out,
-                    0.0,
-                ));
-            }
-        }
-        if rows.iter().any(|r| !r.pass) {
-            heal(rig);
+    for (i, scenario) in selected.iter().enumerate() {
+        rows.extend(run_scenario(rig, &mut ctx, scenario, root));
+        // The clock device is a whole agent and swtpm: stop it as soon as
+        // no later row needs it.
+        if !selected[i + 1..].iter().any(|s| s.needs(Need::ClockDevice)) {
+            ctx.clock = None;
         }
     }
-    drop(clock);
-
-    rows.extend(one(
-        rig,
-        "agent SIGKILL during bursts",
-        "deny (socket gone); permits durable",
-        agent::sigkill_in_burst,
-    ));
-    rows.extend(one(
-        rig,
-        "agent SIGSTOP > ttl, SIGCONT",
-        "closed on resume before any permit",
-        |r| agent::sigstop_beyond_ttl(r, s),
-    ));
-    rows.extend(one(
-        rig,
-        "state dir read-only (chattr +i)",
-        "deny; reopen when writable",
-        agent::state_read_only,
-    ));
-    rows.extend(one(
-        rig,
-        "disk full (4 MiB tmpfs)",
-        "deny; reopen when room",
-        agent::disk_full,
-    ));
-    rows.extend(one(
-        rig,
-        "swtpm killed",
-        "deny; reopen after power cycle",
-        platform::tpm_killed,
-    ));
-    rows.extend(one(
-        rig,
-        "swtpm reset (resetCount+1)",
-        "deny ≤ drift; contained",
-        platform::tpm_reset,
-    ));
-    rows.extend(one(
-        rig,
-        "swtpm restart (restartCount+1)",
-        "deny ≤ drift; contained",
-        platform::tpm_restart,
-    ));
-    rows.extend(one(
-        rig,
-        "swtpm process restarted, state kept",
-        "deny ≤ drift; contained",
-        platform::tpm_process_restarted,
-    ));
-    rows.extend(one(
-        rig,
-        "PCR extended from outside",
-        "deny ≤ drift; contained",
-        platform::pcr_extended,
-    ));
-    rows.extend(one(
-        rig,
-        "measured file changed",
-        "deny ≤ drift; contained",
-        platform::measured_file_changed,
-    ));
-    rows.extend(one(
-        rig,
-        "renewal answered after a drift close",
-        "stale answer dropped; deny; contained",
-        |r| stale::renewal_answer_after_drift(r, s),
-    ));
-    rows
+    (rows, ctx.rng)
 }
 
-/// `cargo xtask chaos [--quick]`.
-pub fn chaos(args: &[String]) -> Result<(), String> {
-    let plan = plan(args)?;
-    ONLY.with(|only| only.replace(plan.only.clone()));
-    let mut packages: Vec<&str> = SYSTEM_PACKAGES.to_vec();
-    packages.extend(CHAOS_PACKAGES);
-    ensure_packages(&packages)?;
+/// `cargo xtask chaos [--quick] [--only TEXT] [--seed N]`.
+pub fn chaos(args: &Args) -> Result<(), String> {
+    let plan = plan(args);
+    ensure_packages(&chaos_packages())?;
     run(
         "build binaries",
         "cargo",
@@ -399,29 +252,24 @@ pub fn chaos(args: &[String]) -> Result<(), String> {
         ],
     )?;
     let started = Instant::now();
+    println!(
+        "==> chaos: seed {} (replay: cargo xtask chaos{} --seed {})",
+        plan.seed,
+        if plan.quick { " --quick" } else { "" },
+        plan.seed
+    );
     println!("==> chaos: fault matrix");
-    let mut rig = match catch_unwind(AssertUnwindSafe(Rig::new)) {
-        Ok(rig) => rig,
-        Err(payload) => {
-            return Err(format!(
-                "the fleet did not come up: {}",
-                panic_text(payload.as_ref())
-            ));
-        }
-    };
-    let rows = matrix(&mut rig);
+    let mut rig = guarded(Rig::new).map_err(|e| format!("the fleet did not come up: {e}"))?;
+    let (rows, mut rng) = matrix(&mut rig, &plan, fastrand::Rng::with_seed(plan.seed));
     let matrix_secs = started.elapsed().as_secs_f64();
-    let crash = if plan.only.is_none() || wanted("crash") {
+    let crash = if plan.only.as_deref().is_none_or(|o| "crash".contains(o)) {
         println!("==> chaos: crash loop ({} iterations)", plan.iterations);
-        match catch_unwind(AssertUnwindSafe(|| {
-            crash_loop::run(&mut rig, plan.iterations)
-        })) {
-            Ok(report) => report,
-            Err(payload) => crash_loop::CrashReport {
-                problems: vec![format!("aborted: {}", panic_text(payload.as_ref()))],
+        guarded(|| crash_loop::run(&mut rig, plan.iterations, &mut rng)).unwrap_or_else(|e| {
+            crash_loop::CrashReport {
+                problems: vec![format!("aborted: {e}")],
                 ..crash_loop::CrashReport::default()
-            },
-        }
+            }
+        })
     } else {
         crash_loop::CrashReport::skipped()
     };
@@ -436,6 +284,7 @@ pub fn chaos(args: &[String]) -> Result<(), String> {
     let fuzz_secs = fuzz_started.elapsed().as_secs_f64();
     let summary = report::Summary {
         quick: plan.quick,
+        seed: plan.seed,
         rows,
         crash,
         fuzz,
@@ -456,21 +305,39 @@ pub fn chaos(args: &[String]) -> Result<(), String> {
 mod tests {
     use super::*;
 
-    fn args(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| (*s).to_owned()).collect()
-    }
-
     #[test]
     fn quick_runs_fewer_crash_loops_and_shorter_fuzzing() {
-        let full = plan(&args(&[])).unwrap();
+        let full = plan(&Args::default());
         assert!(!full.quick);
         assert_eq!((full.iterations, full.fuzz_seconds), (1_000, 60));
-        let quick = plan(&args(&["--quick"])).unwrap();
+        let quick = plan(&Args::quick());
         assert!(quick.quick);
         assert_eq!((quick.iterations, quick.fuzz_seconds), (100, 3));
-        let only = plan(&args(&["--only", "broker", "--quick"])).unwrap();
-        assert_eq!(only.only.as_deref(), Some("broker"));
-        assert!(plan(&args(&["--only"])).is_err());
-        assert!(plan(&args(&["--fast"])).is_err());
+    }
+
+    /// The seed replays: the same seed draws the same kill moments.
+    #[test]
+    fn a_seed_is_kept_and_replays_the_same_choices() {
+        let replay = plan(&Args {
+            seed: Some(42),
+            ..Args::default()
+        });
+        assert_eq!(replay.seed, 42);
+        let draw = |seed| {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            (0..8).map(|_| rng.u32(..1_200)).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(42), draw(42));
+        assert_ne!(draw(42), draw(43));
+    }
+
+    /// A harness panic becomes a typed, failed row; the runner goes on.
+    #[test]
+    fn a_harness_panic_is_a_broken_row_not_an_abort() {
+        let broken = guarded::<()>(|| panic!("swtpm did not start")).unwrap_err();
+        assert!(matches!(&broken, Broken::Harness(text) if text == "swtpm did not start"));
+        let row = failed_row("f", "e", &broken, 0.0);
+        assert!(row.failed());
+        assert!(row.failures[0].contains("swtpm did not start"));
     }
 }

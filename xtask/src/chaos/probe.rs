@@ -146,6 +146,14 @@ impl Probe {
         self.any_since(t, |o| !o.is_permit())
     }
 
+    /// How many permits this probe has been answered.
+    pub fn permits(&self) -> usize {
+        self.seen
+            .lock()
+            .map(|s| s.iter().filter(|o| o.is_permit()).count())
+            .unwrap_or(0)
+    }
+
     /// Whether an answer to a request asked at or after `t` matches.
     fn any_since(&self, t: Instant, matches: impl Fn(&Observation) -> bool) -> bool {
         self.seen

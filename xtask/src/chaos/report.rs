@@ -10,6 +10,16 @@ use super::scenarios::Outcome;
 use crate::fuzz::FuzzResult;
 use crate::sys::root;
 
+/// How a row ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Not run, and why (`needs root`): said in the row, the summary line
+    /// and the saved report, never counted as a pass.
+    Skipped(String),
+}
+
 /// One row of the fault matrix.
 #[derive(Debug)]
 pub struct Row {
@@ -18,7 +28,7 @@ pub struct Row {
     pub observed: String,
     pub close_ms: Option<u64>,
     pub lost: u64,
-    pub pass: bool,
+    pub verdict: Verdict,
     pub seconds: f64,
     pub failures: Vec<String>,
 }
@@ -31,25 +41,51 @@ impl Row {
             observed: outcome.observed,
             close_ms: outcome.close_ms,
             lost: outcome.lost,
-            pass: outcome.failures.is_empty() && outcome.lost == 0,
+            verdict: if outcome.failures.is_empty() && outcome.lost == 0 {
+                Verdict::Pass
+            } else {
+                Verdict::Fail
+            },
             seconds,
             failures: outcome.failures,
         }
+    }
+
+    /// A row that was not run.
+    pub fn skipped(fault: &str, expected: &str, why: &str) -> Row {
+        Row {
+            fault: fault.to_owned(),
+            expected: expected.to_owned(),
+            observed: format!("not run: {why}"),
+            close_ms: None,
+            lost: 0,
+            verdict: Verdict::Skipped(why.to_owned()),
+            seconds: 0.0,
+            failures: Vec::new(),
+        }
+    }
+
+    pub fn failed(&self) -> bool {
+        self.verdict == Verdict::Fail
     }
 
     fn close(&self) -> String {
         self.close_ms.map_or("—".to_owned(), |ms| ms.to_string())
     }
 
-    fn verdict(&self) -> &'static str {
-        if self.pass { "ok" } else { "FAIL" }
+    fn result(&self) -> String {
+        match &self.verdict {
+            Verdict::Pass => "ok".to_owned(),
+            Verdict::Fail => "FAIL".to_owned(),
+            Verdict::Skipped(why) => format!("SKIPPED: {why}"),
+        }
     }
 
     /// The progress line printed as the row finishes.
     pub fn line(&self) -> String {
         let mut line = format!(
             "[{}] {} ({:.1} s): {}; close {} ms; lost {}",
-            self.verdict(),
+            self.result(),
             self.fault,
             self.seconds,
             self.observed,
@@ -67,6 +103,8 @@ impl Row {
 #[derive(Debug)]
 pub struct Summary {
     pub quick: bool,
+    /// The seed of the run's one random generator (`--seed` replays it).
+    pub seed: u64,
     pub rows: Vec<Row>,
     pub crash: CrashReport,
     pub fuzz: Result<Vec<FuzzResult>, String>,
@@ -92,11 +130,26 @@ impl Summary {
     /// The Markdown report.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let passed = self.rows.iter().filter(|r| r.pass).count();
+        let passed = self
+            .rows
+            .iter()
+            .filter(|r| r.verdict == Verdict::Pass)
+            .count();
+        let skipped = self
+            .rows
+            .iter()
+            .filter(|r| matches!(r.verdict, Verdict::Skipped(_)))
+            .count();
+        let skipped = if skipped == 0 {
+            String::new()
+        } else {
+            format!(" ({skipped} SKIPPED, not passed)")
+        };
         let _ = writeln!(
             out,
-            "`{}`: {passed}/{} faults passed; matrix {:.0} s, crash loop {:.0} s, fuzz {:.0} s, total {:.0} s (binaries already built).\n",
+            "`{} --seed {}`: {passed}/{} faults passed{skipped}; matrix {:.0} s, crash loop {:.0} s, fuzz {:.0} s, total {:.0} s (binaries already built).\n",
             self.command(),
+            self.seed,
             self.rows.len(),
             self.matrix_secs,
             self.crash_secs,
@@ -117,10 +170,10 @@ impl Summary {
                 cell(&row.observed),
                 row.close(),
                 row.lost,
-                row.verdict()
+                row.result()
             );
         }
-        let failed: Vec<&Row> = self.rows.iter().filter(|r| !r.pass).collect();
+        let failed: Vec<&Row> = self.rows.iter().filter(|r| r.failed()).collect();
         if !failed.is_empty() {
             let _ = writeln!(out, "\nFailures:");
             for row in failed {
@@ -194,7 +247,7 @@ impl Summary {
         let failed: Vec<&str> = self
             .rows
             .iter()
-            .filter(|r| !r.pass)
+            .filter(|r| r.failed())
             .map(|r| r.fault.as_str())
             .collect();
         let mut problems = Vec::new();
@@ -232,6 +285,7 @@ mod tests {
     fn summary(rows: Vec<Row>) -> Summary {
         Summary {
             quick: true,
+            seed: 7,
             rows,
             crash: CrashReport {
                 iterations: 3,
@@ -248,7 +302,7 @@ mod tests {
     #[test]
     fn a_row_fails_on_any_failure_or_lost_record() {
         let ok = Row::new("f", "e", Outcome::default(), 1.0);
-        assert!(ok.pass);
+        assert_eq!(ok.verdict, Verdict::Pass);
         let lost = Row::new(
             "f",
             "e",
@@ -258,11 +312,11 @@ mod tests {
             },
             1.0,
         );
-        assert!(!lost.pass);
+        assert!(lost.failed());
         let mut failing = Outcome::default();
         failing.fail("a permit while closed");
         let failed = Row::new("g", "e", failing, 1.0);
-        assert!(!failed.pass);
+        assert!(failed.failed());
         let report = summary(vec![ok, failed]);
         let text = report.render();
         assert!(text.contains("| 2 | g | e |"), "{text}");
@@ -280,8 +334,25 @@ mod tests {
         let report = summary(vec![Row::new("f", "e", outcome, 1.0)]);
         assert!(report.verdict().is_ok());
         assert!(report.render().contains("| a \\| b | 12 | 0 | ok |"));
+        assert!(report.render().contains("--seed 7`"));
         let mut broken = summary(Vec::new());
         broken.crash.lost = 1;
         assert!(broken.verdict().is_err());
+    }
+
+    /// A row that needs root is said to be skipped in its line and the
+    /// summary, and is not counted as passed; it does not fail the run.
+    #[test]
+    fn a_skipped_row_is_loud_and_not_a_pass() {
+        let row = Row::skipped("disk full", "deny", "needs root");
+        assert!(row.line().starts_with("[SKIPPED: needs root] disk full"));
+        let report = summary(vec![row, Row::new("f", "e", Outcome::default(), 1.0)]);
+        let text = report.render();
+        assert!(
+            text.contains("1/2 faults passed (1 SKIPPED, not passed)"),
+            "{text}"
+        );
+        assert!(text.contains("| SKIPPED: needs root |"), "{text}");
+        assert!(report.verdict().is_ok());
     }
 }

@@ -5,8 +5,8 @@
 //! with extra environment (libfaketime), and the accounting of permits
 //! against the device's lineage and the collector.
 //!
-//! Harness calls panic when the environment is broken; the suite runs each
-//! scenario under `catch_unwind` and turns that into a failed row.
+//! A broken environment is a typed [`Broken`]; the shared harness's own
+//! calls (mctc-tests) panic instead, which the runner catches once.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +19,7 @@ use mctc_tests::fleet::{Device, Fleet, MqttClient, class};
 use mctc_tests::{Proc, bin_path, wait_until};
 use serde_json::{Value, json};
 
+use super::broken::{Broken, Context};
 use super::lineage::{self, Collected, DiskLineage};
 use super::probe::Observation;
 
@@ -69,8 +70,8 @@ impl Dev {
     }
 
     /// Starts the agent (with [`Dev::env`]) and waits for its socket.
-    pub fn start(&mut self) {
-        let mut command = Command::new(bin_path("mctc-agent").unwrap_or_else(|e| panic!("{e}")));
+    pub fn start(&mut self) -> Result<(), Broken> {
+        let mut command = Command::new(bin_path("mctc-agent").context("find mctc-agent")?);
         command
             .args(["run", "--config"])
             .arg(&self.device.config)
@@ -79,16 +80,18 @@ impl Dev {
             command.env(key, value);
         }
         let proc = Proc::spawn_command("mctc-agent", command, &self.device.log_path())
-            .unwrap_or_else(|e| panic!("start mctc-agent: {e}"));
+            .context("start mctc-agent")?;
         self.device.agent = Some(proc);
         let up = wait_until(Duration::from_secs(30), || {
             self.device.request(&json!({"status": {}})).is_some()
         });
-        assert!(
-            up.is_some(),
-            "agent socket did not come up:\n{}",
-            self.device.log()
-        );
+        match up {
+            Some(_) => Ok(()),
+            None => Err(Broken::step(
+                "start mctc-agent",
+                format!("socket did not come up:\n{}", tail(&self.device.log(), 40)),
+            )),
+        }
     }
 
     pub fn status(&self) -> Value {
@@ -100,17 +103,19 @@ impl Dev {
         wait_until(timeout, || self.device.state() == "open")
     }
 
-    /// Asserts the gate opens within [`RECOVERY`].
-    pub fn must_open(&self) -> Duration {
-        match self.wait_open(RECOVERY) {
-            Some(took) => took,
-            None => panic!(
-                "{}: gate did not open: {}\n--- agent log (tail) ---\n{}",
-                self.id(),
-                self.status(),
-                tail(&self.device.log(), 40)
-            ),
-        }
+    /// The gate opens within [`RECOVERY`], or the rig is broken.
+    pub fn must_open(&self) -> Result<Duration, Broken> {
+        self.wait_open(RECOVERY).ok_or_else(|| {
+            Broken::step(
+                format!("{}: open the gate", self.id()),
+                format!(
+                    "not open after {} s: {}\n--- agent log (tail) ---\n{}",
+                    RECOVERY.as_secs(),
+                    self.status(),
+                    tail(&self.device.log(), 40)
+                ),
+            )
+        })
     }
 
     /// The device's lineage as on disk (chain verified).
@@ -161,7 +166,7 @@ pub struct Accounting {
 
 impl Rig {
     /// Broker, authority, collector and the main device, open.
-    pub fn new() -> Rig {
+    pub fn new() -> Result<Rig, Broken> {
         let mut fleet = Fleet::with_policy(&policy());
         fleet.start_authority();
         fleet.start_collector();
@@ -171,9 +176,9 @@ impl Rig {
             serial: 0,
         };
         rig.main.device.enroll();
-        rig.main.start();
-        rig.main.must_open();
-        rig
+        rig.main.start()?;
+        rig.main.must_open()?;
+        Ok(rig)
     }
 
     /// A new enrolled device `name-N` with `extra` configuration appended
@@ -291,7 +296,7 @@ impl Rig {
 
     /// Puts the fleet back after a failed scenario: every process running
     /// and resumed, the main device open (a new one if it will not open).
-    pub fn heal(&mut self) {
+    pub fn heal(&mut self) -> Result<(), Broken> {
         let _ = privileged("chattr")
             .args(["-R", "-i"])
             .arg(self.main.device.state_dir())
@@ -316,14 +321,14 @@ impl Rig {
             self.fleet.start_collector();
         }
         if !self.main.device.alive() {
-            self.main.start();
+            self.main.start()?;
         }
         if self.main.wait_open(Duration::from_secs(15)).is_some() {
-            return;
+            return Ok(());
         }
-        reboot(&self.fleet, &mut self.main, true);
+        reboot(&self.fleet, &mut self.main, true)?;
         if self.main.wait_open(Duration::from_secs(15)).is_some() {
-            return;
+            return Ok(());
         }
         // Beyond repair: a new main device.
         self.serial += 1;
@@ -334,45 +339,49 @@ impl Rig {
             Vec::new(),
         );
         fresh.device.enroll();
-        fresh.start();
-        fresh.must_open();
+        fresh.start()?;
+        fresh.must_open()?;
         self.main = fresh;
+        Ok(())
     }
 }
 
-/// The fleet manager's CLI; panics unless it exits 0.
-pub fn cli(fleet: &Fleet, args: &[&str]) -> Value {
+/// The fleet manager's CLI; broken unless it exits 0.
+pub fn cli(fleet: &Fleet, args: &[&str]) -> Result<Value, Broken> {
     let mut all = args.to_vec();
     all.push("--json");
     let out = fleet.cli(&all);
-    assert_eq!(out.code, 0, "mctc-authority {args:?}: {out:?}");
-    out.json()
+    if out.code != 0 {
+        return Err(Broken::step(
+            format!("mctc-authority {args:?}"),
+            format!("{out:?}"),
+        ));
+    }
+    Ok(out.json())
 }
 
 /// Lifts a containment if the authority holds the device contained.
-pub fn restore_if_contained(fleet: &Fleet, dev: &Dev) {
-    let shown = cli(fleet, &["devices", "show", dev.id()]);
+pub fn restore_if_contained(fleet: &Fleet, dev: &Dev) -> Result<(), Broken> {
+    let shown = cli(fleet, &["devices", "show", dev.id()])?;
     if shown["status"] == "contained" {
         cli(
             fleet,
             &["devices", "restore", dev.id(), "--reason", "chaos recovery"],
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// What a reboot does: a TPM reset, the agent started again (it measures
 /// its files into the new boot). With `restore`, the fleet manager lifts a
 /// containment the drift caused, as an operator would after looking.
-pub fn reboot(fleet: &Fleet, dev: &mut Dev, restore: bool) {
+pub fn reboot(fleet: &Fleet, dev: &mut Dev, restore: bool) -> Result<(), Broken> {
     dev.device.kill();
-    dev.device
-        .swtpm
-        .reset()
-        .unwrap_or_else(|e| panic!("swtpm reset: {e}"));
+    dev.device.swtpm.reset().context("swtpm reset")?;
     if restore {
-        restore_if_contained(fleet, dev);
+        restore_if_contained(fleet, dev)?;
     }
-    dev.start();
+    dev.start()
 }
 
 fn new_dev(fleet: &Fleet, id: &str, extra: &str, env: Vec<(String, String)>) -> Dev {
@@ -407,4 +416,16 @@ pub fn privileged(program: &str) -> Command {
 /// Milliseconds, for rows.
 pub fn ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Whether [`privileged`] can work: the suite runs as root, or `sudo -n`
+/// succeeds without a password.
+pub fn can_be_root() -> bool {
+    rustix::process::geteuid().is_root()
+        || Command::new("sudo")
+            .args(["-n", "true"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
 }

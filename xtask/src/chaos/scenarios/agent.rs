@@ -14,21 +14,26 @@ use mctc_tests::wait_until;
 use rustix::process::Signal;
 
 use super::{Outcome, closes, reason, recover_and_account, sleep_ms, watch};
+use crate::chaos::broken::{Broken, Context};
 use crate::chaos::probe::{self, Answer, Probe};
 use crate::chaos::rig::{Dev, LINEAGE, Rig, SLACK, TTL_MS, ms, privileged};
 
 /// SIGKILL while 9 clients ask as fast as they can; restart.
-pub fn sigkill_in_burst(rig: &mut Rig) -> Outcome {
+pub fn sigkill_in_burst(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&rig.main, "kill");
     let burst: Vec<Probe> = (0..8)
         .map(|i| Probe::start(&rig.main.device.socket, &format!("kill-burst-{i}")))
         .collect();
-    sleep_ms(1_000);
+    // The kill must land in the middle of a burst: every client permitted.
+    out.require(super::all_permitting(&burst, SLACK), || {
+        "the burst did not get going before the kill".into()
+    });
     let cut = Instant::now();
     rig.main.device.kill();
+    // The fault: the agent stays dead for a moment while the clients ask.
     sleep_ms(500);
-    rig.main.start();
+    rig.main.start()?;
     let back = Instant::now();
     let mut all = Vec::new();
     for b in burst {
@@ -44,7 +49,7 @@ pub fn sigkill_in_burst(rig: &mut Rig) -> Outcome {
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
     out.accounted(&rig.account_permits(&rig.main, &burst_permits));
-    out
+    Ok(out)
 }
 
 fn cti_of(artifact: &[u8], keys: &[AuthorityKey]) -> Option<String> {
@@ -57,7 +62,7 @@ fn cti_of(artifact: &[u8], keys: &[AuthorityKey]) -> Option<String> {
 /// artifact arrives while it is stopped), held beyond the ttl, then
 /// SIGCONT: the gate must be closed on resume before any permit, and must
 /// not reopen on an artifact that answers evidence from before the stop.
-pub fn sigstop_beyond_ttl(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
+pub fn sigstop_beyond_ttl(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let keys = [AuthorityKey::new(&RingCrypto, signer.public_key())];
     let probe = watch(&rig.main, "stop");
@@ -71,12 +76,11 @@ pub fn sigstop_beyond_ttl(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         .device
         .agent
         .as_ref()
-        .unwrap_or_else(|| panic!("agent not running"));
-    agent
-        .signal(Signal::STOP)
-        .unwrap_or_else(|e| panic!("SIGSTOP: {e}"));
+        .context("agent not running")?;
+    agent.signal(Signal::STOP).context("SIGSTOP")?;
     let stopped = Instant::now();
     out.require(fresh.is_some(), || "no evidence seen to stop after".into());
+    // The fault: stopped beyond the artifact's ttl.
     std::thread::sleep(Duration::from_millis(TTL_MS) + Duration::from_millis(1_500));
     let stale: BTreeSet<String> = rig
         .main
@@ -86,9 +90,7 @@ pub fn sigstop_beyond_ttl(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         .collect();
     let answered_during_stop = rig.main.artifacts_seen().len();
     let mark = rig.main.device.log().len();
-    agent
-        .signal(Signal::CONT)
-        .unwrap_or_else(|e| panic!("SIGCONT: {e}"));
+    agent.signal(Signal::CONT).context("SIGCONT")?;
     let resumed = Instant::now();
     let closed = closes(&probe, stopped, Duration::from_secs(5));
     let back = Instant::now();
@@ -146,7 +148,7 @@ pub fn sigstop_beyond_ttl(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         }
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 fn chattr(flag: &str, path: &Path) -> Result<(), String> {
@@ -168,16 +170,17 @@ fn chattr(flag: &str, path: &Path) -> Result<(), String> {
 /// immutable attribute on every file and directory (`chattr -R +i`): every
 /// write, create and rename then fails (EPERM), as on a file system the
 /// kernel remounted read-only after an error.
-pub fn state_read_only(rig: &mut Rig) -> Outcome {
+pub fn state_read_only(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let state = rig.main.device.state_dir();
     let probe = watch(&rig.main, "ro");
     let cut = Instant::now();
     if let Err(e) = chattr("+i", &state) {
         out.fail(e);
-        return out;
+        return Ok(out);
     }
     let closed = closes(&probe, cut, SLACK);
+    // The fault holds a while after the close: the gate must stay shut.
     sleep_ms(2_000);
     let why = reason(&rig.main);
     let health = rig.main.status()["lineage"]["health"].clone();
@@ -197,7 +200,7 @@ pub fn state_read_only(rig: &mut Rig) -> Outcome {
     });
     out.observed = format!("closed ({why}, lineage {health})");
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// A small tmpfs mounted over a device's state directory (contents
@@ -281,22 +284,23 @@ impl Drop for SmallDisk {
 
 /// The disk under the state directory full (a 4 MiB tmpfs filled by
 /// another writer), then room again.
-pub fn disk_full(rig: &mut Rig) -> Outcome {
+pub fn disk_full(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let mut dev: Dev = rig.device("disk", LINEAGE, Vec::new());
     let disk = match SmallDisk::over(&dev.device.state_dir(), "4m") {
         Ok(disk) => disk,
         Err(e) => {
             out.fail(e);
-            return out;
+            return Ok(out);
         }
     };
-    dev.start();
-    dev.must_open();
+    dev.start()?;
+    dev.must_open()?;
     let probe = watch(&dev, "disk");
     let cut = Instant::now();
     let filled = disk.fill();
     let closed = closes(&probe, cut, SLACK);
+    // The disk stays full a while after the close: the gate must stay shut.
     sleep_ms(2_000);
     let why = reason(&dev);
     let health = dev.status()["lineage"]["health"].clone();
@@ -324,5 +328,5 @@ pub fn disk_full(rig: &mut Rig) -> Outcome {
     recover_and_account(&mut out, rig, &dev, probe, back);
     dev.device.kill();
     drop(disk);
-    out
+    Ok(out)
 }

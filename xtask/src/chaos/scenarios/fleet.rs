@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use rustix::process::{Pid, Signal, kill_process};
 
 use super::{Outcome, closes, reason, recover_and_account, silence_noticed, sleep_ms, watch};
+use crate::chaos::broken::{Broken, Context};
 use crate::chaos::probe::Probe;
 use crate::chaos::rig::{HB_MS, RECOVERY, Rig, SLACK, ms};
 
@@ -12,28 +13,26 @@ fn hb() -> Duration {
     Duration::from_millis(HB_MS)
 }
 
-fn signal_broker(rig: &Rig, signal: Signal) {
+fn signal_broker(rig: &Rig, signal: Signal) -> Result<(), Broken> {
     let pid = rig
         .fleet
         .broker
         .pid()
         .and_then(|p| Pid::from_raw(i32::try_from(p).ok()?))
-        .unwrap_or_else(|| panic!("no broker process"));
-    kill_process(pid, signal).unwrap_or_else(|e| panic!("signal the broker: {e}"));
+        .context("no broker process")?;
+    kill_process(pid, signal).context("signal the broker")
 }
 
 /// The broker killed and started again within the heartbeat window.
-pub fn broker_restarted(rig: &mut Rig) -> Outcome {
+pub fn broker_restarted(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let session = rig.main.status()["session"].as_u64().unwrap_or(0);
     let probe = watch(&rig.main, "broker-restart");
     let cut = Instant::now();
     rig.fleet.broker.kill();
+    // The fault: the broker stays down for a second.
     sleep_ms(1_000);
-    rig.fleet
-        .broker
-        .start_again()
-        .unwrap_or_else(|e| panic!("broker start: {e}"));
+    rig.fleet.broker.start_again().context("broker start")?;
     let back = Instant::now();
     let reconnected = mctc_tests::wait_until(RECOVERY, || {
         let status = rig.main.status();
@@ -62,12 +61,12 @@ pub fn broker_restarted(rig: &mut Rig) -> Outcome {
         "the agent did not reconnect".into()
     });
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// The broker alive but answering nothing (SIGSTOP) for longer than the
 /// heartbeat window.
-pub fn broker_unreachable(rig: &mut Rig) -> Outcome {
+pub fn broker_unreachable(rig: &mut Rig) -> Result<Outcome, Broken> {
     silence(
         rig,
         "broker-stop",
@@ -77,12 +76,18 @@ pub fn broker_unreachable(rig: &mut Rig) -> Outcome {
 }
 
 /// The authority killed (heartbeats stop), later started again.
-pub fn authority_killed(rig: &mut Rig) -> Outcome {
+pub fn authority_killed(rig: &mut Rig) -> Result<Outcome, Broken> {
     silence(
         rig,
         "authority-kill",
-        |rig| rig.fleet.kill_authority(),
-        |rig| rig.fleet.start_authority(),
+        |rig| {
+            rig.fleet.kill_authority();
+            Ok(())
+        },
+        |rig| {
+            rig.fleet.start_authority();
+            Ok(())
+        },
     )
 }
 
@@ -91,18 +96,18 @@ pub fn authority_killed(rig: &mut Rig) -> Outcome {
 fn silence(
     rig: &mut Rig,
     name: &str,
-    cut_off: impl FnOnce(&mut Rig),
-    restore: impl FnOnce(&mut Rig),
-) -> Outcome {
+    cut_off: impl FnOnce(&mut Rig) -> Result<(), Broken>,
+    restore: impl FnOnce(&mut Rig) -> Result<(), Broken>,
+) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&rig.main, name);
     let cut = Instant::now();
-    cut_off(rig);
+    cut_off(rig)?;
     let closed = closes(&probe, cut, hb() + SLACK + SLACK);
-    // Stay silent a while after the close.
+    // The fault holds: silent a while after the close.
     sleep_ms(1_500);
     let why = reason(&rig.main);
-    restore(rig);
+    restore(rig)?;
     let back = Instant::now();
     out.forbid_permits(&probe.observations(), cut + hb() + SLACK, back);
     out.closed_after(&probe.observations(), cut);
@@ -110,14 +115,17 @@ fn silence(
     out.require(silence_noticed(&why), || format!("closed for `{why}`"));
     out.observed = format!("closed ({why})");
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// The collector down until the device's lineage quota is full: the gate
 /// stays open while the backlog fits, closes at the quota without dropping
-/// a record, and reopens once the collector drained the backlog.
-pub fn collector_down(rig: &mut Rig) -> Outcome {
+/// a record, and reopens once the collector drained the backlog, with
+/// every record delivered exactly once (no anomaly at the collector: a
+/// duplicate or a gap would be one).
+pub fn collector_down(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
+    let anomalies_before = rig.collected(&rig.main).map_or(0, |c| c.anomalies.len());
     let probe = watch(&rig.main, "collector-down");
     let cut = Instant::now();
     rig.fleet.kill_collector();
@@ -133,7 +141,7 @@ pub fn collector_down(rig: &mut Rig) -> Outcome {
     });
     let full_at = Instant::now();
     let why = reason(&rig.main);
-    // The quota holds for a while: nothing may be permitted.
+    // The fault: the quota holds for a while; nothing may be permitted.
     sleep_ms(2_000);
     let mut seen_burst = Vec::new();
     for b in burst {
@@ -160,7 +168,21 @@ pub fn collector_down(rig: &mut Rig) -> Outcome {
     recover_and_account(&mut out, rig, &rig.main, probe, back);
     let acc = rig.account_permits(&rig.main, &burst_permits);
     out.accounted(&acc);
-    out.observed
-        .push_str(&format!("; {} permits accounted", acc.permits));
-    out
+    match rig.collected(&rig.main) {
+        Ok(collected) => {
+            let new = collected
+                .anomalies
+                .get(anomalies_before..)
+                .unwrap_or_default();
+            out.require(new.is_empty(), || {
+                format!("anomalies at the collector after the drain: {new:?}")
+            });
+        }
+        Err(e) => out.fail(format!("collector database: {e}")),
+    }
+    out.observed.push_str(&format!(
+        "; {} permits accounted, delivered once",
+        acc.permits
+    ));
+    Ok(out)
 }

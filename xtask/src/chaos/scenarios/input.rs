@@ -14,8 +14,9 @@ use mctc_tests::bin_path;
 use mctc_tests::fleet::MqttClient;
 
 use super::{Outcome, recover_and_account, sleep_ms, watch};
+use crate::chaos::broken::{Broken, Context};
 use crate::chaos::probe::{self, Answer, Probe};
-use crate::chaos::rig::{Rig, ms};
+use crate::chaos::rig::{Rig, SLACK, TTL_MS, ms};
 
 fn genuine_ctis(rig: &Rig, signer: &dyn Signer) -> BTreeSet<String> {
     let keys = [AuthorityKey::new(&RingCrypto, signer.public_key())];
@@ -71,7 +72,7 @@ fn alive(rig: &mut Rig) -> Vec<String> {
 
 /// Garbage and oversized payloads on every topic of the system, each from
 /// an identity the broker's ACL lets publish there.
-pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
+pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let id = rig.main.id().to_owned();
     let device = MqttClient::connect(&rig.fleet.broker, &id, "chaos-junk-device", &[]);
@@ -119,8 +120,11 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
             published += 1;
         }
     }
-    // Long enough for every message to arrive and for a renewal.
-    sleep_ms(4_500);
+    // Until the device renewed after the junk: the authority served through
+    // it (and the junk, published first, has been delivered).
+    let _ = mctc_tests::wait_until(Duration::from_millis(TTL_MS) + SLACK, || {
+        rig.main.status()["artifact"]["cti"] != cti_before
+    });
     let dead = alive(rig);
     let status = rig.main.status();
     let back = Instant::now();
@@ -153,7 +157,7 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         targets.len()
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// Holds a gate-socket connection open without asking anything.
@@ -163,7 +167,7 @@ fn idle(socket: &Path) -> Option<UnixStream> {
 
 /// Many clients at once: fast askers, idle connections beyond the
 /// connection limit, overlong lines, half-written lines.
-pub fn socket_flood(rig: &mut Rig) -> Outcome {
+pub fn socket_flood(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let socket = rig.main.device.socket.clone();
     let probe = watch(&rig.main, "flood");
@@ -171,7 +175,9 @@ pub fn socket_flood(rig: &mut Rig) -> Outcome {
     let askers: Vec<Probe> = (0..24)
         .map(|i| Probe::start(&socket, &format!("flood-{i}")))
         .collect();
-    sleep_ms(300);
+    out.require(super::all_permitting(&askers, SLACK), || {
+        "the askers were not served before the flood".into()
+    });
     // Idle connections past the limit (64): the extra ones are told busy.
     let mut busy = 0;
     let mut idlers = Vec::new();
@@ -209,6 +215,8 @@ pub fn socket_flood(rig: &mut Rig) -> Outcome {
             idlers.push(conn);
         }
     }
+    // The fault holds: idle and half-written connections stay open while
+    // the askers go on.
     sleep_ms(2_000);
     drop(idlers);
     let mut flood = Vec::new();
@@ -256,7 +264,7 @@ pub fn socket_flood(rig: &mut Rig) -> Outcome {
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
     out.accounted(&rig.account_permits(&rig.main, &flood_permits));
-    out
+    Ok(out)
 }
 
 /// Runs `binary run --config FILE`; returns (exit code, stderr) or an
@@ -312,18 +320,18 @@ fn with_line(text: &str, key: &str, line: &str) -> String {
 
 /// Configuration files with one bad value each: every binary refuses to
 /// start, with one line naming the problem and exit code 2.
-pub fn bad_configs(rig: &mut Rig) -> Outcome {
+pub fn bad_configs(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let dir = tempfile::Builder::new()
         .prefix("mctc-chaos-config-")
         .tempdir()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_else(|e| panic!("{e}"));
+        .context("temporary directory")?;
+    let read = |p: &Path| std::fs::read_to_string(p).context(&p.display().to_string());
     // Each base config points its files at this directory, so that a
     // config wrongly accepted could not touch the running fleet.
     let agent = with_line(
         &with_line(
-            &read(&rig.main.device.config),
+            &read(&rig.main.device.config)?,
             "state_dir",
             &format!("state_dir = \"{}\"", dir.path().join("state").display()),
         ),
@@ -332,12 +340,12 @@ pub fn bad_configs(rig: &mut Rig) -> Outcome {
     );
     let agent = with_line(&agent, "device_id", "device_id = \"chaos-config\"");
     let authority = with_line(
-        &read(Path::new(&rig.fleet.config())),
+        &read(Path::new(&rig.fleet.config()))?,
         "database",
         &format!("database = \"{}\"", dir.path().join("a.db").display()),
     );
     let collector = with_line(
-        &read(Path::new(&rig.fleet.collector_config())),
+        &read(Path::new(&rig.fleet.collector_config()))?,
         "path",
         &format!("path = \"{}\"", dir.path().join("c.db").display()),
     );
@@ -345,9 +353,9 @@ pub fn bad_configs(rig: &mut Rig) -> Outcome {
     let bad_policy = dir.path().join("policy.toml");
     std::fs::write(
         &bad_policy,
-        read(&policy_file).replace("artifact_ttl_ms = 4000", "artifact_ttl_ms = 0"),
+        read(&policy_file)?.replace("artifact_ttl_ms = 4000", "artifact_ttl_ms = 0"),
     )
-    .unwrap_or_else(|e| panic!("{e}"));
+    .context("write the bad policy")?;
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "mctc-agent",
@@ -446,7 +454,7 @@ pub fn bad_configs(rig: &mut Rig) -> Outcome {
     let mut refused = 0;
     for (i, (binary, text, names)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad-{i}.toml"));
-        std::fs::write(&file, text).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&file, text).context("write a bad config")?;
         match run_config(binary, &file) {
             Ok((code, stderr)) => {
                 let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -472,5 +480,5 @@ pub fn bad_configs(rig: &mut Rig) -> Outcome {
         "{refused}/{} bad files refused: exit 2, one line naming the value, nothing started",
         cases.len()
     );
-    out
+    Ok(out)
 }

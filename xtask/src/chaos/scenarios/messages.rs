@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 
 use mctc_shim::messages::{Control, ControlAction, Heartbeat};
 use mctc_shim::tpm::BootCounters;
-use mctc_shim::{AuthorityKey, RingCrypto, RingSigner, Signed, Signer};
+use mctc_shim::{AuthorityKey, RingCrypto, Signed, Signer};
 use mctc_tests::fleet::MqttClient;
 use mctc_tests::wait_until;
 
-use super::platform::ClockDevice;
 use super::{Outcome, closes, reason, recover_and_account, silence_noticed, sleep_ms, watch};
+use crate::chaos::broken::{Broken, Context};
+use crate::chaos::ctx::Ctx;
 use crate::chaos::forge::{self, Impostor, ImpostorSetup, Variant};
 use crate::chaos::rig::{self, Dev, HB_MS, RECOVERY, Rig, SLACK, TTL_MS, ms};
 
@@ -50,6 +51,7 @@ impl Repeater {
                     client.publish(&topic, &next(i), false);
                     sent.fetch_add(1, Ordering::AcqRel);
                     i += 1;
+                    // Paces the injection (the fault), four a second.
                     std::thread::sleep(Duration::from_millis(250));
                 }
             })
@@ -76,7 +78,7 @@ fn lapse_despite(
     rig: &mut Rig,
     tag: &str,
     next: impl Fn(u64) -> Vec<u8> + Send + 'static,
-) -> Outcome {
+) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&rig.main, tag);
     let cut = Instant::now();
@@ -84,6 +86,7 @@ fn lapse_despite(
     let repeater = Repeater::start(rig, HEARTBEAT, next);
     let hb = Duration::from_millis(HB_MS);
     let closed = closes(&probe, cut, hb + SLACK + SLACK);
+    // The fault holds after the close: the injected heartbeats go on.
     sleep_ms(1_500);
     let why = reason(&rig.main);
     let sent = repeater.stop();
@@ -96,11 +99,11 @@ fn lapse_despite(
     out.require(sent >= 4, || format!("only {sent} heartbeats injected"));
     out.observed = format!("{sent} injected heartbeats ignored; closed ({why})");
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// Genuine heartbeats captured earlier, replayed after the authority died.
-pub fn heartbeat_replayed(rig: &mut Rig) -> Outcome {
+pub fn heartbeat_replayed(rig: &mut Rig) -> Result<Outcome, Broken> {
     let captured: Vec<Vec<u8>> = rig.main.spy.received_on(HEARTBEAT);
     if captured.len() < 3 {
         let mut out = Outcome::default();
@@ -108,7 +111,7 @@ pub fn heartbeat_replayed(rig: &mut Rig) -> Outcome {
             "only {} heartbeats captured to replay",
             captured.len()
         ));
-        return out;
+        return Ok(out);
     }
     let replay: Vec<Vec<u8>> = captured[captured.len() - 3..].to_vec();
     lapse_despite(rig, "hb-replay", move |i| {
@@ -118,8 +121,8 @@ pub fn heartbeat_replayed(rig: &mut Rig) -> Outcome {
 
 /// Heartbeats with ever higher seqs, signed by a key the fleet does not
 /// trust.
-pub fn heartbeat_rogue_key(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
-    let keys = keys(signer);
+pub fn heartbeat_rogue_key(rig: &mut Rig, ctx: &mut Ctx) -> Result<Outcome, Broken> {
+    let keys = keys(&ctx.signer);
     let last = rig
         .main
         .spy
@@ -129,7 +132,7 @@ pub fn heartbeat_rogue_key(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         .map(|h| (h.seq, h.epoch))
         .max();
     let (seq, epoch) = last.unwrap_or((0, 0));
-    let rogue = forge::rogue_signer().unwrap_or_else(|e| panic!("{e}"));
+    let rogue = forge::rogue_signer(&mut ctx.rng).context("rogue key")?;
     let hb_ms = u32::try_from(HB_MS).unwrap_or(3_000);
     lapse_despite(rig, "hb-rogue", move |i| {
         forge::heartbeat(seq + 1 + i, epoch, hb_ms, &rogue).unwrap_or_default()
@@ -169,7 +172,7 @@ fn rejections(log: &str) -> usize {
 
 /// A contain replayed while open changes nothing; a restore replayed
 /// while contained changes nothing (the gate keeps denying).
-pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
+pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let id = rig.main.id().to_owned();
     let contained = |dev: &Dev| {
@@ -180,15 +183,15 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
     rig::cli(
         &rig.fleet,
         &["devices", "contain", &id, "--reason", "chaos drill"],
-    );
+    )?;
     out.require(contained(&rig.main).is_some(), || {
         "contain did not reach the device".into()
     });
     rig::cli(
         &rig.fleet,
         &["devices", "restore", &id, "--reason", "chaos drill over"],
-    );
-    rig.main.must_open();
+    )?;
+    rig.main.must_open()?;
     let seen = controls(&rig.main, signer);
     let old_contain = seen
         .iter()
@@ -214,7 +217,7 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
             "no contain/restore control captured (spy saw {topics:?}, controls {})",
             seen.len()
         ));
-        return out;
+        return Ok(out);
     };
     let injector = MqttClient::connect(
         &rig.fleet.broker,
@@ -229,7 +232,10 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
     // An old contain while open.
     let replayed = Instant::now();
     injector.publish(&topic, &old_contain.2, false);
-    sleep_ms(1_500);
+    // Until the agent logged that it did not apply it.
+    let _ = wait_until(SLACK + SLACK, || {
+        count(&rig.main.device.log(), "control message not applied") > ignored_before
+    });
     let still_open = rig.main.device.state() == "open";
     let denied = probe.denied_since(replayed);
 
@@ -237,19 +243,22 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
     rig::cli(
         &rig.fleet,
         &["devices", "contain", &id, "--reason", "chaos drill 2"],
-    );
+    )?;
     let cut = Instant::now();
     out.require(contained(&rig.main).is_some(), || {
         "second contain did not reach the device".into()
     });
+    let ignored_first = count(&rig.main.device.log(), "control message not applied");
     injector.publish(&topic, &old_restore.2, false);
-    sleep_ms(1_500);
+    let _ = wait_until(SLACK + SLACK, || {
+        count(&rig.main.device.log(), "control message not applied") > ignored_first
+    });
     let still_contained = rig.main.device.state() == "contained";
     let ignored = count(&rig.main.device.log(), "control message not applied") - ignored_before;
     rig::cli(
         &rig.fleet,
         &["devices", "restore", &id, "--reason", "chaos drill 2 over"],
-    );
+    )?;
     let back = Instant::now();
     out.forbid_permits(&probe.observations(), cut + SLACK, back);
     out.closed_after(&probe.observations(), cut);
@@ -267,7 +276,7 @@ pub fn control_replayed(rig: &mut Rig, signer: &dyn Signer) -> Outcome {
         old_contain.0, old_restore.0
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 /// One named result of the impostor block.
@@ -294,7 +303,7 @@ fn previous(boot: BootCounters) -> BootCounters {
     }
 }
 
-fn setup_for(dev: &Dev, keys: &[AuthorityKey]) -> ImpostorSetup {
+fn setup_for(dev: &Dev, keys: &[AuthorityKey]) -> Result<ImpostorSetup, Broken> {
     let epoch = dev
         .spy
         .received_on(HEARTBEAT)
@@ -303,14 +312,16 @@ fn setup_for(dev: &Dev, keys: &[AuthorityKey]) -> ImpostorSetup {
         .map(|h| h.epoch)
         .max()
         .unwrap_or(0);
-    ImpostorSetup {
+    Ok(ImpostorSetup {
         device: dev.id().to_owned(),
         ttl_ms: u32::try_from(TTL_MS).unwrap_or(4_000),
         hb_ms: u32::try_from(HB_MS).unwrap_or(3_000),
         hb_seq: dev.status()["heartbeat_seq"].as_u64().unwrap_or(0),
         epoch,
-        boot: dev.boot().unwrap_or_else(|e| panic!("{}: {e}", dev.id())),
-    }
+        boot: dev
+            .boot()
+            .context(&format!("{}: boot counters", dev.id()))?,
+    })
 }
 
 /// One variant: the gate (closed) must stay closed while at least two of
@@ -356,7 +367,9 @@ fn refuse(rig: &Rig, dev: &Dev, impostor: &Impostor, variant: Variant, tag: &str
 /// identity answering the devices' attestation rounds. First a genuine
 /// answer (must open the gate: proves the impostor speaks correctly), then
 /// each kind of bad artifact (must be refused).
-pub fn bad_artifacts(rig: &mut Rig, clock: &ClockDevice, signer: &RingSigner) -> Vec<Named> {
+pub fn bad_artifacts(rig: &mut Rig, ctx: &mut Ctx) -> Result<Vec<Named>, Broken> {
+    let signer = &ctx.signer;
+    let clock = ctx.clock.as_ref().context("the clock device")?;
     let keys = keys(signer);
     let replay = rig
         .main
@@ -365,16 +378,17 @@ pub fn bad_artifacts(rig: &mut Rig, clock: &ClockDevice, signer: &RingSigner) ->
         .cloned()
         .unwrap_or_default();
     let other = clock.dev.id().to_owned();
-    let main_setup = setup_for(&rig.main, &keys);
-    let clock_setup = setup_for(&clock.dev, &keys);
+    let main_setup = setup_for(&rig.main, &keys)?;
+    let clock_setup = setup_for(&clock.dev, &keys)?;
     let previous_boot = previous(main_setup.boot);
     rig.fleet.kill_authority();
     let cut = Instant::now();
-    let load = |path| forge::authority_signer(path).unwrap_or_else(|e| panic!("{e}"));
+    let load = |path| forge::authority_signer(path).context("the authority's key");
     let key_file = rig.fleet.dir.path().join("keys").join("authority.key");
-    let rogue = || forge::rogue_signer().unwrap_or_else(|e| panic!("{e}"));
-    let main_impostor = Impostor::start(&rig.fleet.broker, main_setup, load(&key_file), rogue());
-    let clock_impostor = Impostor::start(&rig.fleet.broker, clock_setup, load(&key_file), rogue());
+    let mut rogue = || forge::rogue_signer(&mut ctx.rng).context("rogue key");
+    let main_impostor = Impostor::start(&rig.fleet.broker, main_setup, load(&key_file)?, rogue()?);
+    let clock_impostor =
+        Impostor::start(&rig.fleet.broker, clock_setup, load(&key_file)?, rogue()?);
 
     let mut rows: Vec<Named> = Vec::new();
     // The control: a genuine answer opens both gates.
@@ -456,5 +470,5 @@ pub fn bad_artifacts(rig: &mut Rig, clock: &ClockDevice, signer: &RingSigner) ->
             main_back.map_or(0, ms)
         ));
     }
-    rows
+    Ok(rows)
 }

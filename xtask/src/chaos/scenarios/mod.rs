@@ -6,7 +6,6 @@
 
 pub mod agent;
 pub mod broker;
-pub mod collector_flood;
 pub mod fleet;
 pub mod input;
 pub mod messages;
@@ -17,7 +16,7 @@ pub mod stale;
 use std::time::{Duration, Instant};
 
 use super::probe::{self, Observation, Probe};
-use super::rig::{Accounting, Dev, RECOVERY, Rig, ms};
+use super::rig::{Accounting, Dev, RECOVERY, Rig, SLACK, ms};
 use mctc_tests::wait_until;
 
 /// What a scenario saw.
@@ -71,11 +70,22 @@ impl Outcome {
     }
 }
 
-/// A probe on `dev` plus a moment of normal operation before the fault.
+/// Permits a probe must have seen before a fault: normal operation,
+/// observed.
+const BEFORE_THE_FAULT: usize = 3;
+
+/// A probe on `dev`, once it has seen normal operation (a few permits;
+/// at most [`SLACK`] if the gate is not open, which the scenario's own
+/// checks then report).
 pub fn watch(dev: &Dev, tag: &str) -> Probe {
     let probe = Probe::start(&dev.device.socket, tag);
-    std::thread::sleep(Duration::from_millis(300));
+    let _ = wait_until(SLACK, || probe.permits() >= BEFORE_THE_FAULT);
     probe
+}
+
+/// Waits until every probe in `probes` has been answered a permit.
+pub fn all_permitting(probes: &[Probe], within: Duration) -> bool {
+    wait_until(within, || probes.iter().all(|p| p.permits() > 0)).is_some()
 }
 
 /// Waits for a permit asked at or after `after`; how long it took.
@@ -145,6 +155,8 @@ pub fn log_mark(dev: &Dev) -> usize {
     dev.device.log().len()
 }
 
+/// Holds a fault for `millis` (never used to wait for something to
+/// happen: that is a `wait_until` on what can be observed).
 pub fn sleep_ms(millis: u64) {
     std::thread::sleep(Duration::from_millis(millis));
 }

@@ -11,6 +11,7 @@ use mctc_tests::wait_until;
 use super::{
     Outcome, closes, first_close_reason, log_mark, reason, recover_and_account, sleep_ms, watch,
 };
+use crate::chaos::broken::{Broken, Context};
 use crate::chaos::rig::{DRIFT_MS, Dev, LINEAGE, Rig, SLACK, TTL_MS, reboot};
 
 fn drift() -> Duration {
@@ -30,21 +31,21 @@ fn drift_fault(
     rig: &mut Rig,
     tag: &str,
     expect_reason: &str,
-    inject: impl FnOnce(&mut Dev),
-    undo: impl FnOnce(&mut Dev),
-) -> Outcome {
+    inject: impl FnOnce(&mut Dev) -> Result<(), Broken>,
+    undo: impl FnOnce(&mut Dev) -> Result<(), Broken>,
+) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&rig.main, tag);
     let mark = log_mark(&rig.main);
     let cut = Instant::now();
-    inject(&mut rig.main);
+    inject(&mut rig.main)?;
     let closed = closes(&probe, cut, drift() + SLACK + SLACK);
     let why = first_close_reason(&rig.main, mark).unwrap_or_else(|| reason(&rig.main));
     let contained = wait_until(Duration::from_secs(15), || {
         rig.main.device.state() == "contained"
     });
-    undo(&mut rig.main);
-    reboot(&rig.fleet, &mut rig.main, true);
+    undo(&mut rig.main)?;
+    reboot(&rig.fleet, &mut rig.main, true)?;
     let back = Instant::now();
     out.forbid_permits(&probe.observations(), cut + drift() + SLACK, back);
     out.closed_after(&probe.observations(), cut);
@@ -64,10 +65,10 @@ fn drift_fault(
         }
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
-pub fn pcr_extended(rig: &mut Rig) -> Outcome {
+pub fn pcr_extended(rig: &mut Rig) -> Result<Outcome, Broken> {
     drift_fault(
         rig,
         "pcr",
@@ -76,13 +77,13 @@ pub fn pcr_extended(rig: &mut Rig) -> Outcome {
             dev.device
                 .swtpm
                 .extend_pcr(7, b"chaos: unexpected boot component")
-                .unwrap_or_else(|e| panic!("{e}"));
+                .context("extend PCR 7")
         },
-        |_| {},
+        |_| Ok(()),
     )
 }
 
-pub fn measured_file_changed(rig: &mut Rig) -> Outcome {
+pub fn measured_file_changed(rig: &mut Rig) -> Result<Outcome, Broken> {
     drift_fault(
         rig,
         "file",
@@ -92,67 +93,58 @@ pub fn measured_file_changed(rig: &mut Rig) -> Outcome {
                 &dev.device.measured_file,
                 b"locker-controller v6.6.6 (patched)\n",
             )
-            .unwrap_or_else(|e| panic!("{e}"));
+            .context("change the measured file")
         },
         |dev| {
             std::fs::write(&dev.device.measured_file, MEASURED_CONTENT)
-                .unwrap_or_else(|e| panic!("{e}"));
+                .context("restore the measured file")
         },
     )
 }
 
-pub fn tpm_reset(rig: &mut Rig) -> Outcome {
+pub fn tpm_reset(rig: &mut Rig) -> Result<Outcome, Broken> {
     drift_fault(
         rig,
         "tpm-reset",
         "drift-boot",
-        |dev| dev.device.swtpm.reset().unwrap_or_else(|e| panic!("{e}")),
-        |_| {},
+        |dev| dev.device.swtpm.reset().context("swtpm reset"),
+        |_| Ok(()),
     )
 }
 
-pub fn tpm_restart(rig: &mut Rig) -> Outcome {
+pub fn tpm_restart(rig: &mut Rig) -> Result<Outcome, Broken> {
     drift_fault(
         rig,
         "tpm-restart",
         "drift-boot",
-        |dev| dev.device.swtpm.restart().unwrap_or_else(|e| panic!("{e}")),
-        |_| {},
+        |dev| dev.device.swtpm.restart().context("swtpm restart"),
+        |_| Ok(()),
     )
 }
 
-pub fn tpm_process_restarted(rig: &mut Rig) -> Outcome {
+pub fn tpm_process_restarted(rig: &mut Rig) -> Result<Outcome, Broken> {
     drift_fault(
         rig,
         "tpm-process",
         "drift-boot",
-        |dev| {
-            dev.device
-                .swtpm
-                .start_again()
-                .unwrap_or_else(|e| panic!("{e}"));
-        },
-        |_| {},
+        |dev| dev.device.swtpm.start_again().context("swtpm start again"),
+        |_| Ok(()),
     )
 }
 
 /// The TPM gone for good (its process killed); the fault ends with the
 /// TPM back after a power cycle (a reboot of the device).
-pub fn tpm_killed(rig: &mut Rig) -> Outcome {
+pub fn tpm_killed(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&rig.main, "tpm-kill");
     let cut = Instant::now();
     rig.main.device.swtpm.kill();
     let closed = closes(&probe, cut, drift() + TPM_GONE + SLACK + SLACK);
-    sleep_ms(1_000);
+    let _ = wait_until(SLACK + SLACK, || rig.main.status()["tpm"] == "unavailable");
     let status = rig.main.status();
     rig.main.device.kill();
-    rig.main
-        .device
-        .swtpm
-        .start_again()
-        .unwrap_or_else(|e| panic!("swtpm start: {e}"));
-    rig.main.start();
+    rig.main.device.swtpm.start_again().context("swtpm start")?;
+    rig.main.start()?;
     let back = Instant::now();
     out.forbid_permits(
         &probe.observations(),
@@ -170,7 +162,7 @@ pub fn tpm_killed(rig: &mut Rig) -> Outcome {
         status["tpm"].as_str().unwrap_or("?")
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
 
 const LIBFAKETIME: &[&str] = &[
@@ -184,24 +176,25 @@ const LIBFAKETIME: &[&str] = &[
 /// agent's wall clock without touching the machine's. CLOCK_BOOTTIME,
 /// which the agent reads with a direct vDSO call, is not faked, and
 /// `FAKETIME_DONT_FAKE_MONOTONIC` keeps the monotonic clocks real.
+#[derive(Debug)]
 pub struct ClockDevice {
     pub dev: Dev,
     pub offset_file: PathBuf,
 }
 
 impl ClockDevice {
-    pub fn new(rig: &mut Rig) -> ClockDevice {
+    pub fn new(rig: &mut Rig) -> Result<ClockDevice, Broken> {
         let library = LIBFAKETIME
             .iter()
             .find(|p| std::path::Path::new(p).exists())
-            .unwrap_or_else(|| panic!("libfaketime not found (apt-get install libfaketime)"));
+            .context("libfaketime not found (apt-get install libfaketime)")?;
         let offset_dir = tempfile::Builder::new()
             .prefix("mctc-chaos-clock-")
             .tempdir()
-            .unwrap_or_else(|e| panic!("{e}"))
+            .context("temporary directory")?
             .keep();
         let offset_file = offset_dir.join("offset");
-        std::fs::write(&offset_file, "+0\n").unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(&offset_file, "+0\n").context("write the clock offset")?;
         let env = vec![
             ("LD_PRELOAD".to_owned(), (*library).to_owned()),
             (
@@ -212,20 +205,21 @@ impl ClockDevice {
             ("FAKETIME_DONT_FAKE_MONOTONIC".to_owned(), "1".to_owned()),
         ];
         let mut dev = rig.device("clock", LINEAGE, env);
-        let config = std::fs::read_to_string(&dev.device.config).unwrap_or_else(|e| panic!("{e}"));
+        let config =
+            std::fs::read_to_string(&dev.device.config).context("read the agent config")?;
         let config = config.replacen(
             "[attestation]\n",
             "[attestation]\nwall_clock_trusted = true\n",
             1,
         );
-        std::fs::write(&dev.device.config, config).unwrap_or_else(|e| panic!("{e}"));
-        dev.start();
-        dev.must_open();
-        ClockDevice { dev, offset_file }
+        std::fs::write(&dev.device.config, config).context("write the agent config")?;
+        dev.start()?;
+        dev.must_open()?;
+        Ok(ClockDevice { dev, offset_file })
     }
 
-    pub fn set_offset(&self, offset: &str) {
-        std::fs::write(&self.offset_file, format!("{offset}\n")).unwrap_or_else(|e| panic!("{e}"));
+    pub fn set_offset(&self, offset: &str) -> Result<(), Broken> {
+        std::fs::write(&self.offset_file, format!("{offset}\n")).context("move the clock")
     }
 
     /// The agent's idea of the wall clock minus the machine's, seconds.
@@ -248,17 +242,17 @@ impl Drop for ClockDevice {
 /// issues now look expired to it, so renewals are refused and the gate
 /// closes at the installed artifact's deadline (CLOCK_BOOTTIME), at most
 /// one ttl later.
-pub fn clock_forward(rig: &mut Rig, clock: &ClockDevice) -> Outcome {
+pub fn clock_forward(rig: &mut Rig, clock: &ClockDevice) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&clock.dev, "clock-fwd");
     let cut = Instant::now();
-    clock.set_offset("+3h");
+    clock.set_offset("+3h")?;
     let ttl = Duration::from_millis(TTL_MS);
     let closed = closes(&probe, cut, ttl + SLACK + SLACK);
-    sleep_ms(1_500);
+    let _ = wait_until(SLACK + SLACK, || reason(&clock.dev) == "artifact-expired");
     let skew = clock.skew_secs();
     let why = reason(&clock.dev);
-    clock.set_offset("+0");
+    clock.set_offset("+0")?;
     let back = Instant::now();
     out.forbid_permits(&probe.observations(), cut + ttl + SLACK, back);
     out.closed_after(&probe.observations(), cut);
@@ -269,15 +263,15 @@ pub fn clock_forward(rig: &mut Rig, clock: &ClockDevice) -> Outcome {
     out.require(why == "artifact-expired", || format!("closed for `{why}`"));
     out.observed = format!("agent clock {skew:+} s; renewals refused as expired; closed ({why})");
     recover_and_account(&mut out, rig, &clock.dev, probe, back);
-    out
+    Ok(out)
 }
 
 /// The device's wall clock three hours behind: no artifact may live longer
 /// for it — every deadline stays within the ttl on CLOCK_BOOTTIME.
-pub fn clock_backward(rig: &mut Rig, clock: &ClockDevice) -> Outcome {
+pub fn clock_backward(rig: &mut Rig, clock: &ClockDevice) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&clock.dev, "clock-back");
-    clock.set_offset("-3h");
+    clock.set_offset("-3h")?;
     let started = Instant::now();
     let mut longest = 0u64;
     let mut renewals = std::collections::BTreeSet::new();
@@ -289,10 +283,11 @@ pub fn clock_backward(rig: &mut Rig, clock: &ClockDevice) -> Outcome {
         if let Some(cti) = status["artifact"]["cti"].as_str() {
             renewals.insert(cti.to_owned());
         }
+        // Samples the status twenty times a second.
         sleep_ms(50);
     }
     let skew = clock.skew_secs();
-    clock.set_offset("+0");
+    clock.set_offset("+0")?;
     let back = Instant::now();
     let seen = probe.observations();
     let denies = seen
@@ -316,5 +311,5 @@ pub fn clock_backward(rig: &mut Rig, clock: &ClockDevice) -> Outcome {
         renewals.len()
     );
     recover_and_account(&mut out, rig, &clock.dev, probe, back);
-    out
+    Ok(out)
 }

@@ -17,6 +17,7 @@ use mctc_shim::{DeviceId, Message, Receipt, RingCrypto, RingSigner};
 use mctc_tests::fleet::MqttClient;
 
 use super::{Outcome, reason, recover_and_account, watch};
+use crate::chaos::broken::{Broken, Context};
 use crate::chaos::probe::{self, Probe};
 use crate::chaos::rig::{Rig, ms};
 
@@ -58,10 +59,10 @@ fn lineage_u64(status: &serde_json::Value, key: &str) -> Option<u64> {
     status["lineage"][key].as_u64()
 }
 
-pub fn forged_acks(rig: &mut Rig) -> Outcome {
+pub fn forged_acks(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let dev = &rig.main;
-    let device = DeviceId::new(dev.id()).unwrap_or_else(|e| panic!("device id: {e}"));
+    let device = DeviceId::new(dev.id()).context("device id")?;
     let topic = dev.topic("lineage/ack");
     // The broker no longer lets the device's own certificate write its ack
     // topic (tests/tests/broker_smoke.rs); the forger holds one that may
@@ -74,7 +75,7 @@ pub fn forged_acks(rig: &mut Rig) -> Outcome {
         "chaos-ack-reader",
         &[topic.as_str()],
     );
-    let rogue = RingSigner::from_seed(&[0x66; 32]).unwrap_or_else(|e| panic!("rogue key: {e}"));
+    let rogue = RingSigner::from_seed(&[0x66; 32]).context("rogue key")?;
     let probe = watch(dev, "forged-acks");
     let captured = mctc_tests::wait_until(Duration::from_secs(10), || {
         reader
@@ -120,6 +121,7 @@ pub fn forged_acks(rig: &mut Rig) -> Outcome {
         for ack in forged(&device, next.saturating_sub(1), &rogue) {
             forger.publish(&topic, &ack, false);
         }
+        // Paces the forger (the fault), ten rounds a second.
         super::sleep_ms(100);
     }
     let status = dev.status();
@@ -169,5 +171,5 @@ pub fn forged_acks(rig: &mut Rig) -> Outcome {
         "; {} permits accounted at the collector",
         acc.permits
     ));
-    out
+    Ok(out)
 }

@@ -20,6 +20,7 @@ use mctc_tests::wait_until;
 
 use super::messages::{HEARTBEAT, Repeater, keys};
 use super::{Outcome, closes, first_close_reason, log_mark, recover_and_account, watch};
+use crate::chaos::broken::{Broken, Context};
 use crate::chaos::forge::{self, ArtifactSpec};
 use crate::chaos::rig::{DRIFT_MS, HB_MS, Rig, SLACK, TTL_MS, ms, reboot};
 
@@ -31,7 +32,7 @@ const DROPPED: [&str; 3] = [
     "artifact not installed",
 ];
 
-pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome {
+pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let keys = keys(signer);
     let (seq, epoch) = rig
@@ -48,7 +49,7 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
     let killed = Instant::now();
     let hb_ms = u32::try_from(HB_MS).unwrap_or(3_000);
     let beat_signer = forge::authority_signer(&rig.fleet.dir.path().join("keys/authority.key"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .context("the authority's key")?;
     let heartbeats = Repeater::start(rig, HEARTBEAT, move |i| {
         forge::heartbeat(seq + 1 + i, epoch, hb_ms, &beat_signer).unwrap_or_default()
     });
@@ -63,9 +64,9 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
         heartbeats.stop();
         rig.fleet.start_authority();
         out.fail("no renewal evidence while the authority was down");
-        return out;
+        return Ok(out);
     };
-    let evidence = Evidence::decode(&bytes).unwrap_or_else(|e| panic!("evidence: {e}"));
+    let evidence = Evidence::decode(&bytes).context("evidence")?;
     let mut composite = Vec::new();
     for value in evidence.pcr_values.iter() {
         composite.extend_from_slice(&value.0);
@@ -78,7 +79,7 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
         .device
         .swtpm
         .extend_pcr(7, b"chaos: drift under a renewal")
-        .unwrap_or_else(|e| panic!("{e}"));
+        .context("extend PCR 7")?;
     let drift = Duration::from_millis(DRIFT_MS);
     let closed = closes(&probe, cut, drift + SLACK);
     let why = first_close_reason(&rig.main, mark).unwrap_or_default();
@@ -88,7 +89,7 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
     let spec = ArtifactSpec {
         sub: rig.main.id().to_owned(),
         nonce: evidence.nonce.0,
-        boot: rig.main.boot().unwrap_or_else(|e| panic!("{e}")),
+        boot: rig.main.boot().context("boot counters")?,
         pcr_mask: evidence.pcr_mask,
         pcr_digest: sha256(&[&composite]),
         iat: now,
@@ -98,7 +99,7 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
         hb_seq: rig.main.status()["heartbeat_seq"].as_u64().unwrap_or(0),
         epoch,
     };
-    let answer = forge::artifact(&spec, signer).unwrap_or_else(|e| panic!("{e}"));
+    let answer = forge::artifact(&spec, signer).context("forge the stale answer")?;
     // Written with the authority's broker identity (the spy only reads).
     let forger = MqttClient::connect(
         &rig.fleet.broker,
@@ -113,8 +114,9 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
         let new = log.get(mark..).unwrap_or("");
         DROPPED.iter().any(|d| new.contains(d)) || new.contains("gate opened")
     });
-    // Longer than a drift check takes to re-close a gate the answer had
-    // reopened.
+    // An observation window, not a wait for an event: a gate the answer
+    // had reopened would be re-closed by the next drift check, so the log
+    // is read after four of them.
     std::thread::sleep(drift * 4);
     let log = rig.main.device.log();
     let reopened = log.get(mark..).unwrap_or("").contains("gate opened");
@@ -127,7 +129,7 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
     let contained = wait_until(Duration::from_secs(15), || {
         rig.main.device.state() == "contained"
     });
-    reboot(&rig.fleet, &mut rig.main, true);
+    reboot(&rig.fleet, &mut rig.main, true)?;
     let back = Instant::now();
     out.forbid_permits(&probe.observations(), cut + drift + SLACK, back);
     out.closed_after(&probe.observations(), cut);
@@ -148,5 +150,5 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Outcome
         "closed ({why}); the answer to the pre-drift evidence, {in_flight_ms} ms after the drift, dropped; contained"
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
-    out
+    Ok(out)
 }
