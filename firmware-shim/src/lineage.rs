@@ -24,7 +24,7 @@ use crate::limits::{
     MAX_AK_NAME_LEN, MAX_ATTEST_LEN, MAX_DRIFT_DETAIL_LEN, MAX_OP_LEN, MAX_REASON_LEN, MAX_REF_LEN,
     MAX_SW_VERSION_LEN, MAX_TPM_SIGNATURE_LEN,
 };
-use crate::messages::{ControlAction, RefusalCode};
+use crate::messages::{ControlAction, LineageBatch, RefusalCode};
 use crate::sealed::{Validate, WireField};
 use crate::tpm::BootCounters;
 use crate::wire::{Bstr, Bytes, Digest, Message, Text, Token, Version, wire_code, wire_map};
@@ -562,6 +562,15 @@ impl Validate for Record<'_> {
 
 impl<'a> Message<'a> for Record<'a> {
     const KIND: MessageKind = MessageKind::Record;
+}
+
+impl<'a> LineageBatch<'a> {
+    /// Decodes the records one by one (each fully checked, none hashed or
+    /// chained: that is [`ChainVerifier`]'s job). Here rather than beside
+    /// the batch so the wire messages do not depend on the record format.
+    pub fn decode_records(&self) -> impl Iterator<Item = Result<Record<'a>, Error>> + '_ {
+        self.records.iter().map(|b| Record::decode(b.0))
+    }
 }
 
 /// The writing end of a chain (the agent): numbers and links each new

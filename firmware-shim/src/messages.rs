@@ -17,10 +17,9 @@ use crate::limits::{
     MAX_ENCRYPTED_SECRET_LEN, MAX_HB_MS, MAX_PCRS, MAX_REASON_LEN, MAX_RECORD_LEN,
     MAX_REVOKED_PER_HEARTBEAT, MAX_TPM_SIGNATURE_LEN, MIN_HB_MS,
 };
-use crate::lineage::Record;
 use crate::tpm::PcrSelection;
 use crate::wire::{
-    Bstr, Bytes, Digest, List, Message, Text, Token, Version, wire_code, wire_map, wire_message,
+    Bstr, Bytes, Digest, List, Text, Token, Version, wire_code, wire_map, wire_message,
 };
 
 /// A 16-byte id the agent picks for one enrollment attempt; every
@@ -443,14 +442,6 @@ fn check_batch(b: &LineageBatch<'_>) -> Result<(), Invalid> {
         });
     }
     Ok(())
-}
-
-impl<'a> LineageBatch<'a> {
-    /// Decodes the records one by one (each fully checked, none hashed or
-    /// chained: that is [`crate::lineage::ChainVerifier`]'s job).
-    pub fn decode_records(&self) -> impl Iterator<Item = Result<Record<'a>, Error>> + '_ {
-        self.records.iter().map(|b| Record::decode(b.0))
-    }
 }
 
 wire_code! {

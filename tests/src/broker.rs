@@ -364,49 +364,77 @@ impl Broker {
         })
     }
 
+    /// Sends the dynamic-security commands `command(device, tag)` as the
+    /// authority does and waits for the plugin's answers to `tag`. The
+    /// broker administers itself over a private admin connection (plain
+    /// rumqttc, not the test clients of [`crate::mqtt`], which are built on
+    /// this module: the harness's layers stay a DAG).
     fn dynsec(
         &self,
         device: &str,
         command: impl Fn(&str, &str) -> Vec<u8>,
     ) -> Result<(), HarnessError> {
         use mctc_service::dynsec::{CONTROL_TOPIC, RESPONSE_TOPIC, Reply};
+        use rumqttc::{Event, Packet, QoS};
         let failed = |detail: String| HarnessError::Failed {
             what: format!("broker rights of {device}"),
             detail,
         };
         let tag = format!("harness-{}-{}", std::process::id(), crate::free_port());
-        let admin = crate::mqtt::MqttClient::try_connect(
-            self,
-            "mctc-authority",
-            &format!("mctc-harness-{tag}"),
-            &[RESPONSE_TOPIC],
-        )
-        .map_err(failed)?;
-        admin.publish(CONTROL_TOPIC, &command(device, &tag), false);
-        let mut done = None;
-        crate::wait_until(DYNSEC_TIMEOUT, || {
-            done = admin
-                .received_on(RESPONSE_TOPIC)
-                .iter()
-                .find_map(|payload| {
-                    Reply::parse(payload)
-                        .ok()?
-                        .by_tag()
-                        .into_iter()
-                        .find(|(t, _)| *t == tag)
-                        .map(|(_, ok)| ok)
-                });
-            done.is_some()
-        });
-        match done {
+        let identity = self.identity("mctc-authority")?;
+        let options = self.mqtt_options(&format!("mctc-harness-{tag}"), &identity)?;
+        let (client, mut connection) = rumqttc::Client::new(options, 16);
+        let deadline = Instant::now() + DYNSEC_TIMEOUT;
+        let mut answers: Vec<String> = Vec::new();
+        let mut outcome = None;
+        while outcome.is_none() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                break;
+            };
+            let event = match connection.recv_timeout(left) {
+                Ok(Ok(event)) => event,
+                Ok(Err(e)) => return Err(failed(format!("admin connection: {e}"))),
+                Err(_) => break,
+            };
+            match event {
+                Event::Incoming(Packet::ConnAck(_)) => client
+                    .subscribe(RESPONSE_TOPIC, QoS::AtLeastOnce)
+                    .map_err(|e| failed(e.to_string()))?,
+                Event::Incoming(Packet::SubAck(ack)) => {
+                    if ack
+                        .return_codes
+                        .iter()
+                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                    {
+                        return Err(failed("the broker refused the admin its answers".into()));
+                    }
+                    client
+                        .publish(
+                            CONTROL_TOPIC,
+                            QoS::AtLeastOnce,
+                            false,
+                            command(device, &tag),
+                        )
+                        .map_err(|e| failed(e.to_string()))?;
+                }
+                Event::Incoming(Packet::Publish(publish)) if publish.topic == RESPONSE_TOPIC => {
+                    answers.push(String::from_utf8_lossy(&publish.payload).into_owned());
+                    outcome = Reply::parse(&publish.payload).ok().and_then(|reply| {
+                        reply
+                            .by_tag()
+                            .into_iter()
+                            .find(|(t, _)| *t == tag)
+                            .map(|(_, ok)| ok)
+                    });
+                }
+                _ => {}
+            }
+        }
+        let _ = client.disconnect();
+        match outcome {
             Some(true) => Ok(()),
             Some(false) => Err(failed(format!(
-                "the broker refused the commands: {:?}",
-                admin
-                    .received_on(RESPONSE_TOPIC)
-                    .iter()
-                    .map(|p| String::from_utf8_lossy(p).into_owned())
-                    .collect::<Vec<_>>()
+                "the broker refused the commands: {answers:?}"
             ))),
             None => Err(failed(format!(
                 "no answer from the dynamic-security plugin within {} s",

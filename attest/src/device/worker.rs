@@ -22,11 +22,11 @@ use tss_esapi::traits::Marshall;
 use zeroize::Zeroizing;
 
 use super::ak_store::{self, AkBlob};
+use super::identity::{Identity, TpmConfig, TpmInfo};
 use super::keys::{
     ak_template, create_ek, hashing_algorithm, marshal_public, tpm_error, tss, unmarshal_public,
     with_ek_policy,
 };
-use super::{Identity, TpmConfig, TpmInfo};
 use crate::error::{AkBlobProblem, Error, TpmOp};
 use crate::evidence::{BootCounters, ClockInfo, Evidence};
 use crate::pcr::{HashAlg, PcrSelection, PcrValues};
