@@ -374,8 +374,6 @@ impl Broker {
         device: &str,
         command: impl Fn(&str, &str) -> Vec<u8>,
     ) -> Result<(), HarnessError> {
-        use mctc_service::dynsec::{CONTROL_TOPIC, RESPONSE_TOPIC, Reply};
-        use rumqttc::{Event, Packet, QoS};
         let failed = |detail: String| HarnessError::Failed {
             what: format!("broker rights of {device}"),
             detail,
@@ -383,54 +381,17 @@ impl Broker {
         let tag = format!("harness-{}-{}", std::process::id(), crate::free_port());
         let identity = self.identity("mctc-authority")?;
         let options = self.mqtt_options(&format!("mctc-harness-{tag}"), &identity)?;
-        let (client, mut connection) = rumqttc::Client::new(options, 16);
-        let deadline = Instant::now() + DYNSEC_TIMEOUT;
-        let mut answers: Vec<String> = Vec::new();
-        let mut outcome = None;
-        while outcome.is_none() {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                break;
-            };
-            let event = match connection.recv_timeout(left) {
-                Ok(Ok(event)) => event,
-                Ok(Err(e)) => return Err(failed(format!("admin connection: {e}"))),
-                Err(_) => break,
-            };
-            match event {
-                Event::Incoming(Packet::ConnAck(_)) => client
-                    .subscribe(RESPONSE_TOPIC, QoS::AtLeastOnce)
-                    .map_err(|e| failed(e.to_string()))?,
-                Event::Incoming(Packet::SubAck(ack)) => {
-                    if ack
-                        .return_codes
-                        .iter()
-                        .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                    {
-                        return Err(failed("the broker refused the admin its answers".into()));
-                    }
-                    client
-                        .publish(
-                            CONTROL_TOPIC,
-                            QoS::AtLeastOnce,
-                            false,
-                            command(device, &tag),
-                        )
-                        .map_err(|e| failed(e.to_string()))?;
-                }
-                Event::Incoming(Packet::Publish(publish)) if publish.topic == RESPONSE_TOPIC => {
-                    answers.push(String::from_utf8_lossy(&publish.payload).into_owned());
-                    outcome = Reply::parse(&publish.payload).ok().and_then(|reply| {
-                        reply
-                            .by_tag()
-                            .into_iter()
-                            .find(|(t, _)| *t == tag)
-                            .map(|(_, ok)| ok)
-                    });
-                }
-                _ => {}
-            }
-        }
-        let _ = client.disconnect();
+        let payload = command(device, &tag);
+        // rumqttc's blocking client runs a runtime of its own, which cannot
+        // start inside the caller's (the async integration tests): the
+        // exchange runs on a thread of its own.
+        let (outcome, answers) = std::thread::scope(|scope| {
+            scope
+                .spawn(|| admin_exchange(options, &tag, payload))
+                .join()
+                .unwrap_or_else(|_| (Err("the admin connection panicked".to_owned()), Vec::new()))
+        });
+        let outcome = outcome.map_err(failed)?;
         match outcome {
             Some(true) => Ok(()),
             Some(false) => Err(failed(format!(
@@ -525,4 +486,71 @@ pub fn client_tls_config(identity: &ClientIdentity) -> Result<rustls::ClientConf
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .map_err(tls_err)
+}
+
+/// One request/answer exchange with the dynamic-security plugin: subscribe
+/// to its answers, publish `payload`, wait for the answer tagged `tag`.
+/// `Ok(None)` when no answer came within [`DYNSEC_TIMEOUT`].
+fn admin_exchange(
+    options: rumqttc::MqttOptions,
+    tag: &str,
+    payload: Vec<u8>,
+) -> (Result<Option<bool>, String>, Vec<String>) {
+    use mctc_service::dynsec::{CONTROL_TOPIC, RESPONSE_TOPIC, Reply};
+    use rumqttc::{Event, Packet, QoS};
+    let (client, mut connection) = rumqttc::Client::new(options, 16);
+    let deadline = Instant::now() + DYNSEC_TIMEOUT;
+    let mut answers: Vec<String> = Vec::new();
+    let mut payload = Some(payload);
+    let mut outcome = None;
+    while outcome.is_none() {
+        let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        let event = match connection.recv_timeout(left) {
+            Ok(Ok(event)) => event,
+            Ok(Err(e)) => return (Err(format!("admin connection: {e}")), answers),
+            Err(_) => break,
+        };
+        let sent = match event {
+            Event::Incoming(Packet::ConnAck(_)) => {
+                client.subscribe(RESPONSE_TOPIC, QoS::AtLeastOnce)
+            }
+            Event::Incoming(Packet::SubAck(ack)) => {
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    return (
+                        Err("the broker refused the admin its answers".into()),
+                        answers,
+                    );
+                }
+                match payload.take() {
+                    Some(payload) => {
+                        client.publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, payload)
+                    }
+                    None => Ok(()),
+                }
+            }
+            Event::Incoming(Packet::Publish(publish)) if publish.topic == RESPONSE_TOPIC => {
+                answers.push(String::from_utf8_lossy(&publish.payload).into_owned());
+                outcome = Reply::parse(&publish.payload).ok().and_then(|reply| {
+                    reply
+                        .by_tag()
+                        .into_iter()
+                        .find(|(t, _)| t == tag)
+                        .map(|(_, ok)| ok)
+                });
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = sent {
+            return (Err(format!("admin request: {e}")), answers);
+        }
+    }
+    let _ = client.disconnect();
+    (Ok(outcome), answers)
 }
