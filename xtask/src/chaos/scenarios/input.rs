@@ -187,9 +187,12 @@ pub fn socket_flood(rig: &mut Rig) -> Result<Outcome, Broken> {
             let mut buf = [0u8; 64];
             if let Ok(n) = conn.read(&mut buf)
                 && n > 0
-                && buf
-                    .get(..n)
-                    .is_some_and(|b| b.starts_with(b"{\"error\":\"busy\"}"))
+                && buf.get(..n).is_some_and(|line| {
+                    // The agent's answer, read with the shim's schema (an
+                    // `ErrorAnswer` whatever fields it grows).
+                    serde_json::from_slice::<mctc_shim::api::ErrorAnswer>(line.trim_ascii_end())
+                        .is_ok_and(|answer| answer.error == "busy")
+                })
             {
                 busy += 1;
             } else {
