@@ -31,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::admission::{Admission, DropReport, Verdict};
 use crate::config::{Backend, Config};
 use crate::error::Error;
-use crate::ingest::{Ingest, Publish};
+use crate::ingest::{Ingest, IngestCounters, Publish};
 use crate::receipt::ReceiptSigner;
 use crate::store::sqlite::SqliteStore;
 
@@ -220,7 +220,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     link.shutdown(Duration::from_secs(2)).await;
     match joined {
-        Ok(Ok(())) => outcome,
+        Ok(Ok(counters)) => {
+            // By owner: what devices got wrong, what the database did.
+            tracing::info!(
+                sender_faults = counters.sender_faults,
+                transient_failures = counters.transient_failures,
+                failures = counters.failures,
+                retried = counters.retried,
+                abandoned = counters.abandoned,
+                "ingest stopped"
+            );
+            outcome
+        }
         _ => Err(Error::Worker("panicked".into())),
     }
 }
@@ -264,7 +275,7 @@ fn spawn_worker(
     mut input: mpsc::Receiver<Input>,
     output: mpsc::UnboundedSender<Publish>,
     stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, Error> {
+) -> Result<std::thread::JoinHandle<IngestCounters>, Error> {
     std::thread::Builder::new()
         .name("mctc-ingest".into())
         .spawn(move || {
@@ -289,10 +300,11 @@ fn spawn_worker(
                 };
                 for publish in publications {
                     if output.send(publish).is_err() {
-                        return;
+                        return ingest.counters();
                     }
                 }
             }
+            ingest.counters()
         })
         .map_err(|e| Error::Worker(e.to_string()))
 }
