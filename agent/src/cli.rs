@@ -155,8 +155,12 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
             timeout,
         } => {
             let config = load(&config)?;
+            let clock = crate::clock::BootClock {
+                wall_trusted: config.raw.attestation.wall_clock_trusted,
+            };
             let report = runtime()?.block_on(enroll::enroll(
                 &config,
+                &clock,
                 reprovision,
                 Duration::from_secs(timeout),
             ))?;
