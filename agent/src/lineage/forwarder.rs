@@ -751,7 +751,90 @@ fn batches(frames: &[Frame]) -> Vec<&[Frame]> {
 
 #[cfg(test)]
 mod tests {
+    use mctc_shim::receipt::Receipt;
+    use mctc_shim::wire::Bytes;
+    use mctc_shim::{RingSigner, Signer};
+
     use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Nowhere;
+
+    impl Outbox for Nowhere {
+        fn try_publish(&self, _: &str, _: Vec<u8>, _: QoS, _: bool) -> bool {
+            true
+        }
+
+        async fn publish(&self, _: &str, _: Vec<u8>, _: QoS, _: bool) -> bool {
+            true
+        }
+    }
+
+    fn receipt(signer: &RingSigner, device: &DeviceId, seq: u64) -> Vec<u8> {
+        let receipt = Receipt {
+            v: Version::CURRENT,
+            device: device.clone(),
+            seq,
+            hash: Bytes([7; 32]),
+            time_ms: 1,
+            checkpoint: None,
+            anomaly: None,
+            at_seq: None,
+            log_checkpoint: None,
+            inclusion_proof: None,
+        };
+        let mut buf = [0u8; 2048];
+        receipt
+            .sign(signer, &RingCrypto, &mut buf)
+            .unwrap()
+            .to_vec()
+    }
+
+    /// A receipt the agent cannot check against its own log (here the log
+    /// directory is gone) is the agent's failure: not counted among the
+    /// collector's rejected receipts, and it is not accepted either. A
+    /// forged one is the collector's side and is counted.
+    #[tokio::test]
+    async fn a_receipt_our_log_cannot_check_is_ours_not_a_rejection() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = DeviceId::new("d1").unwrap();
+        let collector = RingSigner::from_seed(&[3; 32]).unwrap();
+        let (lineage, _commands, writer) = LineageHandle::fake();
+        // Five records are durable: an earlier run may have sent them.
+        writer.send_modify(|s| s.next_seq = 5);
+        let (mut forwarder, status) = Forwarder::new(
+            device.clone(),
+            dir.path().join("lineage-gone"),
+            Nowhere,
+            lineage,
+            StateDir::open(&dir.path().join("state")).unwrap(),
+            ForwarderSettings {
+                window: 8,
+                resend_after: Duration::from_secs(60),
+                receipt_keys: vec![CollectorKey::new(&RingCrypto, collector.public_key())],
+            },
+        );
+        let checked = forwarder
+            .check_receipt(&receipt(&collector, &device, 3))
+            .await;
+        assert!(
+            matches!(
+                &checked,
+                Err(Unchecked::Unreadable { seq: 3, cause: ReadFailure::Store(e) })
+                    if e.class() == super::super::store::FailureClass::Io
+            ),
+            "{checked:?}"
+        );
+        forwarder.on_ack(&receipt(&collector, &device, 3)).await;
+        assert_eq!(forwarder.unreadable, 1);
+        assert_eq!(status.borrow().rejected_receipts, 0);
+        assert_eq!(status.borrow().acked, None, "nothing accepted");
+
+        let forger = RingSigner::from_seed(&[4; 32]).unwrap();
+        forwarder.on_ack(&receipt(&forger, &device, 3)).await;
+        assert_eq!(status.borrow().rejected_receipts, 1);
+        assert_eq!(forwarder.unreadable, 1);
+    }
 
     #[test]
     fn batches_respect_count_and_bytes_and_keep_order() {
