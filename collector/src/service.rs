@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admission::{Admission, DropReport, Verdict};
 use crate::config::{Backend, Config};
-use crate::error::Error;
+use crate::error::{Error, WorkerError};
 use crate::ingest::{Ingest, IngestCounters, Publish};
 use crate::receipt::ReceiptSigner;
 use crate::store::sqlite::SqliteStore;
@@ -161,7 +161,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             () = &mut shutdown => break Ok(()),
             publish = output_rx.recv() => match publish {
                 Some(publish) => send(&link, publish),
-                None => break Err(Error::Worker("stopped unexpectedly".into())),
+                None => break Err(WorkerError::Stopped.into()),
             },
             event = link.recv() => match event {
                 Some(LinkEvent::Message { topic, payload, .. }) => {
@@ -176,7 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         Verdict::Drop => continue,
                     };
                     if input_tx.send(input).await.is_err() {
-                        break Err(Error::Worker("stopped unexpectedly".into()));
+                        break Err(WorkerError::Stopped.into());
                     }
                 }
                 Some(LinkEvent::Connected { .. }) => {}
@@ -232,7 +232,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             );
             outcome
         }
-        _ => Err(Error::Worker("panicked".into())),
+        _ => Err(WorkerError::Panicked.into()),
     }
 }
 
@@ -306,7 +306,7 @@ fn spawn_worker(
             }
             ingest.counters()
         })
-        .map_err(|e| Error::Worker(e.to_string()))
+        .map_err(|e| WorkerError::Spawn(e).into())
 }
 
 async fn feed_watchdog(input: mpsc::Sender<Input>, every: Duration) {
