@@ -155,8 +155,12 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
             timeout,
         } => {
             let config = load(&config)?;
+            let clock = crate::clock::BootClock {
+                wall_trusted: config.raw.attestation.wall_clock_trusted,
+            };
             let report = runtime()?.block_on(enroll::enroll(
                 &config,
+                &clock,
                 reprovision,
                 Duration::from_secs(timeout),
             ))?;
@@ -290,12 +294,9 @@ fn export(
     let keys = config::authority_keys(config)?;
     let registry = match registry {
         Some(path) => std::fs::read(path).map_err(AgentError::io("read", path))?,
-        None => state.registry_record()?.ok_or_else(|| {
-            AgentError::Bundle(
-                "no registry record stored (the authority sends it at enrollment); pass --registry FILE"
-                    .into(),
-            )
-        })?,
+        None => state
+            .registry_record()?
+            .ok_or(bundle::ExportError::NoRegistryRecord)?,
     };
     let ak_public = bundle::registry_ak(&registry, &keys, &config.device)?;
     // The latest receipt the agent verified: with it, a verifier holding

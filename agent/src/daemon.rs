@@ -157,8 +157,7 @@ pub async fn run(
             checkpoint_every_records: l.checkpoint_every_records,
             checkpoint_every: Duration::from_secs(l.checkpoint_every_secs),
         },
-    })
-    .map_err(AgentError::Startup)?;
+    })?;
     lineage.record(Entry::agent_start(VERSION));
     let ak_hex = hex::encode(&identity.ak_name);
     if enrollment.as_ref().is_some_and(|e| e.ak_name == ak_hex)

@@ -32,6 +32,7 @@ use mctc_shim::{AuthorityKey, DeviceId, Signed};
 use ring::rand::SecureRandom;
 use serde::Serialize;
 
+use crate::clock::Clock;
 use crate::config::{self, Validated};
 use crate::error::AgentError;
 use crate::state::{Enrollment, StateDir};
@@ -100,9 +101,12 @@ pub async fn identity(config: &Validated) -> Result<IdentityReport, AgentError> 
     })
 }
 
-/// `enroll`: see the module docs.
+/// `enroll`: see the module docs. `clock` stamps the enrollment record (for
+/// people to read, like the status: the system's wall time, trusted or
+/// not).
 pub async fn enroll(
     config: &Validated,
+    clock: &dyn Clock,
     reprovision: bool,
     timeout: Duration,
 ) -> Result<EnrollReport, AgentError> {
@@ -135,7 +139,7 @@ pub async fn enroll(
         ak_name: hex::encode(&id.ak_name),
         ek_sha256: hex::encode(id.ek_fingerprint()),
         ak_sha256: hex::encode(id.ak_fingerprint()),
-        wall_ms: mctc_service::clock::wall_ms(),
+        wall_ms: clock.wall_display_ms(),
     };
     state.set_enrollment(&enrollment)?;
     if reprovision {

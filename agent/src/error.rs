@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::lineage::bundle::ExportError;
 use crate::lineage::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,12 +49,26 @@ pub enum AgentError {
     /// The daemon's gate socket cannot be reached or answered nonsense.
     #[error("gate socket {path}: {reason}")]
     Socket { path: PathBuf, reason: String },
-    /// A lineage bundle could not be written or read.
+    /// A lineage bundle could not be made from the local lineage (boxed:
+    /// it names devices, and every `Result` of the agent carries this type).
     #[error("bundle: {0}")]
-    Bundle(String),
+    Bundle(Box<ExportError>),
+    /// A thread of the agent could not be started.
+    #[error("start {what} thread: {source}")]
+    Thread {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     /// The daemon could not set itself up (runtime, threads, signals).
     #[error("{0}")]
     Startup(String),
+}
+
+impl From<ExportError> for AgentError {
+    fn from(error: ExportError) -> Self {
+        AgentError::Bundle(Box::new(error))
+    }
 }
 
 impl AgentError {

@@ -42,7 +42,7 @@ pub enum Error {
     },
     /// The ingest worker thread died or could not start.
     #[error("ingest worker: {0}")]
-    Worker(String),
+    Worker(#[from] WorkerError),
     /// The broker link task ended (it only ends on a bug or a panic; network
     /// errors are retried inside it).
     #[error("the broker link stopped")]
@@ -50,4 +50,18 @@ pub enum Error {
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(#[source] std::io::Error),
+}
+
+/// How the ingest worker thread failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The thread could not be started.
+    #[error("cannot start: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// Its queue closed while the collector was running.
+    #[error("stopped unexpectedly")]
+    Stopped,
+    /// It panicked.
+    #[error("panicked")]
+    Panicked,
 }

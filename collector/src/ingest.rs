@@ -21,6 +21,13 @@
 //!   acked; while nothing is stored the ack is unsigned and claims nothing.
 //! - A batch from a device without a registry record is not acked; the last
 //!   few are held in memory (bounded) and replayed when the record arrives.
+//! - A store failure is ours, never the device's: nothing is acked and no
+//!   anomaly is recorded or sent for it. A busy database (or a head other
+//!   writers keep moving) is transient: the message is kept and retried at
+//!   the next ticks (warn). Anything else (corrupt, full, IO, read-only) is
+//!   logged at error level and the message dropped; the device resends what
+//!   was not acked. What the device got wrong is an anomaly, counted as the
+//!   sender's fault ([`IngestCounters`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -48,6 +55,56 @@ const HEAD_MOVED_RETRIES: usize = 3;
 const HELD_PER_DEVICE: usize = 64;
 /// At most one anomaly ack per device per this many ms (`send_ack`).
 const ANOMALY_ACK_GAP_MS: u64 = 1_000;
+/// Messages kept for a retry after a transient store failure, at most
+/// (each ≤ one batch, so ≤ 4 MiB); beyond it a message is dropped unacked
+/// and the device resends it.
+const RETRY_QUEUE: usize = 64;
+/// Tries of one message (the first included) before it is given up: each
+/// failed try already waited the busy timeout.
+const RETRY_ATTEMPTS: u32 = 3;
+
+/// What went wrong while ingesting, by owner ([`Ingest::counters`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestCounters {
+    /// Messages refused for what the sender got wrong: a lineage batch
+    /// stopped by an anomaly (or dropped: undecodable or oversized from an
+    /// unknown device), a registry record that does not verify.
+    pub sender_faults: u64,
+    /// Tries that failed for a transient failure of ours (a busy database,
+    /// a head other writers kept moving); the message is retried.
+    pub transient_failures: u64,
+    /// Messages not handled for a failure of ours that does not go away by
+    /// itself (corrupt, full, IO, read-only database; a broken invariant).
+    pub failures: u64,
+    /// Messages handled by a retry after a transient failure.
+    pub retried: u64,
+    /// Messages given up after [`RETRY_ATTEMPTS`] transient failures or for
+    /// want of room in the retry queue (unacked: the device resends).
+    pub abandoned: u64,
+}
+
+/// A message kept for a retry after a transient store failure.
+#[derive(Debug)]
+enum Input {
+    Message { topic: String, payload: Vec<u8> },
+    Oversize { device: DeviceId, len: usize },
+}
+
+impl Input {
+    fn describe(&self) -> (&str, Option<&DeviceId>) {
+        match self {
+            Input::Message { topic, .. } => (topic.as_str(), None),
+            Input::Oversize { device, .. } => ("oversized lineage", Some(device)),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Retry {
+    input: Input,
+    /// Tries so far.
+    tries: u32,
+}
 
 /// Ingest tuning (the `[ingest]` section of the configuration).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -268,6 +325,10 @@ pub struct Ingest<S: Store> {
     /// The last anomaly ack per device (see `send_ack`). Bounded like
     /// `recent`.
     anomaly_acked: HashMap<DeviceId, AckMemo>,
+    /// Messages waiting for a retry after a transient store failure, in
+    /// arrival order; bounded by [`RETRY_QUEUE`].
+    retry: VecDeque<Retry>,
+    counters: IngestCounters,
 }
 
 /// The last anomaly ack sent to a device.
@@ -309,8 +370,20 @@ impl<S: Store> Ingest<S> {
             alerts: Coalescer::new(config.alert_interval_ms),
             recent: HashMap::new(),
             anomaly_acked: HashMap::new(),
+            retry: VecDeque::new(),
+            counters: IngestCounters::default(),
             config,
         }
+    }
+
+    /// What went wrong so far, by owner.
+    pub fn counters(&self) -> IngestCounters {
+        self.counters
+    }
+
+    /// Messages waiting for a retry after a transient store failure.
+    pub fn retry_pending(&self) -> usize {
+        self.retry.len()
     }
 
     /// The public key receipts are signed with.
@@ -323,24 +396,20 @@ impl<S: Store> Ingest<S> {
         &self.store
     }
 
-    /// Handles one MQTT message; returns what to publish. Store failures are
-    /// logged and produce no ack (the device will resend).
+    /// Handles one MQTT message; returns what to publish. A store failure
+    /// produces no ack and no anomaly: a transient one keeps the message
+    /// for a retry at the next ticks, a lasting one drops it (the device
+    /// resends what was not acked).
     pub fn handle(&mut self, topic: &str, payload: &[u8], now_ms: u64) -> Vec<Publish> {
         let mut out = Vec::new();
-        let result = match topics::parse(topic) {
-            Some((DeviceTopic::Lineage, device)) => {
-                self.on_batch(&device, payload, now_ms, &mut out)
+        if let Err(error) = self.on_message(topic, payload, now_ms, &mut out) {
+            let input = Input::Message {
+                topic: topic.to_owned(),
+                payload: payload.to_vec(),
+            };
+            if let Some(kept) = self.failed(input, 1, &error) {
+                self.retry.push_back(kept);
             }
-            Some((DeviceTopic::Registry, device)) => {
-                self.on_registry(&device, payload, now_ms, &mut out)
-            }
-            _ => {
-                tracing::debug!(topic, "ignoring a message on an unexpected topic");
-                Ok(())
-            }
-        };
-        if let Err(error) = result {
-            tracing::error!(topic, %error, "store failed; nothing acknowledged");
         }
         out
     }
@@ -349,20 +418,121 @@ impl<S: Store> Ingest<S> {
     /// `MAX_BATCH_LEN`, so never a batch) without queueing its bytes:
     /// recorded and acked like any undecodable batch.
     pub fn oversized(&mut self, device: &DeviceId, len: usize, now_ms: u64) -> Vec<Publish> {
+        let input = Input::Oversize {
+            device: device.clone(),
+            len,
+        };
         let mut out = Vec::new();
         if let Err(error) = self.on_oversized(device, len, now_ms, &mut out) {
-            tracing::error!(device = %device, %error, "store failed; nothing acknowledged");
+            if let Some(kept) = self.failed(input, 1, &error) {
+                self.retry.push_back(kept);
+            }
         }
         out
     }
 
-    /// Periodic work: expire held batches, flag gaps older than the grace,
-    /// send the alert summaries whose interval ended.
+    fn on_message(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        match topics::parse(topic) {
+            Some((DeviceTopic::Lineage, device)) => self.on_batch(&device, payload, now_ms, out),
+            Some((DeviceTopic::Registry, device)) => {
+                self.on_registry(&device, payload, now_ms, out)
+            }
+            _ => {
+                tracing::debug!(topic, "ignoring a message on an unexpected topic");
+                Ok(())
+            }
+        }
+    }
+
+    fn run(
+        &mut self,
+        input: &Input,
+        now_ms: u64,
+        out: &mut Vec<Publish>,
+    ) -> Result<(), StoreError> {
+        match input {
+            Input::Oversize { device, len } => self.on_oversized(device, *len, now_ms, out),
+            Input::Message { topic, payload } => self.on_message(topic, payload, now_ms, out),
+        }
+    }
+
+    /// Counts and logs a store failure while handling `input` (its
+    /// `tries`th try): ours, never the device's. Returns it if it is to be
+    /// retried: a transient failure, within [`RETRY_ATTEMPTS`] and the
+    /// queue's room (warn). Otherwise it is dropped unacked (error for a
+    /// lasting failure) and the device resends it.
+    fn failed(&mut self, input: Input, tries: u32, error: &StoreError) -> Option<Retry> {
+        let (what, device) = input.describe();
+        let device = device.map(ToString::to_string);
+        let fault = error.kind();
+        if !error.is_transient() {
+            self.counters.failures += 1;
+            tracing::error!(what, device, fault, %error, "store failed; nothing acknowledged");
+            return None;
+        }
+        self.counters.transient_failures += 1;
+        if tries >= RETRY_ATTEMPTS || self.retry.len() >= RETRY_QUEUE {
+            self.counters.abandoned += 1;
+            tracing::warn!(what, device, fault, tries, %error, "database busy; message given up unacknowledged (the device resends it)");
+            return None;
+        }
+        tracing::warn!(what, device, fault, tries, %error, "database busy; nothing acknowledged, retried at the next tick");
+        Some(Retry { input, tries })
+    }
+
+    /// Retries the messages a transient store failure kept, in arrival
+    /// order, until one fails again (the database is still busy: the rest
+    /// waits for the next tick rather than each waiting the busy timeout).
+    fn retry_kept(&mut self, now_ms: u64, out: &mut Vec<Publish>) {
+        for _ in 0..self.retry.len() {
+            let Some(Retry { input, tries }) = self.retry.pop_front() else {
+                break;
+            };
+            let tries = tries.saturating_add(1);
+            match self.run(&input, now_ms, out) {
+                Ok(()) => {
+                    self.counters.retried += 1;
+                    tracing::debug!(
+                        what = input.describe().0,
+                        tries,
+                        "message handled on a retry"
+                    );
+                }
+                Err(error) => {
+                    let busy = error.is_transient();
+                    if let Some(kept) = self.failed(input, tries, &error) {
+                        // Back to the front: arrival order is kept.
+                        self.retry.push_front(kept);
+                    }
+                    if busy {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Periodic work: retry what a busy database kept, expire held batches,
+    /// flag gaps older than the grace, send the alert summaries whose
+    /// interval ended.
     pub fn tick(&mut self, now_ms: u64) -> Vec<Publish> {
         self.held.expire(&self.config, now_ms);
         let mut out = Vec::new();
+        self.retry_kept(now_ms, &mut out);
         if let Err(error) = self.flag_gaps(now_ms, &mut out) {
-            tracing::error!(%error, "store failed while looking for gaps");
+            if error.is_transient() {
+                self.counters.transient_failures += 1;
+                tracing::warn!(fault = error.kind(), %error, "database busy while looking for gaps; retried at the next tick");
+            } else {
+                self.counters.failures += 1;
+                tracing::error!(fault = error.kind(), %error, "store failed while looking for gaps");
+            }
         }
         self.flush_repeats(now_ms, &mut out);
         for due in self.alerts.tick(now_ms) {
@@ -400,6 +570,7 @@ impl<S: Store> Ingest<S> {
         // Only for a device the collector vouches for: an unknown one gets
         // nothing recorded (as for its undecodable lineage).
         if self.ak(device)?.is_none() {
+            self.counters.sender_faults += 1;
             tracing::debug!(device = %device, len, "oversized lineage from an unknown device dropped");
             return Ok(());
         }
@@ -421,6 +592,9 @@ impl<S: Store> Ingest<S> {
         let (entry, ak) = match verify_registry(payload, device, &self.keys, &self.crypto) {
             Ok(verified) => verified,
             Err(error) => {
+                // The authority's topic: a record that does not verify is
+                // forged or misconfigured, so it is a warning, not debug.
+                self.counters.sender_faults += 1;
                 tracing::warn!(device = %device, %error, "registry record rejected");
                 return Ok(());
             }
@@ -494,6 +668,7 @@ impl<S: Store> Ingest<S> {
             } else {
                 // Per message, so not above debug: a flood must not flood
                 // the log (the edge reports drops per device and interval).
+                self.counters.sender_faults += 1;
                 tracing::debug!(device = %device, "undecodable lineage from an unknown device dropped");
             }
             return Ok(());
@@ -543,6 +718,7 @@ impl<S: Store> Ingest<S> {
             if alert::since(now_ms, recent.at_ms) < interval {
                 recent.repeats = recent.repeats.saturating_add(1);
                 self.send_ack(device, &head, stopped, false, now_ms, out)?;
+                self.refused(device, kind, head.next_seq);
                 return Ok(());
             }
             times += std::mem::take(&mut recent.repeats);
@@ -566,7 +742,17 @@ impl<S: Store> Ingest<S> {
             );
         }
         self.send_ack(device, &head, stopped, false, now_ms, out)?;
+        self.refused(device, kind, head.next_seq);
         Ok(())
+    }
+
+    /// Counts a batch refused for what the device sent, once the store
+    /// recorded it (a store failure on the way is ours, and the batch is
+    /// retried or resent: counted once it goes through). Per message, so
+    /// debug: the anomaly itself is alerted, coalesced.
+    fn refused(&mut self, device: &DeviceId, kind: AnomalyKind, seq: u64) {
+        self.counters.sender_faults += 1;
+        tracing::debug!(device = %device, kind = kind.name(), seq, "lineage batch refused");
     }
 
     /// Queues an ack. One that carries an anomaly is rationed per device:
@@ -631,7 +817,13 @@ impl<S: Store> Ingest<S> {
             .collect();
         for (device, anomalies) in waiting {
             if let Err(error) = self.record_anomalies(&device, anomalies, now_ms, out) {
-                tracing::error!(device = %device, %error, "store failed; repeated anomalies not counted");
+                if error.is_transient() {
+                    self.counters.transient_failures += 1;
+                    tracing::warn!(device = %device, fault = error.kind(), %error, "database busy; repeated anomalies not counted");
+                } else {
+                    self.counters.failures += 1;
+                    tracing::error!(device = %device, fault = error.kind(), %error, "store failed; repeated anomalies not counted");
+                }
             }
         }
         self.recent
@@ -844,11 +1036,19 @@ impl<S: Store> Ingest<S> {
             appended = pass.changes.records.len(),
             held = pass.changes.pending_add.len(),
             through = pass.head.through_seq(),
+            stopped = pass.stopped.map(|(kind, _)| kind.name()),
             "lineage batch handled"
         );
         let head = pass.head.clone();
         let progressed = !pass.changes.records.is_empty();
         self.send_ack(device, &head, pass.stopped, progressed, now_ms, out)?;
+        // A sweep (no records) that stops on a waiting record: nothing the
+        // device just sent.
+        if let Some((kind, seq)) = pass.stopped
+            && !records.is_empty()
+        {
+            self.refused(device, kind, seq);
+        }
         Ok(())
     }
 

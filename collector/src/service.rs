@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::admission::{Admission, DropReport, Verdict};
 use crate::config::{Backend, Config};
-use crate::error::Error;
-use crate::ingest::{Ingest, Publish};
+use crate::error::{Error, WorkerError};
+use crate::ingest::{Ingest, IngestCounters, Publish};
 use crate::receipt::ReceiptSigner;
 use crate::store::sqlite::SqliteStore;
 
@@ -161,7 +161,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             () = &mut shutdown => break Ok(()),
             publish = output_rx.recv() => match publish {
                 Some(publish) => send(&link, publish),
-                None => break Err(Error::Worker("stopped unexpectedly".into())),
+                None => break Err(WorkerError::Stopped.into()),
             },
             event = link.recv() => match event {
                 Some(LinkEvent::Message { topic, payload, .. }) => {
@@ -176,7 +176,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         Verdict::Drop => continue,
                     };
                     if input_tx.send(input).await.is_err() {
-                        break Err(Error::Worker("stopped unexpectedly".into()));
+                        break Err(WorkerError::Stopped.into());
                     }
                 }
                 Some(LinkEvent::Connected { .. }) => {}
@@ -220,8 +220,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     link.shutdown(Duration::from_secs(2)).await;
     match joined {
-        Ok(Ok(())) => outcome,
-        _ => Err(Error::Worker("panicked".into())),
+        Ok(Ok(counters)) => {
+            // By owner: what devices got wrong, what the database did.
+            tracing::info!(
+                sender_faults = counters.sender_faults,
+                transient_failures = counters.transient_failures,
+                failures = counters.failures,
+                retried = counters.retried,
+                abandoned = counters.abandoned,
+                "ingest stopped"
+            );
+            outcome
+        }
+        _ => Err(WorkerError::Panicked.into()),
     }
 }
 
@@ -264,7 +275,7 @@ fn spawn_worker(
     mut input: mpsc::Receiver<Input>,
     output: mpsc::UnboundedSender<Publish>,
     stop: Arc<AtomicBool>,
-) -> Result<std::thread::JoinHandle<()>, Error> {
+) -> Result<std::thread::JoinHandle<IngestCounters>, Error> {
     std::thread::Builder::new()
         .name("mctc-ingest".into())
         .spawn(move || {
@@ -289,12 +300,13 @@ fn spawn_worker(
                 };
                 for publish in publications {
                     if output.send(publish).is_err() {
-                        return;
+                        return ingest.counters();
                     }
                 }
             }
+            ingest.counters()
         })
-        .map_err(|e| Error::Worker(e.to_string()))
+        .map_err(|e| WorkerError::Spawn(e).into())
 }
 
 async fn feed_watchdog(input: mpsc::Sender<Input>, every: Duration) {

@@ -825,3 +825,38 @@ async fn a_flooding_device_is_rate_limited_before_decoding_and_nobody_else_waits
     assert_eq!(fleet.collector.records(&a.id).len(), 10);
     assert_eq!(fleet.collector.records(&b.id).len(), 10);
 }
+
+/// A database another process holds locked is the collector's transient
+/// failure, not the device's: the running collector logs it as busy, sends
+/// nothing while it lasts (no ack, no anomaly), and acks the batch by
+/// itself once the lock is gone; the device never resent it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_database_delays_the_ack_and_is_never_the_devices_anomaly() {
+    let mut device = Device::new("pos-1").await;
+    device.write(6, 3).await;
+    let mut fleet = Fleet::start(&device, "").await;
+    let mut client = fleet.device_client(&device).await;
+    send(&client, &device.id, &device.records[0..3]).await;
+    ack_through(&mut client, Some(2)).await;
+
+    let other = rusqlite::Connection::open(&fleet.collector.db).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    send(&client, &device.id, &device.records[3..6]).await;
+    // After the busy timeout the worker reports the failure as ours.
+    fleet
+        .collector
+        .wait_log("database busy; nothing acknowledged", WAIT);
+    let during = acks_within(&mut client, Duration::from_millis(300)).await;
+    assert!(during.is_empty(), "answered while busy: {during:?}");
+    other.execute_batch("ROLLBACK;").unwrap();
+    let ack = ack_through(&mut client, Some(5)).await;
+    assert_eq!((ack.anomaly, ack.at_seq), (None, None));
+    assert_eq!(fleet.collector.records(&device.id).len(), 6);
+    assert!(fleet.collector.anomalies(&device.id).is_empty());
+    let _ = fleet.alert_free().await;
+    let log = fleet.collector.proc.log();
+    assert!(
+        !log.contains("store failed"),
+        "not a lasting failure:\n{log}"
+    );
+}

@@ -19,6 +19,7 @@ use mctc_shim::lineage::{Body, ChainHead, Stamp};
 use mctc_shim::messages::{AckAnomaly, DeviceStatus};
 use mctc_shim::tpm::BootCounters;
 use mctc_shim::{AuthorityKey, DeviceId, RingCrypto};
+use std::time::Duration;
 
 struct Core {
     ingest: Ingest<SqliteStore>,
@@ -28,8 +29,21 @@ struct Core {
 
 impl Core {
     fn new(authority: &Authority, config: IngestConfig) -> Core {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        Core::open(authority, tempfile::tempdir().unwrap(), config, None)
+    }
+
+    /// A core on the database in `dir` (`c.db`), waiting at most
+    /// `busy_timeout` (default: the production 5 s) for another writer.
+    fn open(
+        authority: &Authority,
+        dir: tempfile::TempDir,
+        config: IngestConfig,
+        busy_timeout: Option<Duration>,
+    ) -> Core {
+        let mut store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
+        if let Some(timeout) = busy_timeout {
+            store = store.with_busy_timeout(timeout).unwrap();
+        }
         let key = mctc_service::keys::read_public_key(&authority.key_path).unwrap();
         let keys = vec![AuthorityKey::new(&RingCrypto, key)];
         Core {
@@ -37,6 +51,15 @@ impl Core {
             now: 1_000_000,
             _dir: dir,
         }
+    }
+
+    /// Closes the database, keeping its directory.
+    fn close(self) -> tempfile::TempDir {
+        self._dir
+    }
+
+    fn db_path(&self) -> std::path::PathBuf {
+        self._dir.path().join("c.db")
     }
 
     fn register(&mut self, authority: &Authority, device: &Device) -> Vec<Publish> {
@@ -616,4 +639,159 @@ async fn every_ack_is_a_receipt_naming_the_stored_hash_and_the_newest_verified_c
     // Nothing to export for a device without a verified checkpoint.
     let unknown = DeviceId::new("pos-2").unwrap();
     assert!(core.ingest.export(&unknown, core.now).unwrap().is_none());
+}
+
+/// Overwrites the root pages of `table` and its indexes in the closed
+/// database at `path` with junk: a real corrupt file whose schema still
+/// reads, so it opens and fails only where the table is used.
+fn corrupt_table(path: &std::path::Path, table: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let roots: Vec<i64> = conn
+        .prepare("SELECT rootpage FROM sqlite_master WHERE tbl_name = ?1")
+        .unwrap()
+        .query_map([table], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    let size = usize::try_from(size).unwrap();
+    // The last connection closing checkpoints the WAL into the file.
+    drop(conn);
+    let mut bytes = std::fs::read(path).unwrap();
+    for root in roots {
+        let at = (usize::try_from(root).unwrap() - 1) * size;
+        bytes[at..at + size].fill(0xA5);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A busy database is the collector's transient failure: the batch gets no
+/// ack and no anomaly while another writer holds the lock, is retried at
+/// the next ticks and acked once the lock is gone; retries are bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_database_is_retried_and_never_answered_with_an_anomaly() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    device.write(6, 3).await;
+    let busy = Some(Duration::from_millis(50));
+    let mut core = Core::open(
+        &authority,
+        tempfile::tempdir().unwrap(),
+        IngestConfig::default(),
+        busy,
+    );
+    core.register(&authority, &device);
+    assert_eq!(
+        ack(&core.send(&device.id, &device.records[0..3])),
+        (Some(2), None, None)
+    );
+
+    // Another connection holds the write lock (BEGIN IMMEDIATE).
+    let other = rusqlite::Connection::open(core.db_path()).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    let out = core.send(&device.id, &device.records[3..6]);
+    assert!(out.is_empty(), "no ack, no alert while busy: {out:?}");
+    assert_eq!(core.ingest.retry_pending(), 1);
+    // Still busy at the next tick: kept, still nothing sent.
+    assert!(core.tick_after(10).is_empty());
+    assert_eq!(core.ingest.retry_pending(), 1);
+    other.execute_batch("ROLLBACK;").unwrap();
+    let out = core.tick_after(10);
+    assert_eq!(ack(&out), (Some(5), None, None), "acked by the retry");
+    assert!(alerts(&out).is_empty());
+    assert_eq!(core.ingest.retry_pending(), 0);
+    assert!(
+        core.kinds(&device.id).is_empty(),
+        "the busy database is never recorded as the device's anomaly"
+    );
+    let counters = core.ingest.counters();
+    assert_eq!(
+        (
+            counters.transient_failures,
+            counters.retried,
+            counters.failures,
+            counters.sender_faults
+        ),
+        (2, 1, 0, 0),
+        "{counters:?}"
+    );
+
+    // Junk while the lock is held: the device's fault, but the store cannot
+    // record it, so nothing is answered; after three tries it is given up.
+    other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+    core.now += 10;
+    let lineage = format!("mctc/v1/dev/{}/lineage", device.id);
+    assert!(core.ingest.handle(&lineage, b"junk", core.now).is_empty());
+    assert!(core.tick_after(10).is_empty());
+    assert_eq!(core.ingest.retry_pending(), 1);
+    assert!(core.tick_after(10).is_empty());
+    assert_eq!(core.ingest.retry_pending(), 0, "given up after 3 tries");
+    other.execute_batch("ROLLBACK;").unwrap();
+    assert!(core.tick_after(10).is_empty(), "nothing left to retry");
+    assert!(core.kinds(&device.id).is_empty());
+    let counters = core.ingest.counters();
+    assert_eq!(
+        (
+            counters.transient_failures,
+            counters.abandoned,
+            counters.sender_faults
+        ),
+        (5, 1, 0),
+        "{counters:?}"
+    );
+    // The same junk once the database answers: the sender's fault.
+    let out = core.ingest.handle(&lineage, b"junk", core.now);
+    assert_eq!(ack(&out), (Some(5), Some(AckAnomaly::Undecodable), Some(6)));
+    assert_eq!(core.ingest.counters().sender_faults, 1);
+}
+
+/// A corrupt database is the collector's lasting failure: logged as ours,
+/// never retried, and the device is answered nothing (no anomaly for what
+/// the collector cannot read), whatever it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_database_is_our_failure_and_the_device_is_told_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let authority = Authority::new(dir.path(), 1);
+    let mut device = Device::new("pos-1").await;
+    device.write(6, 3).await;
+    let mut core = Core::new(&authority, IngestConfig::default());
+    core.register(&authority, &device);
+    assert_eq!(
+        ack(&core.send(&device.id, &device.records[0..3])),
+        (Some(2), None, None)
+    );
+    let db = core.close();
+    corrupt_table(&db.path().join("c.db"), "heads");
+    let mut core = Core::open(&authority, db, IngestConfig::default(), None);
+
+    let out = core.send(&device.id, &device.records[3..6]);
+    assert!(
+        out.is_empty(),
+        "nothing acked from a corrupt store: {out:?}"
+    );
+    // Junk from the device: its fault, but no anomaly ack either, since
+    // the collector cannot say where its chain stands.
+    core.now += 10;
+    let lineage = format!("mctc/v1/dev/{}/lineage", device.id);
+    assert!(core.ingest.handle(&lineage, b"junk", core.now).is_empty());
+    assert_eq!(
+        core.ingest.retry_pending(),
+        0,
+        "a corrupt file is not retried"
+    );
+    assert!(core.tick_after(10).is_empty());
+    assert!(core.kinds(&device.id).is_empty());
+    let counters = core.ingest.counters();
+    assert_eq!(
+        (
+            counters.failures,
+            counters.transient_failures,
+            counters.sender_faults
+        ),
+        (2, 0, 0),
+        "{counters:?}"
+    );
 }

@@ -527,7 +527,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
         let (health, error) = match &lineage.health {
             Health::Ok => (LineageHealth::Ok, None),
             Health::QuotaReached => (LineageHealth::QuotaReached, None),
-            Health::Failed(e) => (LineageHealth::Failed, Some(e.clone())),
+            Health::Failed(e) => (LineageHealth::Failed, Some(e.to_string())),
         };
         let acked_next = forward
             .acked

@@ -22,6 +22,45 @@ use mctc_shim::{AuthorityKey, DeviceId, Signed};
 use super::store::read_range;
 use crate::error::AgentError;
 
+/// Why a bundle could not be made from the local lineage. The messages are
+/// what `lineage export` prints after `bundle: `.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// Neither `--registry FILE` nor a stored registry record.
+    #[error(
+        "no registry record stored (the authority sends it at enrollment); pass --registry FILE"
+    )]
+    NoRegistryRecord,
+    /// The registry record does not verify with a configured authority key.
+    #[error("registry record does not verify: {0}")]
+    Registry(mctc_shim::Error),
+    /// The registry record is another device's.
+    #[error("registry record is for {found}, not {expected}")]
+    RegistryDevice { found: DeviceId, expected: DeviceId },
+    /// The log holds no record.
+    #[error("no lineage records on disk")]
+    NoRecords,
+    /// The records asked for were pruned.
+    #[error(
+        "records from seq {from} are not on disk (oldest is {oldest}; older ones were acknowledged and pruned)"
+    )]
+    Pruned { from: u64, oldest: u64 },
+    /// A stored record does not decode.
+    #[error("record {seq} does not decode: {error}")]
+    Undecodable { seq: u64, error: mctc_shim::Error },
+    /// The stored records do not chain.
+    #[error("local lineage is broken: {0}")]
+    Broken(mctc_shim::lineage::ChainBreak),
+    /// No checkpoint to end the bundle at.
+    #[error("no checkpoint in the log yet (is the agent running? it checkpoints on request)")]
+    NoCheckpoint,
+    /// The collector's receipt covers records after the last checkpoint.
+    #[error(
+        "the collector acknowledged records through {acked}, after the last checkpoint ({last_checkpoint}); start the agent so it checkpoints, then export"
+    )]
+    ReceiptAhead { acked: u64, last_checkpoint: u64 },
+}
+
 /// What `lineage export` wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exported {
@@ -39,13 +78,14 @@ pub fn registry_ak(
     keys: &[AuthorityKey],
     device: &DeviceId,
 ) -> Result<Vec<u8>, AgentError> {
-    let record = RegistryRecord::open(registry, keys, &RingCrypto)
-        .map_err(|e| AgentError::Bundle(format!("registry record does not verify: {e}")))?;
+    let record =
+        RegistryRecord::open(registry, keys, &RingCrypto).map_err(ExportError::Registry)?;
     if record.sub != *device {
-        return Err(AgentError::Bundle(format!(
-            "registry record is for {}, not {device}",
-            record.sub
-        )));
+        return Err(ExportError::RegistryDevice {
+            found: record.sub.clone(),
+            expected: device.clone(),
+        }
+        .into());
     }
     Ok(record.ak_public.0.to_vec())
 }
@@ -72,21 +112,24 @@ pub fn build(
     let first = frames
         .first()
         .map(|f| f.seq)
-        .ok_or_else(|| AgentError::Bundle("no lineage records on disk".into()))?;
+        .ok_or(ExportError::NoRecords)?;
     if let Some(from) = from
         && first != from
     {
-        return Err(AgentError::Bundle(format!(
-            "records from seq {from} are not on disk (oldest is {first}; older ones were acknowledged and pruned)"
-        )));
+        return Err(ExportError::Pruned {
+            from,
+            oldest: first,
+        }
+        .into());
     }
     let crypto = RingCrypto;
     let mut verifier: Option<ChainVerifier> = None;
     let mut last_checkpoint = None;
     let mut checkpoints = 0usize;
     for (index, frame) in frames.iter().enumerate() {
-        let record = Record::decode(&frame.payload).map_err(|e| {
-            AgentError::Bundle(format!("record {} does not decode: {e}", frame.seq))
+        let record = Record::decode(&frame.payload).map_err(|error| ExportError::Undecodable {
+            seq: frame.seq,
+            error,
         })?;
         let chain = verifier.get_or_insert_with(|| {
             if record.seq == 0 {
@@ -97,16 +140,14 @@ pub fn build(
         });
         chain
             .push(&crypto, &frame.payload)
-            .map_err(|e| AgentError::Bundle(format!("local lineage is broken: {e}")))?;
+            .map_err(ExportError::Broken)?;
         if let Body::Checkpoint(_) = record.body {
             last_checkpoint = Some(index);
             checkpoints += 1;
         }
     }
     let Some(last) = last_checkpoint else {
-        return Err(AgentError::Bundle(
-            "no checkpoint in the log yet (is the agent running? it checkpoints on request)".into(),
-        ));
+        return Err(ExportError::NoCheckpoint.into());
     };
     let records: Vec<Vec<u8>> = frames
         .into_iter()
@@ -120,9 +161,11 @@ pub fn build(
     let last_seq = first + last as u64;
     if let Some((_, seq)) = &receipt {
         if *seq > last_seq {
-            return Err(AgentError::Bundle(format!(
-                "the collector acknowledged records through {seq}, after the last checkpoint ({last_seq}); start the agent so it checkpoints, then export"
-            )));
+            return Err(ExportError::ReceiptAhead {
+                acked: *seq,
+                last_checkpoint: last_seq,
+            }
+            .into());
         }
     }
     let bundle = Bundle {

@@ -45,7 +45,7 @@ use mctc_shim::{CollectorKey, DeviceId, RingCrypto, verify_receipt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::store::{Cursor, Frame, read_range, read_range_at};
+use super::store::{Cursor, Frame, StoreError, read_range, read_range_at};
 use super::writer::LineageHandle;
 use crate::outbox::Outbox;
 use crate::state::StateDir;
@@ -129,9 +129,33 @@ pub enum ReceiptRejection {
     /// The named checkpoint is not a checkpoint in the agent's log.
     #[error("record {seq} named as the checkpoint is not one")]
     NotACheckpoint { seq: u64 },
-    /// The agent's record could not be read.
-    #[error("record {seq} could not be read: {reason}")]
-    Unreadable { seq: u64, reason: String },
+}
+
+/// Why a receipt was not taken: the collector's fault (a rejection), or
+/// ours (the agent's own log could not be read to check it against).
+#[derive(Debug, thiserror::Error)]
+enum Unchecked {
+    #[error(transparent)]
+    Rejected(#[from] ReceiptRejection),
+    /// Not the collector's fault, so not counted as a rejected receipt:
+    /// logged at error level with the store's failure class; the receipt
+    /// is checked again when the collector next acks.
+    #[error("record {seq} could not be read: {cause}")]
+    Unreadable { seq: u64, cause: ReadFailure },
+}
+
+/// Why the agent could not read its own record.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    /// The log does not hold it.
+    #[error("not on disk")]
+    Missing,
+    /// The log could not be read.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The blocking reader task died.
+    #[error("reader task: {0}")]
+    Task(tokio::task::JoinError),
 }
 
 impl ReceiptRejection {
@@ -142,7 +166,6 @@ impl ReceiptRejection {
             Self::NotSent { .. } => "not-sent",
             Self::HashMismatch { .. } => "hash-mismatch",
             Self::NotACheckpoint { .. } => "not-a-checkpoint",
-            Self::Unreadable { .. } => "unreadable",
         }
     }
 }
@@ -171,6 +194,26 @@ impl RateLimitedLog {
             entry.1 += 1;
         }
     }
+
+    /// A receipt the agent could not check against its own log: ours, so
+    /// error level, and not counted among the collector's rejections.
+    fn unreadable(&mut self, seq: u64, cause: &ReadFailure, total: u64) {
+        let now = Instant::now();
+        let entry = self.last.entry("unreadable").or_insert((now, 0));
+        let first = entry.1 == 0 && entry.0 == now;
+        if first || now.duration_since(entry.0) >= LOG_EVERY {
+            let suppressed = entry.1;
+            *entry = (now, 0);
+            let class = match cause {
+                ReadFailure::Store(e) => e.class().name(),
+                ReadFailure::Missing => "missing",
+                ReadFailure::Task(_) => "bug",
+            };
+            tracing::error!(seq, %cause, class, suppressed, total, "lineage receipt not checked: the local log could not be read; nothing pruned");
+        } else {
+            entry.1 += 1;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -194,6 +237,8 @@ pub struct Forwarder<O: Outbox> {
     /// any of them.
     sent_before: Option<u64>,
     rejected: u64,
+    /// Receipts not checked because the local log could not be read.
+    unreadable: u64,
     log: RateLimitedLog,
     /// First seq not yet sent in this round.
     next_send: u64,
@@ -264,6 +309,7 @@ impl<O: Outbox> Forwarder<O> {
             last_persist: None,
             sent_before,
             rejected: 0,
+            unreadable: 0,
             log: RateLimitedLog::default(),
             next_send: 0,
             cursor: None,
@@ -479,11 +525,15 @@ impl<O: Outbox> Forwarder<O> {
                     self.report_anomaly(anomaly, at_seq, true);
                 }
             }
-            Err(rejection) => {
+            Err(Unchecked::Rejected(rejection)) => {
                 self.rejected += 1;
                 self.log.rejected(&rejection, self.rejected);
                 let rejected = self.rejected;
                 self.status.send_modify(|s| s.rejected_receipts = rejected);
+            }
+            Err(Unchecked::Unreadable { seq, cause }) => {
+                self.unreadable += 1;
+                self.log.unreadable(seq, &cause, self.unreadable);
             }
         }
     }
@@ -520,7 +570,7 @@ impl<O: Outbox> Forwarder<O> {
 
     /// Every check of a receipt; `kept: None` for the kept receipt's seq
     /// and hash again.
-    async fn check_receipt(&self, bytes: &[u8]) -> Result<Checked, ReceiptRejection> {
+    async fn check_receipt(&self, bytes: &[u8]) -> Result<Checked, Unchecked> {
         let verified = verify_receipt(
             bytes,
             &self.settings.receipt_keys,
@@ -542,7 +592,8 @@ impl<O: Outbox> Forwarder<O> {
                     Err(ReceiptRejection::Stale {
                         seq,
                         kept: kept.seq,
-                    })
+                    }
+                    .into())
                 };
             }
         }
@@ -551,7 +602,7 @@ impl<O: Outbox> Forwarder<O> {
             (a, b) => a.or(b),
         };
         if sent.is_none_or(|sent| seq > sent) {
-            return Err(ReceiptRejection::NotSent { seq, sent });
+            return Err(ReceiptRejection::NotSent { seq, sent }.into());
         }
         let own_hash = match self.sent_hashes.get(&seq) {
             Some(hash) => *hash,
@@ -561,7 +612,7 @@ impl<O: Outbox> Forwarder<O> {
             }
         };
         if own_hash != hash {
-            return Err(ReceiptRejection::HashMismatch { seq });
+            return Err(ReceiptRejection::HashMismatch { seq }.into());
         }
         if let Some(c) = checkpoint {
             // A checkpoint an earlier accepted receipt named was checked
@@ -576,7 +627,7 @@ impl<O: Outbox> Forwarder<O> {
                 let is_checkpoint = Record::decode(&own)
                     .is_ok_and(|record| matches!(record.body, Body::Checkpoint(_)));
                 if !is_checkpoint {
-                    return Err(ReceiptRejection::NotACheckpoint { seq: c });
+                    return Err(ReceiptRejection::NotACheckpoint { seq: c }.into());
                 }
             }
         }
@@ -591,21 +642,21 @@ impl<O: Outbox> Forwarder<O> {
         })
     }
 
-    async fn read_record(&self, seq: u64) -> Result<Vec<u8>, ReceiptRejection> {
+    async fn read_record(&self, seq: u64) -> Result<Vec<u8>, Unchecked> {
         let dir = self.dir.clone();
         let end = seq.saturating_add(1);
         let read =
             tokio::task::spawn_blocking(move || read_range(&dir, seq, end, 1, MAX_RECORD_LEN))
                 .await;
-        let unreadable = |reason: String| ReceiptRejection::Unreadable { seq, reason };
+        let unreadable = |cause| Unchecked::Unreadable { seq, cause };
         match read {
             Ok(Ok(frames)) => frames
                 .into_iter()
                 .find(|f| f.seq == seq)
                 .map(|f| f.payload)
-                .ok_or_else(|| unreadable("not on disk".into())),
-            Ok(Err(e)) => Err(unreadable(e.to_string())),
-            Err(e) => Err(unreadable(e.to_string())),
+                .ok_or(unreadable(ReadFailure::Missing)),
+            Ok(Err(e)) => Err(unreadable(ReadFailure::Store(e))),
+            Err(e) => Err(unreadable(ReadFailure::Task(e))),
         }
     }
 
@@ -700,7 +751,90 @@ fn batches(frames: &[Frame]) -> Vec<&[Frame]> {
 
 #[cfg(test)]
 mod tests {
+    use mctc_shim::receipt::Receipt;
+    use mctc_shim::wire::Bytes;
+    use mctc_shim::{RingSigner, Signer};
+
     use super::*;
+
+    #[derive(Debug, Clone)]
+    struct Nowhere;
+
+    impl Outbox for Nowhere {
+        fn try_publish(&self, _: &str, _: Vec<u8>, _: QoS, _: bool) -> bool {
+            true
+        }
+
+        async fn publish(&self, _: &str, _: Vec<u8>, _: QoS, _: bool) -> bool {
+            true
+        }
+    }
+
+    fn receipt(signer: &RingSigner, device: &DeviceId, seq: u64) -> Vec<u8> {
+        let receipt = Receipt {
+            v: Version::CURRENT,
+            device: device.clone(),
+            seq,
+            hash: Bytes([7; 32]),
+            time_ms: 1,
+            checkpoint: None,
+            anomaly: None,
+            at_seq: None,
+            log_checkpoint: None,
+            inclusion_proof: None,
+        };
+        let mut buf = [0u8; 2048];
+        receipt
+            .sign(signer, &RingCrypto, &mut buf)
+            .unwrap()
+            .to_vec()
+    }
+
+    /// A receipt the agent cannot check against its own log (here the log
+    /// directory is gone) is the agent's failure: not counted among the
+    /// collector's rejected receipts, and it is not accepted either. A
+    /// forged one is the collector's side and is counted.
+    #[tokio::test]
+    async fn a_receipt_our_log_cannot_check_is_ours_not_a_rejection() {
+        let dir = tempfile::tempdir().unwrap();
+        let device = DeviceId::new("d1").unwrap();
+        let collector = RingSigner::from_seed(&[3; 32]).unwrap();
+        let (lineage, _commands, writer) = LineageHandle::fake();
+        // Five records are durable: an earlier run may have sent them.
+        writer.send_modify(|s| s.next_seq = 5);
+        let (mut forwarder, status) = Forwarder::new(
+            device.clone(),
+            dir.path().join("lineage-gone"),
+            Nowhere,
+            lineage,
+            StateDir::open(&dir.path().join("state")).unwrap(),
+            ForwarderSettings {
+                window: 8,
+                resend_after: Duration::from_secs(60),
+                receipt_keys: vec![CollectorKey::new(&RingCrypto, collector.public_key())],
+            },
+        );
+        let checked = forwarder
+            .check_receipt(&receipt(&collector, &device, 3))
+            .await;
+        assert!(
+            matches!(
+                &checked,
+                Err(Unchecked::Unreadable { seq: 3, cause: ReadFailure::Store(e) })
+                    if e.class() == super::super::store::FailureClass::Io
+            ),
+            "{checked:?}"
+        );
+        forwarder.on_ack(&receipt(&collector, &device, 3)).await;
+        assert_eq!(forwarder.unreadable, 1);
+        assert_eq!(status.borrow().rejected_receipts, 0);
+        assert_eq!(status.borrow().acked, None, "nothing accepted");
+
+        let forger = RingSigner::from_seed(&[4; 32]).unwrap();
+        forwarder.on_ack(&receipt(&forger, &device, 3)).await;
+        assert_eq!(status.borrow().rejected_receipts, 1);
+        assert_eq!(forwarder.unreadable, 1);
+    }
 
     #[test]
     fn batches_respect_count_and_bytes_and_keep_order() {

@@ -34,8 +34,9 @@
 //! corruption of acknowledged data: [`StoreError::Corrupt`], never skipped.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Segment file magic, with the format version.
 pub const MAGIC: &[u8; 8] = b"MCTCLIN1";
@@ -83,7 +84,58 @@ pub enum Priority {
     Essential,
 }
 
-#[derive(Debug, thiserror::Error)]
+/// What kind of failure a lineage store error is: what the writer's log
+/// line, the status and the recovery act on. Every class but `Quota` fails
+/// the store (health `failed`, the gate closed); `DiskFull`, `NotWritable`
+/// and `Io` are retried by the writer's recovery, `Corrupt` and `Bug` never
+/// recover by themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The file system is full (ENOSPC, EDQUOT): the disk under the log,
+    /// not the lineage quota. Recovers once the disk has room.
+    DiskFull,
+    /// The file system or a file refuses writes (EROFS, EACCES, EPERM).
+    /// Recovers once writable.
+    NotWritable,
+    /// Any other IO error (EIO, a device gone): the disk failed.
+    Io,
+    /// Acknowledged data is damaged, or the log is not this device's.
+    Corrupt,
+    /// The lineage quota is reached: records wait for the collector.
+    Quota,
+    /// A frame the format cannot hold, or an invariant of this code broke.
+    Bug,
+}
+
+impl FailureClass {
+    /// The class of an IO error, by its kind (the errno is kept in it).
+    pub fn of_io(error: &std::io::Error) -> FailureClass {
+        match error.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => FailureClass::DiskFull,
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => {
+                FailureClass::NotWritable
+            }
+            _ => FailureClass::Io,
+        }
+    }
+
+    /// A stable name (logs, tests).
+    pub const fn name(self) -> &'static str {
+        match self {
+            FailureClass::DiskFull => "disk_full",
+            FailureClass::NotWritable => "not_writable",
+            FailureClass::Io => "io",
+            FailureClass::Corrupt => "corrupt",
+            FailureClass::Quota => "quota",
+            FailureClass::Bug => "bug",
+        }
+    }
+}
+
+/// A lineage store failure. Cloneable (the IO error is shared) so one
+/// failure can refuse every waiting request and stay in the status with its
+/// `io::ErrorKind` intact.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// IO failed; after a failed write or sync the store refuses all appends
     /// (a failed fsync is never retried as if it had succeeded).
@@ -91,7 +143,7 @@ pub enum StoreError {
     Io {
         path: String,
         #[source]
-        source: std::io::Error,
+        source: Arc<std::io::Error>,
     },
     /// Acknowledged data is damaged.
     #[error(
@@ -106,18 +158,46 @@ pub enum StoreError {
     /// The store is full of records the collector has not acknowledged yet.
     #[error("lineage quota of {quota} bytes reached ({used} used)")]
     QuotaExceeded { used: u64, quota: u64 },
-    /// An earlier write or sync failed; nothing more is accepted.
+    /// An earlier write or sync failed (this error); nothing more is
+    /// accepted.
     #[error("lineage store failed earlier and accepts nothing more: {0}")]
-    Failed(String),
+    Failed(Box<StoreError>),
+    /// The store holds no segment to append to (an invariant of this code:
+    /// open always leaves one).
+    #[error("no active segment")]
+    NoActiveSegment,
     /// Caller error: a frame that does not fit the format.
     #[error("lineage frame rejected: {0}")]
     BadFrame(String),
 }
 
+impl StoreError {
+    /// What kind of failure this is.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            StoreError::Io { source, .. } => FailureClass::of_io(source),
+            StoreError::Corrupt { .. } => FailureClass::Corrupt,
+            StoreError::QuotaExceeded { .. } => FailureClass::Quota,
+            StoreError::Failed(first) => first.class(),
+            StoreError::NoActiveSegment | StoreError::BadFrame(_) => FailureClass::Bug,
+        }
+    }
+
+    /// The IO error's kind, if IO failed (now or in the failure the store
+    /// is still in).
+    pub fn io_kind(&self) -> Option<ErrorKind> {
+        match self {
+            StoreError::Io { source, .. } => Some(source.kind()),
+            StoreError::Failed(first) => first.io_kind(),
+            _ => None,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io {
         path: path.display().to_string(),
-        source,
+        source: Arc::new(source),
     }
 }
 
@@ -156,7 +236,7 @@ pub struct Store {
     active: File,
     next_seq: u64,
     used: u64,
-    failed: Option<String>,
+    failed: Option<StoreError>,
 }
 
 fn segment_name(first_seq: u64) -> String {
@@ -268,17 +348,17 @@ fn scan(bytes: &[u8], first_seq: u64) -> Scan {
     }
 }
 
-fn check_header(bytes: &[u8], first_seq: u64) -> Result<(), String> {
+fn check_header(bytes: &[u8], first_seq: u64) -> Result<(), &'static str> {
     let header = bytes
         .get(..HEADER_BYTES as usize)
-        .ok_or_else(|| "short segment header".to_owned())?;
+        .ok_or("short segment header")?;
     if header.get(..8) != Some(MAGIC.as_slice()) {
-        return Err("bad segment magic".to_owned());
+        return Err("bad segment magic");
     }
     let mut first = [0u8; 8];
     first.copy_from_slice(header.get(8..16).unwrap_or(&[0; 8]));
     if u64::from_le_bytes(first) != first_seq {
-        return Err("segment header disagrees with its file name".to_owned());
+        return Err("segment header disagrees with its file name");
     }
     Ok(())
 }
@@ -346,7 +426,7 @@ impl Store {
                     truncated += bytes.len() as u64;
                     continue;
                 }
-                return Err(corrupt(0, reason, last.as_ref().map(|f| f.seq)));
+                return Err(corrupt(0, reason.to_owned(), last.as_ref().map(|f| f.seq)));
             }
             let scanned = scan(&bytes, first_seq);
             if let Some(reason) = scanned.bad {
@@ -451,9 +531,9 @@ impl Store {
         &self.config
     }
 
-    /// Set once a write or sync failed.
-    pub fn failure(&self) -> Option<&str> {
-        self.failed.as_deref()
+    /// The write or sync failure the store is in, until it recovers.
+    pub fn failure(&self) -> Option<&StoreError> {
+        self.failed.as_ref()
     }
 
     /// Appends `payloads` as frames `next_seq..` with one write and one
@@ -461,8 +541,8 @@ impl Store {
     /// the store is failed: the error is returned now and every later append
     /// returns [`StoreError::Failed`] until [`Store::recover`] succeeds.
     pub fn append(&mut self, payloads: &[&[u8]], priority: Priority) -> Result<u64, StoreError> {
-        if let Some(why) = &self.failed {
-            return Err(StoreError::Failed(why.clone()));
+        if let Some(first) = &self.failed {
+            return Err(StoreError::Failed(Box::new(first.clone())));
         }
         if payloads.is_empty() {
             return Ok(self.next_seq);
@@ -518,7 +598,7 @@ impl Store {
             }
         }
         let Some(segment) = self.segments.last_mut() else {
-            return Err(self.fail(StoreError::Failed("no active segment".into())));
+            return Err(self.fail(StoreError::NoActiveSegment));
         };
         let path = segment.path.clone();
         let written = self
@@ -528,7 +608,7 @@ impl Store {
         if let Err(source) = written {
             return Err(self.fail(StoreError::Io {
                 path: path.display().to_string(),
-                source,
+                source: Arc::new(source),
             }));
         }
         if let Some(segment) = self.segments.last_mut() {
@@ -541,7 +621,7 @@ impl Store {
     }
 
     fn fail(&mut self, error: StoreError) -> StoreError {
-        self.failed = Some(error.to_string());
+        self.failed = Some(error.clone());
         error
     }
 
@@ -552,6 +632,15 @@ impl Store {
         if let Some(segment) = self.segments.last()
             && let Ok(file) = File::open(&segment.path)
         {
+            self.active = file;
+        }
+    }
+
+    /// Test seam: the active segment's writes go to `/dev/full`, which
+    /// refuses them with ENOSPC, as a disk that filled up does.
+    #[cfg(test)]
+    pub(crate) fn fill_disk(&mut self) {
+        if let Ok(file) = OpenOptions::new().write(true).open("/dev/full") {
             self.active = file;
         }
     }
@@ -589,7 +678,7 @@ impl Store {
         let _ = std::fs::remove_file(&probe);
         written?;
         let Some(segment) = self.segments.last() else {
-            return Err(StoreError::Failed("no active segment".into()));
+            return Err(StoreError::NoActiveSegment);
         };
         let mut file = OpenOptions::new()
             .read(true)
@@ -893,10 +982,9 @@ mod tests {
             .write_all(&[0x20, 0, 0, 0, 1, 2, 3])
             .unwrap();
         store.active = File::open(&active).unwrap();
-        assert!(matches!(
-            store.append(&[&payload(10)], Priority::Normal),
-            Err(StoreError::Io { .. })
-        ));
+        let err = store.append(&[&payload(10)], Priority::Normal).unwrap_err();
+        assert!(matches!(err, StoreError::Io { .. }), "{err}");
+        assert_eq!(err.class(), FailureClass::Io, "EBADF is an IO error");
         assert!(store.failure().is_some());
         assert!(matches!(
             store.append(&[&payload(10)], Priority::Normal),
@@ -919,6 +1007,31 @@ mod tests {
                 .enumerate()
                 .all(|(i, f)| f.payload == payload(i as u64))
         );
+    }
+
+    /// ENOSPC keeps its kind through the failure the store stays in, so
+    /// the writer, the log and the status can tell a full disk from a
+    /// failing one; nothing about it is retried as if it had succeeded.
+    #[test]
+    fn a_full_disk_is_classified_and_stays_so_until_recovered() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = Store::open(small(dir.path())).unwrap();
+        fill(&mut store, 3);
+        store.fill_disk();
+        let err = store.append(&[&payload(3)], Priority::Normal).unwrap_err();
+        assert_eq!(err.io_kind(), Some(ErrorKind::StorageFull), "{err}");
+        assert_eq!(err.class(), FailureClass::DiskFull);
+        let again = store.append(&[&payload(3)], Priority::Normal).unwrap_err();
+        assert!(matches!(again, StoreError::Failed(_)), "{again}");
+        assert_eq!(again.class(), FailureClass::DiskFull);
+        assert_eq!(again.io_kind(), Some(ErrorKind::StorageFull));
+        assert_eq!(
+            store.failure().map(StoreError::class),
+            Some(FailureClass::DiskFull)
+        );
+        // The disk has room again (the real directory takes the probe).
+        store.recover().unwrap();
+        assert_eq!(store.append(&[&payload(3)], Priority::Normal).unwrap(), 3);
     }
 
     #[test]

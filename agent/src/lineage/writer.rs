@@ -46,8 +46,10 @@ use mctc_shim::wire::Message;
 use tokio::sync::{oneshot, watch};
 
 use super::entry::Entry;
-use super::store::{Priority, Recovery, Store, StoreError};
+use super::store::{FailureClass, Priority, Recovery, Store, StoreError};
 use crate::clock::{Clock, CurrentBoot};
+use crate::error::AgentError;
+use crate::platform::PlatformError;
 
 /// Most records written with one fdatasync.
 const MAX_BATCH_ENTRIES: usize = 1024;
@@ -60,18 +62,92 @@ const CHECKPOINT_RETRY: Duration = Duration::from_secs(10);
 pub const RECOVER_RETRY: Duration = Duration::from_secs(1);
 
 /// Why a record was not written.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Refused {
     #[error("lineage quota reached")]
     Quota,
+    /// The lineage is failed (health `failed`): nothing is written until
+    /// the store recovers.
     #[error("lineage unavailable: {0}")]
-    Failed(String),
+    Failed(Failure),
+    /// The checkpoint's TPM quote failed; the records stay durable and
+    /// chained, and the checkpoint is tried again later.
+    #[error("lineage unavailable: checkpoint quote: {0}")]
+    Quote(Arc<PlatformError>),
     #[error("record does not encode: {0}")]
-    Encode(String),
+    Encode(mctc_shim::Error),
+    /// The store refused the frame as the format cannot hold it.
+    #[error("record does not encode: {0}")]
+    Frame(StoreError),
     #[error("nothing to checkpoint")]
     Empty,
     #[error("lineage writer stopped")]
     Stopped,
+}
+
+impl Refused {
+    /// The lineage failure class behind the refusal, if it is one (not for
+    /// a failed quote, an empty checkpoint or a stopped writer).
+    pub fn class(&self) -> Option<FailureClass> {
+        match self {
+            Refused::Quota => Some(FailureClass::Quota),
+            Refused::Failed(failure) => Some(failure.class()),
+            Refused::Encode(_) => Some(FailureClass::Bug),
+            Refused::Frame(e) => Some(e.class()),
+            Refused::Quote(_) | Refused::Empty | Refused::Stopped => None,
+        }
+    }
+}
+
+/// Why the lineage accepts nothing (health `failed`). Kept typed, not
+/// flattened: its class (a full disk, a read-only one, an IO error,
+/// corruption) reaches the log line, and every request it refuses shares it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Failure {
+    /// The store failed: IO at open or at a write, corruption at open.
+    #[error(transparent)]
+    Store(StoreError),
+    /// The store opened, but its last record cannot be continued from.
+    #[error(transparent)]
+    Resume(ResumeError),
+    /// No store to write to (its open failed; reported as `Store` then).
+    #[error("no store")]
+    NoStore,
+}
+
+impl Failure {
+    /// What kind of failure.
+    pub fn class(&self) -> FailureClass {
+        match self {
+            Failure::Store(e) => e.class(),
+            Failure::Resume(_) => FailureClass::Corrupt,
+            Failure::NoStore => FailureClass::Bug,
+        }
+    }
+}
+
+/// Two failures are the same if they would be reported the same (class and
+/// message): what decides whether the status changed.
+impl PartialEq for Failure {
+    fn eq(&self, other: &Self) -> bool {
+        self.class() == other.class() && self.to_string() == other.to_string()
+    }
+}
+
+impl Eq for Failure {}
+
+/// Why the chain cannot continue from the last intact record on disk.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResumeError {
+    #[error("last record (seq {seq}) does not decode: {error}")]
+    Undecodable { seq: u64, error: mctc_shim::Error },
+    #[error("the lineage in this state directory belongs to device {found}, not {expected}")]
+    OtherDevice {
+        found: Box<DeviceId>,
+        expected: Box<DeviceId>,
+    },
+    #[error("frame seq {frame} holds record seq {record}")]
+    SeqMismatch { frame: u64, record: u64 },
 }
 
 /// The answer to an append: the record's seq once durable.
@@ -103,7 +179,7 @@ pub enum Command {
 pub enum Health {
     Ok,
     QuotaReached,
-    Failed(String),
+    Failed(Failure),
 }
 
 impl Health {
@@ -252,13 +328,18 @@ impl std::fmt::Debug for dyn Quoter {
 }
 
 /// Starts the writer thread.
-pub fn spawn(start: WriterStart) -> Result<(LineageHandle, std::thread::JoinHandle<()>), String> {
+pub fn spawn(
+    start: WriterStart,
+) -> Result<(LineageHandle, std::thread::JoinHandle<()>), AgentError> {
     let (writer, status) = Writer::new(start);
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("mctc-lineage".into())
         .spawn(move || writer.run(&rx))
-        .map_err(|e| format!("start the lineage writer thread: {e}"))?;
+        .map_err(|source| AgentError::Thread {
+            what: "the lineage writer",
+            source,
+        })?;
     Ok((LineageHandle { tx, status }, thread))
 }
 
@@ -301,23 +382,25 @@ struct Writer {
 
 /// The chain head continuing from the last recovered record, and whether
 /// that record was a checkpoint.
-fn resume(device: &DeviceId, recovery: &Recovery) -> Result<(ChainHead, Option<u64>), String> {
+fn resume(device: &DeviceId, recovery: &Recovery) -> Result<(ChainHead, Option<u64>), ResumeError> {
     let Some(last) = &recovery.last else {
         return Ok((ChainHead::genesis(device.clone()), None));
     };
-    let record = Record::decode(&last.payload)
-        .map_err(|e| format!("last record (seq {}) does not decode: {e}", last.seq))?;
+    let record = Record::decode(&last.payload).map_err(|error| ResumeError::Undecodable {
+        seq: last.seq,
+        error,
+    })?;
     if record.device != *device {
-        return Err(format!(
-            "the lineage in this state directory belongs to device {}, not {device}",
-            record.device
-        ));
+        return Err(ResumeError::OtherDevice {
+            found: Box::new(record.device.clone()),
+            expected: Box::new(device.clone()),
+        });
     }
     if record.seq != last.seq {
-        return Err(format!(
-            "frame seq {} holds record seq {}",
-            last.seq, record.seq
-        ));
+        return Err(ResumeError::SeqMismatch {
+            frame: last.seq,
+            record: record.seq,
+        });
     }
     let checkpoint = matches!(record.body, Body::Checkpoint(_)).then_some(last.seq);
     let hash = record_hash(&RingCrypto, &last.payload);
@@ -346,17 +429,21 @@ impl Writer {
                     (
                         Some(store),
                         ChainHead::genesis(start.device.clone()),
-                        Health::Failed(reason),
+                        Health::Failed(Failure::Resume(reason)),
                         None,
                     )
                 }
             },
             Err(e) => {
-                tracing::error!(error = %e, "lineage store unusable; the gate stays closed");
+                tracing::error!(
+                    error = %e,
+                    class = e.class().name(),
+                    "lineage store unusable; the gate stays closed"
+                );
                 (
                     None,
                     ChainHead::genesis(start.device.clone()),
-                    Health::Failed(e.to_string()),
+                    Health::Failed(Failure::Store(e)),
                     None,
                 )
             }
@@ -507,7 +594,24 @@ impl Writer {
                     "lineage quota reached with unacknowledged records: the gate closes until the collector catches up"
                 ),
                 Health::Failed(reason) => {
-                    tracing::error!(%reason, "lineage failed: the gate stays closed");
+                    let class = reason.class();
+                    match class {
+                        FailureClass::DiskFull => tracing::error!(
+                            %reason,
+                            class = class.name(),
+                            "lineage failed: the disk is full; the gate stays closed until it has room"
+                        ),
+                        FailureClass::NotWritable => tracing::error!(
+                            %reason,
+                            class = class.name(),
+                            "lineage failed: the disk refuses writes; the gate stays closed until it takes them"
+                        ),
+                        _ => tracing::error!(
+                            %reason,
+                            class = class.name(),
+                            "lineage failed: the gate stays closed"
+                        ),
+                    }
                 }
             }
             self.health = health;
@@ -538,7 +642,7 @@ impl Writer {
                 Err(e) => {
                     tracing::error!(error = %e, ?entry, "lineage record does not encode; not written");
                     if let Some(reply) = reply {
-                        let _ = reply.send(Err(Refused::Encode(e.to_string())));
+                        let _ = reply.send(Err(Refused::Encode(e)));
                     }
                 }
             }
@@ -571,8 +675,8 @@ impl Writer {
                 }
             }
         };
-        if let Health::Failed(reason) = &self.health {
-            refuse_all(chunk, &Refused::Failed(reason.clone()));
+        if let Health::Failed(failure) = &self.health {
+            refuse_all(chunk, &Refused::Failed(failure.clone()));
             return;
         }
         let stamp = self.stamp();
@@ -593,7 +697,7 @@ impl Writer {
         }
         let result = {
             let Some(store) = self.store.as_mut() else {
-                refuse_all(chunk, &Refused::Failed("no store".into()));
+                refuse_all(chunk, &Refused::Failed(Failure::NoStore));
                 return;
             };
             let refs: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
@@ -613,7 +717,7 @@ impl Writer {
                 refuse_all(normal, &Refused::Quota);
                 self.write_essential(essential, stamp);
             }
-            Err(e) => self.store_failed(&e, chunk),
+            Err(e) => self.store_failed(e, chunk),
         }
     }
 
@@ -648,17 +752,20 @@ impl Writer {
                     }
                 }
             }
-            Err(e) => self.store_failed(&e, essential),
+            Err(e) => self.store_failed(e, essential),
         }
     }
 
-    fn store_failed(&mut self, error: &StoreError, chunk: Vec<(Entry, Option<Reply>)>) {
-        let why = match error {
-            StoreError::BadFrame(reason) => Refused::Encode(reason.clone()),
-            other => Refused::Failed(other.to_string()),
+    fn store_failed(&mut self, error: StoreError, chunk: Vec<(Entry, Option<Reply>)>) {
+        let why = match &error {
+            StoreError::BadFrame(_) => Refused::Frame(error.clone()),
+            _ => Refused::Failed(Failure::Store(error.clone())),
         };
         if self.store.as_ref().is_some_and(|s| s.failure().is_some()) {
-            self.set_health(Health::Failed(error.to_string()));
+            // Whatever the class, the store refuses everything until a
+            // recovery proves the disk takes a batch again: a full disk
+            // that got room and an IO error that went away alike.
+            self.set_health(Health::Failed(Failure::Store(error)));
             self.recover_at = Some(Instant::now() + RECOVER_RETRY);
         }
         for (_, reply) in chunk {
@@ -723,7 +830,7 @@ impl Writer {
                 self.set_health(Health::Ok);
             }
             Err(e) => {
-                tracing::debug!(error = %e, "lineage store still not writable");
+                tracing::debug!(error = %e, class = e.class().name(), "lineage store still not writable");
                 self.recover_at = Some(Instant::now() + RECOVER_RETRY);
             }
         }
@@ -762,8 +869,8 @@ impl Writer {
         if self.since_checkpoint == 0 {
             return self.last_checkpoint.ok_or(Refused::Empty);
         }
-        if let Health::Failed(reason) = &self.health {
-            return Err(Refused::Failed(reason.clone()));
+        if let Health::Failed(failure) = &self.health {
+            return Err(Refused::Failed(failure.clone()));
         }
         let Some((seq, qualifying_data)) = self.chain.checkpoint_qualifying_data(&self.crypto)
         else {
@@ -779,7 +886,7 @@ impl Writer {
                 let class = crate::platform::class_name(reason.class());
                 tracing::warn!(%reason, class, seq, "checkpoint quote failed; retrying later");
                 self.checkpoint_retry_at = Some(Instant::now() + CHECKPOINT_RETRY);
-                return Err(Refused::Failed(format!("checkpoint quote: {reason}")));
+                return Err(Refused::Quote(Arc::new(reason)));
             }
         };
         self.checkpoint_retry_at = None;
@@ -1073,7 +1180,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(refused, Some(Refused::Quota));
+        assert!(matches!(refused, Some(Refused::Quota)), "{refused:?}");
         assert_eq!(lineage.current().health, Health::QuotaReached);
         let written_before = lineage.current().next_seq;
         lineage
@@ -1083,10 +1190,10 @@ mod tests {
             .blocking_recv()
             .unwrap()
             .expect("essential record uses the reserve");
-        assert_eq!(
+        assert!(matches!(
             lineage.append(decision()).blocking_recv().unwrap(),
             Err(Refused::Quota)
-        );
+        ));
         // Nothing was dropped to make room, and the transition's checkpoint
         // used the reserve too: without it no receipt could cover the
         // backlog, and nothing could ever be pruned.
@@ -1123,16 +1230,10 @@ mod tests {
         assert_eq!(verify_log(dir.path()).len(), 8);
     }
 
-    #[test]
-    fn a_store_failed_by_io_recovers_and_the_chain_continues_from_the_last_durable_record() {
-        let dir = tempfile::tempdir().unwrap();
-        let lineage = start(dir.path(), |_| {}, 1_000_000);
-        for i in 0..3 {
-            lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
-        }
-        stop(&lineage);
-        let (mut store, recovery) = Store::open(StoreConfig::new(dir.path())).unwrap();
-        store.lose_write_access();
+    /// A writer on the store in `dir` after `break_it` broke its disk.
+    fn start_broken(dir: &Path, break_it: impl FnOnce(&mut Store)) -> LineageHandle {
+        let (mut store, recovery) = Store::open(StoreConfig::new(dir)).unwrap();
+        break_it(&mut store);
         let (lineage, _thread) = spawn(WriterStart {
             store: Ok((store, recovery)),
             device: device(),
@@ -1148,12 +1249,77 @@ mod tests {
             },
         })
         .unwrap();
-        // 3 records and the stop checkpoint are durable; the next write fails.
+        lineage
+    }
+
+    /// A full disk and a failing one both fail the store closed, but the
+    /// refusal and the health keep which it was (ENOSPC vs EBADF), and a
+    /// full disk that got room recovers like any IO failure.
+    #[test]
+    fn a_full_disk_fails_closed_as_disk_full_and_recovers_once_it_has_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        for i in 0..3 {
+            lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
+        }
+        stop(&lineage);
+        let lineage = start_broken(dir.path(), Store::fill_disk);
+        let refused = lineage
+            .append(drift(3))
+            .blocking_recv()
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(refused, Refused::Failed(_)), "{refused}");
+        assert_eq!(refused.class(), Some(FailureClass::DiskFull), "{refused}");
+        let Health::Failed(failure) = lineage.current().health else {
+            panic!("health {:?}", lineage.current().health);
+        };
+        assert_eq!(failure.class(), FailureClass::DiskFull);
+        assert!(
+            matches!(&failure, Failure::Store(e) if e.io_kind() == Some(std::io::ErrorKind::StorageFull)),
+            "{failure:?}"
+        );
+        // The status text is the store's message, as before.
+        assert!(
+            failure.to_string().starts_with("lineage store "),
+            "{failure}"
+        );
+        // The probe goes to the real directory, which has room.
+        let started = Instant::now();
+        while !lineage.current().health.is_ok() {
+            assert!(started.elapsed() < RECOVER_RETRY * 5, "never recovered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            lineage.append(drift(4)).blocking_recv().unwrap().unwrap(),
+            4
+        );
+        stop(&lineage);
+        assert_eq!(verify_log(dir.path()).len(), 6);
+    }
+
+    #[test]
+    fn a_store_failed_by_io_recovers_and_the_chain_continues_from_the_last_durable_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let lineage = start(dir.path(), |_| {}, 1_000_000);
+        for i in 0..3 {
+            lineage.append(drift(i)).blocking_recv().unwrap().unwrap();
+        }
+        stop(&lineage);
+        let lineage = start_broken(dir.path(), Store::lose_write_access);
+        // 3 records and the stop checkpoint are durable; the next write fails
+        // (EBADF: an IO error, not a full disk).
+        let refused = lineage
+            .append(drift(3))
+            .blocking_recv()
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(refused, Refused::Failed(_)), "{refused}");
+        assert_eq!(refused.class(), Some(FailureClass::Io), "{refused}");
         assert!(matches!(
-            lineage.append(drift(3)).blocking_recv().unwrap(),
-            Err(Refused::Failed(_))
+            lineage.current().health,
+            Health::Failed(ref e) if e.class() == FailureClass::Io
         ));
-        assert!(matches!(lineage.current().health, Health::Failed(_)));
         let started = Instant::now();
         while !lineage.current().health.is_ok() {
             assert!(started.elapsed() < RECOVER_RETRY * 5, "never recovered");
@@ -1182,7 +1348,10 @@ mod tests {
         bytes.extend(std::iter::repeat_n(0u8, 300 * 1024));
         std::fs::write(&segment, &bytes).unwrap();
         let lineage = start(dir.path(), |_| {}, 1_000_000);
-        assert!(matches!(lineage.current().health, Health::Failed(ref e) if e.contains("corrupt")));
+        assert!(matches!(
+            lineage.current().health,
+            Health::Failed(ref e) if e.class() == FailureClass::Corrupt && e.to_string().contains("corrupt")
+        ));
         assert!(matches!(
             lineage.append(drift(99)).blocking_recv().unwrap(),
             Err(Refused::Failed(_))

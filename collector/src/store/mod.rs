@@ -18,12 +18,25 @@ use serde::Serialize;
 
 use crate::registry::RegistryEntry;
 
-/// Why the store failed.
+pub use mctc_service::sqlite::Fault;
+
+/// Why the store failed. Every variant is the collector's problem (the
+/// database, the disk, this code), never the device's:
+/// [`StoreError::is_transient`] says whether the same operation may succeed
+/// later (a busy database, a head another writer keeps moving); anything
+/// else is logged at error level and never answered with an anomaly.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The SQLite database failed.
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// The SQLite database failed; `fault` classifies it (busy → retry;
+    /// corrupt, full, IO, read-only → the operator's problem).
+    #[error("{fault}: {source}")]
+    Sqlite {
+        /// What kind of failure.
+        fault: Fault,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
     /// The device's head moved since it was read: another writer extended
     /// the chain. The caller re-reads and decides again.
     #[error("head of {device} moved: expected next seq {expected}, found {found}")]
@@ -58,6 +71,51 @@ pub enum StoreError {
     /// creatable, WAL refused, or SQLite failed while opening it).
     #[error("open: {0}")]
     Open(mctc_service::sqlite::OpenError),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(source: rusqlite::Error) -> Self {
+        StoreError::Sqlite {
+            fault: Fault::of(&source),
+            source,
+        }
+    }
+}
+
+impl StoreError {
+    /// The database's failure class, where the database reported one.
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            StoreError::Sqlite { fault, .. } => Some(*fault),
+            StoreError::Open(e) => e.fault(),
+            StoreError::HeadMoved { .. }
+            | StoreError::OutOfRange { .. }
+            | StoreError::Corrupt(_)
+            | StoreError::SchemaTooNew { .. } => None,
+        }
+    }
+
+    /// Whether the same operation may succeed if tried again later: the
+    /// database was busy past its busy timeout, or other writers kept
+    /// moving the device's head through every re-decision.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::HeadMoved { .. } => true,
+            other => other.fault().is_some_and(Fault::is_transient),
+        }
+    }
+
+    /// A stable name of the failure's kind (logs, counters).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Sqlite { fault, .. } => fault.name(),
+            StoreError::HeadMoved { .. } => "head_moved",
+            StoreError::OutOfRange { .. } => "out_of_range",
+            StoreError::Corrupt(_) => "corrupt_row",
+            StoreError::SchemaTooNew { .. } => "too_new",
+            StoreError::Open(e) => e.fault().map_or("unusable", Fault::name),
+        }
+    }
 }
 
 impl From<mctc_service::sqlite::OpenError> for StoreError {

@@ -9,6 +9,7 @@
 //! version is `PRAGMA user_version`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use mctc_attest::ClockInfo;
 use mctc_service::sqlite::Schema;
@@ -168,6 +169,15 @@ impl SqliteStore {
             conn,
             anomaly_rows_per_kind: DEFAULT_ANOMALY_ROWS_PER_KIND,
         }
+    }
+
+    /// Waits at most `timeout` for another writer's lock before an
+    /// operation fails as busy (default
+    /// [`mctc_service::sqlite::BUSY_TIMEOUT`]); callers that would rather
+    /// fail fast, such as tests, shorten it.
+    pub fn with_busy_timeout(self, timeout: Duration) -> Result<Self, StoreError> {
+        self.conn.busy_timeout(timeout)?;
+        Ok(self)
     }
 
     /// Keeps at most `rows` anomaly rows per device and kind (at least 1).
@@ -712,6 +722,33 @@ mod tests {
     use super::*;
     use crate::store::{NewAnomaly, NewRecord};
 
+    /// Makes a store at `path` whose `table` (and its indexes) has damaged
+    /// root pages: a real corrupt file whose schema still reads, so it
+    /// opens and fails only when the table is used.
+    fn corrupt_table(path: &Path, table: &str) {
+        drop(SqliteStore::open(path).unwrap());
+        let conn = Connection::open(path).unwrap();
+        let roots: Vec<i64> = conn
+            .prepare("SELECT rootpage FROM sqlite_master WHERE tbl_name = ?1")
+            .unwrap()
+            .query_map([table], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let size: i64 = conn
+            .query_row("PRAGMA page_size", [], |r| r.get(0))
+            .unwrap();
+        let size = usize::try_from(size).unwrap();
+        // The last connection closing checkpoints the WAL into the file.
+        drop(conn);
+        let mut bytes = std::fs::read(path).unwrap();
+        for root in roots {
+            let at = (usize::try_from(root).unwrap() - 1) * size;
+            bytes[at..at + size].fill(0xA5);
+        }
+        std::fs::write(path, bytes).unwrap();
+    }
+
     fn device() -> DeviceId {
         DeviceId::new("d1").unwrap()
     }
@@ -974,6 +1011,51 @@ mod tests {
             ),
             "{err}"
         );
+    }
+
+    /// A writer holding the lock past the busy timeout makes a write fail
+    /// busy: transient, the collector's (not the device's), retried.
+    #[test]
+    fn a_write_behind_another_writers_lock_is_busy_and_transient() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        let mut s = SqliteStore::open(&path)
+            .unwrap()
+            .with_busy_timeout(Duration::from_millis(20))
+            .unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE;").unwrap();
+        let err = s.put_registry(&entry(1, b"a"), 1).unwrap_err();
+        assert_eq!(err.fault(), Some(super::super::Fault::Busy), "{err}");
+        assert!(err.is_transient());
+        assert_eq!(err.kind(), "busy");
+        // Readers are not blocked (WAL), and once the lock is gone the same
+        // write goes through.
+        assert_eq!(s.registry(&device()).unwrap(), None);
+        other.execute_batch("ROLLBACK;").unwrap();
+        assert_eq!(
+            s.put_registry(&entry(1, b"a"), 2).unwrap(),
+            RegistryChange::New
+        );
+    }
+
+    /// A damaged table is the collector's failure and not transient.
+    #[test]
+    fn a_corrupt_table_is_a_lasting_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.db");
+        corrupt_table(&path, "heads");
+        let s = SqliteStore::open(&path).unwrap();
+        let err = s.head(&device()).unwrap_err();
+        assert_eq!(err.fault(), Some(super::super::Fault::Corrupt), "{err}");
+        assert!(!err.is_transient());
+        let moved = StoreError::HeadMoved {
+            device: "d".into(),
+            expected: 1,
+            found: 2,
+        };
+        assert!(moved.is_transient(), "another writer: decided again later");
+        assert!(!StoreError::Corrupt("x".into()).is_transient());
     }
 
     #[test]
