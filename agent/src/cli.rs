@@ -340,7 +340,7 @@ fn export(
                     break (bundle, summary, note);
                 }
             }
-            Err(e) if attempt >= 3 || read_receipt() == receipt => return Err(e),
+            Err(e) if attempt >= 3 || read_receipt() == receipt => return Err(e.into()),
             Err(_) => {}
         }
     };

@@ -19,8 +19,7 @@ use mctc_shim::messages::RegistryRecord;
 use mctc_shim::wire::Message;
 use mctc_shim::{AuthorityKey, DeviceId, Signed};
 
-use super::store::read_range;
-use crate::error::AgentError;
+use super::store::{StoreError, read_range};
 
 /// Why a bundle could not be made from the local lineage. The messages are
 /// what `lineage export` prints after `bundle: `.
@@ -59,6 +58,12 @@ pub enum ExportError {
         "the collector acknowledged records through {acked}, after the last checkpoint ({last_checkpoint}); start the agent so it checkpoints, then export"
     )]
     ReceiptAhead { acked: u64, last_checkpoint: u64 },
+    /// The local lineage could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The bundle could not be written.
+    #[error("cannot write the bundle: {0}")]
+    Write(#[from] mctc_service::ServiceError),
 }
 
 /// What `lineage export` wrote.
@@ -77,7 +82,7 @@ pub fn registry_ak(
     registry: &[u8],
     keys: &[AuthorityKey],
     device: &DeviceId,
-) -> Result<Vec<u8>, AgentError> {
+) -> Result<Vec<u8>, ExportError> {
     let record =
         RegistryRecord::open(registry, keys, &RingCrypto).map_err(ExportError::Registry)?;
     if record.sub != *device {
@@ -101,7 +106,7 @@ pub fn build(
     registry: Vec<u8>,
     ak_public: Vec<u8>,
     receipt: Option<(Vec<u8>, u64)>,
-) -> Result<(Bundle, Exported), AgentError> {
+) -> Result<(Bundle, Exported), ExportError> {
     let frames = read_range(
         lineage_dir,
         from.unwrap_or(0),
@@ -147,7 +152,7 @@ pub fn build(
         }
     }
     let Some(last) = last_checkpoint else {
-        return Err(ExportError::NoCheckpoint.into());
+        return Err(ExportError::NoCheckpoint);
     };
     let records: Vec<Vec<u8>> = frames
         .into_iter()
@@ -188,7 +193,7 @@ pub fn build(
 }
 
 /// Writes `bundle` to `out` atomically (readable: it holds no secret).
-pub fn write(out: &Path, bundle: &Bundle) -> Result<usize, AgentError> {
+pub fn write(out: &Path, bundle: &Bundle) -> Result<usize, ExportError> {
     let bytes = bundle.encode();
     mctc_service::files::write_atomic(out, &bytes, 0o644)?;
     Ok(bytes.len())
