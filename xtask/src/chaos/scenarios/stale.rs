@@ -9,9 +9,15 @@
 //! so nothing but the drift closes the gate: the device's renewal quotes
 //! the artifact's `next_nonce` and waits for an answer that only the
 //! scenario gives.
+//!
+//! This row owns the fault for `cargo xtask test` (`chaos/owners.rs`): it
+//! replaced the agent's end-to-end test `stale_evidence.rs`, whose lineage
+//! check (nothing opened between the drift close and the reboot, the
+//! containment recorded) it makes against the collector's copy.
 
 use std::time::{Duration, Instant};
 
+use mctc_shim::lineage::{Body, CloseCode, Record};
 use mctc_shim::messages::{Evidence, Heartbeat};
 use mctc_shim::wire::Message;
 use mctc_shim::{RingCrypto, RingSigner, Signed};
@@ -22,6 +28,7 @@ use super::messages::{HEARTBEAT, Repeater, keys};
 use super::{Outcome, closes, first_close_reason, log_mark, recover_and_account, watch};
 use crate::chaos::broken::{Broken, Context};
 use crate::chaos::forge::{self, ArtifactSpec};
+use crate::chaos::lineage;
 use crate::chaos::rig::{DRIFT_MS, HB_MS, Rig, SLACK, TTL_MS, ms, reboot};
 
 /// What the agent logs when an artifact-topic message matches no
@@ -74,6 +81,9 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Result<
 
     // Drift while it is in flight.
     let mark = log_mark(&rig.main);
+    let seq_at_drift = rig.main.status()["lineage"]["next_seq"]
+        .as_u64()
+        .unwrap_or(0);
     let cut = Instant::now();
     rig.main
         .device
@@ -150,5 +160,52 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Result<
         "closed ({why}); the answer to the pre-drift evidence, {in_flight_ms} ms after the drift, dropped; contained"
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
+    // What the lineage says, as the collector holds it (caught up by now):
+    // the drift close, the containment, and nothing opened before the
+    // reboot's start.
+    let story = lineage::read_collector_records(&rig.collector_db(), rig.main.id(), seq_at_drift)
+        .and_then(|records| no_reopen_after_drift(&records));
+    if let Err(e) = story {
+        out.fail(format!("lineage at the collector: {e}"));
+    }
     Ok(out)
+}
+
+/// In `records` (from before the drift on): a `GateClosed(drift)`, then up
+/// to the next `AgentStart` a `GateContained` and no `GateOpened` or
+/// `ArtifactInstalled`.
+fn no_reopen_after_drift(records: &[(u64, Vec<u8>)]) -> Result<(), String> {
+    let bodies = records
+        .iter()
+        .map(|(seq, bytes)| {
+            Record::decode(bytes)
+                .map(|r| (*seq, r.body))
+                .map_err(|e| format!("record {seq}: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let close = bodies
+        .iter()
+        .position(|(_, b)| matches!(b, Body::GateClosed(c) if c.reason == CloseCode::Drift))
+        .ok_or("no drift close recorded")?;
+    let after = &bodies[close..];
+    let restart = after
+        .iter()
+        .position(|(_, b)| matches!(b, Body::AgentStart(_)))
+        .ok_or("the reboot's start is not recorded")?;
+    let between = &after[..restart];
+    let opened: Vec<u64> = between
+        .iter()
+        .filter(|(_, b)| matches!(b, Body::GateOpened(_) | Body::ArtifactInstalled(_)))
+        .map(|(seq, _)| *seq)
+        .collect();
+    if !opened.is_empty() {
+        return Err(format!("opened on pre-drift evidence at seqs {opened:?}"));
+    }
+    if !between
+        .iter()
+        .any(|(_, b)| matches!(b, Body::GateContained(_)))
+    {
+        return Err("the containment is not recorded".into());
+    }
+    Ok(())
 }
