@@ -187,6 +187,13 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
     Ok(out)
 }
 
+/// Whether `line` is the gate socket's busy answer (`{"error":"busy",…}`,
+/// read as JSON: the typed API added a version field after the error).
+fn told_busy(line: &[u8]) -> bool {
+    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| v["error"] == "busy")
+}
+
 /// Holds a gate-socket connection open without asking anything.
 fn idle(socket: &Path) -> Option<UnixStream> {
     UnixStream::connect(socket).ok()
@@ -214,9 +221,7 @@ pub fn socket_flood(rig: &mut Rig) -> Result<Outcome, Broken> {
             let mut buf = [0u8; 64];
             if let Ok(n) = conn.read(&mut buf)
                 && n > 0
-                && buf
-                    .get(..n)
-                    .is_some_and(|b| b.starts_with(b"{\"error\":\"busy\"}"))
+                && buf.get(..n).is_some_and(told_busy)
             {
                 busy += 1;
             } else {
@@ -537,4 +542,17 @@ pub fn bad_configs(rig: &mut Rig) -> Result<Outcome, Broken> {
         files.len()
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_is_read_as_json() {
+        assert!(told_busy(b"{\"error\":\"busy\",\"v\":1}\n"));
+        assert!(told_busy(b"{\"error\":\"busy\"}\n"));
+        assert!(!told_busy(b"{\"error\":\"line too long\",\"v\":1}\n"));
+        assert!(!told_busy(b"{\"error\":\"bu"));
+    }
 }
