@@ -171,41 +171,92 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Result<
     Ok(out)
 }
 
+/// What a record means for the story of this row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    DriftClose,
+    Opened,
+    Contained,
+    Start,
+    Other,
+}
+
+fn step(body: &Body<'_>) -> Step {
+    match body {
+        Body::GateClosed(c) if c.reason == CloseCode::Drift => Step::DriftClose,
+        Body::GateOpened(_) | Body::ArtifactInstalled(_) => Step::Opened,
+        Body::GateContained(_) => Step::Contained,
+        Body::AgentStart(_) => Step::Start,
+        _ => Step::Other,
+    }
+}
+
 /// In `records` (from before the drift on): a `GateClosed(drift)`, then up
 /// to the next `AgentStart` a `GateContained` and no `GateOpened` or
 /// `ArtifactInstalled`.
 fn no_reopen_after_drift(records: &[(u64, Vec<u8>)]) -> Result<(), String> {
-    let bodies = records
+    let steps = records
         .iter()
         .map(|(seq, bytes)| {
             Record::decode(bytes)
-                .map(|r| (*seq, r.body))
+                .map(|r| (*seq, step(&r.body)))
                 .map_err(|e| format!("record {seq}: {e}"))
         })
         .collect::<Result<Vec<_>, String>>()?;
-    let close = bodies
+    story_holds(&steps)
+}
+
+fn story_holds(steps: &[(u64, Step)]) -> Result<(), String> {
+    let close = steps
         .iter()
-        .position(|(_, b)| matches!(b, Body::GateClosed(c) if c.reason == CloseCode::Drift))
+        .position(|(_, s)| *s == Step::DriftClose)
         .ok_or("no drift close recorded")?;
-    let after = &bodies[close..];
+    let after = &steps[close..];
     let restart = after
         .iter()
-        .position(|(_, b)| matches!(b, Body::AgentStart(_)))
+        .position(|(_, s)| *s == Step::Start)
         .ok_or("the reboot's start is not recorded")?;
     let between = &after[..restart];
     let opened: Vec<u64> = between
         .iter()
-        .filter(|(_, b)| matches!(b, Body::GateOpened(_) | Body::ArtifactInstalled(_)))
+        .filter(|(_, s)| *s == Step::Opened)
         .map(|(seq, _)| *seq)
         .collect();
     if !opened.is_empty() {
         return Err(format!("opened on pre-drift evidence at seqs {opened:?}"));
     }
-    if !between
-        .iter()
-        .any(|(_, b)| matches!(b, Body::GateContained(_)))
-    {
+    if !between.iter().any(|(_, s)| *s == Step::Contained) {
         return Err("the containment is not recorded".into());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Step::*;
+
+    fn numbered(steps: &[Step]) -> Vec<(u64, Step)> {
+        steps
+            .iter()
+            .copied()
+            .zip(10..)
+            .map(|(s, n)| (n, s))
+            .collect()
+    }
+
+    #[test]
+    fn the_story_needs_the_close_the_containment_and_no_opening_before_the_reboot() {
+        assert!(
+            story_holds(&numbered(&[
+                Opened, Other, DriftClose, Other, Contained, Start, Opened
+            ]))
+            .is_ok()
+        );
+        let reopened = story_holds(&numbered(&[DriftClose, Opened, Contained, Start])).unwrap_err();
+        assert!(reopened.contains("[11]"), "{reopened}");
+        assert!(story_holds(&numbered(&[DriftClose, Other, Start, Contained])).is_err());
+        assert!(story_holds(&numbered(&[Opened, Contained, Start])).is_err());
+        assert!(story_holds(&numbered(&[DriftClose, Contained])).is_err());
+    }
 }
