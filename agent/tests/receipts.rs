@@ -4,13 +4,18 @@
 //! line, tested here with the one identity that may write there (the
 //! collector's broker certificate, without the collector's receipt key):
 //!
-//! - acks forged that way while the collector is down prune nothing: the store fills, the gate denies at the quota,
-//!   and once the collector is back every record reaches it with no gap;
 //! - receipts by another key, for another device, for a record the
 //!   collector does not hold, or replayed, change nothing and are counted;
 //! - a bundle cut or thinned below its receipt fails `mctc-collector
 //!   verify` at the first missing seq, and the collector's own export
 //!   verifies.
+//!
+//! Acks forged while the collector is down (nothing pruned, the deny at the
+//! quota, every record collected) are the chaos row "forged lineage acks
+//! (no receipt key), collector down", which owns that fault
+//! (`xtask/src/chaos/owners.rs`) and makes this file's former assertions
+//! too: a forged receipt naming a real checkpoint by its true hash, every
+//! receipt counted, pruning again on the genuine receipts, no anomaly.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -27,15 +32,11 @@ use common::{Device, Fleet, MqttClient, run};
 use mctc_agent::lineage::bundle::Bundle;
 use mctc_agent::lineage::store::read_range;
 use mctc_shim::lineage::record_hash;
-use mctc_shim::messages::LineageAck;
 use mctc_shim::wire::{Bytes, Version};
-use mctc_shim::{DeviceId, Message, Receipt, RingCrypto, RingSigner, Signer};
+use mctc_shim::{DeviceId, Receipt, RingCrypto, RingSigner, Signer};
 use mctc_tests::wait_until;
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde_json::Value;
-
-/// A small store: the quota fills within a few hundred permits.
-const SMALL_STORE: &str = "[lineage]\nsegment_bytes = 16384\nquota_bytes = 65536\nreserve_bytes = 16384\nresend_after_ms = 1000\n";
 
 /// The collector's receipt key, as the fleet generated it.
 struct KeyFile(Ed25519KeyPair);
@@ -102,21 +103,6 @@ fn first_on_disk(device: &Device) -> u64 {
     records(device, 0).first().unwrap().0
 }
 
-/// The newest checkpoint record on disk and its hash.
-fn last_checkpoint(device: &Device) -> (u64, [u8; 32]) {
-    records(device, 0)
-        .into_iter()
-        .rev()
-        .find(|(_, bytes)| {
-            matches!(
-                common::record(bytes).body,
-                mctc_shim::lineage::Body::Checkpoint(_)
-            )
-        })
-        .map(|(seq, bytes)| (seq, record_hash(&RingCrypto, &bytes)))
-        .unwrap()
-}
-
 fn lineage(device: &Device) -> Value {
     device.status()["lineage"].clone()
 }
@@ -125,134 +111,8 @@ fn rejected(device: &Device) -> u64 {
     lineage(device)["rejected_receipts"].as_u64().unwrap()
 }
 
-/// Everything an attacker holding the device's broker key can publish on
-/// its ack topic to claim that everything up to `seq` is acknowledged: the
-/// old unsigned ack, and receipts signed by a key of their own (with the
-/// right record hash, read from the device's own disk).
-fn forged_acks(device: &Device, rogue: &RingSigner, seq: u64, hash: [u8; 32]) -> Vec<Vec<u8>> {
-    let unsigned = LineageAck {
-        v: Version::CURRENT,
-        device: DeviceId::new(&device.id).unwrap(),
-        through_seq: Some(seq),
-        anomaly: None,
-        at_seq: None,
-    };
-    let mut buf = [0u8; 256];
-    vec![
-        unsigned.encode(&mut buf).unwrap().to_vec(),
-        receipt(rogue, &device.id, seq, hash, Some(seq)),
-    ]
-}
-
-#[test]
-fn acks_forged_without_the_collectors_receipt_key_prune_nothing_and_the_collector_gets_every_record()
- {
-    let mut fleet = Fleet::new();
-    fleet.start_authority();
-    let mut device = fleet.device_with("forged-1", "locker", SMALL_STORE);
-    device.bring_up();
-    // The collector is down from the start: nothing is acknowledged.
-    // Meanwhile someone holding the device's own certificate publishes
-    // acks on its ack topic (the broker's ACL allows it) claiming every
-    // record, as fast as the device writes them.
-    // The device's own certificate may no longer write its ack topic (the
-    // broker drops it, tests/tests/broker_smoke.rs); the collector's broker
-    // certificate may, and without the collector's receipt key its acks
-    // must change nothing.
-    let forger = MqttClient::connect(&fleet.broker, "mctc-collector", "forged-1-forger", &[]);
-    let rogue = RingSigner::from_seed(&[0x66; 32]).unwrap();
-    let topic = ack_topic(&device);
-    let mut permits = Vec::new();
-    let mut forged = 0;
-    let denied = loop {
-        let answer = device.authorize("unlock", None, None, Some("forged-ack"));
-        if answer["decision"] == "permit" {
-            permits.push(answer["seq"].as_u64().unwrap());
-        } else {
-            break answer;
-        }
-        if permits.len() % 20 == 0 {
-            let (seq, hash) = last_checkpoint(&device);
-            for ack in forged_acks(&device, &rogue, seq, hash) {
-                forger.publish(&topic, &ack, false);
-                forged += 1;
-            }
-        }
-        assert!(
-            permits.len() < 5_000,
-            "the quota never filled: {}",
-            device.status()
-        );
-    };
-    // The deny: the store filled because nothing was pruned on the forged
-    // acks; before receipts, they pruned and the gate stayed open.
-    assert_eq!(denied["decision"], "deny", "{denied}");
-    let status = device.status();
-    assert_eq!(status["state"], "closed", "{status}");
-    assert_eq!(status["reason"], "lineage-unavailable", "{status}");
-    assert_eq!(status["lineage"]["health"], "quota-reached", "{status}");
-    assert!(permits.len() > 100, "only {} permits", permits.len());
-    assert!(
-        wait_until(Duration::from_secs(10), || rejected(&device) >= forged / 2).is_some(),
-        "forged receipts were not all rejected: {} of {forged}",
-        rejected(&device)
-    );
-    let status = lineage(&device);
-    assert_eq!(status["acked_seq"], Value::Null, "{status}");
-    assert_eq!(status["pruned_through"], Value::Null, "{status}");
-    assert_eq!(first_on_disk(&device), 0, "nothing pruned on a forged ack");
-    assert!(device.log().contains("lineage receipt rejected"));
-
-    // The collector comes back: every record arrives (from seq 0, no gap),
-    // the device prunes on the genuine receipts and the gate reopens.
-    fleet.start_collector();
-    assert!(
-        device.wait_state("open", Duration::from_secs(60)).is_some(),
-        "{}\n--- collector ---\n{}",
-        device.status(),
-        fleet.collector_log()
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || first_on_disk(&device) > 0).is_some(),
-        "nothing pruned on the genuine receipts: {}",
-        device.status()
-    );
-    assert!(!fleet.collector_log().contains("lineage anomaly"));
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = dir.path().join("collector.bundle");
-    let export = run(
-        "mctc-collector",
-        &[
-            "export",
-            &device.id,
-            "--config",
-            &fleet.collector_config(),
-            "--out",
-            bundle.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(export.code, 0, "{export:?}");
-    let verified = verify(&fleet, &bundle);
-    assert_eq!(verified.code, 0, "{verified:?}");
-    // Every permit answered is at the collector, in the verified chain
-    // from seq 0.
-    let held = Bundle::parse(&std::fs::read(&bundle).unwrap()).unwrap();
-    assert_eq!(held.from_seq, 0);
-    let last = held.records.len() as u64 - 1;
-    assert!(
-        permits.iter().all(|seq| *seq <= last),
-        "permits beyond the collector's export (last {last}): {:?}",
-        permits.last()
-    );
-    for seq in &permits {
-        let record = common::record(&held.records[*seq as usize]);
-        assert!(
-            matches!(record.body, mctc_shim::lineage::Body::Decision(_)),
-            "record {seq} is not the permit's decision"
-        );
-    }
-}
-
+/// Owns the fault "receipts by another key, for another device, for a
+/// record not held" (`xtask/src/chaos/owners.rs`).
 #[test]
 fn receipts_by_another_key_for_another_device_or_a_record_the_collector_does_not_hold_change_nothing()
  {
@@ -407,6 +267,8 @@ fn rewrite(bundle: &Bundle, from_seq: u64, records: Vec<Vec<u8>>, path: &Path) {
     std::fs::write(path, cut.encode()).unwrap();
 }
 
+/// Owns the fault "bundle cut or thinned below its receipt"
+/// (`xtask/src/chaos/owners.rs`).
 #[test]
 fn bundles_cut_or_thinned_below_their_receipt_fail_and_the_collectors_export_verifies() {
     let mut fleet = Fleet::new();
@@ -546,6 +408,9 @@ fn bundles_cut_or_thinned_below_their_receipt_fail_and_the_collectors_export_ver
     assert_eq!(none.code, 1, "{none:?}");
 }
 
+/// Owns the fault "damaged or foreign receipt file in the state
+/// directory" (`xtask/src/chaos/owners.rs`); it stops the collector only so
+/// that no new receipt replaces the persisted one.
 #[test]
 fn the_latest_receipt_survives_a_restart_and_a_damaged_one_is_ignored() {
     let mut fleet = Fleet::new();

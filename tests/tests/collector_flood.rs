@@ -106,6 +106,8 @@ fn resends(device: &Device) -> usize {
     device.log().matches("no lineage ack; resending").count()
 }
 
+/// Owns the fault "device floods its own lineage topic"
+/// (`xtask/src/chaos/owners.rs`).
 #[test]
 fn a_device_flooding_its_lineage_topic_cannot_knock_the_collector_off_or_stall_others() {
     let mut fleet = Fleet::new();

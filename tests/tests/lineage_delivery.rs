@@ -64,7 +64,8 @@ fn check_collector(db: &Path, device: &Device, through: u64, permits: &[(u64, St
 /// what the collector holds. After the restart the collector's acks are
 /// beyond anything this run of the agent sent: the agent must still make
 /// progress (believing each ack up to what it resent) instead of waiting for
-/// an ack it will never believe.
+/// an ack it will never believe. Owns the fault "agent restarted behind the
+/// collector's head" (`xtask/src/chaos/owners.rs`).
 #[test]
 fn a_restart_behind_the_collectors_head_still_drains_the_backlog() {
     let mut fleet = Fleet::new();

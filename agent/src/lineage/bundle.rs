@@ -35,7 +35,7 @@ pub enum ExportError {
     Registry(mctc_shim::Error),
     /// The registry record is another device's.
     #[error("registry record is for {found}, not {expected}")]
-    RegistryDevice { found: DeviceId, expected: DeviceId },
+    RegistryDevice { found: String, expected: String },
     /// The log holds no record.
     #[error("no lineage records on disk")]
     NoRecords,
@@ -87,10 +87,9 @@ pub fn registry_ak(
         RegistryRecord::open(registry, keys, &RingCrypto).map_err(ExportError::Registry)?;
     if record.sub != *device {
         return Err(ExportError::RegistryDevice {
-            found: record.sub.clone(),
-            expected: device.clone(),
-        }
-        .into());
+            found: record.sub.to_string(),
+            expected: device.to_string(),
+        });
     }
     Ok(record.ak_public.0.to_vec())
 }
@@ -124,8 +123,7 @@ pub fn build(
         return Err(ExportError::Pruned {
             from,
             oldest: first,
-        }
-        .into());
+        });
     }
     let crypto = RingCrypto;
     let mut verifier: Option<ChainVerifier> = None;
@@ -169,8 +167,7 @@ pub fn build(
             return Err(ExportError::ReceiptAhead {
                 acked: *seq,
                 last_checkpoint: last_seq,
-            }
-            .into());
+            });
         }
     }
     let bundle = Bundle {

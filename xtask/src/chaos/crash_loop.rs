@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::broken::Broken;
 use super::lineage;
-use super::probe::{self, Probe};
+use super::probe::{self, Permit, Probe};
 use super::rig::{LINEAGE, RECOVERY, Rig};
 use mctc_tests::wait_until;
 
@@ -60,8 +60,8 @@ pub fn run(rig: &mut Rig, iterations: u32, rng: &mut fastrand::Rng) -> Result<Cr
     let mut dev = rig.device("crash", LINEAGE, Vec::new());
     dev.start()?;
     dev.must_open()?;
-    let mut pruned: Vec<(u64, String)> = Vec::new();
-    let mut all_permits: Vec<(u64, String)> = Vec::new();
+    let mut pruned: Vec<Permit> = Vec::new();
+    let mut all_permits: Vec<Permit> = Vec::new();
     for i in 0..iterations {
         let clients: Vec<Probe> = (0..CLIENTS)
             .map(|c| Probe::start(&dev.device.socket, &format!("crash-{i}-{c}")))
@@ -88,9 +88,10 @@ pub fn run(rig: &mut Rig, iterations: u32, rng: &mut fastrand::Rng) -> Result<Cr
                 if disk.tail_bytes > 0 {
                     report.torn_tails += 1;
                 }
-                for (seq, cti) in &permits {
+                for permit in &permits {
+                    let seq = &permit.seq;
                     match disk.get(*seq) {
-                        Some(record) if lineage::is_permit_under(&record.bytes, cti) => {}
+                        Some(record) if lineage::is_permit_of(&record.bytes, permit) => {}
                         Some(_) => {
                             report.lost += 1;
                             report.problems.push(format!(
@@ -98,7 +99,7 @@ pub fn run(rig: &mut Rig, iterations: u32, rng: &mut fastrand::Rng) -> Result<Cr
                             ));
                         }
                         None if disk.first_seq().is_some_and(|f| *seq < f) => {
-                            pruned.push((*seq, cti.clone()));
+                            pruned.push(permit.clone());
                         }
                         None => {
                             report.lost += 1;
@@ -143,7 +144,7 @@ pub fn run(rig: &mut Rig, iterations: u32, rng: &mut fastrand::Rng) -> Result<Cr
                     break;
                 }
             }
-            for (seq, _) in all_permits.iter().chain(&pruned) {
+            for Permit { seq, .. } in all_permits.iter().chain(&pruned) {
                 if !collected.hashes.contains_key(seq) {
                     report.lost += 1;
                     report

@@ -13,6 +13,8 @@ use mctc_shim::crypto::RingCrypto;
 use mctc_shim::lineage::{Body, ChainVerifier, Record, Step, VerdictCode};
 use mctc_shim::wire::Message;
 
+use super::probe::Permit;
+
 const MAGIC: &[u8; 8] = b"MCTCLIN1";
 const HEADER: usize = 16;
 const FRAME_OVERHEAD: usize = 16;
@@ -163,12 +165,15 @@ pub fn read_disk(dir: &Path, device: &str) -> Result<DiskLineage, String> {
     Ok(lineage)
 }
 
-/// Whether the record is a permit decided under artifact `cti` (hex).
-pub fn is_permit_under(bytes: &[u8], cti: &str) -> bool {
+/// Whether the record is `permit`'s own: a permit decided under its
+/// artifact (`cti`, hex) for the request with its `ref`.
+pub fn is_permit_of(bytes: &[u8], permit: &Permit) -> bool {
     match Record::decode(bytes) {
         Ok(record) => match record.body {
             Body::Decision(d) => {
-                d.verdict == VerdictCode::Permit && d.cti.is_some_and(|c| hex::encode(c.0) == cti)
+                d.verdict == VerdictCode::Permit
+                    && d.cti.is_some_and(|c| hex::encode(c.0) == permit.cti)
+                    && d.reference.is_some_and(|r| r.0 == permit.reference)
             }
             _ => false,
         },
@@ -247,6 +252,32 @@ pub fn read_collector(db: &Path, device: &str) -> Result<Collected, String> {
     )?;
     collected.anomalies = anomalies.lines().map(str::to_owned).collect();
     Ok(collected)
+}
+
+/// The records the collector stores for `device` from `from_seq` on,
+/// `(seq, bytes)` in seq order.
+pub fn read_collector_records(
+    db: &Path,
+    device: &str,
+    from_seq: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    DeviceId::new(device).map_err(|e| format!("device id {device}: {e}"))?;
+    let rows = sqlite(
+        db,
+        &format!(
+            "SELECT seq, hex(bytes) FROM records WHERE device = '{device}' AND seq >= {from_seq} ORDER BY seq;"
+        ),
+    )?;
+    rows.lines()
+        .filter_map(|line| line.split_once('|'))
+        .map(|(seq, bytes)| {
+            let seq: u64 = seq
+                .parse()
+                .map_err(|e| format!("collector seq `{seq}`: {e}"))?;
+            let bytes = hex::decode(bytes).map_err(|e| format!("collector record {seq}: {e}"))?;
+            Ok((seq, bytes))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ mod crash_loop;
 mod ctx;
 mod forge;
 mod lineage;
+// The one owner of each fault: a table its tests check against the
+// matrix and the end-to-end tests' sources.
+#[cfg(test)]
+mod owners;
 mod probe;
 mod report;
 mod rig;

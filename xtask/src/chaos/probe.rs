@@ -41,6 +41,8 @@ pub enum Answer {
 pub struct Observation {
     pub sent: Instant,
     pub answered: Instant,
+    /// The request's `ref` (`{tag}-{n}`), which its decision record keeps.
+    pub reference: String,
     pub answer: Answer,
 }
 
@@ -48,6 +50,20 @@ impl Observation {
     pub fn is_permit(&self) -> bool {
         matches!(self.answer, Answer::Permit { .. })
     }
+
+    /// Whether this was a deny for `reason`.
+    pub fn denied_for(&self, reason: &str) -> bool {
+        matches!(&self.answer, Answer::Deny { reason: r } if r == reason)
+    }
+}
+
+/// A permit answered to a client, as the lineage check needs it: the seq
+/// of its record, the artifact it was decided under, the request's `ref`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permit {
+    pub seq: u64,
+    pub cti: String,
+    pub reference: String,
 }
 
 /// A running probe; stopped (and joined) by [`Probe::stop`] or on drop.
@@ -146,6 +162,11 @@ impl Probe {
         self.any_since(t, |o| !o.is_permit())
     }
 
+    /// Whether a request asked at or after `t` was denied for `reason`.
+    pub fn denied_for_since(&self, t: Instant, reason: &str) -> bool {
+        self.any_since(t, |o| o.denied_for(reason))
+    }
+
     /// How many permits this probe has been answered.
     pub fn permits(&self) -> usize {
         self.seen
@@ -187,7 +208,8 @@ fn run(socket: &Path, tag: &str, running: &AtomicBool, seen: &Mutex<Vec<Observat
     let mut n: u64 = 0;
     while running.load(Ordering::Acquire) {
         n += 1;
-        let line = format!("{{\"authorize\":{{\"op\":\"unlock\",\"ref\":\"{tag}-{n}\"}}}}\n");
+        let reference = format!("{tag}-{n}");
+        let line = format!("{{\"authorize\":{{\"op\":\"unlock\",\"ref\":\"{reference}\"}}}}\n");
         let sent = Instant::now();
         let answer = match connection.as_mut() {
             Some(c) => c.ask(&line),
@@ -213,6 +235,7 @@ fn run(socket: &Path, tag: &str, running: &AtomicBool, seen: &Mutex<Vec<Observat
             seen.push(Observation {
                 sent,
                 answered: Instant::now(),
+                reference,
                 answer,
             });
         }
@@ -237,11 +260,15 @@ pub fn first_deny_after(seen: &[Observation], from: Instant) -> Option<Duration>
         .map(|o| o.answered.saturating_duration_since(from))
 }
 
-/// The permits' (seq, cti), for the lineage check.
-pub fn permits(seen: &[Observation]) -> Vec<(u64, String)> {
+/// The permits, for the lineage check.
+pub fn permits(seen: &[Observation]) -> Vec<Permit> {
     seen.iter()
         .filter_map(|o| match &o.answer {
-            Answer::Permit { seq, cti } => Some((*seq, cti.clone())),
+            Answer::Permit { seq, cti } => Some(Permit {
+                seq: *seq,
+                cti: cti.clone(),
+                reference: o.reference.clone(),
+            }),
             _ => None,
         })
         .collect()
@@ -284,6 +311,7 @@ mod tests {
         let obs = |s, a, permit: bool| Observation {
             sent: at(s),
             answered: at(a),
+            reference: format!("t-{s}"),
             answer: if permit {
                 Answer::Permit {
                     seq: s,
@@ -307,5 +335,7 @@ mod tests {
             Some(Duration::from_millis(16))
         );
         assert_eq!(permits(&seen).len(), 3);
+        assert_eq!(permits(&seen)[1].reference, "t-10", "the request's own ref");
+        assert!(seen[2].denied_for("closed") && !seen[2].denied_for("contained"));
     }
 }

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use super::broken::{Broken, Context};
 use super::lineage::{self, Collected, DiskLineage};
-use super::probe::Observation;
+use super::probe::{Observation, Permit};
 
 /// The device class of the suite: artifacts live 4 s (renewed at about
 /// 2 s), the heartbeat window is 3 s (a heartbeat every second), the drift
@@ -206,7 +206,7 @@ impl Rig {
         self.account_permits(dev, &permits)
     }
 
-    pub fn account_permits(&self, dev: &Dev, permits: &[(u64, String)]) -> Accounting {
+    pub fn account_permits(&self, dev: &Dev, permits: &[Permit]) -> Accounting {
         let mut acc = Accounting {
             permits: permits.len(),
             ..Accounting::default()
@@ -223,7 +223,7 @@ impl Rig {
         // forwarded it.
         let target = permits
             .iter()
-            .map(|(s, _)| s + 1)
+            .map(|p| p.seq + 1)
             .chain(disk.last_seq().map(|s| s + 1))
             .max()
             .unwrap_or(0);
@@ -246,14 +246,17 @@ impl Rig {
                 RECOVERY.as_secs()
             ));
         }
-        for (seq, cti) in permits {
+        for permit in permits {
+            let seq = &permit.seq;
             let on_disk = match disk.get(*seq) {
                 Some(record) => {
-                    if lineage::is_permit_under(&record.bytes, cti) {
+                    if lineage::is_permit_of(&record.bytes, permit) {
                         Some(record.hash)
                     } else {
-                        acc.problems
-                            .push(format!("seq {seq}: answered permit, recorded otherwise"));
+                        acc.problems.push(format!(
+                            "seq {seq}: answered permit to `{}`, recorded otherwise",
+                            permit.reference
+                        ));
                         acc.lost += 1;
                         continue;
                     }

@@ -4,10 +4,15 @@
 //! `mod.rs` filters (`--only`), skips loudly what cannot run, and turns
 //! each function's typed result into a report row.
 //!
-//! Not here: a device flooding its own lineage topic. The end-to-end test
-//! `tests/tests/collector_flood.rs` provokes the same fault and proves more
-//! (every flood message counted, anomaly rows bounded, no resend by the
-//! honest device), so the fault is provoked once per `cargo xtask test`.
+//! Each fault is provoked once per `cargo xtask test`: `owners.rs` names
+//! the one owner of every fault, a row here or an end-to-end test, and its
+//! tests fail when an end-to-end test injects a fault a row owns. The rows
+//! own the faults the agent's end-to-end tests used to provoke as well
+//! (authority, broker, TPM, drift, garbage, quota, forged acks, stale
+//! answer, bad configs, SIGKILL in a burst), with those tests' assertions
+//! folded in. Not here: a device flooding its own lineage topic, which
+//! `tests/tests/collector_flood.rs` owns (it proves more: every flood
+//! message counted, anomaly rows bounded, no resend by the honest device).
 //!
 //! A new row: a scenario function in its own file under `scenarios/`
 //! (`fn(&mut Rig, &mut Ctx) -> Result<Outcome, Broken>`) and one entry
@@ -66,7 +71,7 @@ const fn needs(mut scenario: Scenario, needs: &'static [Need]) -> Scenario {
 /// Every row, in the order they run (the README's reliability table).
 pub const MATRIX: &[Scenario] = &[
     row(
-        "config file with bad values",
+        "config file with bad values, or none",
         "exit 2, one line, no start",
         |rig, _| input::bad_configs(rig),
     ),
@@ -86,9 +91,9 @@ pub const MATRIX: &[Scenario] = &[
         |rig, _| input::socket_flood(rig),
     ),
     row(
-        "broker killed and restarted",
-        "≤ hb_ms open; reconnect",
-        |rig, _| fleet::broker_restarted(rig),
+        "broker killed > hb_ms, restarted",
+        "disconnected; deny ≤ hb_ms; reconnect, new session",
+        |rig, _| fleet::broker_killed(rig),
     ),
     row(
         "broker unreachable > hb_ms (SIGSTOP)",
@@ -172,8 +177,8 @@ pub const MATRIX: &[Scenario] = &[
         &[Need::Root],
     ),
     row(
-        "swtpm killed",
-        "deny; reopen after power cycle",
+        "swtpm killed > hb_ms, back power-cycled",
+        "deny ≤ drift + TPM timeout, no round; re-attest, contained",
         |rig, _| platform::tpm_killed(rig),
     ),
     row(
@@ -198,7 +203,7 @@ pub const MATRIX: &[Scenario] = &[
     ),
     row(
         "measured file changed",
-        "deny ≤ drift; contained",
+        "deny ≤ drift; contained, also after a restart",
         |rig, _| platform::measured_file_changed(rig),
     ),
     row(
@@ -246,7 +251,7 @@ mod tests {
         assert_eq!(
             picked,
             [
-                "broker killed and restarted",
+                "broker killed > hb_ms, restarted",
                 "broker unreachable > hb_ms (SIGSTOP)"
             ]
         );

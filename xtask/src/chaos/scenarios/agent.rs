@@ -18,7 +18,11 @@ use crate::chaos::broken::{Broken, Context};
 use crate::chaos::probe::{self, Answer, Probe};
 use crate::chaos::rig::{Dev, LINEAGE, Rig, SLACK, TTL_MS, ms, privileged};
 
-/// SIGKILL while 9 clients ask as fast as they can; restart.
+/// SIGKILL while 9 clients ask as fast as they can; restart. Every permit
+/// answered before the kill is in the recovered log as that request's own
+/// permit (seq, artifact, `ref`), in one chain continued across the
+/// restart (`DiskLineage` verifies it), and at the collector; the
+/// recovered lineage is healthy.
 pub fn sigkill_in_burst(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let probe = watch(&rig.main, "kill");
@@ -49,6 +53,10 @@ pub fn sigkill_in_burst(rig: &mut Rig) -> Result<Outcome, Broken> {
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
     out.accounted(&rig.account_permits(&rig.main, &burst_permits));
+    let status = rig.main.status();
+    out.require(status["lineage"]["health"] == "ok", || {
+        format!("lineage after the recovery: {}", status["lineage"])
+    });
     Ok(out)
 }
 

@@ -70,8 +70,19 @@ fn alive(rig: &mut Rig) -> Vec<String> {
     dead
 }
 
+/// What the agent logs when it drops junk, one line per kind of topic it
+/// subscribes to.
+const REJECTED: [&str; 5] = [
+    "heartbeat rejected",
+    "control message rejected",
+    "nonce message dropped",
+    "lineage ack dropped",
+    "artifact-topic message",
+];
+
 /// Garbage and oversized payloads on every topic of the system, each from
-/// an identity the broker's ACL lets publish there.
+/// an identity the broker's ACL lets publish there; the agent logs each
+/// kind it subscribes to as rejected.
 pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let id = rig.main.id().to_owned();
@@ -111,6 +122,7 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
         (&collector, "mctc/v1/collector/alerts".to_owned()),
     ];
     let probe = watch(&rig.main, "junk");
+    let mark = super::log_mark(&rig.main);
     let cti_before = rig.main.status()["artifact"]["cti"].clone();
     let start = Instant::now();
     let mut published = 0;
@@ -125,6 +137,18 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
     let _ = mctc_tests::wait_until(Duration::from_millis(TTL_MS) + SLACK, || {
         rig.main.status()["artifact"]["cti"] != cti_before
     });
+    // Each kind the agent subscribes to was handled: rejected in its log.
+    let handled = mctc_tests::wait_until(Duration::from_secs(10), || {
+        let log = rig.main.device.log();
+        let new = log.get(mark..).unwrap_or("");
+        REJECTED.iter().all(|needle| new.contains(needle))
+    });
+    let log = rig.main.device.log();
+    let unhandled: Vec<&str> = REJECTED
+        .iter()
+        .copied()
+        .filter(|needle| !log.get(mark..).unwrap_or("").contains(needle))
+        .collect();
     let dead = alive(rig);
     let status = rig.main.status();
     let back = Instant::now();
@@ -132,7 +156,7 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
     let genuine = genuine_ctis(rig, signer);
     let foreign: BTreeSet<String> = probe::permits(&seen)
         .into_iter()
-        .map(|(_, cti)| cti)
+        .map(|p| p.cti)
         .filter(|cti| !genuine.contains(cti))
         .collect();
     let denies = seen
@@ -140,6 +164,9 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
         .filter(|o| o.sent >= start && !o.is_permit())
         .count();
     out.require(dead.is_empty(), || format!("died: {}", dead.join(", ")));
+    out.require(handled.is_some(), || {
+        format!("the agent never logged the junk as rejected: {unhandled:?}")
+    });
     out.require(foreign.is_empty(), || {
         format!("permits under unknown artifacts {foreign:?}")
     });
@@ -153,11 +180,18 @@ pub fn garbage_everywhere(rig: &mut Rig, signer: &dyn Signer) -> Result<Outcome,
         format!("{denies} denies while only junk arrived")
     });
     out.observed = format!(
-        "{published} junk messages on {} topics (up to 1000 KiB); all processes up, gate open, renewed",
+        "{published} junk messages on {} topics (up to 1000 KiB); all rejected by kind; all processes up, gate open, renewed",
         targets.len()
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
     Ok(out)
+}
+
+/// Whether `line` is the gate socket's busy answer (`{"error":"busy",…}`,
+/// read as JSON: the typed API added a version field after the error).
+fn told_busy(line: &[u8]) -> bool {
+    let line = line.split(|b| *b == b'\n').next().unwrap_or_default();
+    serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| v["error"] == "busy")
 }
 
 /// Holds a gate-socket connection open without asking anything.
@@ -187,12 +221,7 @@ pub fn socket_flood(rig: &mut Rig) -> Result<Outcome, Broken> {
             let mut buf = [0u8; 64];
             if let Ok(n) = conn.read(&mut buf)
                 && n > 0
-                && buf.get(..n).is_some_and(|line| {
-                    // The agent's answer, read with the shim's schema (an
-                    // `ErrorAnswer` whatever fields it grows).
-                    serde_json::from_slice::<mctc_shim::api::ErrorAnswer>(line.trim_ascii_end())
-                        .is_ok_and(|answer| answer.error == "busy")
-                })
+                && buf.get(..n).is_some_and(told_busy)
             {
                 busy += 1;
             } else {
@@ -321,8 +350,10 @@ fn with_line(text: &str, key: &str, line: &str) -> String {
     out.join("\n") + "\n"
 }
 
-/// Configuration files with one bad value each: every binary refuses to
-/// start, with one line naming the problem and exit code 2.
+/// Configuration files with one bad value each, or none at all: every
+/// binary refuses to start, with one line (`<binary>: …`, the agent's
+/// `mctc-agent: config: …` for a bad value) naming the problem and exit
+/// code 2.
 pub fn bad_configs(rig: &mut Rig) -> Result<Outcome, Broken> {
     let mut out = Outcome::default();
     let dir = tempfile::Builder::new()
@@ -405,6 +436,15 @@ pub fn bad_configs(rig: &mut Rig) -> Result<Outcome, Broken> {
             "/nonexistent/authority.pub",
         ),
         ("mctc-agent", "device_id = [\n".to_owned(), "line 1"),
+        ("mctc-agent", "this is not toml\n".to_owned(), "line 1"),
+        (
+            "mctc-agent",
+            format!(
+                "device_id = \"d1\"\nstate_dir = \"{}\"\n",
+                dir.path().display()
+            ),
+            "missing",
+        ),
         (
             "mctc-authority",
             with_line(&authority, "authority_id", "authority_id = \"\""),
@@ -454,16 +494,34 @@ pub fn bad_configs(rig: &mut Rig) -> Result<Outcome, Broken> {
             "public_keys",
         ),
     ];
-    let mut refused = 0;
+    let mut files = Vec::new();
     for (i, (binary, text, names)) in cases.iter().enumerate() {
         let file = dir.path().join(format!("bad-{i}.toml"));
         std::fs::write(&file, text).context("write a bad config")?;
-        match run_config(binary, &file) {
+        files.push((*binary, file, *names));
+    }
+    // And no file at all.
+    for binary in ["mctc-agent", "mctc-authority", "mctc-collector"] {
+        files.push((binary, dir.path().join("missing.toml"), "missing.toml"));
+    }
+    let mut refused = 0;
+    for (i, (binary, file, names)) in files.iter().enumerate() {
+        match run_config(binary, file) {
             Ok((code, stderr)) => {
                 let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+                // One line, prefixed by the binary, naming the value (the
+                // agent's says a bad value is its configuration's; a file
+                // the configuration names is reported by its path).
+                let prefix = if *binary == "mctc-agent" && !names.starts_with('/') {
+                    "mctc-agent: config: ".to_owned()
+                } else {
+                    format!("{binary}: ")
+                };
                 let ok = code == 2
                     && lines.len() == 1
-                    && lines.iter().all(|l| l.contains(names))
+                    && lines
+                        .iter()
+                        .all(|l| l.starts_with(&prefix) && l.contains(names))
                     && !stderr.contains("panicked");
                 if ok {
                     refused += 1;
@@ -480,8 +538,21 @@ pub fn bad_configs(rig: &mut Rig) -> Result<Outcome, Broken> {
         "a gate socket was created".into()
     });
     out.observed = format!(
-        "{refused}/{} bad files refused: exit 2, one line naming the value, nothing started",
-        cases.len()
+        "{refused}/{} bad or missing files refused: exit 2, one line naming the value, nothing started",
+        files.len()
     );
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_is_read_as_json() {
+        assert!(told_busy(b"{\"error\":\"busy\",\"v\":1}\n"));
+        assert!(told_busy(b"{\"error\":\"busy\"}\n"));
+        assert!(!told_busy(b"{\"error\":\"line too long\",\"v\":1}\n"));
+        assert!(!told_busy(b"{\"error\":\"bu"));
+    }
 }

@@ -62,6 +62,23 @@ impl Outcome {
         }
     }
 
+    /// Fails for every permit asked after the first answer that was not a
+    /// permit (after `fault`) and answered by `until`: once closed by the
+    /// fault, the gate stays closed until the fault is over. (Also makes
+    /// the deny window count when a close came early.)
+    pub fn forbid_reopening(&mut self, seen: &[Observation], fault: Instant, until: Instant) {
+        if let Some(first) = seen.iter().find(|o| o.sent >= fault && !o.is_permit()) {
+            let bad = probe::permits_between(seen, first.sent, until);
+            if let Some(reopened) = bad.first() {
+                self.fail(format!(
+                    "{} permit(s) after the gate closed, before the fault ended (first asked {} ms after the close)",
+                    bad.len(),
+                    ms(reopened.sent.saturating_duration_since(first.sent))
+                ));
+            }
+        }
+    }
+
     /// Records when the gate stopped permitting after `fault`.
     pub fn closed_after(&mut self, seen: &[Observation], fault: Instant) -> Option<Duration> {
         let closed = probe::first_deny_after(seen, fault);
@@ -159,4 +176,57 @@ pub fn log_mark(dev: &Dev) -> usize {
 /// happen: that is a `wait_until` on what can be observed).
 pub fn sleep_ms(millis: u64) {
     std::thread::sleep(Duration::from_millis(millis));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chaos::probe::Answer;
+
+    fn seen(t0: Instant, answers: &[bool]) -> Vec<Observation> {
+        answers
+            .iter()
+            .enumerate()
+            .map(|(i, permit)| {
+                let sent = t0 + Duration::from_millis(10 * i as u64);
+                Observation {
+                    sent,
+                    answered: sent + Duration::from_millis(1),
+                    reference: format!("t-{i}"),
+                    answer: if *permit {
+                        Answer::Permit {
+                            seq: i as u64,
+                            cti: String::new(),
+                        }
+                    } else {
+                        Answer::Deny {
+                            reason: "closed".into(),
+                        }
+                    },
+                }
+            })
+            .collect()
+    }
+
+    /// A gate that closed and opened again before the fault ended fails
+    /// the row, however early it closed; one that stayed closed does not.
+    #[test]
+    fn a_reopening_during_the_fault_fails_the_row() {
+        let t0 = Instant::now();
+        let end = t0 + Duration::from_secs(1);
+        let mut out = Outcome::default();
+        out.forbid_reopening(&seen(t0, &[true, false, false, true, false]), t0, end);
+        assert_eq!(out.failures.len(), 1, "{:?}", out.failures);
+        let mut out = Outcome::default();
+        out.forbid_reopening(&seen(t0, &[true, true, false, false, false]), t0, end);
+        assert!(out.failures.is_empty(), "{:?}", out.failures);
+        // After the fault ended, a permit is the recovery.
+        let mut out = Outcome::default();
+        out.forbid_reopening(
+            &seen(t0, &[false, false, true]),
+            t0,
+            t0 + Duration::from_millis(15),
+        );
+        assert!(out.failures.is_empty(), "{:?}", out.failures);
+    }
 }

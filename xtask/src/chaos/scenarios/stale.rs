@@ -9,9 +9,15 @@
 //! so nothing but the drift closes the gate: the device's renewal quotes
 //! the artifact's `next_nonce` and waits for an answer that only the
 //! scenario gives.
+//!
+//! This row owns the fault for `cargo xtask test` (`chaos/owners.rs`): it
+//! replaced the agent's end-to-end test `stale_evidence.rs`, whose lineage
+//! check (nothing opened between the drift close and the reboot, the
+//! containment recorded) it makes against the collector's copy.
 
 use std::time::{Duration, Instant};
 
+use mctc_shim::lineage::{Body, CloseCode, Record};
 use mctc_shim::messages::{Evidence, Heartbeat};
 use mctc_shim::wire::Message;
 use mctc_shim::{RingCrypto, RingSigner, Signed};
@@ -22,6 +28,7 @@ use super::messages::{HEARTBEAT, Repeater, keys};
 use super::{Outcome, closes, first_close_reason, log_mark, recover_and_account, watch};
 use crate::chaos::broken::{Broken, Context};
 use crate::chaos::forge::{self, ArtifactSpec};
+use crate::chaos::lineage;
 use crate::chaos::rig::{DRIFT_MS, HB_MS, Rig, SLACK, TTL_MS, ms, reboot};
 
 /// What the agent logs when an artifact-topic message matches no
@@ -74,6 +81,9 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Result<
 
     // Drift while it is in flight.
     let mark = log_mark(&rig.main);
+    let seq_at_drift = rig.main.status()["lineage"]["next_seq"]
+        .as_u64()
+        .unwrap_or(0);
     let cut = Instant::now();
     rig.main
         .device
@@ -150,5 +160,103 @@ pub fn renewal_answer_after_drift(rig: &mut Rig, signer: &RingSigner) -> Result<
         "closed ({why}); the answer to the pre-drift evidence, {in_flight_ms} ms after the drift, dropped; contained"
     );
     recover_and_account(&mut out, rig, &rig.main, probe, back);
+    // What the lineage says, as the collector holds it (caught up by now):
+    // the drift close, the containment, and nothing opened before the
+    // reboot's start.
+    let story = lineage::read_collector_records(&rig.collector_db(), rig.main.id(), seq_at_drift)
+        .and_then(|records| no_reopen_after_drift(&records));
+    if let Err(e) = story {
+        out.fail(format!("lineage at the collector: {e}"));
+    }
     Ok(out)
+}
+
+/// What a record means for the story of this row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    DriftClose,
+    Opened,
+    Contained,
+    Start,
+    Other,
+}
+
+fn step(body: &Body<'_>) -> Step {
+    match body {
+        Body::GateClosed(c) if c.reason == CloseCode::Drift => Step::DriftClose,
+        Body::GateOpened(_) | Body::ArtifactInstalled(_) => Step::Opened,
+        Body::GateContained(_) => Step::Contained,
+        Body::AgentStart(_) => Step::Start,
+        _ => Step::Other,
+    }
+}
+
+/// In `records` (from before the drift on): a `GateClosed(drift)`, then up
+/// to the next `AgentStart` a `GateContained` and no `GateOpened` or
+/// `ArtifactInstalled`.
+fn no_reopen_after_drift(records: &[(u64, Vec<u8>)]) -> Result<(), String> {
+    let steps = records
+        .iter()
+        .map(|(seq, bytes)| {
+            Record::decode(bytes)
+                .map(|r| (*seq, step(&r.body)))
+                .map_err(|e| format!("record {seq}: {e}"))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    story_holds(&steps)
+}
+
+fn story_holds(steps: &[(u64, Step)]) -> Result<(), String> {
+    let close = steps
+        .iter()
+        .position(|(_, s)| *s == Step::DriftClose)
+        .ok_or("no drift close recorded")?;
+    let after = &steps[close..];
+    let restart = after
+        .iter()
+        .position(|(_, s)| *s == Step::Start)
+        .ok_or("the reboot's start is not recorded")?;
+    let between = &after[..restart];
+    let opened: Vec<u64> = between
+        .iter()
+        .filter(|(_, s)| *s == Step::Opened)
+        .map(|(seq, _)| *seq)
+        .collect();
+    if !opened.is_empty() {
+        return Err(format!("opened on pre-drift evidence at seqs {opened:?}"));
+    }
+    if !between.iter().any(|(_, s)| *s == Step::Contained) {
+        return Err("the containment is not recorded".into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Step::*;
+
+    fn numbered(steps: &[Step]) -> Vec<(u64, Step)> {
+        steps
+            .iter()
+            .copied()
+            .zip(10..)
+            .map(|(s, n)| (n, s))
+            .collect()
+    }
+
+    #[test]
+    fn the_story_needs_the_close_the_containment_and_no_opening_before_the_reboot() {
+        assert!(
+            story_holds(&numbered(&[
+                Opened, Other, DriftClose, Other, Contained, Start, Opened
+            ]))
+            .is_ok()
+        );
+        let reopened = story_holds(&numbered(&[DriftClose, Opened, Contained, Start])).unwrap_err();
+        assert!(reopened.contains("[11]"), "{reopened}");
+        assert!(story_holds(&numbered(&[DriftClose, Other, Start, Contained])).is_err());
+        assert!(story_holds(&numbered(&[Opened, Contained, Start])).is_err());
+        assert!(story_holds(&numbered(&[DriftClose, Contained])).is_err());
+    }
 }
