@@ -288,6 +288,7 @@ pub fn chaos(args: &Args) -> Result<(), String> {
     let fuzz_secs = fuzz_started.elapsed().as_secs_f64();
     let summary = report::Summary {
         quick: plan.quick,
+        only: plan.only.clone(),
         seed: plan.seed,
         rows,
         crash,

@@ -103,6 +103,8 @@ impl Row {
 #[derive(Debug)]
 pub struct Summary {
     pub quick: bool,
+    /// `--only TEXT`: a partial run (never saved as the last full run).
+    pub only: Option<String>,
     /// The seed of the run's one random generator (`--seed` replays it).
     pub seed: u64,
     pub rows: Vec<Row>,
@@ -119,12 +121,15 @@ fn cell(text: &str) -> String {
 }
 
 impl Summary {
-    fn command(&self) -> &'static str {
+    fn command(&self) -> String {
+        let mut command = String::from("cargo xtask chaos");
         if self.quick {
-            "cargo xtask chaos --quick"
-        } else {
-            "cargo xtask chaos"
+            command.push_str(" --quick");
         }
+        if let Some(only) = &self.only {
+            let _ = write!(command, " --only '{only}'");
+        }
+        command
     }
 
     /// The Markdown report.
@@ -224,17 +229,23 @@ impl Summary {
         out
     }
 
+    /// The files under `target/chaos/` this run's report goes to: every run
+    /// is the last run; only a whole, unreduced matrix is the last full run.
+    fn report_files(&self) -> Vec<&'static str> {
+        let mut names = vec!["last-run.md"];
+        if !self.quick && self.only.is_none() {
+            names.push("last-full-run.md");
+        }
+        names
+    }
+
     /// Saves the report to `target/chaos/last-run.md` (and, for a full run,
     /// `target/chaos/last-full-run.md`).
     pub fn save(&self) -> Result<(), String> {
         let dir = root().join("target").join("chaos");
         std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let text = self.render();
-        let mut names = vec!["last-run.md"];
-        if !self.quick {
-            names.push("last-full-run.md");
-        }
-        for name in names {
+        for name in self.report_files() {
             let path = dir.join(name);
             std::fs::write(&path, &text).map_err(|e| format!("write {}: {e}", path.display()))?;
         }
@@ -285,6 +296,7 @@ mod tests {
     fn summary(rows: Vec<Row>) -> Summary {
         Summary {
             quick: true,
+            only: None,
             seed: 7,
             rows,
             crash: CrashReport {
@@ -354,5 +366,23 @@ mod tests {
         );
         assert!(text.contains("| SKIPPED: needs root |"), "{text}");
         assert!(report.verdict().is_ok());
+    }
+
+    #[test]
+    fn a_partial_run_says_so_and_is_never_the_last_full_run() {
+        let mut run = summary(Vec::new());
+        run.quick = false;
+        assert_eq!(run.report_files(), ["last-run.md", "last-full-run.md"]);
+        assert_eq!(run.command(), "cargo xtask chaos");
+        run.only = Some("swtpm".into());
+        assert_eq!(run.report_files(), ["last-run.md"]);
+        assert_eq!(run.command(), "cargo xtask chaos --only 'swtpm'");
+        assert!(
+            run.render()
+                .contains("cargo xtask chaos --only 'swtpm' --seed 7")
+        );
+        run.only = None;
+        run.quick = true;
+        assert_eq!(run.report_files(), ["last-run.md"]);
     }
 }
