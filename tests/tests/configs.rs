@@ -325,3 +325,39 @@ fn the_shipped_broker_passes_a_full_batch_and_refuses_a_larger_packet() {
         "the broker delivered the oversized packet"
     );
 }
+
+/// The examples work together as a set (issue 19): a device configured with
+/// `agent.toml`, enrolled in the example policy's class `locker`, talks to
+/// an authority configured with `authority.toml`. Each disagreement here
+/// was a whole fleet refused: an issuer the agent rejects on every
+/// artifact, or PCRs the class does not name (every attestation refused as
+/// bad evidence).
+#[test]
+fn the_examples_agree_as_a_set() {
+    let agent = mctc_agent::config::load(&configs().join("agent.toml"))
+        .unwrap()
+        .raw;
+    let authority =
+        mctc_authority::config::Config::load(&configs().join("authority.toml")).unwrap();
+    let policy = mctc_authority::policy::Policy::load(&configs().join("policy.toml")).unwrap();
+    assert_eq!(
+        agent.authority.issuer, authority.authority_id,
+        "agent.toml's issuer is not authority.toml's authority_id: every artifact would be rejected"
+    );
+    let class = policy
+        .class("locker")
+        .expect("policy.toml has the class of agent.toml's device (locker)");
+    let mut quoted = agent.attestation.pcrs.clone();
+    quoted.sort_unstable();
+    let mut named = class.pcrs.clone();
+    named.sort_unstable();
+    assert_eq!(
+        quoted, named,
+        "agent.toml quotes other PCRs than the locker class names: every attestation would be refused"
+    );
+    let measured = agent.measured.pcr.expect("agent.toml measures files");
+    assert!(
+        class.pcrs.contains(&measured),
+        "the measured-files PCR {measured} is not attested by the class: a changed file would go unnoticed by the authority"
+    );
+}
