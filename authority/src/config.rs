@@ -279,7 +279,7 @@ key = "a.key"
         let policy = crate::policy::Policy::load(&configs.join("policy.toml")).unwrap();
         assert_eq!(policy.classes.keys().collect::<Vec<_>>(), ["locker", "pos"]);
         let locker = policy.class("locker").unwrap();
-        assert_eq!(locker.pcrs, [0, 2, 4, 7]);
+        assert_eq!(locker.pcrs, [0, 2, 4, 7, 14]);
         assert_eq!(locker.reference[&4].len(), 2);
         assert!(!locker.reference.contains_key(&7), "PCR 7 is left to learn");
         assert!(policy.first_use_class().is_none());
