@@ -641,32 +641,6 @@ async fn every_ack_is_a_receipt_naming_the_stored_hash_and_the_newest_verified_c
     assert!(core.ingest.export(&unknown, core.now).unwrap().is_none());
 }
 
-/// Overwrites the root pages of `table` and its indexes in the closed
-/// database at `path` with junk: a real corrupt file whose schema still
-/// reads, so it opens and fails only where the table is used.
-fn corrupt_table(path: &std::path::Path, table: &str) {
-    let conn = rusqlite::Connection::open(path).unwrap();
-    let roots: Vec<i64> = conn
-        .prepare("SELECT rootpage FROM sqlite_master WHERE tbl_name = ?1")
-        .unwrap()
-        .query_map([table], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let size: i64 = conn
-        .query_row("PRAGMA page_size", [], |r| r.get(0))
-        .unwrap();
-    let size = usize::try_from(size).unwrap();
-    // The last connection closing checkpoints the WAL into the file.
-    drop(conn);
-    let mut bytes = std::fs::read(path).unwrap();
-    for root in roots {
-        let at = (usize::try_from(root).unwrap() - 1) * size;
-        bytes[at..at + size].fill(0xA5);
-    }
-    std::fs::write(path, bytes).unwrap();
-}
-
 /// A busy database is the collector's transient failure: the batch gets no
 /// ack and no anomaly while another writer holds the lock, is retried at
 /// the next ticks and acked once the lock is gone; retries are bounded.
@@ -764,7 +738,7 @@ async fn a_corrupt_database_is_our_failure_and_the_device_is_told_nothing() {
         (Some(2), None, None)
     );
     let db = core.close();
-    corrupt_table(&db.path().join("c.db"), "heads");
+    mctc_tests::collector::corrupt_table(&db.path().join("c.db"), "heads");
     let mut core = Core::open(&authority, db, IngestConfig::default(), None);
 
     let out = core.send(&device.id, &device.records[3..6]);

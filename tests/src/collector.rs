@@ -561,3 +561,29 @@ impl Collector {
             .unwrap() as u64
     }
 }
+
+/// Overwrites the root pages of `table` and its indexes in the closed
+/// SQLite database at `path` with junk: a real corrupt file whose schema
+/// still reads, so it opens and fails only where the table is used.
+pub fn corrupt_table(path: &Path, table: &str) {
+    let conn = rusqlite::Connection::open(path).expect("open the database to corrupt");
+    let roots: Vec<i64> = conn
+        .prepare("SELECT rootpage FROM sqlite_master WHERE tbl_name = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_map([table], |r| r.get(0))?
+                .collect::<Result<_, _>>()
+        })
+        .expect("root pages");
+    let size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("page size");
+    let size = usize::try_from(size).expect("page size fits");
+    // The last connection closing checkpoints the WAL into the file.
+    drop(conn);
+    let mut bytes = std::fs::read(path).expect("read the database");
+    for root in roots {
+        let at = (usize::try_from(root).expect("page number fits") - 1) * size;
+        bytes[at..at + size].fill(0xA5);
+    }
+    std::fs::write(path, bytes).expect("write the corrupted database");
+}

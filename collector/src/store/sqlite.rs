@@ -727,26 +727,7 @@ mod tests {
     /// opens and fails only when the table is used.
     fn corrupt_table(path: &Path, table: &str) {
         drop(SqliteStore::open(path).unwrap());
-        let conn = Connection::open(path).unwrap();
-        let roots: Vec<i64> = conn
-            .prepare("SELECT rootpage FROM sqlite_master WHERE tbl_name = ?1")
-            .unwrap()
-            .query_map([table], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let size: i64 = conn
-            .query_row("PRAGMA page_size", [], |r| r.get(0))
-            .unwrap();
-        let size = usize::try_from(size).unwrap();
-        // The last connection closing checkpoints the WAL into the file.
-        drop(conn);
-        let mut bytes = std::fs::read(path).unwrap();
-        for root in roots {
-            let at = (usize::try_from(root).unwrap() - 1) * size;
-            bytes[at..at + size].fill(0xA5);
-        }
-        std::fs::write(path, bytes).unwrap();
+        mctc_tests::collector::corrupt_table(path, table);
     }
 
     fn device() -> DeviceId {
