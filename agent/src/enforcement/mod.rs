@@ -602,4 +602,6 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
 }
 
 #[cfg(test)]
+mod fixtures;
+#[cfg(test)]
 mod tests;

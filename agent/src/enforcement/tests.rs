@@ -9,12 +9,11 @@
 
 use std::sync::Arc;
 
-use mctc_shim::artifact::{Claims, ScopeEntry};
 use mctc_shim::messages::{
     Control, ControlAction, Heartbeat, Nonce, NoncePurpose, NonceRequest, Refusal, RefusalCode,
 };
 use mctc_shim::tpm::BootCounters;
-use mctc_shim::wire::{Bytes, List, Message, Text, Token, Version};
+use mctc_shim::wire::{Bytes, List, Message, Text, Version};
 use mctc_shim::{AuthorityKey, DeviceId, RingCrypto, RingSigner, Signed, Signer};
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -277,41 +276,14 @@ impl Harness {
     }
 
     fn artifact(&self, nonce: [u8; 32], next_nonce: [u8; 32], ttl_ms: u32, cti: u8) -> Vec<u8> {
-        let mut scope = List::new();
-        for (op, fresh) in [("unlock", false), ("refund", true)] {
-            scope
-                .push(ScopeEntry {
-                    op: Token(op),
-                    max_amount: None,
-                    currency: None,
-                    fresh_attestation: fresh,
-                })
-                .unwrap();
-        }
-        let claims = Claims {
-            iss: Token("fleet-authority"),
-            sub: self.device.clone(),
-            exp: 4_000_000_000,
-            iat: 1,
-            cti: Bytes([cti; 16]),
-            v: Version::CURRENT,
+        super::fixtures::artifact(
+            &self.signer,
+            &self.device,
+            [cti; 16],
+            nonce,
+            next_nonce,
             ttl_ms,
-            nonce: Bytes(nonce),
-            pcr_alg: 0x000b,
-            pcr_mask: 1,
-            pcr_digest: Bytes([0; 32]),
-            boot: BootCounters::default(),
-            scope,
-            next_nonce: Bytes(next_nonce),
-            hb_ms: 30_000,
-            hb_seq: 0,
-            epoch: 0,
-        };
-        let mut buf = [0u8; 2048];
-        claims
-            .sign(&self.signer, &RingCrypto, &mut buf)
-            .unwrap()
-            .to_vec()
+        )
     }
 
     fn refusal(&self, nonce: [u8; 32], reason: RefusalCode, contained: bool) -> Vec<u8> {

@@ -2,10 +2,9 @@
 //! by the test. (The executor's tests, on paused tokio time, are in
 //! `enforcement/tests.rs`.)
 
-use mctc_shim::artifact::{Claims, ScopeEntry};
 use mctc_shim::gate::{CloseReason, GateEvent, GateState};
 use mctc_shim::messages::{Heartbeat, Nonce, NonceRequest};
-use mctc_shim::wire::{Bytes, List, Message, Token, Version};
+use mctc_shim::wire::{Bytes, List, Message, Version};
 use mctc_shim::{AuthorityKey, DeviceId, RingCrypto, RingSigner, Signed, Signer};
 
 use super::*;
@@ -75,41 +74,14 @@ impl Authority {
     }
 
     fn artifact(&self, nonce: [u8; 32], next_nonce: [u8; 32], ttl_ms: u32) -> Vec<u8> {
-        let mut scope = List::new();
-        for (op, fresh) in [("unlock", false), ("refund", true)] {
-            scope
-                .push(ScopeEntry {
-                    op: Token(op),
-                    max_amount: None,
-                    currency: None,
-                    fresh_attestation: fresh,
-                })
-                .unwrap();
-        }
-        let claims = Claims {
-            iss: Token("fleet-authority"),
-            sub: self.device.clone(),
-            exp: 4_000_000_000,
-            iat: 1,
-            cti: Bytes([0xa1; 16]),
-            v: Version::CURRENT,
+        crate::enforcement::fixtures::artifact(
+            &self.signer,
+            &self.device,
+            [0xa1; 16],
+            nonce,
+            next_nonce,
             ttl_ms,
-            nonce: Bytes(nonce),
-            pcr_alg: 0x000b,
-            pcr_mask: 1,
-            pcr_digest: Bytes([0; 32]),
-            boot: BootCounters::default(),
-            scope,
-            next_nonce: Bytes(next_nonce),
-            hb_ms: 30_000,
-            hb_seq: 0,
-            epoch: 0,
-        };
-        let mut buf = [0u8; 2048];
-        claims
-            .sign(&self.signer, &RingCrypto, &mut buf)
-            .unwrap()
-            .to_vec()
+        )
     }
 
     fn heartbeat_revoking(&self, seq: u64) -> Vec<u8> {
