@@ -28,6 +28,49 @@ const LONG_MAX_LEN: usize = 70_000;
 /// A single input running longer than this is a hang, reported as a crash.
 const INPUT_TIMEOUT_SECS: u64 = 10;
 
+/// How the targets are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Build {
+    /// cargo-fuzz's default: release with debug assertions, under
+    /// AddressSanitizer. `cargo xtask fuzz` and the full chaos run.
+    Checked,
+    /// Development profile (debug assertions, overflow checks), no
+    /// sanitizer: builds in well under half the time of [`Build::Checked`]
+    /// on a clean checkout, which is what a few seconds per target in
+    /// `chaos --quick` need. It still finds panics, overflows, hangs and
+    /// runaway memory; what only AddressSanitizer sees (memory errors, which
+    /// in this code base can only come from the C and assembly in
+    /// dependencies: every crate of ours denies `unsafe`) is left to the
+    /// checked runs.
+    Smoke,
+}
+
+impl Build {
+    /// `cargo fuzz build` flags for this build.
+    fn flags(self) -> &'static [&'static str] {
+        match self {
+            Build::Checked => &[],
+            Build::Smoke => &["--dev", "--sanitizer", "none"],
+        }
+    }
+
+    /// The profile directory cargo puts the binaries in.
+    fn profile_dir(self) -> &'static str {
+        match self {
+            Build::Checked => "release",
+            Build::Smoke => "debug",
+        }
+    }
+
+    /// How the report names it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Build::Checked => "release, AddressSanitizer",
+            Build::Smoke => "dev profile, no sanitizer",
+        }
+    }
+}
+
 /// How one target's run went.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FuzzResult {
@@ -124,19 +167,20 @@ fn host_triple() -> Result<String, String> {
 }
 
 /// Where `cargo fuzz build` put `target`'s binary.
-fn binary(target: &str) -> Result<PathBuf, String> {
+fn binary(target: &str, build: Build) -> Result<PathBuf, String> {
     let path = fuzz_dir()
         .join("target")
         .join(host_triple()?)
-        .join("release")
+        .join(build.profile_dir())
         .join(target);
     if path.is_file() {
         Ok(path)
     } else {
         Err(format!(
-            "{} is missing: build it with `{} build`",
+            "{} is missing: build it with `{} build {}`",
             path.display(),
-            cargo_fuzz_line()
+            cargo_fuzz_line(),
+            build.flags().join(" ")
         ))
     }
 }
@@ -170,11 +214,7 @@ pub fn ensure_tools() -> Result<(), String> {
     }
     let _ = NIGHTLY.set(nightly);
     if !succeeds(nightly_cargo().args(["fuzz", "--version"])) {
-        run(
-            "install cargo-fuzz",
-            "cargo",
-            &["install", "cargo-fuzz", "--locked"],
-        )?;
+        crate::sys::cargo_install("cargo-fuzz", "^0.13")?;
     }
     Ok(())
 }
@@ -210,11 +250,17 @@ pub fn targets() -> Result<Vec<String>, String> {
 }
 
 /// Builds every target once; returns the build time in seconds.
-pub fn build_all() -> Result<f64, String> {
-    println!("==> fuzz build: {} build", cargo_fuzz_line());
+pub fn build_all(build: Build) -> Result<f64, String> {
+    println!(
+        "==> fuzz build ({}): {} build {}",
+        build.describe(),
+        cargo_fuzz_line(),
+        build.flags().join(" ")
+    );
     let started = Instant::now();
     let status = nightly_cargo()
         .args(["fuzz", "build"])
+        .args(build.flags())
         .status()
         .map_err(|e| format!("cannot run `cargo fuzz build`: {e}"))?;
     let took = started.elapsed().as_secs_f64();
@@ -273,7 +319,7 @@ fn crash_input(log: &str) -> Option<PathBuf> {
 /// fuzz build` made is run directly (as `cargo fuzz run` would, with the
 /// same artifact directory), so that sources edited in the meantime are not
 /// rebuilt into the middle of a timed run.
-pub fn run_target(target: &str, seconds: u64) -> Result<FuzzResult, String> {
+pub fn run_target(target: &str, seconds: u64, build: Build) -> Result<FuzzResult, String> {
     let fuzz = fuzz_dir();
     let corpus = fuzz.join("corpus").join(target);
     let seeds = fuzz.join("seeds").join(target);
@@ -289,7 +335,7 @@ pub fn run_target(target: &str, seconds: u64) -> Result<FuzzResult, String> {
         Ok(own) if !own.is_empty() => format!("{own}:detect_odr_violation=0"),
         _ => "detect_odr_violation=0".to_owned(),
     };
-    let mut command = Command::new(binary(target)?);
+    let mut command = Command::new(binary(target, build)?);
     command.env("ASAN_OPTIONS", asan).current_dir(&fuzz).args([
         format!("-artifact_prefix={}/", artifacts.display()),
         format!("-max_total_time={seconds}"),
@@ -343,13 +389,13 @@ pub fn run_target(target: &str, seconds: u64) -> Result<FuzzResult, String> {
 /// runs each for `seconds_per_target` seconds, and returns one result per
 /// target (crashes are results, not errors; an error means the smoke run
 /// itself could not happen).
-pub fn run_fuzz_smoke(seconds_per_target: u64) -> Result<Vec<FuzzResult>, String> {
+pub fn run_fuzz_smoke(seconds_per_target: u64, build: Build) -> Result<Vec<FuzzResult>, String> {
     ensure_tools()?;
     let targets = targets()?;
-    build_all()?;
+    build_all(build)?;
     targets
         .iter()
-        .map(|target| run_target(target, seconds_per_target))
+        .map(|target| run_target(target, seconds_per_target, build))
         .collect()
 }
 
@@ -389,7 +435,7 @@ pub struct Args {
 /// `cargo xtask fuzz [--seconds N]`.
 pub fn fuzz(args: &Args) -> Result<(), String> {
     let seconds = args.seconds;
-    let results = run_fuzz_smoke(seconds)?;
+    let results = run_fuzz_smoke(seconds, Build::Checked)?;
     print!("\n{}", table(&results));
     let failed: Vec<&str> = results
         .iter()

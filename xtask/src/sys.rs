@@ -15,10 +15,18 @@ pub fn root() -> PathBuf {
 /// Runs `program args…` in the workspace root, streaming its output; an error
 /// names the step that failed.
 pub fn run(step: &str, program: &str, args: &[&str]) -> Result<(), String> {
+    run_with(step, program, args, &[])
+}
+
+/// [`run`] with extra environment variables for the command.
+fn run_with(step: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     println!("==> {step}: {program} {}", args.join(" "));
     let started = Instant::now();
     let mut command = Command::new(program);
-    command.args(args).current_dir(root());
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root());
     // `cargo run` (the `cargo xtask` alias) describes xtask to it in these
     // variables; ring's build script watches some of them, so an inner
     // cargo that inherited them would rebuild ring and everything above it
@@ -45,6 +53,27 @@ pub fn run(step: &str, program: &str, args: &[&str]) -> Result<(), String> {
     } else {
         Err(format!("{step} failed ({status}) after {took:.1} s"))
     }
+}
+
+/// Release-profile overrides for `cargo install` of the tools the checks
+/// use. Their own manifests ask for fat LTO and one codegen unit (cargo-deny
+/// does), which costs minutes of compiling on a clean machine for a tool that
+/// then runs for seconds; cargo's configuration outranks a manifest's profile.
+const TOOL_PROFILE: &[(&str, &str)] = &[
+    ("CARGO_PROFILE_RELEASE_LTO", "false"),
+    ("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16"),
+    ("CARGO_PROFILE_RELEASE_OPT_LEVEL", "1"),
+];
+
+/// `cargo install --locked TOOL --version VERSION`, built quickly (see
+/// [`TOOL_PROFILE`]).
+pub fn cargo_install(tool: &str, version: &str) -> Result<(), String> {
+    run_with(
+        &format!("install {tool}"),
+        "cargo",
+        &["install", tool, "--locked", "--version", version],
+        TOOL_PROFILE,
+    )
 }
 
 /// True when `program` answers `--version`.

@@ -65,7 +65,7 @@ fn all_steps(steps: &mut Steps) -> Result<(), String> {
     // The reliability suite's reduced run: the fault matrix, 100 crash
     // loops and a fuzz smoke run of every target, against real binaries.
     steps.time("chaos --quick", || {
-        crate::chaos::chaos(&crate::chaos::Args::quick())
+        crate::chaos::chaos(&crate::chaos::Args::quick_prebuilt())
     })?;
     steps.time("no_std firmware build", || {
         run(
@@ -131,11 +131,7 @@ fn cargo_deny() -> Result<(), String> {
         .map(|o| o.status.success())
         .unwrap_or(false);
     if !installed {
-        run(
-            "install cargo-deny",
-            "cargo",
-            &["install", "cargo-deny", "--locked", "--version", "^0.20"],
-        )?;
+        crate::sys::cargo_install("cargo-deny", "^0.20")?;
     }
     // The advisory database lives on GitHub. Where GitHub is out of reach the
     // other checks still run, and the skipped one is said loudly.

@@ -66,29 +66,42 @@ pub struct Args {
     /// of every run and in its report)
     #[arg(long, value_name = "N")]
     seed: Option<u64>,
+    /// Run the binaries already in target/debug instead of building them:
+    /// `cargo xtask test` runs the suite right after `cargo test` built them
+    /// (with the test build's features; building them here again would
+    /// resolve features without the dev-dependencies and recompile half
+    /// the tree, only to rebuild it back on the next `cargo test`).
+    #[arg(skip)]
+    prebuilt: bool,
 }
 
 impl Args {
-    /// What `cargo xtask test` runs.
-    pub fn quick() -> Args {
+    /// What `cargo xtask test` runs, on the binaries its tests step built.
+    pub fn quick_prebuilt() -> Args {
         Args {
             quick: true,
+            prebuilt: true,
             ..Args::default()
         }
     }
 }
 
-/// Crash-loop iterations and fuzz seconds per target.
+/// Crash-loop iterations, fuzz seconds per target and the fuzz build.
 struct Plan {
     quick: bool,
     iterations: u32,
     fuzz_seconds: u64,
+    fuzz_build: fuzz::Build,
     only: Option<String>,
     seed: u64,
 }
 
 fn plan(args: &Args) -> Plan {
-    let (iterations, fuzz_seconds) = if args.quick { (100, 3) } else { (1_000, 60) };
+    let (iterations, fuzz_seconds, fuzz_build) = if args.quick {
+        (100, 3, fuzz::Build::Smoke)
+    } else {
+        (1_000, 60, fuzz::Build::Checked)
+    };
     // A fresh seed per run unless one is replayed.
     let seed = args.seed.unwrap_or_else(|| {
         SystemTime::now()
@@ -99,6 +112,7 @@ fn plan(args: &Args) -> Plan {
         quick: args.quick,
         iterations,
         fuzz_seconds,
+        fuzz_build,
         only: args.only.clone(),
         seed,
     }
@@ -236,10 +250,7 @@ fn matrix(rig: &mut Rig, plan: &Plan, rng: fastrand::Rng) -> (Vec<Row>, fastrand
     (rows, ctx.rng)
 }
 
-/// `cargo xtask chaos [--quick] [--only TEXT] [--seed N]`.
-pub fn chaos(args: &Args) -> Result<(), String> {
-    let plan = plan(args);
-    ensure_packages(&chaos_packages())?;
+fn build_binaries() -> Result<(), String> {
     run(
         "build binaries",
         "cargo",
@@ -254,7 +265,16 @@ pub fn chaos(args: &Args) -> Result<(), String> {
             "--bins",
             "--locked",
         ],
-    )?;
+    )
+}
+
+/// `cargo xtask chaos [--quick] [--only TEXT] [--seed N]`.
+pub fn chaos(args: &Args) -> Result<(), String> {
+    let plan = plan(args);
+    ensure_packages(&chaos_packages())?;
+    if !args.prebuilt {
+        build_binaries()?;
+    }
     let started = Instant::now();
     println!(
         "==> chaos: seed {} (replay: cargo xtask chaos{} --seed {})",
@@ -283,7 +303,7 @@ pub fn chaos(args: &Args) -> Result<(), String> {
     let fuzz = if plan.only.is_some() {
         Ok(Vec::new())
     } else {
-        fuzz::run_fuzz_smoke(plan.fuzz_seconds)
+        fuzz::run_fuzz_smoke(plan.fuzz_seconds, plan.fuzz_build)
     };
     let fuzz_secs = fuzz_started.elapsed().as_secs_f64();
     let summary = report::Summary {
@@ -293,6 +313,7 @@ pub fn chaos(args: &Args) -> Result<(), String> {
         rows,
         crash,
         fuzz,
+        fuzz_build: plan.fuzz_build,
         matrix_secs,
         crash_secs: suite_secs - matrix_secs,
         fuzz_secs,
@@ -315,9 +336,15 @@ mod tests {
         let full = plan(&Args::default());
         assert!(!full.quick);
         assert_eq!((full.iterations, full.fuzz_seconds), (1_000, 60));
-        let quick = plan(&Args::quick());
+        assert_eq!(
+            full.fuzz_build,
+            fuzz::Build::Checked,
+            "the full run fuzzes under ASan"
+        );
+        let quick = plan(&Args::quick_prebuilt());
         assert!(quick.quick);
         assert_eq!((quick.iterations, quick.fuzz_seconds), (100, 3));
+        assert_eq!(quick.fuzz_build, fuzz::Build::Smoke);
     }
 
     /// The seed replays: the same seed draws the same kill moments.

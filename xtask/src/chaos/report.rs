@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use super::crash_loop::CrashReport;
 use super::scenarios::Outcome;
-use crate::fuzz::FuzzResult;
+use crate::fuzz::{Build, FuzzResult};
 use crate::sys::root;
 
 /// How a row ended.
@@ -110,6 +110,8 @@ pub struct Summary {
     pub rows: Vec<Row>,
     pub crash: CrashReport,
     pub fuzz: Result<Vec<FuzzResult>, String>,
+    /// How the fuzz targets were built.
+    pub fuzz_build: Build,
     pub matrix_secs: f64,
     pub crash_secs: f64,
     pub fuzz_secs: f64,
@@ -209,7 +211,8 @@ impl Summary {
             Ok(results) => {
                 let _ = writeln!(
                     out,
-                    "\nFuzz smoke run:\n\n| target | executions | execs/s | result |\n|---|---|---|---|"
+                    "\nFuzz smoke run ({}):\n\n| target | executions | execs/s | result |\n|---|---|---|---|",
+                    self.fuzz_build.describe()
                 );
                 for r in results {
                     let _ = writeln!(
@@ -304,6 +307,7 @@ mod tests {
                 ..CrashReport::default()
             },
             fuzz: Ok(Vec::new()),
+            fuzz_build: Build::Smoke,
             matrix_secs: 1.0,
             crash_secs: 1.0,
             fuzz_secs: 1.0,
