@@ -303,10 +303,22 @@ async fn drift_contains_and_a_contained_device_gets_nothing_until_restored() {
     assert!(refusal.contained);
     assert_eq!(control(&fleet, &mut device).await.1, ControlAction::Contain);
 
-    // The new value is accepted as the class baseline; restored, it passes.
-    let learn = fleet.cli(&["policy", "learn", "locker-1", "--yes", "--json"]);
+    // A contained, drifted device's values are not learned by a bare
+    // --yes; with --force the new value is accepted besides the class's
+    // and, restored, the device passes.
+    let refused = fleet.cli(&["policy", "learn", "locker-1", "--yes"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("it is contained"), "{refused:?}");
+    assert!(refused.stderr.contains("drifted"), "{refused:?}");
+    assert!(refused.stderr.contains("--force"), "{refused:?}");
+    assert_eq!(refused.stderr.lines().count(), 1, "{refused:?}");
+    let learn = fleet.cli(&[
+        "policy", "learn", "locker-1", "--yes", "--force", "--json",
+    ]);
     assert_eq!(learn.code, 0, "{learn:?}");
     assert_eq!(learn.json()["stored"], true);
+    assert_eq!(learn.json()["mode"], "add");
+    assert_eq!(learn.json()["would_contain"], 0);
     assert_eq!(fleet.cli(&["devices", "restore", "locker-1"]).code, 0);
     assert_eq!(
         control(&fleet, &mut device).await.0,
