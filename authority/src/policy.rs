@@ -209,7 +209,7 @@ pub fn learned_after(
             });
         }
     }
-    out.sort_by(|a, b| (a.pcr, a.digest).cmp(&(b.pcr, b.digest)));
+    out.sort_by_key(|l| (l.pcr, l.digest));
     out
 }
 

@@ -223,12 +223,16 @@ fn device_lifecycle_from_the_cli_with_stable_json() {
     // Baseline changes that cannot apply say why, on one line.
     let zero = "00".repeat(32);
     one_line_error(
-        &fleet.cli(&["policy", "forget", "locker", "--pcr", "7", "--digest", &zero]),
+        &fleet.cli(&[
+            "policy", "forget", "locker", "--pcr", "7", "--digest", &zero,
+        ]),
         1,
         "class locker has no learned value",
     );
     one_line_error(
-        &fleet.cli(&["policy", "forget", "locker", "--pcr", "3", "--digest", &zero]),
+        &fleet.cli(&[
+            "policy", "forget", "locker", "--pcr", "3", "--digest", &zero,
+        ]),
         2,
         "not one of class locker's PCRs",
     );
@@ -240,7 +244,14 @@ fn device_lifecycle_from_the_cli_with_stable_json() {
     );
     one_line_error(
         &fleet.cli(&[
-            "policy", "stage", "locker", "--from", "locker-1", "--share", "0", "--stop-after",
+            "policy",
+            "stage",
+            "locker",
+            "--from",
+            "locker-1",
+            "--share",
+            "0",
+            "--stop-after",
             "1",
         ]),
         2,

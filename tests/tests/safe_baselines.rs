@@ -93,7 +93,8 @@ fn a_replace_from_a_drifted_device_is_refused_and_the_healthy_gate_stays_open() 
     assert_eq!(look["needs_force"], true);
     let text = fleet.cli(&["policy", "learn", "locker-b", "--replace"]);
     assert!(
-        text.stdout.contains("would contain 1 of 1 active device(s) of class locker (locker-a)"),
+        text.stdout
+            .contains("would contain 1 of 1 active device(s) of class locker (locker-a)"),
         "{text:?}"
     );
 
@@ -115,9 +116,14 @@ fn a_replace_from_a_drifted_device_is_refused_and_the_healthy_gate_stays_open() 
 
     // The healthy device keeps renewing under the unchanged baseline and
     // its gate stays open.
-    let issued = show(&fleet, "locker-a")["artifacts_issued"].as_u64().unwrap();
+    let issued = show(&fleet, "locker-a")["artifacts_issued"]
+        .as_u64()
+        .unwrap();
     let renewed = wait_until(PATIENCE, || {
-        show(&fleet, "locker-a")["artifacts_issued"].as_u64().unwrap() >= issued + 2
+        show(&fleet, "locker-a")["artifacts_issued"]
+            .as_u64()
+            .unwrap()
+            >= issued + 2
     });
     assert!(renewed.is_some(), "{}", fleet.authority_log());
     assert_eq!(healthy.state(), "open", "{}", healthy.status());
@@ -127,7 +133,13 @@ fn a_replace_from_a_drifted_device_is_refused_and_the_healthy_gate_stays_open() 
     // The count was true: forced, the replacement contains the healthy
     // device at its next renewal and closes its gate.
     let forced = fleet.cli(&[
-        "policy", "learn", "locker-b", "--replace", "--yes", "--force", "--json",
+        "policy",
+        "learn",
+        "locker-b",
+        "--replace",
+        "--yes",
+        "--force",
+        "--json",
     ]);
     assert_eq!(forced.code, 0, "{forced:?}");
     assert_eq!(forced.json()["would_contain"], 1);
