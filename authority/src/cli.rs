@@ -61,7 +61,7 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
-    /// Inspect the policy and learn baselines.
+    /// Inspect the policy; learn, forget and stage accepted values.
     Policy {
         /// Configuration file.
         #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
@@ -138,9 +138,13 @@ enum DevicesCommand {
 
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
-    /// Show a device's last verified PCR values next to what its class
-    /// accepts; with --yes accept them for the class (added to the values
-    /// it accepts already, or with --replace instead of its learned ones).
+    /// Show a device's last verified PCR values; with --yes accept them
+    /// for its class.
+    ///
+    /// The values are added to those the class accepts already, or with
+    /// --replace replace its learned values of those PCRs. Before anything
+    /// is stored it prints how many active devices of the class the change
+    /// would contain (their last verified values would no longer match).
     ///
     /// Refused without --force when the device is contained, drifted, its
     /// last attestation was refused or its values are older than
@@ -166,9 +170,11 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Remove learned values of a class: one digest of one PCR, or every
-    /// value learned from a device. Refused without --force when it would
-    /// contain active devices of the class.
+    /// Remove learned values of a class.
+    ///
+    /// One digest of one PCR (--pcr N --digest HEX), or every value learned
+    /// from a device (--from ID). Prints how many active devices of the
+    /// class the removal would contain; refused without --force when any.
     Forget {
         /// The class.
         class: String,
@@ -191,11 +197,13 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stage a device's values to a share of its class: devices whose id
-    /// hashes into the first PCT of 100 buckets accept them besides the
-    /// class's values; the stage stops by itself (its share is judged by
-    /// the class's values again) after K refusals of verified evidence in
-    /// the share. The device is checked as by `learn`.
+    /// Stage a device's values to a share of its class.
+    ///
+    /// Devices whose id hashes into the first PCT of 100 buckets accept
+    /// them besides the class's values. After K refusals of verified
+    /// evidence in the share the stage stops by itself, and the share is
+    /// judged by the class's own values again. The device is checked as
+    /// by `learn`.
     Stage {
         /// The class.
         class: String,
@@ -221,8 +229,10 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Widen a class's active stage to --share PCT, or without --share
-    /// accept its values for the whole class and end it.
+    /// Widen a class's active stage, or accept its values for the class.
+    ///
+    /// With --share PCT the stage covers PCT % (never less than now);
+    /// without, its values are learned for the whole class and it ends.
     Promote {
         /// The class.
         class: String,
@@ -239,8 +249,9 @@ enum PolicyCommand {
         #[arg(long)]
         json: bool,
     },
-    /// End a class's active stage: the staged share is judged by the
-    /// class's own values again.
+    /// End a class's active stage.
+    ///
+    /// The staged share is judged by the class's own values again.
     Rollback {
         /// The class.
         class: String,
@@ -1144,7 +1155,9 @@ impl Plan {
 
     /// Prints what the change would do (text mode) and decides: `Ok(true)`
     /// to store it, `Ok(false)` for a dry run, `Err` when it needs
-    /// `--force` and has not got it.
+    /// `--force` and has not got it. Without `--yes`, an operator at a
+    /// terminal is asked (after the count is printed); anything else is a
+    /// dry run.
     fn decide(&self, what: &str, force: bool, yes: bool, json: bool) -> Result<bool, Error> {
         if !json {
             for o in &self.objections {
@@ -1152,10 +1165,19 @@ impl Plan {
             }
             println!("{}", self.contain_line());
         }
+        let blocked = self.needs_force() && !force;
         if !yes {
-            return Ok(false);
+            use std::io::IsTerminal;
+            if json
+                || blocked
+                || !std::io::stdin().is_terminal()
+                || !std::io::stdout().is_terminal()
+            {
+                return Ok(false);
+            }
+            return Ok(ask(&format!("{what}: store this change? [y/N] ")));
         }
-        if self.needs_force() && !force {
+        if blocked {
             let mut why: Vec<String> = self.objections.iter().map(ToString::to_string).collect();
             why.push(self.contain_line());
             return Err(Error::Refused(format!(
@@ -1163,9 +1185,8 @@ impl Plan {
                 why.join("; ")
             )));
         }
-        if self.needs_force() {
-            tracing::warn!(class = %self.class, contains = self.contains.len(),
-                objections = self.objections.len(), "baseline change forced");
+        if self.needs_force() && !json {
+            println!("forced: stored despite the above");
         }
         Ok(true)
     }
@@ -1186,6 +1207,21 @@ impl Plan {
             );
             map.insert("needs_force".into(), json!(self.needs_force()));
         }
+    }
+}
+
+/// Asks a yes/no question on the terminal; anything but "y" or "yes" (or a
+/// failed read) is no.
+fn ask(question: &str) -> bool {
+    use std::io::Write;
+    print!("{question}");
+    if std::io::stdout().flush().is_err() {
+        return false;
+    }
+    let mut answer = String::new();
+    match std::io::stdin().read_line(&mut answer) {
+        Ok(_) => matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes"),
+        Err(_) => false,
     }
 }
 
