@@ -720,8 +720,10 @@ fn policy(config: &Path, command: PolicyCommand) -> Result<(), Error> {
             if stored {
                 let done = cx
                     .store
-                    .learn(&class.name, &source.values, &id, mode, &cx.now);
-                cx.db(done)?;
+                    .learn(&before, &class.name, &source.values, &id, mode, &cx.now);
+                if !cx.db(done)? {
+                    return Err(changed_meanwhile(&class.name));
+                }
             }
             if json {
                 let mut v = json!({
@@ -810,8 +812,8 @@ fn policy(config: &Path, command: PolicyCommand) -> Result<(), Error> {
             let stored = plan.decide(&what, force, yes, json)?;
             let mut removed = 0;
             if stored {
-                let done = cx.store.forget(&class.name, &forget);
-                removed = cx.db(done)?;
+                let done = cx.store.forget(&before, &class.name, &forget);
+                removed = cx.db(done)?.ok_or_else(|| changed_meanwhile(&class.name))?;
             }
             if json {
                 let mut v = json!({
@@ -902,10 +904,8 @@ fn policy(config: &Path, command: PolicyCommand) -> Result<(), Error> {
                     share,
                     stop_after,
                 };
-                let done = cx.store.start_stage(&new, &cx.now);
-                started = Some(cx.db(done)?.ok_or_else(|| {
-                    Error::Refused(format!("class {} has an active stage already", class.name))
-                })?);
+                let done = cx.store.start_stage(&before, &new, &cx.now);
+                started = Some(cx.db(done)?.ok_or_else(|| changed_meanwhile(&class.name))?);
             }
             if json {
                 let mut v = json!({
@@ -985,10 +985,10 @@ fn policy(config: &Path, command: PolicyCommand) -> Result<(), Error> {
             let stored = plan.decide(&what, force, yes, json)?;
             let mut stage = None;
             if stored {
-                let done = cx.store.promote_stage(&class.name, promotion, &cx.now);
-                stage = Some(cx.db(done)?.ok_or_else(|| {
-                    Error::Refused(format!("class {} has no active stage", class.name))
-                })?);
+                let done = cx
+                    .store
+                    .promote_stage(&before, &class.name, promotion, &cx.now);
+                stage = Some(cx.db(done)?.ok_or_else(|| changed_meanwhile(&class.name))?);
             }
             finish_stage_change(&class.name, stored, stage.as_ref(), &plan, json, "promoted");
             Ok(())
@@ -1012,12 +1012,13 @@ fn policy(config: &Path, command: PolicyCommand) -> Result<(), Error> {
             let stored = plan.decide(&what, force, yes, json)?;
             let mut stage = None;
             if stored {
-                let done =
-                    cx.store
-                        .roll_back_stage(&class.name, "rolled back by operator", &cx.now);
-                stage = Some(cx.db(done)?.ok_or_else(|| {
-                    Error::Refused(format!("class {} has no active stage", class.name))
-                })?);
+                let done = cx.store.roll_back_stage(
+                    &before,
+                    &class.name,
+                    "rolled back by operator",
+                    &cx.now,
+                );
+                stage = Some(cx.db(done)?.ok_or_else(|| changed_meanwhile(&class.name))?);
             }
             finish_stage_change(
                 &class.name,
@@ -1208,6 +1209,14 @@ impl Plan {
             map.insert("needs_force".into(), json!(self.needs_force()));
         }
     }
+}
+
+/// The class's accepted values changed between the judgement of a change
+/// and its transaction: nothing was stored, and the operator judges again.
+fn changed_meanwhile(class: &str) -> Error {
+    Error::Refused(format!(
+        "the accepted values of class {class} changed while this command ran; nothing stored, run it again"
+    ))
 }
 
 /// Asks a yes/no question on the terminal; anything but "y" or "yes" (or a

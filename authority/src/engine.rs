@@ -783,35 +783,48 @@ mod tests {
         }
         fn learn(
             &mut self,
+            seen: &ClassBaseline,
             class: &str,
             values: &[(u8, [u8; 32])],
             from: &DeviceId,
             mode: LearnMode,
             now: &Now,
-        ) -> Result<(), StoreError> {
-            self.inner.learn(class, values, from, mode, now)
+        ) -> Result<bool, StoreError> {
+            self.inner.learn(seen, class, values, from, mode, now)
         }
-        fn forget(&mut self, class: &str, forget: &Forget) -> Result<usize, StoreError> {
-            self.inner.forget(class, forget)
+        fn forget(
+            &mut self,
+            seen: &ClassBaseline,
+            class: &str,
+            forget: &Forget,
+        ) -> Result<Option<usize>, StoreError> {
+            self.inner.forget(seen, class, forget)
         }
-        fn start_stage(&mut self, s: &NewStage, now: &Now) -> Result<Option<Stage>, StoreError> {
-            self.inner.start_stage(s, now)
+        fn start_stage(
+            &mut self,
+            seen: &ClassBaseline,
+            s: &NewStage,
+            now: &Now,
+        ) -> Result<Option<Stage>, StoreError> {
+            self.inner.start_stage(seen, s, now)
         }
         fn promote_stage(
             &mut self,
+            seen: &ClassBaseline,
             c: &str,
             p: Promotion,
             now: &Now,
         ) -> Result<Option<Stage>, StoreError> {
-            self.inner.promote_stage(c, p, now)
+            self.inner.promote_stage(seen, c, p, now)
         }
         fn roll_back_stage(
             &mut self,
+            seen: &ClassBaseline,
             c: &str,
             r: &str,
             now: &Now,
         ) -> Result<Option<Stage>, StoreError> {
-            self.inner.roll_back_stage(c, r, now)
+            self.inner.roll_back_stage(seen, c, r, now)
         }
         fn sweep(&mut self, now: &Now) -> Result<usize, StoreError> {
             self.inner.sweep(now)

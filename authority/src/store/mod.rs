@@ -431,36 +431,59 @@ pub trait Store: Send {
     /// The learned digests of `class` and its latest staged rollout.
     fn baseline(&mut self, class: &str) -> Result<ClassBaseline, StoreError>;
 
+    // The five changes below of what a class accepts each take `seen`,
+    // the class's baseline as the caller judged the change against (the
+    // devices it would contain), and store nothing (`Ok(None)`/`false`)
+    // if it is no longer the class's baseline in the change's own
+    // transaction: a count printed to an operator is never of another
+    // change than the one made.
+
     /// Accepts `values` for `class`: besides its learned digests
     /// ([`LearnMode::Add`]) or instead of those of the same PCRs
-    /// ([`LearnMode::Replace`]).
+    /// ([`LearnMode::Replace`]). `false`: `seen` is stale.
     fn learn(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         values: &[(u8, [u8; 32])],
         from: &DeviceId,
         mode: LearnMode,
         now: &Now,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
 
-    /// Removes learned digests of `class`; returns how many.
-    fn forget(&mut self, class: &str, forget: &Forget) -> Result<usize, StoreError>;
+    /// Removes learned digests of `class`; returns how many (`None`:
+    /// `seen` is stale).
+    fn forget(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        forget: &Forget,
+    ) -> Result<Option<usize>, StoreError>;
 
-    /// Starts a staged rollout; `None` if the class has an active one.
-    fn start_stage(&mut self, stage: &NewStage, now: &Now) -> Result<Option<Stage>, StoreError>;
+    /// Starts a staged rollout; `None` if `seen` is stale or the class has
+    /// an active one.
+    fn start_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        stage: &NewStage,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError>;
 
-    /// Widens or finishes the class's active stage; `None` if it has none.
+    /// Widens or finishes the class's active stage; `None` if `seen` is
+    /// stale or it has none.
     fn promote_stage(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         promotion: Promotion,
         now: &Now,
     ) -> Result<Option<Stage>, StoreError>;
 
     /// Ends the class's active stage (its share is judged by the class's
-    /// own values again); `None` if it has none.
+    /// own values again); `None` if `seen` is stale or it has none.
     fn roll_back_stage(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         reason: &str,
         now: &Now,

@@ -102,18 +102,27 @@ pub(super) fn baseline(conn: &mut Connection, class: &str) -> Result<ClassBaseli
     Ok(baseline)
 }
 
+/// Whether `seen` is still the baseline of `class` in `tx`.
+fn unchanged(tx: &Transaction<'_>, class: &str, seen: &ClassBaseline) -> Result<bool, StoreError> {
+    Ok(load_baseline(tx, class)? == *seen)
+}
+
 pub(super) fn learn(
     conn: &mut Connection,
+    seen: &ClassBaseline,
     class: &str,
     values: &[(u8, [u8; 32])],
     from: &DeviceId,
     mode: LearnMode,
     now: &Now,
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let tx = immediate(conn)?;
+    if !unchanged(&tx, class, seen)? {
+        return Ok(false);
+    }
     insert_learned(&tx, class, values, from.as_str(), mode, now)?;
     tx.commit()?;
-    Ok(())
+    Ok(true)
 }
 
 fn insert_learned(
@@ -143,10 +152,14 @@ fn insert_learned(
 
 pub(super) fn forget(
     conn: &mut Connection,
+    seen: &ClassBaseline,
     class: &str,
     forget: &Forget,
-) -> Result<usize, StoreError> {
+) -> Result<Option<usize>, StoreError> {
     let tx = immediate(conn)?;
+    if !unchanged(&tx, class, seen)? {
+        return Ok(None);
+    }
     let removed = match forget {
         Forget::Digest { pcr, digest } => tx.execute(
             "DELETE FROM baselines WHERE class = ?1 AND pcr = ?2 AND digest = ?3",
@@ -158,7 +171,7 @@ pub(super) fn forget(
         )?,
     };
     tx.commit()?;
-    Ok(removed)
+    Ok(Some(removed))
 }
 
 fn active_stage(tx: &Transaction<'_>, class: &str) -> Result<Option<Stage>, StoreError> {
@@ -167,11 +180,12 @@ fn active_stage(tx: &Transaction<'_>, class: &str) -> Result<Option<Stage>, Stor
 
 pub(super) fn start_stage(
     conn: &mut Connection,
+    seen: &ClassBaseline,
     stage: &NewStage,
     now: &Now,
 ) -> Result<Option<Stage>, StoreError> {
     let tx = immediate(conn)?;
-    if active_stage(&tx, &stage.class)?.is_some() {
+    if !unchanged(&tx, &stage.class, seen)? || active_stage(&tx, &stage.class)?.is_some() {
         return Ok(None);
     }
     let mask = stage
@@ -201,11 +215,15 @@ pub(super) fn start_stage(
 
 pub(super) fn promote_stage(
     conn: &mut Connection,
+    seen: &ClassBaseline,
     class: &str,
     promotion: Promotion,
     now: &Now,
 ) -> Result<Option<Stage>, StoreError> {
     let tx = immediate(conn)?;
+    if !unchanged(&tx, class, seen)? {
+        return Ok(None);
+    }
     let Some(stage) = active_stage(&tx, class)? else {
         return Ok(None);
     };
@@ -235,11 +253,15 @@ pub(super) fn promote_stage(
 
 pub(super) fn roll_back_stage(
     conn: &mut Connection,
+    seen: &ClassBaseline,
     class: &str,
     reason: &str,
     now: &Now,
 ) -> Result<Option<Stage>, StoreError> {
     let tx = immediate(conn)?;
+    if !unchanged(&tx, class, seen)? {
+        return Ok(None);
+    }
     let Some(stage) = active_stage(&tx, class)? else {
         return Ok(None);
     };

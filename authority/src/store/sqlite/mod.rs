@@ -198,39 +198,52 @@ impl Store for SqliteStore {
 
     fn learn(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         values: &[(u8, [u8; 32])],
         from: &DeviceId,
         mode: LearnMode,
         now: &Now,
-    ) -> Result<(), StoreError> {
-        baselines::learn(&mut self.conn, class, values, from, mode, now)
+    ) -> Result<bool, StoreError> {
+        baselines::learn(&mut self.conn, seen, class, values, from, mode, now)
     }
 
-    fn forget(&mut self, class: &str, forget: &Forget) -> Result<usize, StoreError> {
-        baselines::forget(&mut self.conn, class, forget)
+    fn forget(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        forget: &Forget,
+    ) -> Result<Option<usize>, StoreError> {
+        baselines::forget(&mut self.conn, seen, class, forget)
     }
 
-    fn start_stage(&mut self, stage: &NewStage, now: &Now) -> Result<Option<Stage>, StoreError> {
-        baselines::start_stage(&mut self.conn, stage, now)
+    fn start_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        stage: &NewStage,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError> {
+        baselines::start_stage(&mut self.conn, seen, stage, now)
     }
 
     fn promote_stage(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         promotion: Promotion,
         now: &Now,
     ) -> Result<Option<Stage>, StoreError> {
-        baselines::promote_stage(&mut self.conn, class, promotion, now)
+        baselines::promote_stage(&mut self.conn, seen, class, promotion, now)
     }
 
     fn roll_back_stage(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         reason: &str,
         now: &Now,
     ) -> Result<Option<Stage>, StoreError> {
-        baselines::roll_back_stage(&mut self.conn, class, reason, now)
+        baselines::roll_back_stage(&mut self.conn, seen, class, reason, now)
     }
 
     fn sweep(&mut self, now: &Now) -> Result<usize, StoreError> {

@@ -7,7 +7,7 @@ use mctc_attest::ClockInfo;
 use mctc_shim::messages::{ControlAction, DeviceStatus};
 
 use super::*;
-use crate::model::{Forget, LearnMode, Refusal, StageState, Verdict, VerifiedFacts};
+use crate::model::{Forget, LearnMode, Refusal, Stage, StageState, Verdict, VerifiedFacts};
 
 fn now_at(boot_ms: u64) -> Now {
     Now {
@@ -722,26 +722,44 @@ fn learning_adds_unless_told_to_replace_and_forget_removes() {
     let now = now_at(1);
     let mut store = open(&dir);
     let learned = |store: &mut SqliteStore| store.baseline("c").unwrap().learned;
-    store
-        .learn(
-            "c",
-            &[(0, [1; 32]), (7, [2; 32])],
-            &id("d1"),
-            LearnMode::Add,
-            &now,
-        )
-        .unwrap();
+    let seen = |store: &mut SqliteStore| store.baseline("c").unwrap();
+    let first = seen(&mut store);
+    let learn = |store: &mut SqliteStore,
+                 seen: &ClassBaseline,
+                 values: &[(u8, [u8; 32])],
+                 from: &str,
+                 mode: LearnMode| {
+        store
+            .learn(seen, "c", values, &id(from), mode, &now)
+            .unwrap()
+    };
+    assert!(learn(
+        &mut store,
+        &first,
+        &[(0, [1; 32]), (7, [2; 32])],
+        "d1",
+        LearnMode::Add
+    ));
+    // A change judged against what the class accepted before another
+    // change stores nothing.
+    assert!(!learn(
+        &mut store,
+        &first,
+        &[(7, [8; 32])],
+        "late",
+        LearnMode::Replace
+    ));
+    assert_eq!(learned(&mut store).len(), 2);
     // Added: PCR 7 now accepts both values; a value known already keeps
     // the device it was first learned from.
-    store
-        .learn(
-            "c",
-            &[(0, [1; 32]), (7, [3; 32])],
-            &id("d2"),
-            LearnMode::Add,
-            &now,
-        )
-        .unwrap();
+    let now_seen = seen(&mut store);
+    assert!(learn(
+        &mut store,
+        &now_seen,
+        &[(0, [1; 32]), (7, [3; 32])],
+        "d2",
+        LearnMode::Add
+    ));
     let after_add = learned(&mut store);
     assert_eq!(after_add.len(), 3);
     assert_eq!(after_add[0].from, "d1");
@@ -751,9 +769,19 @@ fn learning_adds_unless_told_to_replace_and_forget_removes() {
         "{after_add:?}"
     );
     // Replaced: only the new values of those PCRs are left.
-    store
-        .learn("c", &[(7, [4; 32])], &id("d3"), LearnMode::Replace, &now)
-        .unwrap();
+    let now_seen = seen(&mut store);
+    assert!(
+        store
+            .learn(
+                &now_seen,
+                "c",
+                &[(7, [4; 32])],
+                &id("d3"),
+                LearnMode::Replace,
+                &now
+            )
+            .unwrap()
+    );
     let after_replace = learned(&mut store);
     assert_eq!(after_replace.len(), 2);
     assert_eq!(
@@ -766,13 +794,16 @@ fn learning_adds_unless_told_to_replace_and_forget_removes() {
         pcr: 7,
         digest: [4; 32],
     };
-    assert_eq!(store.forget("c", &one).unwrap(), 1);
-    assert_eq!(store.forget("c", &one).unwrap(), 0);
+    let before_forget = seen(&mut store);
+    assert_eq!(store.forget(&before_forget, "c", &one).unwrap(), Some(1));
+    assert_eq!(store.forget(&before_forget, "c", &one).unwrap(), None);
+    let now_seen = seen(&mut store);
+    assert_eq!(store.forget(&now_seen, "c", &one).unwrap(), Some(0));
     assert_eq!(
         store
-            .forget("c", &Forget::LearnedFrom("d1".into()))
+            .forget(&now_seen, "c", &Forget::LearnedFrom("d1".into()))
             .unwrap(),
-        1
+        Some(1)
     );
     assert!(learned(&mut store).is_empty());
 }
@@ -830,6 +861,36 @@ fn decide_staged(
     (staged, attested)
 }
 
+/// The store's change methods, judged against the class's current baseline.
+fn fresh_start_stage(
+    store: &mut SqliteStore,
+    new: &NewStage,
+    now: &Now,
+) -> Result<Option<Stage>, StoreError> {
+    let seen = store.baseline(&new.class).unwrap();
+    store.start_stage(&seen, new, now)
+}
+
+fn fresh_promote_stage(
+    store: &mut SqliteStore,
+    class: &str,
+    promotion: Promotion,
+    now: &Now,
+) -> Result<Option<Stage>, StoreError> {
+    let seen = store.baseline(class).unwrap();
+    store.promote_stage(&seen, class, promotion, now)
+}
+
+fn fresh_roll_back_stage(
+    store: &mut SqliteStore,
+    class: &str,
+    reason: &str,
+    now: &Now,
+) -> Result<Option<Stage>, StoreError> {
+    let seen = store.baseline(class).unwrap();
+    store.roll_back_stage(&seen, class, reason, now)
+}
+
 #[test]
 fn a_stage_stops_itself_after_k_refusals_of_verified_evidence_in_its_share() {
     let dir = tempfile::tempdir().unwrap();
@@ -845,11 +906,11 @@ fn a_stage_stops_itself_after_k_refusals_of_verified_evidence_in_its_share() {
         share: 100,
         stop_after: 2,
     };
-    let stage = store.start_stage(&new, &now).unwrap().unwrap();
+    let stage = fresh_start_stage(&mut store, &new, &now).unwrap().unwrap();
     assert_eq!((stage.state, stage.failures), (StageState::Active, 0));
     assert_eq!(stage.values, vec![(0, [9; 32])]);
     assert_eq!(
-        store.start_stage(&new, &now).unwrap(),
+        fresh_start_stage(&mut store, &new, &now).unwrap(),
         None,
         "one at a time"
     );
@@ -886,7 +947,7 @@ fn a_stage_stops_itself_after_k_refusals_of_verified_evidence_in_its_share() {
     assert!(baseline.learned.is_empty());
     assert_eq!(baseline.stage.unwrap().state, StageState::Stopped);
     assert_eq!(
-        store.promote_stage("c", Promotion::Finish, &now).unwrap(),
+        fresh_promote_stage(&mut store, "c", Promotion::Finish, &now).unwrap(),
         None,
         "nothing active to promote"
     );
@@ -904,19 +965,28 @@ fn a_stage_widens_never_narrows_and_is_promoted_or_rolled_back() {
         share: 20,
         stop_after: 3,
     };
-    store.start_stage(&new, &now).unwrap().unwrap();
-    let widened = store
-        .promote_stage("c", Promotion::Widen(50), &now)
+    fresh_start_stage(&mut store, &new, &now).unwrap().unwrap();
+    let widened = fresh_promote_stage(&mut store, "c", Promotion::Widen(50), &now)
         .unwrap()
         .unwrap();
     assert_eq!((widened.share, widened.state), (50, StageState::Active));
-    let kept = store
-        .promote_stage("c", Promotion::Widen(10), &now)
+    let kept = fresh_promote_stage(&mut store, "c", Promotion::Widen(10), &now)
         .unwrap()
         .unwrap();
     assert_eq!(kept.share, 50);
-    let done = store
-        .promote_stage("c", Promotion::Finish, &now)
+    // Judged against the stage before it was widened: nothing changes.
+    let stale = ClassBaseline {
+        stage: Some(Stage {
+            share: 20,
+            ..kept.clone()
+        }),
+        ..store.baseline("c").unwrap()
+    };
+    assert_eq!(
+        store.roll_back_stage(&stale, "c", "stale", &now).unwrap(),
+        None
+    );
+    let done = fresh_promote_stage(&mut store, "c", Promotion::Finish, &now)
         .unwrap()
         .unwrap();
     assert_eq!(done.state, StageState::Promoted);
@@ -935,15 +1005,19 @@ fn a_stage_widens_never_narrows_and_is_promoted_or_rolled_back() {
         values: vec![(0, [5; 32]), (7, [2; 32])],
         ..new
     };
-    let second = store.start_stage(&again, &now).unwrap().unwrap();
-    let back = store
-        .roll_back_stage("c", "bad build", &now)
+    let second = fresh_start_stage(&mut store, &again, &now)
+        .unwrap()
+        .unwrap();
+    let back = fresh_roll_back_stage(&mut store, "c", "bad build", &now)
         .unwrap()
         .unwrap();
     assert_eq!(back.id, second.id);
     assert_eq!(back.state, StageState::RolledBack);
     assert_eq!(back.end_reason.as_deref(), Some("bad build"));
-    assert_eq!(store.roll_back_stage("c", "x", &now).unwrap(), None);
+    assert_eq!(
+        fresh_roll_back_stage(&mut store, "c", "x", &now).unwrap(),
+        None
+    );
     assert_eq!(store.baseline("c").unwrap().learned, learned);
 }
 
