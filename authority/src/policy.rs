@@ -23,6 +23,7 @@ use mctc_shim::artifact::Currency;
 use mctc_shim::limits::{
     MAX_CLASS_LEN, MAX_HB_MS, MAX_OP_LEN, MAX_PCRS, MAX_SCOPE_ENTRIES, MAX_TTL_MS, MIN_HB_MS,
 };
+use mctc_shim::messages::DeviceStatus;
 use mctc_shim::wire::token_problem;
 use serde::Deserialize;
 
@@ -236,7 +237,7 @@ pub fn would_contain<'a>(
 ) -> Vec<&'a DeviceRecord> {
     devices
         .iter()
-        .filter(|d| d.class == class.name && d.status == mctc_shim::messages::DeviceStatus::Active)
+        .filter(|d| d.class == class.name && d.status == DeviceStatus::Active)
         .filter(|d| {
             let Some(pcrs) = d.last_pcrs.as_ref().filter(|p| p.mask == class.mask()) else {
                 return false;
@@ -304,7 +305,7 @@ pub fn objections(
     max_age_ms: u64,
 ) -> Vec<Objection> {
     let mut out = Vec::new();
-    if d.status == mctc_shim::messages::DeviceStatus::Contained {
+    if d.status == DeviceStatus::Contained {
         out.push(Objection::Contained(d.reason.clone()));
     }
     if d.verdict == Some(Verdict::Refused)
@@ -664,8 +665,6 @@ fresh_attestation = true
             end_reason: None,
         }
     }
-
-    use mctc_shim::messages::DeviceStatus;
 
     #[test]
     fn learning_adds_unless_told_to_replace() {
