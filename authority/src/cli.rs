@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand};
 use mctc_shim::DeviceId;
 use mctc_shim::limits::MAX_REASON_LEN;
-use mctc_shim::messages::DeviceStatus;
 use serde_json::{Map, Value, json};
 
 use crate::config::{Config, parse_sha256};
-use crate::error::Error;
+use crate::error::{Error, device_id};
 use crate::issuer::status_name;
 use crate::now::Now;
 use crate::policy::Policy;
+use crate::policy_cli::{PolicyCommand, Session};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{DeviceRecord, NewDevice, StatusChange, StatusOutcome, Store, Verdict};
 use crate::verdict::indices;
@@ -56,7 +56,7 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
-    /// Inspect the policy and learn baselines.
+    /// Inspect the policy; learn, forget and stage accepted values.
     Policy {
         /// Configuration file.
         #[arg(long, global = true, default_value = DEFAULT_CONFIG)]
@@ -131,28 +131,6 @@ enum DevicesCommand {
     },
 }
 
-#[derive(Debug, Subcommand)]
-enum PolicyCommand {
-    /// Show a device's last verified PCR values; with --yes make them its
-    /// class's baseline.
-    Learn {
-        /// Device id.
-        id: String,
-        /// Store the values as the class baseline.
-        #[arg(long)]
-        yes: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show every class with its effective reference values.
-    Show {
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
-}
-
 /// Parses the command line; clap's multi-line errors become one line.
 /// `Err((code, text))` when the process should exit without running.
 pub fn parse() -> Result<Cli, (u8, String)> {
@@ -189,7 +167,16 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         Command::Keygen { out, json } => keygen(&out, json),
         Command::Run { config } => run_daemon(&config),
         Command::Devices { config, command } => devices(&config, command),
-        Command::Policy { config, command } => policy(&config, command),
+        Command::Policy { config, command } => {
+            let mut cx = Context::open(&config)?;
+            let policy = cx.policy()?;
+            let mut session = Session {
+                store: &mut cx.store,
+                database: &cx.config.database,
+                now: &cx.now,
+            };
+            crate::policy_cli::run(&mut session, &policy, command)
+        }
     }
 }
 
@@ -291,14 +278,6 @@ impl Context {
         self.db(found)?
             .ok_or_else(|| Error::UnknownDevice(id.to_string()))
     }
-}
-
-fn device_id(id: &str) -> Result<DeviceId, Error> {
-    DeviceId::new(id).map_err(|_| {
-        Error::Usage(format!(
-            "invalid device id `{id}`: 1-64 characters of [a-z0-9._-], not starting with `.` or `mctc-`"
-        ))
-    })
 }
 
 fn check_reason(reason: &str) -> Result<(), Error> {
@@ -524,158 +503,6 @@ fn device_json(d: &DeviceRecord, detailed: bool) -> Value {
         map.insert("verified_at".into(), secs(d.verified_ms));
     }
     v
-}
-
-fn policy(config: &Path, command: PolicyCommand) -> Result<(), Error> {
-    let mut cx = Context::open(config)?;
-    let policy = cx.policy()?;
-    match command {
-        PolicyCommand::Learn { id, yes, json } => {
-            let id = device_id(&id)?;
-            let d = cx.device(&id)?;
-            if d.status == DeviceStatus::Revoked {
-                return Err(Error::Refused(format!(
-                    "{id} is revoked; its values are not learned"
-                )));
-            }
-            let class = policy.class(&d.class).ok_or_else(|| {
-                Error::Refused(format!("class {} of {id} is not in the policy", d.class))
-            })?;
-            let snapshot = d.last_pcrs.as_ref().ok_or_else(|| {
-                Error::Refused(format!(
-                    "{id} has no verified PCR values yet (it must attest once)"
-                ))
-            })?;
-            if snapshot.mask != class.mask() {
-                return Err(Error::Refused(format!(
-                    "{id}'s last verified values cover other PCRs than class {} quotes now",
-                    class.name
-                )));
-            }
-            let learned = cx.store.learned(&class.name);
-            let learned = cx.db(learned)?;
-            let pairs: Vec<(u8, [u8; 32])> = indices(snapshot.mask)
-                .zip(snapshot.values.iter().copied())
-                .collect();
-            if yes {
-                let stored = cx.store.learn(&class.name, &pairs, &id, &cx.now);
-                cx.db(stored)?;
-            }
-            if json {
-                print_json(&json!({
-                    "device": id.as_str(),
-                    "class": class.name,
-                    "bank": "sha256",
-                    "values": pcr_map(snapshot.mask, &snapshot.values),
-                    "stored": yes,
-                }));
-            } else {
-                println!(
-                    "device {id}, class {}, last verified values (sha256):",
-                    class.name
-                );
-                for (pcr, value) in &pairs {
-                    let mut allowed = class.allowed(*pcr, &learned).peekable();
-                    let note = if allowed.peek().is_none() {
-                        "no baseline"
-                    } else if allowed.any(|a| a == value) {
-                        "matches baseline"
-                    } else {
-                        "DIFFERS from baseline"
-                    };
-                    println!("  PCR {pcr:>2}  {}  {note}", hex::encode(value));
-                }
-                if yes {
-                    println!("stored as the learned baseline of class {}", class.name);
-                } else {
-                    println!(
-                        "nothing stored; run `policy learn {id} --yes` to make these the baseline of class {}",
-                        class.name
-                    );
-                }
-            }
-            Ok(())
-        }
-        PolicyCommand::Show { json } => {
-            let mut classes = Vec::new();
-            for class in policy.classes.values() {
-                let learned = cx.store.learned(&class.name);
-                let learned = cx.db(learned)?;
-                let mut reference = Map::new();
-                let mut missing = Vec::new();
-                for &pcr in &class.pcrs {
-                    let mut entries: Vec<Value> = class
-                        .reference
-                        .get(&pcr)
-                        .into_iter()
-                        .flatten()
-                        .map(|d| json!({"digest": hex::encode(d), "source": "file"}))
-                        .collect();
-                    entries.extend(
-                        learned
-                            .iter()
-                            .filter(|l| l.pcr == pcr)
-                            .map(|l| json!({"digest": hex::encode(l.digest), "source": "learned", "from": l.from})),
-                    );
-                    if entries.is_empty() {
-                        missing.push(pcr);
-                    }
-                    reference.insert(pcr.to_string(), Value::Array(entries));
-                }
-                classes.push(json!({
-                    "name": class.name,
-                    "bank": "sha256",
-                    "pcrs": class.pcrs,
-                    "reference": reference,
-                    "missing": missing,
-                    "artifact_ttl_ms": class.artifact_ttl_ms,
-                    "heartbeat_ms": class.heartbeat_ms,
-                    "allow_first_use": class.allow_first_use,
-                    "scope": class.scope.iter().map(|s| json!({
-                        "op": s.op,
-                        "max_amount": s.max_amount,
-                        "currency": s.currency.map(|c| c.as_str().to_owned()),
-                        "fresh_attestation": s.fresh_attestation,
-                    })).collect::<Vec<_>>(),
-                }));
-            }
-            if json {
-                print_json(&json!({ "classes": classes }));
-            } else {
-                for class in &classes {
-                    println!(
-                        "class {} (pcrs {}, ttl {} ms, heartbeat {} ms{})",
-                        class["name"].as_str().unwrap_or(""),
-                        class["pcrs"],
-                        class["artifact_ttl_ms"],
-                        class["heartbeat_ms"],
-                        if class["allow_first_use"] == json!(true) {
-                            ", first use allowed"
-                        } else {
-                            ""
-                        }
-                    );
-                    if let Value::Object(reference) = &class["reference"] {
-                        for (pcr, entries) in reference {
-                            match entries.as_array().map(Vec::as_slice) {
-                                Some([]) | None => println!("  PCR {pcr:>2}  no baseline"),
-                                Some(entries) => {
-                                    for e in entries {
-                                        println!(
-                                            "  PCR {pcr:>2}  {}  ({})",
-                                            e["digest"].as_str().unwrap_or(""),
-                                            e["source"].as_str().unwrap_or("")
-                                        );
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
-    }
 }
 
 #[cfg(test)]

@@ -536,12 +536,12 @@ impl<S: Store, C: Clock> Engine<S, C> {
         let attested =
             match self
                 .store
-                .attest(device, &nonce, &issue, now, &mut |rec, check, learned| {
+                .attest(device, &nonce, &issue, now, &mut |rec, check, baseline| {
                     evaluate(
                         rec,
                         check,
                         policy.class(&rec.class),
-                        learned,
+                        baseline,
                         &evidence,
                         tolerance,
                     )
@@ -607,6 +607,15 @@ impl<S: Store, C: Clock> Engine<S, C> {
                     self.queued = true;
                     tracing::warn!(%device, class, reason = contain.as_deref().unwrap_or(""), "device contained automatically");
                 }
+                if let Some(stage) = &attested.stage_stopped {
+                    tracing::warn!(
+                        class,
+                        stage = stage.id,
+                        failures = stage.failures,
+                        stop_after = stage.stop_after,
+                        "staged rollout stopped: its share is judged by the class's own values again"
+                    );
+                }
                 self.refusal(device, nonce, *refusal, contained, now)
             }
         }
@@ -652,13 +661,13 @@ mod tests {
     use mctc_shim::{AuthorityKey, messages};
 
     use crate::issuer::KeySigner;
-    use crate::model::LearnedDigest;
+    use crate::model::{ClassBaseline, Forget, LearnMode, Stage};
     use crate::model::{Decision, NonceCheck};
     use crate::now::Deadline;
     use crate::store::sqlite::SqliteStore;
     use crate::store::{
         Attested, DeviceRecord, EnrollCommit as Commit, Fault, FleetState, HeartbeatState,
-        NewDevice, OutboxItem, StatusChange, StatusOutcome,
+        NewDevice, NewStage, OutboxItem, Promotion, StatusChange, StatusOutcome,
     };
 
     /// A real store whose `attest` and `issue_nonce` fail with `fault` when armed.
@@ -735,7 +744,7 @@ mod tests {
             n: &[u8; 32],
             i: &Issue,
             now: &Now,
-            decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &[LearnedDigest]) -> Decision,
+            decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &ClassBaseline) -> Decision,
         ) -> Result<Option<Attested>, StoreError> {
             self.fail()?;
             self.inner.attest(d, n, i, now, decide)
@@ -769,17 +778,53 @@ mod tests {
         fn requeue_latest_controls(&mut self, now: &Now) -> Result<usize, StoreError> {
             self.inner.requeue_latest_controls(now)
         }
-        fn learned(&mut self, class: &str) -> Result<Vec<LearnedDigest>, StoreError> {
-            self.inner.learned(class)
+        fn baseline(&mut self, class: &str) -> Result<ClassBaseline, StoreError> {
+            self.inner.baseline(class)
         }
         fn learn(
             &mut self,
+            seen: &ClassBaseline,
             class: &str,
             values: &[(u8, [u8; 32])],
             from: &DeviceId,
+            mode: LearnMode,
             now: &Now,
-        ) -> Result<(), StoreError> {
-            self.inner.learn(class, values, from, now)
+        ) -> Result<bool, StoreError> {
+            self.inner.learn(seen, class, values, from, mode, now)
+        }
+        fn forget(
+            &mut self,
+            seen: &ClassBaseline,
+            class: &str,
+            forget: &Forget,
+        ) -> Result<Option<usize>, StoreError> {
+            self.inner.forget(seen, class, forget)
+        }
+        fn start_stage(
+            &mut self,
+            seen: &ClassBaseline,
+            s: &NewStage,
+            now: &Now,
+        ) -> Result<Option<Stage>, StoreError> {
+            self.inner.start_stage(seen, s, now)
+        }
+        fn promote_stage(
+            &mut self,
+            seen: &ClassBaseline,
+            c: &str,
+            p: Promotion,
+            now: &Now,
+        ) -> Result<Option<Stage>, StoreError> {
+            self.inner.promote_stage(seen, c, p, now)
+        }
+        fn roll_back_stage(
+            &mut self,
+            seen: &ClassBaseline,
+            c: &str,
+            r: &str,
+            now: &Now,
+        ) -> Result<Option<Stage>, StoreError> {
+            self.inner.roll_back_stage(seen, c, r, now)
         }
         fn sweep(&mut self, now: &Now) -> Result<usize, StoreError> {
             self.inner.sweep(now)

@@ -5,6 +5,8 @@
 
 use std::path::PathBuf;
 
+use mctc_shim::DeviceId;
+
 /// Everything that can go wrong in the authority.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -93,6 +95,16 @@ pub(crate) fn one_line(text: &str) -> String {
         out.push_str(part);
     }
     out
+}
+
+/// A device id given on the command line: a usage error naming the
+/// grammar if it is not one.
+pub fn device_id(id: &str) -> Result<DeviceId, Error> {
+    DeviceId::new(id).map_err(|_| {
+        Error::Usage(format!(
+            "invalid device id `{id}`: 1-64 characters of [a-z0-9._-], not starting with `.` or `mctc-`"
+        ))
+    })
 }
 
 #[cfg(test)]

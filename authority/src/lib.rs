@@ -14,7 +14,8 @@
 //! - [`engine`]: the worker answering devices; [`housekeeping`]: heartbeat,
 //!   outbox, sweep; [`daemon`]: link, dispatch, threads, systemd.
 //! - [`issuer`]: everything the authority signs.
-//! - [`config`], [`policy`]: the two files; [`cli`]: the command line.
+//! - [`config`], [`policy`]: the two files; [`cli`]: the command line,
+//!   with the `policy` commands in [`policy_cli`].
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -28,6 +29,7 @@ pub mod model;
 pub mod now;
 pub mod outbox;
 pub mod policy;
+pub mod policy_cli;
 pub mod ratelimit;
 pub mod store;
 pub mod verdict;

@@ -30,6 +30,116 @@ pub struct LearnedDigest {
     pub at_ms: u64,
 }
 
+/// What a class accepts beyond its policy file: the learned digests and
+/// its staged rollout, if any. The decision of a device uses
+/// [`ClassBaseline::for_device`] (`crate::policy`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClassBaseline {
+    /// The learned digests of the class.
+    pub learned: Vec<LearnedDigest>,
+    /// Its latest staged rollout (any state: `policy show` shows an ended
+    /// one; only an [`StageState::Active`] one changes a verdict).
+    pub stage: Option<Stage>,
+}
+
+/// A staged rollout of a new accepted value set to a share of a class.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stage {
+    /// Its id (increasing over every class).
+    pub id: i64,
+    /// The class.
+    pub class: String,
+    /// The device the values were taken from.
+    pub from: String,
+    /// The staged values, (PCR, value), ascending PCR.
+    pub values: Vec<(u8, [u8; 32])>,
+    /// Percent of the class (by device-id hash bucket) that accepts them.
+    pub share: u8,
+    /// Stop after this many refusals of staged devices' verified evidence.
+    pub stop_after: u32,
+    /// Refusals of staged devices' verified evidence so far.
+    pub failures: u32,
+    /// Where the rollout is.
+    pub state: StageState,
+    /// Started (Unix ms).
+    pub started_ms: u64,
+    /// Ended (Unix ms).
+    pub ended_ms: Option<u64>,
+    /// Why it ended.
+    pub end_reason: Option<String>,
+}
+
+/// Where a staged rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageState {
+    /// Staged devices accept the values.
+    Active,
+    /// Stopped automatically: too many refusals in the staged share.
+    Stopped,
+    /// Promoted to the whole class: the values are learned.
+    Promoted,
+    /// Rolled back by the operator.
+    RolledBack,
+}
+
+impl StageState {
+    /// Every state, for name lookups.
+    pub const ALL: [StageState; 4] = [
+        StageState::Active,
+        StageState::Stopped,
+        StageState::Promoted,
+        StageState::RolledBack,
+    ];
+
+    /// Stable name (the database, JSON).
+    pub const fn name(self) -> &'static str {
+        match self {
+            StageState::Active => "active",
+            StageState::Stopped => "stopped",
+            StageState::Promoted => "promoted",
+            StageState::RolledBack => "rolled-back",
+        }
+    }
+
+    /// The state named `name`.
+    pub fn from_name(name: &str) -> Option<StageState> {
+        StageState::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
+/// How `policy learn` changes a class's learned digests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LearnMode {
+    /// The values are accepted besides the ones accepted already.
+    Add,
+    /// The values replace the learned digests of their PCRs.
+    Replace,
+}
+
+/// Which learned digests `policy forget` removes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Forget {
+    /// One digest of one PCR.
+    Digest {
+        /// The PCR.
+        pcr: u8,
+        /// The digest.
+        digest: [u8; 32],
+    },
+    /// Every digest learned from this device.
+    LearnedFrom(String),
+}
+
+impl Forget {
+    /// Whether `l` is one of the digests to remove.
+    pub fn matches(&self, l: &LearnedDigest) -> bool {
+        match self {
+            Forget::Digest { pcr, digest } => l.pcr == *pcr && l.digest == *digest,
+            Forget::LearnedFrom(from) => l.from == *from,
+        }
+    }
+}
+
 /// The enrolled TPM identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Enrolled {

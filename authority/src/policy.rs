@@ -6,21 +6,31 @@
 //! digests learned into the database (`policy learn`). Evidence is affirmed
 //! only when every policy PCR has a reference and holds an allowed value
 //! ([`ClassPolicy::judge`]).
+//!
+//! Changing what a class accepts is judged here too, sans IO: which learned
+//! digests a change leaves ([`learned_after`]), which active devices it would
+//! contain ([`would_contain`]: their last verified values pass before and
+//! drift after), why a device's values should not be learned
+//! ([`objections`]), and which devices a staged rollout covers
+//! ([`stage_bucket`], [`ClassBaseline::for_device`]).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use mctc_shim::artifact::Currency;
 use mctc_shim::limits::{
     MAX_CLASS_LEN, MAX_HB_MS, MAX_OP_LEN, MAX_PCRS, MAX_SCOPE_ENTRIES, MAX_TTL_MS, MIN_HB_MS,
 };
+use mctc_shim::messages::DeviceStatus;
 use mctc_shim::wire::token_problem;
 use serde::Deserialize;
 
 use crate::error::{Error, one_line};
-use crate::model::parse_sha256;
+use crate::model::{DeviceRecord, Refusal, Verdict, parse_sha256};
 
-pub use crate::model::LearnedDigest;
+pub use crate::model::{ClassBaseline, Forget, LearnMode, LearnedDigest, Stage, StageState};
 
 /// The parsed policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,6 +127,206 @@ impl ClassPolicy {
         }
         judgement
     }
+}
+
+/// The rollout bucket of a device id, 0-99: the first eight bytes of the
+/// SHA-256 of the id, big-endian, modulo 100. A stage of share `p` covers
+/// the buckets below `p`, so widening a stage keeps every device it
+/// covered, and the selection is the same on every instance and run.
+pub fn stage_bucket(id: &str) -> u8 {
+    let digest = ring::digest::digest(&ring::digest::SHA256, id.as_bytes());
+    let mut head = [0u8; 8];
+    head.copy_from_slice(&digest.as_ref()[..8]);
+    // `% 100` is below 100, so it fits a u8.
+    (u64::from_be_bytes(head) % 100) as u8
+}
+
+impl Stage {
+    /// Whether the stage is active and `id` is in its share.
+    pub fn selects(&self, id: &str) -> bool {
+        self.state == StageState::Active && stage_bucket(id) < self.share
+    }
+
+    /// The staged values as learned digests.
+    pub fn digests(&self) -> impl Iterator<Item = LearnedDigest> + '_ {
+        self.values.iter().map(|&(pcr, digest)| LearnedDigest {
+            pcr,
+            digest,
+            from: self.from.clone(),
+            at_ms: self.started_ms,
+        })
+    }
+}
+
+impl ClassBaseline {
+    /// The active stage, if it covers `id`.
+    pub fn staged(&self, id: &str) -> Option<&Stage> {
+        self.stage.as_ref().filter(|s| s.selects(id))
+    }
+
+    /// The digests (besides the policy file's) that `id`'s evidence is
+    /// judged against: the learned ones, and the staged values when the
+    /// active stage covers it. A stage only ever adds: a staged device
+    /// still accepts the class's values.
+    pub fn for_device(&self, id: &str) -> Cow<'_, [LearnedDigest]> {
+        match self.staged(id) {
+            None => Cow::Borrowed(&self.learned),
+            Some(stage) => {
+                let mut all = self.learned.clone();
+                for d in stage.digests() {
+                    if !all.iter().any(|l| l.pcr == d.pcr && l.digest == d.digest) {
+                        all.push(d);
+                    }
+                }
+                Cow::Owned(all)
+            }
+        }
+    }
+}
+
+/// The learned digests after `policy learn` of `values` (learned from
+/// `from` at `at_ms`): [`LearnMode::Add`] keeps every digest and adds the
+/// new ones (a digest known already keeps its origin); [`LearnMode::Replace`]
+/// drops the learned digests of the PCRs in `values` first.
+pub fn learned_after(
+    learned: &[LearnedDigest],
+    mode: LearnMode,
+    values: &[(u8, [u8; 32])],
+    from: &str,
+    at_ms: u64,
+) -> Vec<LearnedDigest> {
+    let mut out: Vec<LearnedDigest> = learned
+        .iter()
+        .filter(|l| mode == LearnMode::Add || !values.iter().any(|(pcr, _)| *pcr == l.pcr))
+        .cloned()
+        .collect();
+    for &(pcr, digest) in values {
+        if !out.iter().any(|l| l.pcr == pcr && l.digest == digest) {
+            out.push(LearnedDigest {
+                pcr,
+                digest,
+                from: from.to_owned(),
+                at_ms,
+            });
+        }
+    }
+    out.sort_by_key(|l| (l.pcr, l.digest));
+    out
+}
+
+/// The learned digests after `policy forget`.
+pub fn forgotten(learned: &[LearnedDigest], forget: &Forget) -> Vec<LearnedDigest> {
+    learned
+        .iter()
+        .filter(|l| !forget.matches(l))
+        .cloned()
+        .collect()
+}
+
+/// The active devices of `class` that a change from `before` to `after`
+/// would contain: their last verified values (for the class's current PCR
+/// selection) show no drift under `before` and drift under `after`, so
+/// their next attestation is refused and contains them. A device whose
+/// values are unknown, or cover other PCRs, is not counted (it is refused
+/// or re-learned whatever the change).
+pub fn would_contain<'a>(
+    class: &ClassPolicy,
+    devices: &'a [DeviceRecord],
+    before: &ClassBaseline,
+    after: &ClassBaseline,
+) -> Vec<&'a DeviceRecord> {
+    devices
+        .iter()
+        .filter(|d| d.class == class.name && d.status == DeviceStatus::Active)
+        .filter(|d| {
+            let Some(pcrs) = d.last_pcrs.as_ref().filter(|p| p.mask == class.mask()) else {
+                return false;
+            };
+            let values: Vec<(u8, [u8; 32])> = crate::model::indices(pcrs.mask)
+                .zip(pcrs.values.iter().copied())
+                .collect();
+            let id = d.id.as_str();
+            class
+                .judge(&values, &before.for_device(id))
+                .drift
+                .is_empty()
+                && !class.judge(&values, &after.for_device(id)).drift.is_empty()
+        })
+        .collect()
+}
+
+/// Why a device's last verified values should not become accepted values
+/// of its class without `--force`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Objection {
+    /// The device is contained (with its reason).
+    Contained(Option<String>),
+    /// Its last attestation was refused (a missing baseline is not held
+    /// against it: that is how a class's first values are learned).
+    LastRefused(Refusal),
+    /// Its values differ from what its class accepts at these PCRs.
+    Drifted(Vec<u8>),
+    /// Its values were verified longer ago than the bound.
+    Stale {
+        /// Seconds since they were verified.
+        age_s: u64,
+        /// The bound.
+        max_s: u64,
+    },
+}
+
+impl fmt::Display for Objection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Objection::Contained(Some(reason)) => write!(f, "it is contained ({reason})"),
+            Objection::Contained(None) => f.write_str("it is contained"),
+            Objection::LastRefused(r) => write!(f, "its last attestation was refused ({r})"),
+            Objection::Drifted(pcrs) => {
+                let list: Vec<String> = pcrs.iter().map(u8::to_string).collect();
+                write!(f, "it drifted from its class at PCR {}", list.join(","))
+            }
+            Objection::Stale { age_s, max_s } => write!(
+                f,
+                "its values were verified {age_s} s ago (more than {max_s} s)"
+            ),
+        }
+    }
+}
+
+/// What holds against learning `d`'s last verified `values` into `class`
+/// (judged against `baseline` as the device sees it) at `now_ms`, with
+/// values older than `max_age_ms` too old. Empty: safe to learn.
+pub fn objections(
+    d: &DeviceRecord,
+    class: &ClassPolicy,
+    baseline: &ClassBaseline,
+    values: &[(u8, [u8; 32])],
+    now_ms: u64,
+    max_age_ms: u64,
+) -> Vec<Objection> {
+    let mut out = Vec::new();
+    if d.status == DeviceStatus::Contained {
+        out.push(Objection::Contained(d.reason.clone()));
+    }
+    if d.verdict == Some(Verdict::Refused)
+        && let Some(r) = d.refusal.filter(|r| *r != Refusal::NoBaseline)
+    {
+        out.push(Objection::LastRefused(r));
+    }
+    let drift = class
+        .judge(values, &baseline.for_device(d.id.as_str()))
+        .drift;
+    if !drift.is_empty() {
+        out.push(Objection::Drifted(drift));
+    }
+    let age_ms = d.verified_ms.map_or(u64::MAX, |v| now_ms.saturating_sub(v));
+    if age_ms > max_age_ms {
+        out.push(Objection::Stale {
+            age_s: age_ms / 1000,
+            max_s: max_age_ms / 1000,
+        });
+    }
+    out
 }
 
 impl Policy {
@@ -403,6 +613,252 @@ fresh_attestation = true
         let j = pos.judge(&[(0, [0u8; 32])], &[]);
         assert_eq!(j.missing, vec![0]);
         assert!(!j.affirms());
+    }
+
+    fn learned(pcr: u8, byte: u8, from: &str) -> LearnedDigest {
+        LearnedDigest {
+            pcr,
+            digest: [byte; 32],
+            from: from.into(),
+            at_ms: 0,
+        }
+    }
+
+    /// A device of class `locker` (PCRs 0 and 7) whose last verified
+    /// values are zeros at PCR 0 and `pcr7` at PCR 7.
+    fn device(name: &str, status: DeviceStatus, pcr7: u8) -> DeviceRecord {
+        DeviceRecord {
+            id: mctc_shim::DeviceId::new(name).unwrap(),
+            class: "locker".into(),
+            status,
+            reason: None,
+            pinned_ek_sha256: None,
+            enrolled: None,
+            added_ms: 0,
+            control_seq: 0,
+            registry_version: 0,
+            last_clock: None,
+            last_pcrs: Some(crate::model::PcrSnapshot {
+                mask: 0b1000_0001,
+                values: vec![[0; 32], [pcr7; 32]],
+            }),
+            verified_ms: Some(1_000_000),
+            attempt_ms: Some(1_000_000),
+            verdict: Some(Verdict::Affirmed),
+            refusal: None,
+            artifacts_issued: 1,
+        }
+    }
+
+    fn stage(share: u8, pcr7: u8) -> Stage {
+        Stage {
+            id: 1,
+            class: "locker".into(),
+            from: "canary".into(),
+            values: vec![(0, [0; 32]), (7, [pcr7; 32])],
+            share,
+            stop_after: 1,
+            failures: 0,
+            state: StageState::Active,
+            started_ms: 0,
+            ended_ms: None,
+            end_reason: None,
+        }
+    }
+
+    #[test]
+    fn learning_adds_unless_told_to_replace() {
+        let before = [learned(7, 0x22, "a")];
+        let added = learned_after(&before, LearnMode::Add, &[(7, [0x33; 32])], "b", 5);
+        assert_eq!(added.len(), 2);
+        assert_eq!(added[0].from, "a");
+        let replaced = learned_after(&before, LearnMode::Replace, &[(7, [0x33; 32])], "b", 5);
+        assert_eq!(
+            replaced,
+            vec![LearnedDigest {
+                at_ms: 5,
+                ..learned(7, 0x33, "b")
+            }]
+        );
+        // A value accepted already keeps where it came from.
+        let again = learned_after(&before, LearnMode::Add, &[(7, [0x22; 32])], "b", 5);
+        assert_eq!(again, before.to_vec());
+        let forgot = forgotten(&added, &Forget::LearnedFrom("b".into()));
+        assert_eq!(forgot, before.to_vec());
+        let forgot = forgotten(
+            &added,
+            &Forget::Digest {
+                pcr: 7,
+                digest: [0x22; 32],
+            },
+        );
+        assert_eq!(forgot.len(), 1);
+        assert_eq!(forgot[0].from, "b");
+    }
+
+    #[test]
+    fn counts_the_active_devices_a_change_would_contain() {
+        let p = two_classes();
+        let locker = p.class("locker").unwrap();
+        // The file accepts 0x00 and 0x11 at PCR 7; 0x22 is learned.
+        let devices = [
+            device("on-file", DeviceStatus::Active, 0x11),
+            device("on-learned", DeviceStatus::Active, 0x22),
+            device("on-learned-too", DeviceStatus::Active, 0x22),
+            device("contained", DeviceStatus::Contained, 0x22),
+            device("drifted", DeviceStatus::Active, 0x99),
+        ];
+        let before = ClassBaseline {
+            learned: vec![learned(7, 0x22, "on-learned")],
+            stage: None,
+        };
+        let ids = |v: Vec<&DeviceRecord>| v.iter().map(|d| d.id.to_string()).collect::<Vec<_>>();
+        // Adding never narrows.
+        let add = ClassBaseline {
+            learned: learned_after(&before.learned, LearnMode::Add, &[(7, [0x33; 32])], "x", 0),
+            stage: None,
+        };
+        assert!(would_contain(locker, &devices, &before, &add).is_empty());
+        // Replacing the learned value contains every active device that
+        // relied on it, and nobody else.
+        let replace = ClassBaseline {
+            learned: learned_after(
+                &before.learned,
+                LearnMode::Replace,
+                &[(7, [0x33; 32])],
+                "x",
+                0,
+            ),
+            stage: None,
+        };
+        assert_eq!(
+            ids(would_contain(locker, &devices, &before, &replace)),
+            vec!["on-learned", "on-learned-too"]
+        );
+        // So does forgetting it.
+        let forget = ClassBaseline {
+            learned: forgotten(&before.learned, &Forget::LearnedFrom("on-learned".into())),
+            stage: None,
+        };
+        assert_eq!(would_contain(locker, &devices, &before, &forget).len(), 2);
+        // A device whose values cover other PCRs is not judged.
+        let mut other = device("other-pcrs", DeviceStatus::Active, 0x22);
+        other.last_pcrs.as_mut().unwrap().mask = 1;
+        assert!(would_contain(locker, &[other], &before, &replace).is_empty());
+    }
+
+    #[test]
+    fn objections_name_every_reason_not_to_learn() {
+        let p = two_classes();
+        let locker = p.class("locker").unwrap();
+        let none = ClassBaseline::default();
+        let healthy = device("ok", DeviceStatus::Active, 0x11);
+        let values = [(0, [0; 32]), (7, [0x11; 32])];
+        assert_eq!(
+            objections(&healthy, locker, &none, &values, 1_000_000, 60_000),
+            vec![]
+        );
+
+        let mut bad = device("bad", DeviceStatus::Contained, 0x99);
+        bad.reason = Some("pcr drift: PCR 7".into());
+        bad.verdict = Some(Verdict::Refused);
+        bad.refusal = Some(Refusal::PolicyMismatch);
+        let drifted = [(0, [0; 32]), (7, [0x99; 32])];
+        let found = objections(&bad, locker, &none, &drifted, 1_000_000 + 61_000, 60_000);
+        assert_eq!(
+            found,
+            vec![
+                Objection::Contained(Some("pcr drift: PCR 7".into())),
+                Objection::LastRefused(Refusal::PolicyMismatch),
+                Objection::Drifted(vec![7]),
+                Objection::Stale {
+                    age_s: 61,
+                    max_s: 60
+                },
+            ]
+        );
+        assert!(found[2].to_string().contains("PCR 7"), "{}", found[2]);
+
+        // A class's first values come from a device refused for want of
+        // a baseline: that refusal is not held against it.
+        let mut first = device("first", DeviceStatus::Active, 0x11);
+        first.verdict = Some(Verdict::Refused);
+        first.refusal = Some(Refusal::NoBaseline);
+        assert_eq!(
+            objections(&first, locker, &none, &values, 1_000_000, 60_000),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn a_stage_covers_a_stable_growing_share_and_only_adds() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("dev-{i}")).collect();
+        let covered = |share: u8| -> Vec<&String> {
+            let s = stage(share, 0x33);
+            ids.iter().filter(|id| s.selects(id)).collect()
+        };
+        let ten = covered(10);
+        let fifty = covered(50);
+        // About the share asked for, the same on every call, and widening
+        // keeps every device covered before.
+        assert!((60..=140).contains(&ten.len()), "{}", ten.len());
+        assert!((420..=580).contains(&fifty.len()), "{}", fifty.len());
+        assert_eq!(ten, covered(10));
+        assert!(ten.iter().all(|id| fifty.contains(id)));
+        assert_eq!(covered(100).len(), 1000);
+        assert_eq!(stage_bucket("dev-1"), stage_bucket("dev-1"));
+
+        let p = two_classes();
+        let locker = p.class("locker").unwrap();
+        let baseline = ClassBaseline {
+            learned: vec![learned(7, 0x22, "a")],
+            stage: Some(stage(10, 0x33)),
+        };
+        let inside = ten[0].as_str();
+        let outside = ids.iter().find(|id| !ten.contains(id)).unwrap().as_str();
+        let new_values = [(0, [0; 32]), (7, [0x33; 32])];
+        let old_values = [(0, [0; 32]), (7, [0x22; 32])];
+        assert!(
+            locker
+                .judge(&new_values, &baseline.for_device(inside))
+                .affirms()
+        );
+        assert!(
+            locker
+                .judge(&old_values, &baseline.for_device(inside))
+                .affirms()
+        );
+        assert_eq!(
+            locker
+                .judge(&new_values, &baseline.for_device(outside))
+                .drift,
+            vec![7]
+        );
+        // A stage that ended changes nothing.
+        let mut ended = baseline.clone();
+        ended.stage.as_mut().unwrap().state = StageState::Stopped;
+        assert!(ended.staged(inside).is_none());
+        assert_eq!(
+            locker.judge(&new_values, &ended.for_device(inside)).drift,
+            vec![7]
+        );
+        // Rolling the stage back would contain the staged devices that
+        // match only the staged values.
+        let devices = [
+            device(inside, DeviceStatus::Active, 0x33),
+            device(outside, DeviceStatus::Active, 0x22),
+        ];
+        let rolled_back = ClassBaseline {
+            learned: baseline.learned.clone(),
+            stage: None,
+        };
+        assert_eq!(
+            would_contain(locker, &devices, &baseline, &rolled_back)
+                .iter()
+                .map(|d| d.id.as_str())
+                .collect::<Vec<_>>(),
+            vec![inside]
+        );
     }
 
     #[test]

@@ -18,19 +18,24 @@
 //!    tolerance → `BootAnomaly`, and contain;
 //! 6. the baseline: a referenced PCR differs → `PolicyMismatch`, and
 //!    contain (drift); a PCR without reference → `NoBaseline`
-//!    (`PolicyMismatch` on the wire, not contained).
+//!    (`PolicyMismatch` on the wire, not contained). The baseline is the
+//!    policy file's digests, the class's learned ones, and, for a device in
+//!    the share of an active staged rollout, the staged values
+//!    ([`ClassBaseline::for_device`]); drift under a stage says so in the
+//!    containment reason.
 
 use mctc_attest::verifier::{AkPublic, QuoteError, QuoteExpectation, verify_quote};
 use mctc_attest::{ClockInfo, PcrSelection, PcrValues};
 use mctc_shim::messages::{DeviceStatus, Evidence};
 
-use crate::model::{DeviceRecord, LearnedDigest};
+use crate::model::{ClassBaseline, DeviceRecord};
 use crate::policy::ClassPolicy;
 
 pub use crate::model::{Decision, NonceCheck, Refusal, VerifiedFacts, indices};
 
 /// Evaluates `evidence` (already decoded, its device equal to the topic's)
-/// for `device`. `class` is the device's class from the policy, if present.
+/// for `device`. `class` is the device's class from the policy, if present;
+/// `baseline` what its class accepts beyond the file.
 ///
 /// `rollback_tolerance_ms`: how far the TPM clock may be behind the last
 /// verified quote of the same boot. A device may hold two nonces at once (a
@@ -42,7 +47,7 @@ pub fn evaluate(
     device: &DeviceRecord,
     nonce: NonceCheck,
     class: Option<&ClassPolicy>,
-    learned: &[LearnedDigest],
+    baseline: &ClassBaseline,
     evidence: &Evidence<'_>,
     rollback_tolerance_ms: u64,
 ) -> Decision {
@@ -143,14 +148,28 @@ pub fn evaluate(
         values,
         digest: *verified.pcr_digest(),
     };
-    let judgement = class.judge(&facts.pairs(), learned);
+    let id = device.id.as_str();
+    let judgement = class.judge(&facts.pairs(), &baseline.for_device(id));
     if !judgement.drift.is_empty() {
         let list = pcr_list(&judgement.drift);
+        let (detail, reason) = match baseline.staged(id) {
+            None => (
+                format!("PCR drift from the class baseline: PCR {list}"),
+                format!("pcr drift: PCR {list}"),
+            ),
+            Some(stage) => (
+                format!(
+                    "PCR drift from the class baseline and staged rollout {}: PCR {list}",
+                    stage.id
+                ),
+                format!("pcr drift (stage {}): PCR {list}", stage.id),
+            ),
+        };
         return Decision::Refuse {
             refusal: Refusal::PolicyMismatch,
-            detail: format!("PCR drift from the class baseline: PCR {list}"),
+            detail,
             facts: Some(facts),
-            contain: Some(truncate(format!("pcr drift: PCR {list}"))),
+            contain: Some(truncate(reason)),
         };
     }
     if !judgement.missing.is_empty() {
@@ -268,18 +287,26 @@ mod tests {
     fn standing_is_checked_before_anything_else() {
         let valid = NonceCheck::Valid(NoncePurpose::Renew);
         let e = evidence();
+        let none = ClassBaseline::default();
         for (status, expected) in [
             (DeviceStatus::Revoked, Refusal::Revoked),
             (DeviceStatus::Contained, Refusal::Contained),
         ] {
-            let d = evaluate(&device(status, true), NonceCheck::Invalid, None, &[], &e, 0);
+            let d = evaluate(
+                &device(status, true),
+                NonceCheck::Invalid,
+                None,
+                &none,
+                &e,
+                0,
+            );
             assert_eq!(refusal_of(d), expected);
         }
         let d = evaluate(
             &device(DeviceStatus::Active, false),
             valid,
             None,
-            &[],
+            &none,
             &e,
             0,
         );
@@ -288,19 +315,26 @@ mod tests {
             &device(DeviceStatus::Active, true),
             NonceCheck::Invalid,
             Some(&class()),
-            &[],
+            &none,
             &e,
             0,
         );
         assert_eq!(refusal_of(d), Refusal::StaleNonce);
-        let d = evaluate(&device(DeviceStatus::Active, true), valid, None, &[], &e, 0);
+        let d = evaluate(
+            &device(DeviceStatus::Active, true),
+            valid,
+            None,
+            &none,
+            &e,
+            0,
+        );
         assert_eq!(refusal_of(d), Refusal::PolicyMismatch);
         // A stored AK that no longer parses is the authority's fault.
         let d = evaluate(
             &device(DeviceStatus::Active, true),
             valid,
             Some(&class()),
-            &[],
+            &none,
             &e,
             0,
         );

@@ -303,10 +303,20 @@ async fn drift_contains_and_a_contained_device_gets_nothing_until_restored() {
     assert!(refusal.contained);
     assert_eq!(control(&fleet, &mut device).await.1, ControlAction::Contain);
 
-    // The new value is accepted as the class baseline; restored, it passes.
-    let learn = fleet.cli(&["policy", "learn", "locker-1", "--yes", "--json"]);
+    // A contained, drifted device's values are not learned by a bare
+    // --yes; with --force the new value is accepted besides the class's
+    // and, restored, the device passes.
+    let refused = fleet.cli(&["policy", "learn", "locker-1", "--yes"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("it is contained"), "{refused:?}");
+    assert!(refused.stderr.contains("drifted"), "{refused:?}");
+    assert!(refused.stderr.contains("--force"), "{refused:?}");
+    assert_eq!(refused.stderr.lines().count(), 1, "{refused:?}");
+    let learn = fleet.cli(&["policy", "learn", "locker-1", "--yes", "--force", "--json"]);
     assert_eq!(learn.code, 0, "{learn:?}");
     assert_eq!(learn.json()["stored"], true);
+    assert_eq!(learn.json()["mode"], "add");
+    assert_eq!(learn.json()["would_contain"], 0);
     assert_eq!(fleet.cli(&["devices", "restore", "locker-1"]).code, 0);
     assert_eq!(
         control(&fleet, &mut device).await.0,
@@ -518,4 +528,88 @@ async fn a_rolled_back_tpm_is_a_boot_anomaly_and_contained() {
 async fn device_client(fleet: &common::Fleet, id: &str, filters: &[String]) -> common::Client {
     let filters: Vec<&str> = filters.iter().map(String::as_str).collect();
     common::Client::connect(&fleet.broker, id, &filters).await
+}
+
+async fn join(fleet: &Fleet, name: &str) -> Device {
+    let mut device = Device::new(fleet, name).await;
+    fleet.add(name, "locker", &["--ek-sha256", &device.ek_sha256_hex()]);
+    assert_eq!(device.enroll().await, EnrollStatus::Ok);
+    device
+}
+
+fn locker_stage(fleet: &Fleet) -> serde_json::Value {
+    let shown = fleet.cli(&["policy", "show", "--json"]).json();
+    shown["classes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "locker")
+        .unwrap()["stage"]
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_staged_rollout_accepts_new_values_in_its_share_and_stops_itself_on_refusals() {
+    let mut fleet = Fleet::new();
+    fleet.start();
+    // The canary runs the new firmware: drift from the file's PCR 0.
+    let mut canary = join(&fleet, "locker-canary").await;
+    canary.swtpm.extend_pcr(0, b"firmware v2").unwrap();
+    assert!(canary.attest().await.1.refusal().contained);
+
+    // Its values are staged only with --force (it is contained).
+    let stage = [
+        "policy",
+        "stage",
+        "locker",
+        "--from",
+        "locker-canary",
+        "--share",
+        "100",
+        "--stop-after",
+        "1",
+        "--yes",
+    ];
+    let refused = fleet.cli(&stage);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("it is contained"), "{refused:?}");
+    let mut forced = stage.to_vec();
+    forced.extend(["--force", "--json"]);
+    let started = fleet.cli(&forced);
+    assert_eq!(started.code, 0, "{started:?}");
+    let started = started.json();
+    assert_eq!(started["stage"]["state"], "active");
+    assert_eq!(started["would_contain"], 0);
+    let id = started["stage"]["id"].as_u64().unwrap();
+    // One at a time.
+    let again = fleet.cli(&forced);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again.stderr.contains("promote or roll it back"),
+        "{again:?}"
+    );
+
+    // A device of the share updated to the new firmware is accepted.
+    let mut updated = join(&fleet, "locker-2").await;
+    updated.swtpm.extend_pcr(0, b"firmware v2").unwrap();
+    updated.attest().await.1.artifact();
+    assert_eq!(locker_stage(&fleet)["failures"], 0);
+
+    // One with a bad build is contained, under the stage's name, and that
+    // refusal (stop after 1) stops the stage.
+    let mut bad = join(&fleet, "locker-3").await;
+    bad.swtpm.extend_pcr(0, b"firmware v2, bad build").unwrap();
+    assert!(bad.attest().await.1.refusal().contained);
+    let shown = fleet.cli(&["devices", "show", "locker-3", "--json"]).json();
+    assert_eq!(shown["reason"], format!("pcr drift (stage {id}): PCR 0"));
+    let stage = locker_stage(&fleet);
+    assert_eq!(stage["state"], "stopped", "{stage}");
+    assert_eq!(stage["failures"], 1);
+    assert!(fleet.log(0).contains("staged rollout stopped"));
+
+    // Stopped: the share is judged by the class's own values again, so
+    // the updated device is refused and contained at its next renewal.
+    assert!(updated.attest().await.1.refusal().contained);
+    let shown = fleet.cli(&["devices", "show", "locker-2", "--json"]).json();
+    assert_eq!(shown["reason"], "pcr drift: PCR 0");
 }

@@ -220,6 +220,53 @@ fn device_lifecycle_from_the_cli_with_stable_json() {
         1,
         "no verified PCR values",
     );
+    // Baseline changes that cannot apply say why, on one line.
+    let zero = "00".repeat(32);
+    one_line_error(
+        &fleet.cli(&[
+            "policy", "forget", "locker", "--pcr", "7", "--digest", &zero,
+        ]),
+        1,
+        "class locker has no learned value",
+    );
+    one_line_error(
+        &fleet.cli(&[
+            "policy", "forget", "locker", "--pcr", "3", "--digest", &zero,
+        ]),
+        2,
+        "not one of class locker's PCRs",
+    );
+    one_line_error(&fleet.cli(&["policy", "forget", "locker"]), 2, "--from");
+    one_line_error(
+        &fleet.cli(&["policy", "forget", "nope", "--from", "locker-1"]),
+        2,
+        "class `nope` is not in the policy",
+    );
+    one_line_error(
+        &fleet.cli(&[
+            "policy",
+            "stage",
+            "locker",
+            "--from",
+            "locker-1",
+            "--share",
+            "0",
+            "--stop-after",
+            "1",
+        ]),
+        2,
+        "--share",
+    );
+    one_line_error(
+        &fleet.cli(&["policy", "promote", "locker", "--yes"]),
+        1,
+        "class locker has no active stage",
+    );
+    one_line_error(
+        &fleet.cli(&["policy", "rollback", "locker", "--yes"]),
+        1,
+        "class locker has no active stage",
+    );
     let policy = fleet.cli(&["policy", "show", "--json"]).json();
     let names: Vec<&str> = policy["classes"]
         .as_array()

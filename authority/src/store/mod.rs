@@ -14,7 +14,7 @@ pub mod sqlite;
 use mctc_shim::DeviceId;
 use mctc_shim::messages::{ControlAction, DeviceStatus, NoncePurpose};
 
-use crate::model::{Decision, LearnedDigest, NonceCheck};
+use crate::model::{ClassBaseline, Decision, Forget, LearnMode, NonceCheck, Stage};
 use crate::now::{Deadline, Now};
 
 pub use crate::model::{DeviceRecord, Enrolled, PcrSnapshot, Verdict};
@@ -166,6 +166,33 @@ pub struct Attested {
     pub fleet: FleetState,
     /// The device's status after the decision.
     pub status: DeviceStatus,
+    /// The staged rollout this decision stopped (its refusal was the
+    /// stage's `stop_after`-th).
+    pub stage_stopped: Option<Stage>,
+}
+
+/// A staged rollout as `policy stage` starts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewStage {
+    /// The class.
+    pub class: String,
+    /// The device the values come from.
+    pub from: DeviceId,
+    /// (PCR, value) for every PCR of the class.
+    pub values: Vec<(u8, [u8; 32])>,
+    /// Percent of the class covered, 1-100.
+    pub share: u8,
+    /// Stop after this many refusals in the share (≥ 1).
+    pub stop_after: u32,
+}
+
+/// How `policy promote` moves an active stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Promotion {
+    /// Cover this share (never less than now).
+    Widen(u8),
+    /// Learn the values for the whole class and end the stage.
+    Finish,
 }
 
 /// An operator's status change.
@@ -363,7 +390,7 @@ pub trait Store: Send {
         nonce: &[u8; 32],
         issue: &Issue,
         now: &Now,
-        decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &[LearnedDigest]) -> Decision,
+        decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &ClassBaseline) -> Decision,
     ) -> Result<Option<Attested>, StoreError>;
 
     /// If `holder` may publish the heartbeat (it holds or takes the lease
@@ -401,17 +428,66 @@ pub trait Store: Send {
     /// every new broker session closes that window. Returns the rows queued.
     fn requeue_latest_controls(&mut self, now: &Now) -> Result<usize, StoreError>;
 
-    /// The learned baseline of `class`.
-    fn learned(&mut self, class: &str) -> Result<Vec<LearnedDigest>, StoreError>;
+    /// The learned digests of `class` and its latest staged rollout.
+    fn baseline(&mut self, class: &str) -> Result<ClassBaseline, StoreError>;
 
-    /// Makes `values` the learned baseline of `class` for those PCRs.
+    // The five changes below of what a class accepts each take `seen`,
+    // the class's baseline as the caller judged the change against (the
+    // devices it would contain), and store nothing (`Ok(None)`/`false`)
+    // if it is no longer the class's baseline in the change's own
+    // transaction: a count printed to an operator is never of another
+    // change than the one made.
+
+    /// Accepts `values` for `class`: besides its learned digests
+    /// ([`LearnMode::Add`]) or instead of those of the same PCRs
+    /// ([`LearnMode::Replace`]). `false`: `seen` is stale.
     fn learn(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         values: &[(u8, [u8; 32])],
         from: &DeviceId,
+        mode: LearnMode,
         now: &Now,
-    ) -> Result<(), StoreError>;
+    ) -> Result<bool, StoreError>;
+
+    /// Removes learned digests of `class`; returns how many (`None`:
+    /// `seen` is stale).
+    fn forget(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        forget: &Forget,
+    ) -> Result<Option<usize>, StoreError>;
+
+    /// Starts a staged rollout; `None` if `seen` is stale or the class has
+    /// an active one.
+    fn start_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        stage: &NewStage,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError>;
+
+    /// Widens or finishes the class's active stage; `None` if `seen` is
+    /// stale or it has none.
+    fn promote_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        promotion: Promotion,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError>;
+
+    /// Ends the class's active stage (its share is judged by the class's
+    /// own values again); `None` if `seen` is stale or it has none.
+    fn roll_back_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        reason: &str,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError>;
 
     /// Deletes expired nonces and challenges; returns how many.
     fn sweep(&mut self, now: &Now) -> Result<usize, StoreError>;

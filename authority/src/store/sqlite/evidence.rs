@@ -1,14 +1,15 @@
-//! Nonces and evidence: issue, consume once, record each decision; the
-//! learned baselines the decision compares with; the sweep of expired
-//! nonces and challenges.
+//! Nonces and evidence: issue, consume once, record each decision (and
+//! count it against a staged rollout); the sweep of expired nonces and
+//! challenges.
 
 use mctc_shim::DeviceId;
 use mctc_shim::messages::{ControlAction, DeviceStatus, NoncePurpose};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+use super::baselines::{count_stage_refusal, load_baseline};
 use super::outbox::queue_control;
-use super::rows::{immediate, load_device, load_fleet, load_learned};
-use crate::model::{Decision, LearnedDigest, NonceCheck, VerifiedFacts};
+use super::rows::{immediate, load_device, load_fleet};
+use crate::model::{ClassBaseline, Decision, NonceCheck, VerifiedFacts};
 use crate::now::{Deadline, Now};
 use crate::store::{Attested, DeviceRecord, Issue, NonceGrant, StoreError};
 
@@ -110,7 +111,7 @@ pub(super) fn attest(
     nonce: &[u8; 32],
     issue: &Issue,
     now: &Now,
-    decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &[LearnedDigest]) -> Decision,
+    decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &ClassBaseline) -> Decision,
 ) -> Result<Option<Attested>, StoreError> {
     let tx = immediate(conn)?;
     let id = device.as_str();
@@ -141,10 +142,11 @@ pub(super) fn attest(
         }
         None => NonceCheck::Invalid,
     };
-    let learned = load_learned(&tx, &record.class)?;
+    let baseline = load_baseline(&tx, &record.class)?;
     let fleet = load_fleet(&tx)?;
-    let decision = decide(&record, check, &learned);
+    let decision = decide(&record, check, &baseline);
     let mut status = record.status;
+    let mut stage_stopped = None;
     match &decision {
         Decision::Affirm { facts } => {
             // The decision saw the status read in this transaction;
@@ -198,6 +200,13 @@ pub(super) fn attest(
                 queue_control(&tx, &record, ControlAction::Contain, reason, now)?;
                 status = DeviceStatus::Contained;
             }
+            // Evidence that verified and was still refused, from a device
+            // the stage covers: the staged values did not hold there.
+            if facts.is_some()
+                && let Some(stage) = baseline.staged(id)
+            {
+                stage_stopped = count_stage_refusal(&tx, stage, now)?;
+            }
         }
     }
     tx.commit()?;
@@ -206,36 +215,8 @@ pub(super) fn attest(
         class: record.class,
         fleet,
         status,
+        stage_stopped,
     }))
-}
-
-pub(super) fn learned(
-    conn: &mut Connection,
-    class: &str,
-) -> Result<Vec<LearnedDigest>, StoreError> {
-    load_learned(conn, class)
-}
-
-pub(super) fn learn(
-    conn: &mut Connection,
-    class: &str,
-    values: &[(u8, [u8; 32])],
-    from: &DeviceId,
-    now: &Now,
-) -> Result<(), StoreError> {
-    let tx = immediate(conn)?;
-    for (pcr, value) in values {
-        tx.execute(
-            "DELETE FROM baselines WHERE class = ?1 AND pcr = ?2",
-            params![class, pcr],
-        )?;
-        tx.execute(
-            "INSERT INTO baselines (class, pcr, digest, learned_from, learned_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![class, pcr, &value[..], from.as_str(), now.wall_ms],
-        )?;
-    }
-    tx.commit()?;
-    Ok(())
 }
 
 pub(super) fn sweep(conn: &mut Connection, now: &Now) -> Result<usize, StoreError> {

@@ -8,11 +8,13 @@
 //! (no lost update, no double use of a nonce).
 //!
 //! One file per concern: [`schema`] (migrations), [`devices`],
-//! [`enrollment`], [`evidence`] (nonces, decisions, baselines, sweep),
+//! [`enrollment`], [`evidence`] (nonces, decisions, sweep), [`baselines`]
+//! (learned digests, staged rollouts),
 //! [`fleet`] (heartbeat lease and seq), [`outbox`], over [`rows`] (the
 //! write transaction and the checked readers they share). This module opens the
 //! connection and maps the [`Store`] trait onto them.
 
+mod baselines;
 mod devices;
 mod enrollment;
 mod evidence;
@@ -31,10 +33,11 @@ use mctc_shim::messages::NoncePurpose;
 use rusqlite::Connection;
 
 use super::{
-    Attested, DeviceRecord, EnrollCommit, FleetState, HeartbeatState, Issue, NewDevice, NonceGrant,
-    OutboxItem, PendingEnrollment, StatusChange, StatusOutcome, Store, StoreError,
+    Attested, DeviceRecord, EnrollCommit, FleetState, HeartbeatState, Issue, NewDevice, NewStage,
+    NonceGrant, OutboxItem, PendingEnrollment, Promotion, StatusChange, StatusOutcome, Store,
+    StoreError,
 };
-use crate::model::{Decision, LearnedDigest, NonceCheck};
+use crate::model::{ClassBaseline, Decision, Forget, LearnMode, NonceCheck, Stage};
 use crate::now::{Deadline, Now};
 
 pub use schema::SCHEMA_VERSION;
@@ -149,7 +152,7 @@ impl Store for SqliteStore {
         nonce: &[u8; 32],
         issue: &Issue,
         now: &Now,
-        decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &[LearnedDigest]) -> Decision,
+        decide: &mut dyn FnMut(&DeviceRecord, NonceCheck, &ClassBaseline) -> Decision,
     ) -> Result<Option<Attested>, StoreError> {
         evidence::attest(&mut self.conn, device, nonce, issue, now, decide)
     }
@@ -189,18 +192,58 @@ impl Store for SqliteStore {
         outbox::ack_outbox(&mut self.conn, ids)
     }
 
-    fn learned(&mut self, class: &str) -> Result<Vec<LearnedDigest>, StoreError> {
-        evidence::learned(&mut self.conn, class)
+    fn baseline(&mut self, class: &str) -> Result<ClassBaseline, StoreError> {
+        baselines::baseline(&mut self.conn, class)
     }
 
     fn learn(
         &mut self,
+        seen: &ClassBaseline,
         class: &str,
         values: &[(u8, [u8; 32])],
         from: &DeviceId,
+        mode: LearnMode,
         now: &Now,
-    ) -> Result<(), StoreError> {
-        evidence::learn(&mut self.conn, class, values, from, now)
+    ) -> Result<bool, StoreError> {
+        baselines::learn(&mut self.conn, seen, class, values, from, mode, now)
+    }
+
+    fn forget(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        forget: &Forget,
+    ) -> Result<Option<usize>, StoreError> {
+        baselines::forget(&mut self.conn, seen, class, forget)
+    }
+
+    fn start_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        stage: &NewStage,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError> {
+        baselines::start_stage(&mut self.conn, seen, stage, now)
+    }
+
+    fn promote_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        promotion: Promotion,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError> {
+        baselines::promote_stage(&mut self.conn, seen, class, promotion, now)
+    }
+
+    fn roll_back_stage(
+        &mut self,
+        seen: &ClassBaseline,
+        class: &str,
+        reason: &str,
+        now: &Now,
+    ) -> Result<Option<Stage>, StoreError> {
+        baselines::roll_back_stage(&mut self.conn, seen, class, reason, now)
     }
 
     fn sweep(&mut self, now: &Now) -> Result<usize, StoreError> {

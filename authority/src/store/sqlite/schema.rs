@@ -106,6 +106,25 @@ CREATE TABLE leases (
     r#"
 INSERT INTO outbox (kind, device, wall_ms) SELECT 3, id, added_ms FROM devices;
 "#,
+    // Version 3: staged rollouts of a new accepted value set to a share of
+    // a class (`policy stage`); at most one active per class.
+    r#"
+CREATE TABLE stages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    class TEXT NOT NULL,
+    learned_from TEXT NOT NULL,
+    pcr_mask INTEGER NOT NULL,
+    pcr_values BLOB NOT NULL,
+    share INTEGER NOT NULL CHECK (share BETWEEN 1 AND 100),
+    stop_after INTEGER NOT NULL CHECK (stop_after >= 1),
+    failures INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL CHECK (state IN ('active', 'stopped', 'promoted', 'rolled-back')),
+    started_ms INTEGER NOT NULL,
+    ended_ms INTEGER,
+    end_reason TEXT
+) STRICT;
+CREATE UNIQUE INDEX stages_one_active ON stages (class) WHERE state = 'active';
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -7,7 +7,7 @@ use mctc_attest::ClockInfo;
 use mctc_shim::messages::{ControlAction, DeviceStatus};
 
 use super::*;
-use crate::model::{Refusal, Verdict, VerifiedFacts};
+use crate::model::{Forget, LearnMode, Refusal, Stage, StageState, Verdict, VerifiedFacts};
 
 fn now_at(boot_ms: u64) -> Now {
     Now {
@@ -717,19 +717,308 @@ fn drift_contains_in_the_same_transaction_and_affirmations_store_facts() {
 }
 
 #[test]
-fn learning_replaces_the_learned_values_of_those_pcrs() {
+fn learning_adds_unless_told_to_replace_and_forget_removes() {
     let dir = tempfile::tempdir().unwrap();
     let now = now_at(1);
     let mut store = open(&dir);
+    let learned = |store: &mut SqliteStore| store.baseline("c").unwrap().learned;
+    let seen = |store: &mut SqliteStore| store.baseline("c").unwrap();
+    let first = seen(&mut store);
+    let learn = |store: &mut SqliteStore,
+                 seen: &ClassBaseline,
+                 values: &[(u8, [u8; 32])],
+                 from: &str,
+                 mode: LearnMode| {
+        store
+            .learn(seen, "c", values, &id(from), mode, &now)
+            .unwrap()
+    };
+    assert!(learn(
+        &mut store,
+        &first,
+        &[(0, [1; 32]), (7, [2; 32])],
+        "d1",
+        LearnMode::Add
+    ));
+    // A change judged against what the class accepted before another
+    // change stores nothing.
+    assert!(!learn(
+        &mut store,
+        &first,
+        &[(7, [8; 32])],
+        "late",
+        LearnMode::Replace
+    ));
+    assert_eq!(learned(&mut store).len(), 2);
+    // Added: PCR 7 now accepts both values; a value known already keeps
+    // the device it was first learned from.
+    let now_seen = seen(&mut store);
+    assert!(learn(
+        &mut store,
+        &now_seen,
+        &[(0, [1; 32]), (7, [3; 32])],
+        "d2",
+        LearnMode::Add
+    ));
+    let after_add = learned(&mut store);
+    assert_eq!(after_add.len(), 3);
+    assert_eq!(after_add[0].from, "d1");
+    assert_eq!(
+        after_add.iter().filter(|l| l.pcr == 7).count(),
+        2,
+        "{after_add:?}"
+    );
+    // Replaced: only the new values of those PCRs are left.
+    let now_seen = seen(&mut store);
+    assert!(
+        store
+            .learn(
+                &now_seen,
+                "c",
+                &[(7, [4; 32])],
+                &id("d3"),
+                LearnMode::Replace,
+                &now
+            )
+            .unwrap()
+    );
+    let after_replace = learned(&mut store);
+    assert_eq!(after_replace.len(), 2);
+    assert_eq!(
+        (after_replace[1].pcr, after_replace[1].digest),
+        (7, [4; 32])
+    );
+    assert!(store.baseline("other").unwrap().learned.is_empty());
+
+    let one = Forget::Digest {
+        pcr: 7,
+        digest: [4; 32],
+    };
+    let before_forget = seen(&mut store);
+    assert_eq!(store.forget(&before_forget, "c", &one).unwrap(), Some(1));
+    assert_eq!(store.forget(&before_forget, "c", &one).unwrap(), None);
+    let now_seen = seen(&mut store);
+    assert_eq!(store.forget(&now_seen, "c", &one).unwrap(), Some(0));
+    assert_eq!(
+        store
+            .forget(&now_seen, "c", &Forget::LearnedFrom("d1".into()))
+            .unwrap(),
+        Some(1)
+    );
+    assert!(learned(&mut store).is_empty());
+}
+
+fn staged_facts() -> VerifiedFacts {
+    let clock = ClockInfo {
+        clock: 5,
+        reset_count: 1,
+        restart_count: 0,
+        safe: true,
+    };
+    VerifiedFacts {
+        clock,
+        high_water: clock,
+        mask: 1,
+        values: vec![[9; 32]],
+        digest: [0; 32],
+    }
+}
+
+/// Decides one piece of `name`'s evidence with `decision`, returning
+/// whether the device was in the active stage's share when it was judged.
+fn decide_staged(
+    store: &mut SqliteStore,
+    name: &str,
+    nonce: u8,
+    decision: Decision,
+    now: &Now,
+) -> (bool, Attested) {
+    let d = id(name);
     store
-        .learn("c", &[(0, [1; 32]), (7, [2; 32])], &id("d1"), &now)
+        .issue_nonce(
+            &d,
+            &[nonce; 32],
+            NoncePurpose::Renew,
+            &now.after(100),
+            8,
+            now,
+        )
         .unwrap();
-    store.learn("c", &[(7, [3; 32])], &id("d2"), &now).unwrap();
-    let learned = store.learned("c").unwrap();
-    assert_eq!(learned.len(), 2);
-    assert_eq!(learned[1].digest, [3; 32]);
-    assert_eq!(learned[1].from, "d2");
-    assert!(store.learned("other").unwrap().is_empty());
+    let mut staged = false;
+    let attested = store
+        .attest(
+            &d,
+            &[nonce; 32],
+            &issue(now),
+            now,
+            &mut |rec, _, baseline| {
+                staged = baseline.staged(rec.id.as_str()).is_some();
+                decision.clone()
+            },
+        )
+        .unwrap()
+        .unwrap();
+    (staged, attested)
+}
+
+/// The store's change methods, judged against the class's current baseline.
+fn fresh_start_stage(
+    store: &mut SqliteStore,
+    new: &NewStage,
+    now: &Now,
+) -> Result<Option<Stage>, StoreError> {
+    let seen = store.baseline(&new.class).unwrap();
+    store.start_stage(&seen, new, now)
+}
+
+fn fresh_promote_stage(
+    store: &mut SqliteStore,
+    class: &str,
+    promotion: Promotion,
+    now: &Now,
+) -> Result<Option<Stage>, StoreError> {
+    let seen = store.baseline(class).unwrap();
+    store.promote_stage(&seen, class, promotion, now)
+}
+
+fn fresh_roll_back_stage(
+    store: &mut SqliteStore,
+    class: &str,
+    reason: &str,
+    now: &Now,
+) -> Result<Option<Stage>, StoreError> {
+    let seen = store.baseline(class).unwrap();
+    store.roll_back_stage(&seen, class, reason, now)
+}
+
+#[test]
+fn a_stage_stops_itself_after_k_refusals_of_verified_evidence_in_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_at(1000);
+    let mut store = open(&dir);
+    for name in ["d1", "d2", "d3"] {
+        enrolled_device(&mut store, name, &now);
+    }
+    let new = NewStage {
+        class: "c".into(),
+        from: id("d1"),
+        values: vec![(0, [9; 32])],
+        share: 100,
+        stop_after: 2,
+    };
+    let stage = fresh_start_stage(&mut store, &new, &now).unwrap().unwrap();
+    assert_eq!((stage.state, stage.failures), (StageState::Active, 0));
+    assert_eq!(stage.values, vec![(0, [9; 32])]);
+    assert_eq!(
+        fresh_start_stage(&mut store, &new, &now).unwrap(),
+        None,
+        "one at a time"
+    );
+
+    let drift = Decision::Refuse {
+        refusal: Refusal::PolicyMismatch,
+        detail: "drift".into(),
+        facts: Some(staged_facts()),
+        contain: Some("pcr drift (stage 1): PCR 0".into()),
+    };
+    // A refusal before the quote verified says nothing about the values.
+    let (staged, a) = decide_staged(&mut store, "d1", 1, refuse(), &now);
+    assert!(staged);
+    assert!(a.stage_stopped.is_none());
+    assert_eq!(store.baseline("c").unwrap().stage.unwrap().failures, 0);
+
+    let (staged, a) = decide_staged(&mut store, "d1", 2, drift.clone(), &now);
+    assert!(staged);
+    assert!(a.stage_stopped.is_none());
+    assert_eq!(a.status, DeviceStatus::Contained);
+    assert_eq!(store.baseline("c").unwrap().stage.unwrap().failures, 1);
+
+    let (staged, a) = decide_staged(&mut store, "d2", 3, drift, &now);
+    assert!(staged);
+    let stopped = a.stage_stopped.expect("the second refusal stops the stage");
+    assert_eq!((stopped.state, stopped.failures), (StageState::Stopped, 2));
+    assert!(stopped.end_reason.unwrap().contains("stop after 2"));
+
+    // Stopped: the share is judged by the class's own values again, and
+    // nothing was learned.
+    let (staged, _) = decide_staged(&mut store, "d3", 4, refuse(), &now);
+    assert!(!staged);
+    let baseline = store.baseline("c").unwrap();
+    assert!(baseline.learned.is_empty());
+    assert_eq!(baseline.stage.unwrap().state, StageState::Stopped);
+    assert_eq!(
+        fresh_promote_stage(&mut store, "c", Promotion::Finish, &now).unwrap(),
+        None,
+        "nothing active to promote"
+    );
+}
+
+#[test]
+fn a_stage_widens_never_narrows_and_is_promoted_or_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = now_at(1000);
+    let mut store = open(&dir);
+    let new = NewStage {
+        class: "c".into(),
+        from: id("d1"),
+        values: vec![(7, [2; 32]), (0, [1; 32])],
+        share: 20,
+        stop_after: 3,
+    };
+    fresh_start_stage(&mut store, &new, &now).unwrap().unwrap();
+    let widened = fresh_promote_stage(&mut store, "c", Promotion::Widen(50), &now)
+        .unwrap()
+        .unwrap();
+    assert_eq!((widened.share, widened.state), (50, StageState::Active));
+    let kept = fresh_promote_stage(&mut store, "c", Promotion::Widen(10), &now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.share, 50);
+    // Judged against the stage before it was widened: nothing changes.
+    let stale = ClassBaseline {
+        stage: Some(Stage {
+            share: 20,
+            ..kept.clone()
+        }),
+        ..store.baseline("c").unwrap()
+    };
+    assert_eq!(
+        store.roll_back_stage(&stale, "c", "stale", &now).unwrap(),
+        None
+    );
+    let done = fresh_promote_stage(&mut store, "c", Promotion::Finish, &now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.state, StageState::Promoted);
+    let learned = store.baseline("c").unwrap().learned;
+    assert_eq!(
+        learned
+            .iter()
+            .map(|l| (l.pcr, l.digest, l.from.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(0, [1; 32], "d1"), (7, [2; 32], "d1")]
+    );
+
+    // A new stage may start once none is active; rolling it back learns
+    // nothing.
+    let again = NewStage {
+        values: vec![(0, [5; 32]), (7, [2; 32])],
+        ..new
+    };
+    let second = fresh_start_stage(&mut store, &again, &now)
+        .unwrap()
+        .unwrap();
+    let back = fresh_roll_back_stage(&mut store, "c", "bad build", &now)
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.id, second.id);
+    assert_eq!(back.state, StageState::RolledBack);
+    assert_eq!(back.end_reason.as_deref(), Some("bad build"));
+    assert_eq!(
+        fresh_roll_back_stage(&mut store, "c", "x", &now).unwrap(),
+        None
+    );
+    assert_eq!(store.baseline("c").unwrap().learned, learned);
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use mctc_authority::issuer::{ArtifactFacts, Issuer, KeySigner};
-use mctc_authority::policy::{ClassPolicy, Policy};
+use mctc_authority::policy::{ClassBaseline, ClassPolicy, Policy};
 use mctc_authority::store::{DeviceRecord, Enrolled};
 use mctc_authority::verdict::{Decision, NonceCheck, evaluate};
 use mctc_shim::messages::{DeviceStatus, Evidence, NoncePurpose};
@@ -91,7 +91,7 @@ fn decide_and_issue(
         record,
         NonceCheck::Valid(NoncePurpose::Renew),
         Some(class),
-        &[],
+        &ClassBaseline::default(),
         &evidence,
         tolerance,
     );
