@@ -14,9 +14,11 @@
 //! - [`engine`]: the worker answering devices; [`housekeeping`]: heartbeat,
 //!   outbox, sweep; [`daemon`]: link, dispatch, threads, systemd.
 //! - [`issuer`]: everything the authority signs.
-//! - [`config`], [`policy`]: the two files; [`cli`]: the command line.
+//! - [`config`], [`policy`]: the two files; [`cli`]: the command line;
+//!   [`backup`]: backup and restore of the store.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

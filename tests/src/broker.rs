@@ -183,7 +183,12 @@ pub fn debian_main_config(stock: &str, paths: &MainPaths<'_>) -> Result<String, 
     let mut out = substitute(
         DEBIAN_STOCK_CONF,
         stock,
-        &["pid_file", "persistence_location", "log_dest", "include_dir"],
+        &[
+            "pid_file",
+            "persistence_location",
+            "log_dest",
+            "include_dir",
+        ],
         |key| match key {
             "pid_file" => format!("pid_file {}", paths.pid_file.display()),
             "persistence_location" => {

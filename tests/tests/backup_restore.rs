@@ -1,0 +1,157 @@
+//! Backup and restore of the authority, end to end with the real binaries,
+//! swtpm and Mosquitto: a restore never hands a device a sequence number at
+//! or below one it has seen (authority/README.md, "Backup and restore"),
+//! even when the same backup is restored twice; a plain file copy does, and
+//! the device refuses every heartbeat of the restored authority.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use mctc_tests::fleet::{Device, Fleet, PATIENCE};
+use mctc_tests::wait_until;
+
+/// The last heartbeat seq the device accepted.
+fn hb_seq(device: &Device) -> u64 {
+    device.status()["heartbeat_seq"].as_u64().unwrap_or(0)
+}
+
+/// Waits until the device accepted a heartbeat above `above` and its gate
+/// is open.
+fn wait_accepted_above(fleet: &Fleet, device: &Device, above: u64) {
+    let ok = wait_until(PATIENCE, || {
+        hb_seq(device) > above && device.state() == "open"
+    });
+    assert!(
+        ok.is_some(),
+        "device did not accept a heartbeat above {above} with its gate open: {}\n--- agent ---\n{}\n--- authority ---\n{}",
+        device.status(),
+        device.log(),
+        fleet.authority_log()
+    );
+}
+
+fn restore(fleet: &Fleet, backup: &Path) -> serde_json::Value {
+    let out = fleet.cli(&["restore", "--from", backup.to_str().unwrap(), "--json"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    out.json()
+}
+
+#[test]
+fn a_restored_authority_never_reuses_a_sequence_number_a_device_has_seen() {
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("locker-1", "locker");
+    device.bring_up();
+    let backup = fleet.dir.path().join("authority.backup");
+    let backup_str = backup.to_str().unwrap();
+
+    // Online backup, private, never overwritten.
+    let out = fleet.cli(&["backup", "--out", backup_str]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = fleet.cli(&["backup", "--out", backup_str]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(again.stderr.contains("refusing to overwrite"), "{again:?}");
+    let at_backup = hb_seq(&device);
+
+    // The fleet runs on: the device sees higher heartbeat seqs than the
+    // backup holds.
+    wait_accepted_above(&fleet, &device, at_backup + 3);
+
+    // Refused while the authority runs (its connection and lease).
+    let refused = fleet.cli(&["restore", "--from", backup_str]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+
+    // First restore.
+    fleet.stop_authority();
+    let seen = hb_seq(&device);
+    let first = restore(&fleet, &backup);
+    let floor1 = first["seq_floor"].as_u64().unwrap();
+    assert!(floor1 > seen, "floor {floor1} ≤ seen {seen}");
+    assert!(first["backup_max_seq"].as_u64().unwrap() <= seen);
+    fleet.start_authority();
+    wait_accepted_above(&fleet, &device, floor1);
+    assert!(device.permits(), "{}", device.status());
+
+    // The same backup again: the floor moves on past the first restore's
+    // seqs.
+    fleet.stop_authority();
+    let seen = hb_seq(&device);
+    let second = restore(&fleet, &backup);
+    let floor2 = second["seq_floor"].as_u64().unwrap();
+    assert!(floor2 > seen, "floor {floor2} ≤ seen {seen}");
+    fleet.start_authority();
+    wait_accepted_above(&fleet, &device, floor2);
+    assert!(device.permits(), "{}", device.status());
+
+    // A control after the restore reaches the device (its control seq is
+    // past the one the device holds from before): contain, then restore.
+    let out = fleet.cli(&[
+        "devices",
+        "contain",
+        "locker-1",
+        "--reason",
+        "after restore",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        device.wait_state("contained", PATIENCE).is_some(),
+        "{}",
+        device.status()
+    );
+    assert!(!device.permits());
+    let out = fleet.cli(&["devices", "restore", "locker-1"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    device.wait_open();
+
+    // The bug this fixes: the same backup copied in as a file. The
+    // authority counts on from the backup's seqs, far below what the
+    // device has seen: every heartbeat is a replay to it, and its gate
+    // closes when the window runs out.
+    fleet.stop_authority();
+    let seen = hb_seq(&device);
+    let db = fleet.dir.path().join("authority.db");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&backup, &db).unwrap();
+    let log_before = device.log().len();
+    fleet.start_authority();
+    let refused = wait_until(PATIENCE, || {
+        device.log().get(log_before..).is_some_and(|new| {
+            new.lines()
+                .filter(|l| l.contains("heartbeat not applied") && l.contains("replay"))
+                .count()
+                >= 2
+        })
+    });
+    assert!(
+        refused.is_some(),
+        "the device did not refuse the rolled-back heartbeats:\n{}",
+        device.log().get(log_before..).unwrap_or_default()
+    );
+    let closed = wait_until(PATIENCE, || device.state() != "open");
+    assert!(
+        closed.is_some(),
+        "the device kept its gate open on replayed heartbeats: {}",
+        device.status()
+    );
+    assert_eq!(
+        hb_seq(&device),
+        seen,
+        "the device accepted a rolled-back heartbeat seq"
+    );
+    // And it stays refused: none of the naive authority's heartbeats counts.
+    let reopened = wait_until(Duration::from_secs(5), || hb_seq(&device) > seen);
+    assert!(reopened.is_none(), "{}", device.status());
+}
