@@ -155,3 +155,92 @@ fn a_restored_authority_never_reuses_a_sequence_number_a_device_has_seen() {
     let reopened = wait_until(Duration::from_secs(5), || hb_seq(&device) > seen);
     assert!(reopened.is_none(), "{}", device.status());
 }
+
+/// The collector's backup and restore: an online copy, refused while the
+/// collector runs, installed once it is stopped. The collector issues no
+/// number a device must see grow; what a restore loses (lineage received
+/// after the backup) shows as a `gap` anomaly at the restored head, and no
+/// device takes back a receipt (its acknowledged seq never goes down).
+#[test]
+fn a_restored_collector_tells_no_device_a_lower_seq_and_reports_the_lost_lineage_as_a_gap() {
+    use mctc_collector::store::sqlite::SqliteStore;
+    use mctc_collector::store::{AnomalyKind, Store};
+    use mctc_shim::DeviceId;
+    use mctc_tests::fleet::{run, wait_all_acked};
+
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    fleet.start_collector();
+    let mut device = fleet.device("locker-2", "locker");
+    device.bring_up();
+    let at_backup = wait_all_acked(&fleet, &device);
+    let config = fleet.collector_config();
+    let backup = fleet.dir.path().join("collector.backup");
+    let backup_str = backup.to_str().unwrap();
+    let out = run(
+        "mctc-collector",
+        &["backup", "--config", &config, "--out", backup_str],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(
+        std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let again = run(
+        "mctc-collector",
+        &["backup", "--config", &config, "--out", backup_str],
+    );
+    assert_eq!(again.code, 1, "{again:?}");
+
+    // More lineage, acknowledged past the backup.
+    for _ in 0..5 {
+        assert!(device.permits(), "{}", device.status());
+    }
+    let acked = wait_all_acked(&fleet, &device);
+    assert!(acked > at_backup, "{acked} ≤ {at_backup}");
+
+    let refused = run(
+        "mctc-collector",
+        &["restore", "--config", &config, "--from", backup_str],
+    );
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("in use"), "{refused:?}");
+
+    fleet.kill_collector();
+    let out = run(
+        "mctc-collector",
+        &["restore", "--config", &config, "--from", backup_str],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let db = fleet.dir.path().join("collector.db");
+    let id = DeviceId::new(&device.id).unwrap();
+    let head = SqliteStore::open(&db).unwrap().head(&id).unwrap().unwrap();
+    assert!(
+        head.next_seq <= acked,
+        "the restored store ends before what was acknowledged since ({} > {acked})",
+        head.next_seq
+    );
+    fleet.start_collector();
+    for _ in 0..3 {
+        assert!(device.permits(), "{}", device.status());
+    }
+    // The lost lineage is reported, at the restored head, not hidden.
+    let gap = wait_until(PATIENCE, || {
+        SqliteStore::open(&db)
+            .and_then(|s| s.anomalies(Some(&id)))
+            .is_ok_and(|a| {
+                a.iter()
+                    .any(|a| a.kind == AnomalyKind::Gap && a.seq == Some(head.next_seq))
+            })
+    });
+    assert!(
+        gap.is_some(),
+        "no gap anomaly at {}:\n{}",
+        head.next_seq,
+        fleet.collector_log()
+    );
+    // And the device keeps the receipt it had: nothing lower replaced it.
+    let kept = device.status()["lineage"]["acked_seq"].as_u64().unwrap();
+    assert!(kept >= acked, "acked seq went down: {kept} < {acked}");
+    assert!(device.permits(), "{}", device.status());
+}
