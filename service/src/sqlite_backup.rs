@@ -319,7 +319,6 @@ pub fn restore<T>(
 
 #[cfg(test)]
 mod tests {
-    #![expect(clippy::unwrap_used, reason = "test")]
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
