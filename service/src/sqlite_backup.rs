@@ -94,14 +94,30 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     path.with_file_name(name)
 }
 
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+        _ => PathBuf::from("."),
+    }
+}
+
 fn fsync_dir_of(path: &Path) -> Result<(), BackupError> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    File::open(dir)
+    let dir = parent_dir(path);
+    File::open(&dir)
         .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))
+        .map_err(io("fsync directory", &dir))
+}
+
+/// Gives `path` the owner and group of `like`, when they differ.
+fn match_owner(path: &Path, like: &Path) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt;
+    let want = std::fs::metadata(like).map_err(io("stat", like))?;
+    let have = std::fs::metadata(path).map_err(io("stat", path))?;
+    if (want.uid(), want.gid()) == (have.uid(), have.gid()) {
+        return Ok(());
+    }
+    std::os::unix::fs::chown(path, Some(want.uid()), Some(want.gid()))
+        .map_err(io("give the owner of the replaced store to", path))
 }
 
 /// Creates `path` empty, 0600, failing if it exists.
@@ -302,6 +318,14 @@ pub fn restore<T>(
             return Err(e);
         }
     };
+    // The daemon runs as its own user; a restore run as root must not
+    // leave it a store it cannot open: the copy gets the owner of the file
+    // it replaces (or, for a first install, of the directory).
+    let owner_of = if live { db.to_owned() } else { parent_dir(db) };
+    if let Err(e) = match_owner(&staged, &owner_of) {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e);
+    }
     let replaced = if live {
         let keep = sibling(db, &format!(".replaced-{}", crate::clock::wall_ms()));
         std::fs::hard_link(db, &keep).map_err(io("keep the replaced store as", &keep))?;
@@ -406,5 +430,26 @@ mod tests {
         drop(conn);
         let err = restore(&db, &dir.path().join("junk"), &SCHEMA, |_| Ok(()), fix).unwrap_err();
         assert!(matches!(err, BackupError::BadBackup { .. }), "{err}");
+    }
+
+    /// A restore run as root (as operators do) leaves the daemon's user
+    /// owning its store. Only root can give a file away; as anyone else the
+    /// owner never differs and there is nothing to check.
+    #[test]
+    fn a_restore_keeps_the_owner_of_the_store_it_replaces() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("not root: a file cannot be given away; nothing to check");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (db, live) = store(dir.path());
+        drop(live);
+        let out = dir.path().join("b.db");
+        backup(&db, &out).unwrap();
+        std::os::unix::fs::chown(&db, Some(4321), Some(4322)).unwrap();
+        restore(&db, &out, &SCHEMA, |_| Ok(()), |_| Ok(())).unwrap();
+        let meta = std::fs::metadata(&db).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (4321, 4322));
     }
 }
