@@ -313,6 +313,20 @@ key = "{receipt_key}"
         ));
     }
 
+    /// SIGTERM, and waits for the clean exit (what an operator does before
+    /// a restore).
+    pub fn stop_collector(&mut self) {
+        if let Some(mut collector) = self.collector.take() {
+            collector.signal(rustix::process::Signal::TERM).unwrap();
+            let status = collector.wait_timeout(PATIENCE);
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "collector did not stop cleanly ({status:?}):\n{}",
+                self.collector_log()
+            );
+        }
+    }
+
     /// SIGKILL.
     pub fn kill_collector(&mut self) {
         if let Some(mut collector) = self.collector.take() {

@@ -219,7 +219,7 @@ fn a_restored_collector_tells_no_device_a_lower_seq_and_reports_the_lost_lineage
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("in use"), "{refused:?}");
 
-    fleet.kill_collector();
+    fleet.stop_collector();
     let out = run(
         "mctc-collector",
         &["restore", "--config", &config, "--from", backup_str],
