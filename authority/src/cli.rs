@@ -56,6 +56,32 @@ enum Command {
         #[command(subcommand)]
         command: DevicesCommand,
     },
+    /// Write a consistent copy of the database while the daemon runs
+    /// (0600; refuses to overwrite).
+    Backup {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The backup file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Install a backup as the database (every authority stopped); every
+    /// sequence number devices see moves past anything issued before.
+    Restore {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The backup file to install.
+        #[arg(long)]
+        from: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the policy; learn, forget and stage accepted values.
     Policy {
         /// Configuration file.
@@ -177,7 +203,61 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             };
             crate::policy_cli::run(&mut session, &policy, command)
         }
+        Command::Backup { config, out, json } => backup(&config, &out, json),
+        Command::Restore { config, from, json } => restore(&config, &from, json),
     }
+}
+
+fn backup(config: &Path, out: &Path, json: bool) -> Result<(), Error> {
+    let config = Config::load(config)?;
+    let info = crate::backup::backup(&config, out)?;
+    if json {
+        print_json(&json!({"backup": info.path.display().to_string(), "bytes": info.bytes}));
+    } else {
+        println!("backup: {} ({} bytes)", info.path.display(), info.bytes);
+    }
+    Ok(())
+}
+
+fn restore(config: &Path, from: &Path, json: bool) -> Result<(), Error> {
+    let config = Config::load(config)?;
+    let info = crate::backup::restore(&config, from)?;
+    let replaced = info.replaced.as_ref().map(|p| p.display().to_string());
+    let a = info.fixed;
+    tracing::info!(
+        floor = a.floor,
+        backup_max = a.backup_max,
+        devices = a.devices,
+        "database restored"
+    );
+    if json {
+        print_json(&json!({
+            "restored": config.database.display().to_string(),
+            "from": from.display().to_string(),
+            "replaced": replaced,
+            "seq_floor": a.floor,
+            "backup_max_seq": a.backup_max,
+            "devices": a.devices,
+            "dropped_nonces_and_challenges": a.dropped_single_use,
+        }));
+    } else {
+        println!(
+            "restored: {} from {}",
+            config.database.display(),
+            from.display()
+        );
+        if let Some(replaced) = replaced {
+            println!("replaced database kept as {replaced}");
+        }
+        println!(
+            "sequence numbers raised from at most {} to {} ({} devices); {} nonces and challenges dropped",
+            a.backup_max, a.floor, a.devices, a.dropped_single_use
+        );
+        println!(
+            "changes made after the backup (registrations, enrollments, containments, revocations, baselines) are not in it: redo them"
+        );
+    }
+    Ok(())
 }
 
 fn keygen(out: &Path, json: bool) -> Result<(), Error> {

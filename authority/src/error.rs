@@ -51,6 +51,9 @@ pub enum Error {
     /// The host does not provide what the daemon needs (threads).
     #[error("{0}")]
     Environment(String),
+    /// A backup or restore was refused or failed; nothing was changed.
+    #[error(transparent)]
+    Backup(#[from] mctc_service::sqlite_backup::BackupError),
     /// The host's clocks or boot id cannot be read.
     #[error(transparent)]
     Clock(#[from] crate::now::ClockError),
@@ -62,6 +65,13 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::UnknownDevice(_) | Error::Refused(_) => 1,
+            Error::Backup(e) => {
+                use mctc_service::sqlite_backup::BackupError as B;
+                match e {
+                    B::Exists(_) | B::InUse(_) | B::BadBackup { .. } | B::FixUp(_) => 1,
+                    B::NoDatabase(_) | B::Io { .. } | B::Sqlite { .. } => 2,
+                }
+            }
             Error::ReadFile { .. }
             | Error::Config { .. }
             | Error::Usage(_)

@@ -15,9 +15,11 @@
 //!   outbox, sweep; [`daemon`]: link, dispatch, threads, systemd.
 //! - [`issuer`]: everything the authority signs.
 //! - [`config`], [`policy`]: the two files; [`cli`]: the command line,
-//!   with the `policy` commands in [`policy_cli`].
+//!   with the `policy` commands in [`policy_cli`]; [`backup`]: backup and
+//!   restore of the store.
 #![forbid(unsafe_code)]
 
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -47,6 +47,9 @@ pub enum Error {
     /// errors are retried inside it).
     #[error("the broker link stopped")]
     LinkStopped,
+    /// A backup or restore was refused or failed; nothing was changed.
+    #[error(transparent)]
+    Backup(#[from] mctc_service::sqlite_backup::BackupError),
     /// The async runtime could not start.
     #[error("runtime: {0}")]
     Runtime(#[source] std::io::Error),

@@ -28,6 +28,8 @@ pub mod link;
 pub mod logging;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqlite")]
+pub mod sqlite_backup;
 pub mod tls;
 
 pub use config::BrokerConfig;

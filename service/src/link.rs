@@ -27,7 +27,7 @@ use crate::{BrokerConfig, ServiceError, tls};
 
 pub use rumqttc::{AsyncClient, QoS};
 
-/// `max_packet_size` of the shipped broker (`configs/mosquitto/mosquitto.conf`;
+/// `max_packet_size` of the shipped broker (`configs/mosquitto/conf.d/mctc.conf`;
 /// a test in `tests/tests/configs.rs` keeps the two equal). Twice the largest
 /// mctc message (a 64 KiB lineage batch plus its topic and MQTT framing), so
 /// every legitimate message passes and a flood of large packets is refused at

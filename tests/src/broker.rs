@@ -1,6 +1,11 @@
-//! A private Mosquitto started from the shipped broker configuration
-//! (`configs/mosquitto/mosquitto.conf` and `dynamic-security.json`), with
-//! only its paths and port pointed at a throw-away PKI and directory.
+//! A private Mosquitto in the operator's layout: Debian's stock
+//! `/etc/mosquitto/mosquitto.conf` (read from the installed package, with
+//! only its machine-wide paths moved into a throw-away directory) including
+//! a `conf.d/` that holds the shipped drop-in
+//! (`configs/mosquitto/conf.d/mctc.conf`, with only the port and the
+//! certificate and plugin-file paths replaced) beside the shipped
+//! `dynamic-security.json`. A drop-in that clashes with the stock file
+//! fails here exactly as it fails on an operator's broker.
 
 use std::fs::File;
 use std::net::TcpStream;
@@ -17,9 +22,11 @@ use crate::pki::{CertFiles, Pki};
 use crate::ports::free_port;
 use crate::require_program;
 
-/// The production broker configuration, loaded with only paths, port and
-/// log destination replaced ([`shipped_config`]).
-pub const FLEET_CONF: &str = include_str!("../../configs/mosquitto/mosquitto.conf");
+/// The shipped broker drop-in, loaded with only the port and the
+/// certificate and plugin-file paths replaced ([`dropin_config`]).
+pub const FLEET_DROPIN: &str = include_str!("../../configs/mosquitto/conf.d/mctc.conf");
+/// Where Debian's mosquitto package installs its stock main configuration.
+pub const DEBIAN_STOCK_CONF: &str = "/etc/mosquitto/mosquitto.conf";
 /// The production dynamic-security configuration (roles of the services and
 /// of every device), copied verbatim into each broker's directory: the
 /// plugin rewrites its copy as devices are granted and revoked.
@@ -46,69 +53,154 @@ pub const SERVICE_GROUP_FILTERS: [&str; 6] = [
 /// ([`Broker::client_identity`]).
 pub const OBSERVER: &str = "mctc-test-observer";
 
-/// Where a broker started from the shipped configuration keeps its files.
+/// Where a broker's drop-in points: its port and its own files.
 #[derive(Debug, Clone)]
-pub struct ConfigPaths<'a> {
+pub struct DropinPaths<'a> {
     pub port: u16,
     pub server: &'a CertFiles,
     pub dynsec: &'a Path,
-    pub persistence: &'a Path,
-    pub log: &'a Path,
 }
 
-/// The shipped `mosquitto.conf` with the settings that name this machine's
-/// files and port replaced; every other line is kept verbatim. Fails if the
-/// shipped file no longer has one of them (the harness would otherwise test
-/// something other than what ships).
-pub fn shipped_config(paths: &ConfigPaths<'_>) -> Result<String, HarnessError> {
+/// Where a broker's main configuration points instead of the machine-wide
+/// paths of Debian's stock file.
+#[derive(Debug, Clone)]
+pub struct MainPaths<'a> {
+    pub pid_file: &'a Path,
+    pub persistence: &'a Path,
+    pub log: &'a Path,
+    pub conf_d: &'a Path,
+}
+
+/// Replaces the value of each `key` line of `text` by `value(key)`, keeps
+/// every other line verbatim, and fails if a key of `keys` has no line (the
+/// harness would otherwise test something other than what is installed).
+fn substitute(
+    what: &str,
+    text: &str,
+    keys: &[&str],
+    value: impl Fn(&str) -> String,
+) -> Result<String, HarnessError> {
     let mut out = String::new();
-    // Mosquitto drops root privileges to user "mosquitto" unless told to
-    // stay; the key files and the plugin's file belong to the test user.
-    if rustix::process::geteuid().is_root() {
-        out.push_str("user root\n");
-    }
     let mut replaced = Vec::new();
-    for line in FLEET_CONF.lines() {
+    for line in text.lines() {
         let key = line.split_whitespace().next().unwrap_or("");
-        let value = match key {
+        if let Some(key) = keys.iter().find(|k| **k == key) {
+            replaced.push(*key);
+            out.push_str(&value(key));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    match keys.iter().find(|k| !replaced.contains(k)) {
+        Some(key) => Err(HarnessError::Failed {
+            what: what.into(),
+            detail: format!("has no `{key}` line for the harness to point at its own files"),
+        }),
+        None => Ok(out),
+    }
+}
+
+/// A broker drop-in (`text`, the shipped [`FLEET_DROPIN`] or a test's
+/// variant of it) with its port and the paths naming this machine's files
+/// replaced; every other line is kept verbatim.
+pub fn dropin_config(text: &str, paths: &DropinPaths<'_>) -> Result<String, HarnessError> {
+    substitute(
+        "broker drop-in",
+        text,
+        &[
+            "listener",
+            "cafile",
+            "certfile",
+            "keyfile",
+            "plugin_opt_config_file",
+        ],
+        |key| match key {
             "listener" => format!("listener {} 127.0.0.1", paths.port),
             "cafile" => format!("cafile {}", paths.server.ca.display()),
             "certfile" => format!("certfile {}", paths.server.cert.display()),
             "keyfile" => format!("keyfile {}", paths.server.key.display()),
-            "plugin_opt_config_file" => {
-                format!("plugin_opt_config_file {}", paths.dynsec.display())
-            }
+            _ => format!("plugin_opt_config_file {}", paths.dynsec.display()),
+        },
+    )
+}
+
+/// Debian's stock main configuration as installed by the mosquitto package.
+/// Missing: the package is not installed. Changed from what the package
+/// shipped (dpkg's conffile checksum): the harness would not run the
+/// operator's layout, so that is an error too.
+pub fn debian_stock_config() -> Result<String, HarnessError> {
+    let stock = Path::new(DEBIAN_STOCK_CONF);
+    let text = std::fs::read_to_string(stock).map_err(|e| HarnessError::Failed {
+        what: format!("Debian's stock {DEBIAN_STOCK_CONF}"),
+        detail: format!(
+            "{e}: every broker test runs the shipped drop-in under it: run `sudo apt install mosquitto` (or `cargo xtask test`)"
+        ),
+    })?;
+    if let Some(shipped) = conffile_md5(DEBIAN_STOCK_CONF) {
+        let local = md5_of(stock);
+        if local.as_deref() != Some(shipped.as_str()) {
+            return Err(HarnessError::Failed {
+                what: format!("Debian's stock {DEBIAN_STOCK_CONF}"),
+                detail: format!(
+                    "differs from what the mosquitto package installed (md5 {shipped}); \
+                     the harness runs the operator's layout and needs the stock file: \
+                     `sudo apt install --reinstall -o Dpkg::Options::=--force-confask mosquitto`"
+                ),
+            });
+        }
+    }
+    Ok(text)
+}
+
+/// The md5 dpkg recorded for conffile `path`, if dpkg knows it.
+fn conffile_md5(path: &str) -> Option<String> {
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Conffiles}\n", "mosquitto"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout).lines().find_map(|l| {
+        let mut words = l.split_whitespace();
+        (words.next() == Some(path)).then(|| words.next().map(str::to_owned))?
+    })
+}
+
+fn md5_of(path: &Path) -> Option<String> {
+    let out = Command::new("md5sum").arg(path).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+}
+
+/// Debian's stock main configuration (`stock`) with only its machine-wide
+/// paths (`pid_file`, `persistence_location`, `log_dest`, `include_dir`)
+/// moved to `paths`; every other line is kept verbatim. Then what only a
+/// test needs: staying root when run as root (Mosquitto drops to user
+/// `mosquitto`, who cannot read the test's files) and subscriptions in the
+/// log (ACL refusals are easy to read after a failure).
+pub fn debian_main_config(stock: &str, paths: &MainPaths<'_>) -> Result<String, HarnessError> {
+    let mut out = substitute(
+        DEBIAN_STOCK_CONF,
+        stock,
+        &[
+            "pid_file",
+            "persistence_location",
+            "log_dest",
+            "include_dir",
+        ],
+        |key| match key {
+            "pid_file" => format!("pid_file {}", paths.pid_file.display()),
             "persistence_location" => {
                 format!("persistence_location {}/", paths.persistence.display())
             }
             "log_dest" => format!("log_dest file {}", paths.log.display()),
-            _ => {
-                out.push_str(line);
-                out.push('\n');
-                continue;
-            }
-        };
-        replaced.push(key);
-        out.push_str(&value);
-        out.push('\n');
+            _ => format!("include_dir {}", paths.conf_d.display()),
+        },
+    )?;
+    if rustix::process::geteuid().is_root() {
+        out.push_str("user root\n");
     }
-    for key in [
-        "listener",
-        "cafile",
-        "certfile",
-        "keyfile",
-        "plugin_opt_config_file",
-        "persistence_location",
-        "log_dest",
-    ] {
-        if !replaced.contains(&key) {
-            return Err(HarnessError::Failed {
-                what: "shipped mosquitto.conf".into(),
-                detail: format!("has no `{key}` line for the harness to point at its own files"),
-            });
-        }
-    }
-    // Subscriptions in the log make ACL refusals easy to read after a failure.
     out.push_str("log_type subscribe\n");
     Ok(out)
 }
@@ -124,13 +216,26 @@ pub struct Broker {
     dir: tempfile::TempDir,
     port: u16,
     pki: Pki,
+    /// Debian's stock main configuration, as read at start.
+    stock: String,
+    /// The drop-in's text before substitution.
+    dropin: String,
     /// Names [`Broker::client_identity`] granted already.
     granted: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Broker {
+    /// A broker in the operator's layout with the shipped drop-in.
     pub fn start() -> Result<Broker, HarnessError> {
+        Broker::start_with_dropin(FLEET_DROPIN)
+    }
+
+    /// A broker in the operator's layout with `dropin` (a variant of the
+    /// shipped drop-in) as its `conf.d/mctc.conf`. Fails as Mosquitto
+    /// fails, with its message, when the layout does not start.
+    pub fn start_with_dropin(dropin: &str) -> Result<Broker, HarnessError> {
         require_program("mosquitto", "mosquitto mosquitto-clients")?;
+        let stock = debian_stock_config()?;
         let dir = tempfile::Builder::new()
             .prefix("mctc-broker-")
             .tempdir()
@@ -139,13 +244,17 @@ impl Broker {
         let server = pki.server("mctc-broker")?;
         std::fs::write(dir.path().join("dynamic-security.json"), FLEET_DYNSEC)
             .map_err(HarnessError::io("write dynamic-security.json"))?;
-        std::fs::create_dir(dir.path().join("persistence"))
-            .map_err(HarnessError::io("create persistence dir"))?;
+        for sub in ["persistence", "conf.d"] {
+            std::fs::create_dir(dir.path().join(sub))
+                .map_err(HarnessError::io(format!("create {sub} dir")))?;
+        }
         let mut broker = Broker {
             child: None,
             dir,
             port: 0,
             pki,
+            stock,
+            dropin: dropin.to_owned(),
             granted: std::sync::Mutex::default(),
         };
         broker.write_config(&server, 0)?;
@@ -162,14 +271,27 @@ impl Broker {
     }
 
     fn write_config(&self, server: &CertFiles, port: u16) -> Result<(), HarnessError> {
-        let conf = shipped_config(&ConfigPaths {
-            port,
-            server,
-            dynsec: &self.dir.path().join("dynamic-security.json"),
-            persistence: &self.dir.path().join("persistence"),
-            log: &self.log_path(),
-        })?;
-        std::fs::write(self.conf_path(), conf).map_err(HarnessError::io("write mosquitto.conf"))
+        let conf_d = self.dir.path().join("conf.d");
+        let main = debian_main_config(
+            &self.stock,
+            &MainPaths {
+                pid_file: &self.dir.path().join("mosquitto.pid"),
+                persistence: &self.dir.path().join("persistence"),
+                log: &self.log_path(),
+                conf_d: &conf_d,
+            },
+        )?;
+        let dropin = dropin_config(
+            &self.dropin,
+            &DropinPaths {
+                port,
+                server,
+                dynsec: &self.dir.path().join("dynamic-security.json"),
+            },
+        )?;
+        std::fs::write(conf_d.join("mctc.conf"), dropin)
+            .map_err(HarnessError::io("write conf.d/mctc.conf"))?;
+        std::fs::write(self.conf_path(), main).map_err(HarnessError::io("write mosquitto.conf"))
     }
 
     fn spawn(&mut self) -> Result<(), HarnessError> {

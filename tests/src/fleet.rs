@@ -267,6 +267,20 @@ key = "{receipt_key}"
         }
     }
 
+    /// SIGTERM, and waits for the clean exit (the heartbeat lease is
+    /// released on the way out).
+    pub fn stop_authority(&mut self) {
+        if let Some(mut authority) = self.authority.take() {
+            authority.signal(rustix::process::Signal::TERM).unwrap();
+            let status = authority.wait_timeout(PATIENCE);
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "authority did not stop cleanly ({status:?}):\n{}",
+                self.authority_log()
+            );
+        }
+    }
+
     /// SIGSTOP: the authority stays connected but says nothing.
     pub fn silence_authority(&self) {
         self.authority
@@ -297,6 +311,20 @@ key = "{receipt_key}"
             &log,
             "subscribed to lineage and registry",
         ));
+    }
+
+    /// SIGTERM, and waits for the clean exit (what an operator does before
+    /// a restore).
+    pub fn stop_collector(&mut self) {
+        if let Some(mut collector) = self.collector.take() {
+            collector.signal(rustix::process::Signal::TERM).unwrap();
+            let status = collector.wait_timeout(PATIENCE);
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "collector did not stop cleanly ({status:?}):\n{}",
+                self.collector_log()
+            );
+        }
     }
 
     /// SIGKILL.

@@ -7,8 +7,9 @@
 //!   temporary state, that can be reset, restarted, killed and have its PCRs
 //!   extended from outside (drift).
 //! - [`Broker`]: a private Mosquitto with a throw-away PKI, TLS 1.3 with client
-//!   certificates, and the shipped broker configuration (`configs/mosquitto/`:
-//!   mosquitto.conf and the dynamic-security roles).
+//!   certificates, in the operator's layout: Debian's stock mosquitto.conf
+//!   with the shipped drop-in (`configs/mosquitto/conf.d/mctc.conf`) and
+//!   dynamic-security roles.
 //! - [`Proc`]: the project's own binaries started with a config, logs captured.
 //! - `authority`, `collector` (feature `fixtures`): the fixtures of those
 //!   crates' integration tests (the real binaries, devices on swtpm, signed
@@ -42,8 +43,9 @@ mod swtpm;
 mod tpm_wire;
 
 pub use broker::{
-    Broker, ClientIdentity, ConfigPaths, FLEET_CONF, FLEET_DYNSEC, OBSERVER, SERVICE_GROUP_FILTERS,
-    SERVICES, client_tls_config, shipped_config,
+    Broker, ClientIdentity, DEBIAN_STOCK_CONF, DropinPaths, FLEET_DROPIN, FLEET_DYNSEC, MainPaths,
+    OBSERVER, SERVICE_GROUP_FILTERS, SERVICES, client_tls_config, debian_main_config,
+    debian_stock_config, dropin_config,
 };
 pub use error::HarnessError;
 pub use pki::{CertFiles, Pki};

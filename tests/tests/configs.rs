@@ -30,9 +30,10 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Mosquitto starts from the shipped broker configuration and its
-/// dynamic-security file (the harness's broker is exactly that, with paths
-/// and port replaced), and a service identity can use it.
+/// Mosquitto starts from the shipped broker drop-in under Debian's stock
+/// main configuration, with its dynamic-security file (the harness's broker
+/// is exactly that, with paths and port replaced), and a service identity
+/// can use it.
 fn check_broker_config() {
     let broker = mctc_tests::Broker::start().unwrap_or_else(|e| panic!("mosquitto: {e}"));
     let monitor = mctc_tests::fleet::MqttClient::try_connect(
@@ -71,7 +72,7 @@ fn every_file_in_configs_parses() {
                 mctc_collector::config::Config::load(&path)
                     .unwrap_or_else(|e| panic!("{name}: {e}"));
             }
-            "mosquitto/mosquitto.conf" => check_broker_config(),
+            "mosquitto/conf.d/mctc.conf" => check_broker_config(),
             // Every broker the harness starts loads it verbatim
             // (tests/tests/broker_smoke.rs checks what it allows); here,
             // that it is the plugin's JSON with the roles the services use.
@@ -101,6 +102,43 @@ fn every_file_in_configs_parses() {
     assert_eq!(checked.len(), 6, "{checked:?}");
 }
 
+/// The harness runs the drop-in as a drop-in: one that repeats what
+/// Debian's stock mosquitto.conf already sets (the shipped file once did,
+/// with `persistence_location`) stops the broker from starting, with
+/// Mosquitto's own message, as it does on an operator's machine.
+#[test]
+fn a_dropin_repeating_a_stock_setting_stops_the_broker() {
+    let clash = mctc_tests::FLEET_DROPIN.replace(
+        "autosave_interval 60",
+        "autosave_interval 60\npersistence_location /var/lib/mosquitto/",
+    );
+    assert_ne!(clash, mctc_tests::FLEET_DROPIN);
+    let err = mctc_tests::Broker::start_with_dropin(&clash)
+        .expect_err("a drop-in repeating persistence_location must not start");
+    assert!(
+        err.to_string()
+            .contains("Duplicate persistence_location value"),
+        "{err}"
+    );
+    // The shipped drop-in sets none of the stock file's single-valued
+    // options, whatever Debian puts there.
+    let stock = mctc_tests::debian_stock_config().unwrap();
+    for line in stock.lines() {
+        let Some(key) = line.split_whitespace().next() else {
+            continue;
+        };
+        if key.starts_with('#') {
+            continue;
+        }
+        assert!(
+            !mctc_tests::FLEET_DROPIN
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(key)),
+            "the drop-in repeats `{key}`, which Debian's stock mosquitto.conf sets"
+        );
+    }
+}
+
 #[test]
 fn a_bad_value_in_an_example_is_caught() {
     let text = std::fs::read_to_string(configs().join("agent.toml")).unwrap();
@@ -112,7 +150,7 @@ fn a_bad_value_in_an_example_is_caught() {
 
 /// The `max_packet_size` line of the shipped broker config (exactly one).
 fn broker_max_packet() -> usize {
-    let text = std::fs::read_to_string(configs().join("mosquitto/mosquitto.conf")).unwrap();
+    let text = std::fs::read_to_string(configs().join("mosquitto/conf.d/mctc.conf")).unwrap();
     let values: Vec<usize> = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("max_packet_size "))
@@ -152,7 +190,7 @@ fn packet_limits_are_ordered_messages_below_the_broker_below_every_client() {
     assert_eq!(
         broker,
         mctc_service::link::BROKER_MAX_PACKET,
-        "mosquitto.conf and mctc_service::link::BROKER_MAX_PACKET must agree"
+        "mctc.conf and mctc_service::link::BROKER_MAX_PACKET must agree"
     );
     let largest_message = [
         MAX_BATCH_LEN,

@@ -87,7 +87,7 @@ const PACKAGES: &[Package] = &[
                 "usr/share/doc/mctc-authority/README.md",
             ),
             (
-                "configs/mosquitto/mosquitto.conf",
+                "configs/mosquitto/conf.d/mctc.conf",
                 "usr/share/doc/mctc-authority/examples/mosquitto/mctc.conf",
             ),
             (

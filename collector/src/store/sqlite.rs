@@ -32,6 +32,10 @@ const SCHEMA: Schema = Schema {
     migrations: &[V1, V2],
 };
 
+/// The schema, for the shared backup and restore
+/// (`mctc_service::sqlite_backup`).
+pub const STORE_SCHEMA: Schema = SCHEMA;
+
 /// The schema version this build writes.
 #[cfg(test)]
 const SCHEMA_VERSION: i64 = 2;

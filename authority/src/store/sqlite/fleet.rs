@@ -47,22 +47,39 @@ pub(super) fn heartbeat(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let mut revoked = Vec::new();
+    let mut oldest_listed = None;
     {
-        let mut stmt =
-            tx.prepare_cached("SELECT device FROM revocations ORDER BY epoch DESC LIMIT ?1")?;
-        let rows = stmt.query_map([max_revoked as u64], |r| r.get::<_, String>(0))?;
+        let mut stmt = tx
+            .prepare_cached("SELECT device, epoch FROM revocations ORDER BY epoch DESC LIMIT ?1")?;
+        let rows = stmt.query_map([max_revoked as u64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?))
+        })?;
         for row in rows {
-            let id = row?;
+            let (id, row_epoch) = row?;
             revoked
                 .push(DeviceId::new(&id).map_err(|_| {
                     StoreError::Corrupt(format!("revocation of invalid id {id:?}"))
                 })?);
+            oldest_listed = Some(row_epoch);
         }
     }
+    let unlisted: bool = tx.query_row(
+        "SELECT EXISTS (SELECT 1 FROM revocations WHERE epoch < ?1)",
+        [oldest_listed.map_or(i64::MAX, |e| i64::try_from(e).unwrap_or(i64::MAX))],
+        |r| r.get(0),
+    )?;
     tx.commit()?;
-    // Each epoch is exactly one revocation row, so the newest `n` rows
-    // are the epochs `epoch - n + 1 ..= epoch`.
-    let since_epoch = epoch.saturating_sub(revoked.len() as u64);
+    // Every epoch that has a revocation has exactly one row, but not every
+    // epoch has one: a restore raises the epoch past everything issued
+    // before it (store/sqlite/restore.rs), leaving epochs without rows. So
+    // the list covers `since_epoch + 1 ..= epoch` with `since_epoch` just
+    // below the oldest row listed when older rows are left out, and 0 when
+    // every row is listed.
+    let since_epoch = match (oldest_listed, unlisted) {
+        (Some(oldest), true) => oldest.saturating_sub(1),
+        (None, true) => epoch,
+        (_, false) => 0,
+    };
     Ok(Some(HeartbeatState {
         seq,
         epoch,

@@ -10,7 +10,8 @@
 //! One file per concern: [`schema`] (migrations), [`devices`],
 //! [`enrollment`], [`evidence`] (nonces, decisions, sweep), [`baselines`]
 //! (learned digests, staged rollouts),
-//! [`fleet`] (heartbeat lease and seq), [`outbox`], over [`rows`] (the
+//! [`fleet`] (heartbeat lease and seq), [`outbox`], [`restore`] (what a
+//! restore changes in the copy), over [`rows`] (the
 //! write transaction and the checked readers they share). This module opens the
 //! connection and maps the [`Store`] trait onto them.
 
@@ -20,6 +21,7 @@ mod enrollment;
 mod evidence;
 mod fleet;
 mod outbox;
+pub mod restore;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -41,6 +43,9 @@ use crate::model::{ClassBaseline, Decision, Forget, LearnMode, NonceCheck, Stage
 use crate::now::{Deadline, Now};
 
 pub use schema::SCHEMA_VERSION;
+
+/// The schema, for the shared backup and restore (`mctc_service::sqlite_backup`).
+pub const STORE_SCHEMA: mctc_service::sqlite::Schema = schema::SCHEMA;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {

@@ -1060,3 +1060,99 @@ fn the_latest_control_of_each_device_can_be_announced_again() {
         );
     }
 }
+
+/// A restore moves every counter a device sees to the floor (above all
+/// that was issued), drops single-use state, and a clock behind an earlier
+/// restore is refused; revocations from before it stay listed and the
+/// heartbeat's `since_epoch` stays truthful across the jump in epochs.
+#[test]
+fn a_restore_advances_every_device_visible_counter_past_the_backup() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let now = now_at(1000);
+    enrolled_device(&mut store, "d1", &now);
+    enrolled_device(&mut store, "r1", &now);
+    store
+        .issue_nonce(
+            &id("d1"),
+            &[7; 32],
+            mctc_shim::messages::NoncePurpose::Renew,
+            &Deadline {
+                boot_id: "boot-a".into(),
+                boot_ms: 99_000,
+            },
+            4,
+            &now,
+        )
+        .unwrap();
+    store
+        .change_status(&id("r1"), StatusChange::Revoke, "gone", &now)
+        .unwrap();
+    store
+        .change_status(&id("d1"), StatusChange::Contain, "look", &now)
+        .unwrap();
+    let before = store.heartbeat("me", 1000, 16, &now).unwrap().unwrap();
+    assert_eq!((before.epoch, before.since_epoch), (1, 0));
+
+    let floor = 1_800_000_000_000_000;
+    let advanced = {
+        let tx = store.conn.transaction().unwrap();
+        let a = restore::advance_past(&tx, floor, now.wall_ms).unwrap();
+        tx.commit().unwrap();
+        a
+    };
+    assert_eq!(advanced.floor, floor);
+    assert_eq!(advanced.devices, 2);
+    assert!(advanced.backup_max < floor);
+    assert!(advanced.dropped_single_use >= 1, "{advanced:?}");
+    let nonces: i64 = store
+        .conn
+        .query_row("SELECT count(*) FROM nonces", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        nonces, 0,
+        "a nonce consumed after the backup is not reusable"
+    );
+    for name in ["d1", "r1"] {
+        let d = store.device(&id(name)).unwrap().unwrap();
+        assert_eq!(d.control_seq, floor, "{name}");
+        assert_eq!(d.registry_version, floor, "{name}");
+    }
+    // The next numbers are above the floor.
+    let hb = store.heartbeat("me", 1000, 16, &now).unwrap().unwrap();
+    assert_eq!(hb.seq, floor + 1);
+    assert_eq!(hb.epoch, floor);
+    assert_eq!(
+        hb.revoked,
+        vec![id("r1")],
+        "pre-restore revocations still heard"
+    );
+    assert_eq!(hb.since_epoch, 0, "every revocation is listed");
+    match store
+        .change_status(&id("d1"), StatusChange::Restore, "ok", &now)
+        .unwrap()
+    {
+        StatusOutcome::Changed { control_seq, .. } => assert_eq!(control_seq, floor + 1),
+        other => panic!("{other:?}"),
+    }
+    for i in 0..17 {
+        let name = format!("x{i}");
+        enrolled_device(&mut store, &name, &now);
+        store
+            .change_status(&id(&name), StatusChange::Revoke, "gone", &now)
+            .unwrap();
+    }
+    let hb = store.heartbeat("me", 1000, 16, &now).unwrap().unwrap();
+    assert_eq!(hb.epoch, floor + 17);
+    assert_eq!(
+        hb.since_epoch,
+        floor + 1,
+        "the list covers exactly the newest 16 epochs, across the jump"
+    );
+    // The same backup restored again with a clock behind this one: refused.
+    let tx = store.conn.transaction().unwrap();
+    assert!(matches!(
+        restore::advance_past(&tx, floor, now.wall_ms),
+        Err(restore::AdvanceError::ClockBehind { .. })
+    ));
+}
