@@ -13,7 +13,8 @@
 //! - [`clock`]: CLOCK_BOOTTIME milliseconds (deadlines keep running across a
 //!   suspend, unlike `Instant`).
 //! - [`keys`]: the authority's Ed25519 keys as PEM (PKCS#8, SPKI) and fingerprints.
-//! - [`logging`]: one tracing setup for every binary.
+//! - [`logging`]: one tracing setup for every binary (journald-native under systemd).
+//! - [`metrics`]: OpenMetrics on `GET /metrics`, loopback only.
 //! - `sqlite` (feature `sqlite`): what a database failure means (transient
 //!   or our fault) and one way to open a store file.
 #![forbid(unsafe_code)]
@@ -26,6 +27,7 @@ pub mod files;
 pub mod keys;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod tls;
