@@ -3,6 +3,7 @@
 //! Relative paths are taken relative to the directory of the configuration
 //! file, so a deployment directory can be moved as a whole.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mctc_service::BrokerConfig;
@@ -15,6 +16,10 @@ pub use crate::model::parse_sha256;
 
 /// Longest `authority_id` (the artifact's `iss`, shim limit).
 const MAX_AUTHORITY_ID_LEN: usize = mctc_shim::limits::MAX_AUTHORITY_ID_LEN;
+
+/// `/metrics` of an authority whose `[metrics]` table names no address.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 /// The authority's configuration.
 #[derive(Debug, Clone)]
@@ -37,6 +42,9 @@ pub struct Config {
     pub enrollment: Enrollment,
     /// Input bounds.
     pub limits: Limits,
+    /// `[metrics] listen`: where `/metrics` is served (loopback only);
+    /// `None` without a `[metrics]` table.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[enrollment]`.
@@ -99,6 +107,8 @@ struct RawConfig {
     enrollment: RawEnrollment,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    metrics: Option<mctc_service::config::MetricsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +237,11 @@ impl Config {
                 challenge_ttl_ms: raw.enrollment.challenge_ttl_ms,
             },
             limits: raw.limits,
+            metrics: raw
+                .metrics
+                .map(|m| m.listen_or(DEFAULT_METRICS_LISTEN))
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?,
         })
     }
 }

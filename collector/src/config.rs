@@ -2,9 +2,11 @@
 //! and in the commented example `configs/collector.toml`. Unknown keys are
 //! errors (a typo must not silently fall back to a default).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mctc_service::BrokerConfig;
+use mctc_service::config::MetricsConfig;
 use serde::Deserialize;
 
 use crate::admission::AdmissionConfig;
@@ -27,7 +29,14 @@ pub struct Config {
     /// `[ingest]`: tuning, all optional.
     #[serde(default)]
     pub ingest: IngestSettings,
+    /// `[metrics]`: serve `/metrics` (loopback only); absent, not served.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
+
+/// `/metrics` of a collector whose `[metrics]` table names no address.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
 
 /// `[authority]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -221,7 +230,17 @@ impl Config {
                 return Err(bad("[ingest] client_id must be 1-64 bytes".into()));
             }
         }
+        config.metrics_listen().map_err(|e| bad(e.to_string()))?;
         Ok(config)
+    }
+
+    /// Where `/metrics` is served, if `[metrics]` is present.
+    pub fn metrics_listen(
+        &self,
+    ) -> Result<Option<SocketAddr>, mctc_service::metrics::MetricsError> {
+        self.metrics
+            .map(|m| m.listen_or(DEFAULT_METRICS_LISTEN))
+            .transpose()
     }
 
     /// Reads and parses `path`.

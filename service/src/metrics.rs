@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 
 /// The content type of an OpenMetrics text exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -75,6 +75,11 @@ impl Counter {
     /// The current count.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+    /// Raises the count to `total` (a running total kept elsewhere); never
+    /// lowers it.
+    pub fn raise_to(&self, total: u64) {
+        self.0.fetch_max(total, Ordering::Relaxed);
     }
 }
 
@@ -385,11 +390,9 @@ impl MetricsServer {
                 Ok((stream, _)) => {
                     let metrics = Arc::clone(&metrics);
                     tokio::spawn(async move {
-                        let _ = tokio::time::timeout(
-                            REQUEST_TIMEOUT,
-                            answer(stream, metrics.as_ref()),
-                        )
-                        .await;
+                        let _ =
+                            tokio::time::timeout(REQUEST_TIMEOUT, answer(stream, metrics.as_ref()))
+                                .await;
                         drop(permit);
                     });
                 }
@@ -432,7 +435,12 @@ async fn answer(mut stream: TcpStream, metrics: &dyn Metrics) -> std::io::Result
             "request too large\n".into(),
             false,
         ),
-        Err(_) => ("400 Bad Request", "text/plain", "bad request\n".into(), false),
+        Err(_) => (
+            "400 Bad Request",
+            "text/plain",
+            "bad request\n".into(),
+            false,
+        ),
     };
     let mut response = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -512,7 +520,11 @@ mod tests {
                 encode_build_info(e, "mctc-x", "0.1.0");
             }
         }
-        let m = M(CounterFamily::default(), Counter::default(), Gauge::default());
+        let m = M(
+            CounterFamily::default(),
+            Counter::default(),
+            Gauge::default(),
+        );
         m.0.inc("bad \"pcr\"\n");
         m.0.inc("stale");
         m.0.inc("stale");
@@ -525,7 +537,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("mctc_x_refusals_total{reason=\"stale\"} 2"));
-        assert!(text.contains("# TYPE mctc_x_issued counter\nmctc_x_issued_total 3\n") || text.contains("mctc_x_issued_total 3"));
+        assert!(
+            text.contains("# TYPE mctc_x_issued counter\nmctc_x_issued_total 3\n")
+                || text.contains("mctc_x_issued_total 3")
+        );
         assert!(text.contains("mctc_x_leader 1"));
         assert!(text.contains("mctc_build_info{binary=\"mctc-x\",version=\"0.1.0\",git="));
         assert_eq!(text.matches("# EOF").count(), 1);
