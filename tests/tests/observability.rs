@@ -343,3 +343,111 @@ fn service_status_is_retained_with_a_last_will_and_devices_cannot_forge_it() {
             .is_some()
     );
 }
+
+/// Splits a native-protocol datagram into its fields.
+fn journal_fields(mut bytes: &[u8]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
+        let line = &bytes[..end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            out.push((
+                String::from_utf8_lossy(&line[..eq]).into_owned(),
+                String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+            ));
+            bytes = &bytes[end + 1..];
+        } else {
+            let rest = &bytes[end + 1..];
+            let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+            out.push((
+                String::from_utf8_lossy(line).into_owned(),
+                String::from_utf8_lossy(&rest[8..8 + len]).into_owned(),
+            ));
+            bytes = &rest[8 + len + 1..];
+        }
+    }
+    out
+}
+
+#[test]
+fn under_systemd_a_gate_closed_event_reaches_journald_with_priority_and_message_id() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixDatagram;
+    use std::sync::{Arc, Mutex};
+
+    let mut fleet = Fleet::new();
+    fleet.start_authority();
+    let mut device = fleet.device("obs-journal", "locker");
+    device.enroll();
+
+    // A journald of our own: every datagram kept, read as it comes so the
+    // agent never blocks on a full socket.
+    let journal_path = device.dir.path().join("journal.socket");
+    let journal = UnixDatagram::bind(&journal_path).unwrap();
+    let entries: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+    let sink = Arc::clone(&entries);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 17];
+        while let Ok(n) = journal.recv(&mut buf) {
+            sink.lock().unwrap().push(journal_fields(&buf[..n]));
+        }
+    });
+
+    // Started as systemd starts a service: JOURNAL_STREAM names its stderr.
+    let log = device.log_path();
+    std::fs::File::create(&log).unwrap();
+    let meta = std::fs::metadata(&log).unwrap();
+    let mut command = std::process::Command::new(mctc_tests::bin_path("mctc-agent").unwrap());
+    command
+        .args(["run", "--config", device.config.to_str().unwrap()])
+        .env("MCTC_LOG", "info")
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env(mctc_service::logging::JOURNAL_SOCKET_ENV, &journal_path);
+    device.agent = Some(mctc_tests::Proc::spawn_command("mctc-agent", command, &log).unwrap());
+    device.wait_open();
+
+    device
+        .swtpm
+        .extend_pcr(u32::from(MEASURED_PCR), b"tampered controller")
+        .unwrap();
+    let closed_id = mctc_service::logging::message_id("gate closed").unwrap();
+    let find = |message: &str| {
+        entries
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|e| {
+                e.iter()
+                    .any(|(k, v)| k == "MESSAGE" && v.starts_with(message))
+            })
+            .cloned()
+    };
+    assert!(
+        wait_until(PATIENCE, || find("gate closed").is_some()).is_some(),
+        "no gate-closed entry; the journal got: {:?}",
+        entries.lock().unwrap()
+    );
+    let closed = find("gate closed").unwrap();
+    let get = |k: &str| {
+        closed
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("PRIORITY").as_deref(), Some("4"), "{closed:?}");
+    assert_eq!(get("MESSAGE_ID").as_deref(), Some(closed_id), "{closed:?}");
+    assert_eq!(get("DEVICE").as_deref(), Some("obs-journal"), "{closed:?}");
+    assert_eq!(get("SYSLOG_IDENTIFIER").as_deref(), Some("mctc-agent"));
+    assert!(get("REASON").is_some(), "{closed:?}");
+    // The open gate logged at info, with its own id; routine lines have none.
+    let opened = find("gate opened").expect("gate opened entry");
+    assert!(opened.iter().any(|(k, v)| k == "PRIORITY" && v == "6"));
+    assert!(
+        opened
+            .iter()
+            .any(|(k, v)| k == "MESSAGE_ID" && v != closed_id)
+    );
+    let running = find("mctc-agent running").expect("start entry");
+    assert!(!running.iter().any(|(k, _)| k == "MESSAGE_ID"));
+    // Nothing went to stderr twice.
+    assert!(!device.log().contains("gate closed"), "{}", device.log());
+}
