@@ -282,6 +282,29 @@ key = "a.key"
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.enrollment.challenge_ttl_ms, 60_000);
         assert!(c.enrollment.ek_allow_sha256.is_empty());
+        assert_eq!(c.metrics, None, "no [metrics] table, nothing served");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_and_refuses_anything_else() {
+        let parse =
+            |extra: &str| Config::parse(Path::new("/a.toml"), &format!("{MINIMAL}\n{extra}\n"));
+        assert_eq!(
+            parse("[metrics]").unwrap().metrics,
+            Some(DEFAULT_METRICS_LISTEN)
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"[::1]:9000\"").unwrap().metrics,
+            Some("[::1]:9000".parse().unwrap())
+        );
+        for addr in ["0.0.0.0:9464", "192.0.2.1:9464", "[::]:9464"] {
+            let err = parse(&format!("[metrics]\nlisten = \"{addr}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("loopback"), "{addr}: {err}");
+        }
+        assert!(parse("[metrics]\nlisten = \"localhost:1\"").is_err());
+        assert!(parse("[metrics]\nport = 1").is_err());
     }
 
     #[test]
@@ -291,6 +314,7 @@ key = "a.key"
         assert_eq!(config.authority_id, "fleet-authority");
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.broker.keep_alive_secs, 15);
+        assert_eq!(config.metrics, Some(DEFAULT_METRICS_LISTEN));
         let policy = crate::policy::Policy::load(&configs.join("policy.toml")).unwrap();
         assert_eq!(policy.classes.keys().collect::<Vec<_>>(), ["locker", "pos"]);
         let locker = policy.class("locker").unwrap();

@@ -292,6 +292,10 @@ mod tests {
         assert_eq!(config.broker.url, "mqtts://broker.fleet.example:8883");
         // The example states every [ingest] key with its default value.
         assert_eq!(config.ingest, IngestSettings::default());
+        assert_eq!(
+            config.metrics_listen().unwrap(),
+            Some(DEFAULT_METRICS_LISTEN)
+        );
         let text = std::fs::read_to_string(path).unwrap();
         for key in [
             "client_id",
@@ -326,6 +330,22 @@ mod tests {
     fn defaults_fill_the_ingest_section() {
         let config = Config::parse(&minimal(), Path::new("t")).unwrap();
         assert_eq!(config.ingest, IngestSettings::default());
+        assert_eq!(config.metrics_listen().unwrap(), None);
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_and_refuses_anything_else() {
+        let parse = |extra: &str| Config::parse(&format!("{}{extra}\n", minimal()), Path::new("t"));
+        assert_eq!(
+            parse("[metrics]").unwrap().metrics_listen().unwrap(),
+            Some(DEFAULT_METRICS_LISTEN)
+        );
+        for addr in ["0.0.0.0:9465", "10.0.0.1:9465", "[::]:9465"] {
+            let err = parse(&format!("[metrics]\nlisten = \"{addr}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("loopback"), "{addr}: {err}");
+        }
     }
 
     #[test]

@@ -344,8 +344,11 @@ fn service_status_is_retained_with_a_last_will_and_devices_cannot_forge_it() {
     );
 }
 
+/// One journal entry: its fields in order.
+type Entry = Vec<(String, String)>;
+
 /// Splits a native-protocol datagram into its fields.
-fn journal_fields(mut bytes: &[u8]) -> Vec<(String, String)> {
+fn journal_fields(mut bytes: &[u8]) -> Entry {
     let mut out = Vec::new();
     while let Some(end) = bytes.iter().position(|&b| b == b'\n') {
         let line = &bytes[..end];
@@ -383,7 +386,7 @@ fn under_systemd_a_gate_closed_event_reaches_journald_with_priority_and_message_
     // agent never blocks on a full socket.
     let journal_path = device.dir.path().join("journal.socket");
     let journal = UnixDatagram::bind(&journal_path).unwrap();
-    let entries: Arc<Mutex<Vec<Vec<(String, String)>>>> = Arc::default();
+    let entries: Arc<Mutex<Vec<Entry>>> = Arc::default();
     let sink = Arc::clone(&entries);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 1 << 17];
