@@ -157,6 +157,17 @@ fn metrics_move_with_the_fleet_and_garbage_is_refused() {
     });
     assert!(!raw.permits());
 
+    // What a scrape costs (printed for the record, not asserted).
+    let start = std::time::Instant::now();
+    for _ in 0..100 {
+        scrape(authority);
+    }
+    eprintln!(
+        "100 authority scrapes: {:?} ({} bytes each)",
+        start.elapsed(),
+        scrape(authority).len()
+    );
+
     // The dashboard asks only for what the two services expose.
     let exposed_now = [scrape(authority), scrape(collector)];
     let bodies = [exposed_now[0].as_str(), exposed_now[1].as_str()];
