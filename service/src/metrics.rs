@@ -556,6 +556,24 @@ mod tests {
         assert_eq!(f.get("other"), 10);
     }
 
+    #[tokio::test]
+    async fn only_loopback_is_bound() {
+        for addr in ["0.0.0.0:0", "[::]:0", "192.0.2.1:9464"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            assert!(
+                matches!(
+                    MetricsServer::bind(addr).await,
+                    Err(MetricsError::NotLoopback { .. })
+                ),
+                "{addr}"
+            );
+        }
+        let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        assert_ne!(server.local_addr().unwrap().port(), 0);
+    }
+
     proptest! {
         #[test]
         fn never_panics_and_never_grants_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..10_000)) {
