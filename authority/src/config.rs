@@ -3,6 +3,7 @@
 //! Relative paths are taken relative to the directory of the configuration
 //! file, so a deployment directory can be moved as a whole.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mctc_service::BrokerConfig;
@@ -15,6 +16,10 @@ pub use crate::model::parse_sha256;
 
 /// Longest `authority_id` (the artifact's `iss`, shim limit).
 const MAX_AUTHORITY_ID_LEN: usize = mctc_shim::limits::MAX_AUTHORITY_ID_LEN;
+
+/// `/metrics` of an authority whose `[metrics]` table names no address.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
 
 /// The authority's configuration.
 #[derive(Debug, Clone)]
@@ -37,6 +42,9 @@ pub struct Config {
     pub enrollment: Enrollment,
     /// Input bounds.
     pub limits: Limits,
+    /// `[metrics] listen`: where `/metrics` is served (loopback only);
+    /// `None` without a `[metrics]` table.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// `[enrollment]`.
@@ -99,6 +107,8 @@ struct RawConfig {
     enrollment: RawEnrollment,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    metrics: Option<mctc_service::config::MetricsConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -227,6 +237,11 @@ impl Config {
                 challenge_ttl_ms: raw.enrollment.challenge_ttl_ms,
             },
             limits: raw.limits,
+            metrics: raw
+                .metrics
+                .map(|m| m.listen_or(DEFAULT_METRICS_LISTEN))
+                .transpose()
+                .map_err(|e| bad(e.to_string()))?,
         })
     }
 }
@@ -267,6 +282,29 @@ key = "a.key"
         assert_eq!(c.limits, Limits::default());
         assert_eq!(c.enrollment.challenge_ttl_ms, 60_000);
         assert!(c.enrollment.ek_allow_sha256.is_empty());
+        assert_eq!(c.metrics, None, "no [metrics] table, nothing served");
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_and_refuses_anything_else() {
+        let parse =
+            |extra: &str| Config::parse(Path::new("/a.toml"), &format!("{MINIMAL}\n{extra}\n"));
+        assert_eq!(
+            parse("[metrics]").unwrap().metrics,
+            Some(DEFAULT_METRICS_LISTEN)
+        );
+        assert_eq!(
+            parse("[metrics]\nlisten = \"[::1]:9000\"").unwrap().metrics,
+            Some("[::1]:9000".parse().unwrap())
+        );
+        for addr in ["0.0.0.0:9464", "192.0.2.1:9464", "[::]:9464"] {
+            let err = parse(&format!("[metrics]\nlisten = \"{addr}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("loopback"), "{addr}: {err}");
+        }
+        assert!(parse("[metrics]\nlisten = \"localhost:1\"").is_err());
+        assert!(parse("[metrics]\nport = 1").is_err());
     }
 
     #[test]
@@ -276,6 +314,7 @@ key = "a.key"
         assert_eq!(config.authority_id, "fleet-authority");
         assert_eq!(config.limits, Limits::default());
         assert_eq!(config.broker.keep_alive_secs, 15);
+        assert_eq!(config.metrics, Some(DEFAULT_METRICS_LISTEN));
         let policy = crate::policy::Policy::load(&configs.join("policy.toml")).unwrap();
         assert_eq!(policy.classes.keys().collect::<Vec<_>>(), ["locker", "pos"]);
         let locker = policy.class("locker").unwrap();

@@ -19,6 +19,8 @@ use std::time::Duration;
 
 use mctc_attest::verifier::{EkCaBundle, EkPolicy};
 use mctc_service::link::{Link, LinkEvent, LinkOptions, QoS};
+use mctc_service::metrics::MetricsServer;
+use mctc_service::status::{Instance, Role, State};
 use mctc_shim::DeviceId;
 use mctc_shim::topics::{self, DeviceTopic};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -29,6 +31,7 @@ use crate::engine::{Engine, EngineSettings, INPUT_TOPICS, max_input_len, topic_n
 use crate::error::Error;
 use crate::housekeeping::{HeartbeatSettings, Housekeeper, Wake};
 use crate::issuer::{Issuer, KeySigner};
+use crate::metrics::AuthorityMetrics;
 use crate::now::{Now, SystemClock};
 use crate::outbox::LinkPublisher;
 use crate::policy::Policy;
@@ -42,6 +45,9 @@ pub const SHARE_GROUP: &str = "mctc-authority";
 const ALIVE_WITHIN_MS: u64 = 15_000;
 /// How long queued publishes get to leave at shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How often a change of heartbeat leadership is looked for (to publish it
+/// in the retained status).
+const STATUS_CHECK: Duration = Duration::from_millis(500);
 
 struct Job {
     topic: DeviceTopic,
@@ -104,8 +110,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         None => random_hex(4)?,
     };
     let client_id = format!("mctc-authority-{instance}");
+    let metrics = Arc::new(AuthorityMetrics::default());
+    let status = Instance {
+        role: Role::Authority,
+        instance: instance.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: mctc_service::status::unix_now(),
+    };
     let holder = format!("{client_id}/{}/{}", std::process::id(), random_hex(4)?);
-    let mut options = LinkOptions::new(client_id.clone());
+    let mut options = status.with_last_will(LinkOptions::new(client_id.clone()));
     options.max_packet_bytes = config.limits.max_packet_bytes;
     options.request_capacity = config.limits.queue.max(256);
     options.event_capacity = 256;
@@ -131,7 +144,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             limits: config.limits,
             challenge_ttl_ms: config.enrollment.challenge_ttl_ms,
         };
-        let mut engine = Engine::new(engine_store, settings, SystemClock::of(&clock));
+        let mut engine = Engine::new(engine_store, settings, SystemClock::of(&clock))
+            .with_metrics(Arc::clone(&metrics));
         let publisher = publisher.clone();
         let alive = Arc::clone(&engine_alive);
         let clock = clock.clone();
@@ -165,12 +179,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             window_ms = settings.window_ms,
             "heartbeat settings"
         );
-        let house = Housekeeper::new(house_store, Arc::clone(&issuer), settings, clock.clone());
+        let house = Housekeeper::new(house_store, Arc::clone(&issuer), settings, clock.clone())
+            .with_metrics(Arc::clone(&metrics));
         let publisher = publisher.clone();
         let alive = Arc::clone(&house_alive);
         spawn("mctc-housekeeping", move || {
             house.run(&wake_queue, &publisher, &alive)
         })?
+    };
+
+    let serving = mctc_service::metrics::CancellationToken::new();
+    let metrics_task = match config.metrics {
+        None => None,
+        Some(addr) => {
+            let server = MetricsServer::bind(addr)
+                .await
+                .map_err(mctc_service::ServiceError::from)?;
+            let bound = server.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "metrics served on /metrics");
+            let metrics: Arc<dyn mctc_service::metrics::Metrics> = Arc::clone(&metrics) as _;
+            Some(tokio::spawn(server.serve(metrics, serving.clone())))
+        }
     };
 
     tracing::info!(
@@ -192,9 +221,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         config.limits.requests_per_minute,
     );
     let mut shutdown = std::pin::pin!(shutdown);
+    // What the retained status last said about leadership (None: nothing
+    // published in this session yet).
+    let mut said_leader: Option<bool> = None;
+    let mut status_tick = tokio::time::interval(STATUS_CHECK);
     let result = loop {
         tokio::select! {
             () = &mut shutdown => break Ok(()),
+            _ = status_tick.tick(), if said_leader.is_some() => {
+                let leader = metrics.heartbeat_leader.get() == 1;
+                if said_leader != Some(leader) {
+                    publish_status(&link, &status, State::Online, Some(leader));
+                    said_leader = Some(leader);
+                }
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let now = clock.refresh().boot_ms;
                 let fresh = |a: &AtomicU64| now.saturating_sub(a.load(Ordering::Relaxed)) < ALIVE_WITHIN_MS;
@@ -206,7 +246,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             }
             event = link.recv() => match event {
                 None => break Err(Error::Environment("the MQTT link stopped".into())),
-                Some(event) => dispatch(event, &jobs, &wake, &mut limiter, &clock),
+                Some(event) => {
+                    if matches!(event, LinkEvent::Connected { .. }) {
+                        // Every session: the Last Will may have replaced it.
+                        let leader = metrics.heartbeat_leader.get() == 1;
+                        publish_status(&link, &status, State::Online, Some(leader));
+                        said_leader = Some(leader);
+                    }
+                    dispatch(event, &jobs, &wake, &mut limiter, &clock, &metrics);
+                }
             },
         }
     };
@@ -216,8 +264,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = wake.send(Wake::Stop);
     join(engine).await;
     join(housekeeper).await;
+    serving.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    // A clean DISCONNECT discards the will: say `offline` ourselves.
+    publish_status(&link, &status, State::Offline, None);
     link.shutdown(SHUTDOWN_GRACE).await;
     result
+}
+
+/// Publishes the instance's retained status (QoS 1). Best effort: a full
+/// request queue drops it, and the next session or change publishes again.
+fn publish_status(link: &Link, status: &Instance, state: State, leader: Option<bool>) {
+    if let Err(e) = link.client().try_publish(
+        status.topic(),
+        QoS::AtLeastOnce,
+        true,
+        status.status(state, leader),
+    ) {
+        tracing::warn!(error = %e, "service status not published");
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, Error> {
@@ -241,6 +308,7 @@ fn dispatch(
     wake: &mpsc::Sender<Wake>,
     limiter: &mut RateLimiter,
     clock: &Now,
+    metrics: &AuthorityMetrics,
 ) {
     let (topic, payload, retain) = match event {
         LinkEvent::Message { topic, payload, .. }
@@ -275,12 +343,15 @@ fn dispatch(
     };
     let Some((kind, device)) = topics::parse(&topic).filter(|(k, _)| INPUT_TOPICS.contains(k))
     else {
+        metrics.inputs_dropped.inc("not-a-request-topic");
         tracing::info!(%topic, reason = "not a request topic", "input dropped");
         return;
     };
     // The sender's fault (a replay, too large, too often): info, as in the
     // engine. The queue's state is ours and logged louder below.
     let dropped = |reason: &str| {
+        let label = reason.split(':').next().unwrap_or(reason).replace(' ', "-");
+        metrics.inputs_dropped.inc(&label);
         tracing::info!(%device, topic = topic_name(kind), reason, "input dropped");
     };
     if retain {
@@ -309,6 +380,7 @@ fn dispatch(
     }) {
         Ok(()) => {}
         Err(TrySendError::Full(_)) => {
+            metrics.inputs_dropped.inc("queue-full");
             tracing::warn!(%device, topic = topic_name(kind), reason = "worker queue full", "input dropped");
         }
         Err(TrySendError::Disconnected(_)) => {

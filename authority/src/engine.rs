@@ -26,6 +26,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::config::Limits;
 use crate::issuer::{ArtifactFacts, Issuer, status_name};
+use crate::metrics::AuthorityMetrics;
 use crate::now::{Clock, Now, SystemClock};
 use crate::outbox::{Outgoing, Publisher, pump};
 use crate::policy::Policy;
@@ -155,6 +156,7 @@ pub struct Engine<S: Store, C: Clock = SystemClock> {
     /// The last message queued outbox rows.
     queued: bool,
     counters: EngineCounters,
+    metrics: Arc<AuthorityMetrics>,
 }
 
 fn random<const N: usize>(rng: &SystemRandom) -> Result<[u8; N], Dropped> {
@@ -173,7 +175,14 @@ impl<S: Store, C: Clock> Engine<S, C> {
             rng: SystemRandom::new(),
             queued: false,
             counters: EngineCounters::default(),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the daemon's `/metrics`) as well.
+    pub fn with_metrics(mut self, metrics: Arc<AuthorityMetrics>) -> Engine<S, C> {
+        self.metrics = metrics;
+        self
     }
 
     /// What went wrong so far, by owner.
@@ -187,9 +196,11 @@ impl<S: Store, C: Clock> Engine<S, C> {
         let topic = topic_name(topic);
         if failure.is_transient() {
             self.counters.transient_failures += 1;
+            self.metrics.transient_failures.inc();
             tracing::warn!(%device, topic, error = %failure, "input not handled: database busy, the device will ask again");
         } else {
             self.counters.failures += 1;
+            self.metrics.failures.inc();
             tracing::error!(%device, topic, error = %failure, "input not handled: the authority failed");
         }
     }
@@ -233,6 +244,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
             }
             Err(Dropped::Sender(reason)) => {
                 self.counters.sender_faults += 1;
+                self.metrics.sender_faults.inc();
                 tracing::info!(%device, topic = topic_name(topic), %reason, "input dropped");
             }
             Err(Dropped::Ours(failure)) => self.our_failure(device, topic, &failure),
@@ -247,6 +259,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
         reason: &str,
         now: &Now,
     ) -> Result<Vec<Outgoing>, Dropped> {
+        self.metrics.enrollments.inc(status.name());
         if status == EnrollStatus::Ok {
             tracing::info!(%device, verdict = "enrolled", "enrollment complete");
         } else {
@@ -354,6 +367,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
             Err(e) => {
                 tracing::error!(%device, error = %e, "credential not made");
                 self.counters.failures += 1;
+                self.metrics.failures.inc();
                 return refuse(self, EnrollStatus::Internal, "credential not made");
             }
         };
@@ -585,6 +599,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
                     now_ms: now.wall_ms,
                 };
                 let payload = self.settings.issuer.artifact(&artifact, class_policy)?;
+                self.metrics.artifacts_issued.inc();
                 tracing::info!(
                     %device, class, verdict = "affirmed", cti = %hex::encode(cti),
                     ttl_ms = class_policy.artifact_ttl_ms, "artifact issued"
@@ -602,9 +617,11 @@ impl<S: Store, C: Clock> Engine<S, C> {
                 ..
             } => {
                 let contained = attested.status == DeviceStatus::Contained;
+                self.metrics.refusals.inc(refusal.name());
                 tracing::warn!(%device, class, verdict = "refused", reason = %refusal, %detail, contained, "evidence refused");
                 if contain.is_some() && contained {
                     self.queued = true;
+                    self.metrics.containments.inc();
                     tracing::warn!(%device, class, reason = contain.as_deref().unwrap_or(""), "device contained automatically");
                 }
                 if let Some(stage) = &attested.stage_stopped {
@@ -763,6 +780,9 @@ mod tests {
         }
         fn fleet(&mut self) -> Result<FleetState, StoreError> {
             self.inner.fleet()
+        }
+        fn outbox_depth(&mut self) -> Result<u64, StoreError> {
+            self.inner.outbox_depth()
         }
         fn claim_outbox(
             &mut self,

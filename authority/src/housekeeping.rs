@@ -12,6 +12,7 @@ use mctc_shim::limits::MAX_REVOKED_PER_HEARTBEAT;
 use mctc_shim::topics::HEARTBEAT;
 
 use crate::issuer::Issuer;
+use crate::metrics::AuthorityMetrics;
 use crate::now::Now;
 use crate::outbox::{Outgoing, Publisher, broker_reply, pump};
 use crate::store::{Store, StoreError};
@@ -64,6 +65,7 @@ pub struct Housekeeper<S: Store> {
     clock: Now,
     /// Whether this instance held the lease at the last beat (for logs).
     leading: bool,
+    metrics: Arc<AuthorityMetrics>,
 }
 
 impl<S: Store> Housekeeper<S> {
@@ -80,7 +82,14 @@ impl<S: Store> Housekeeper<S> {
             heartbeat,
             clock,
             leading: false,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Reports leadership, heartbeat seq and outbox depth into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<AuthorityMetrics>) -> Housekeeper<S> {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until told to stop (or the sender is dropped), recording in
@@ -127,6 +136,13 @@ impl<S: Store> Housekeeper<S> {
                 if let Err(e) = pump(&mut self.store, &self.issuer, publisher, &now) {
                     store_failed(&e, "pump the outbox");
                 }
+                match self.store.outbox_depth() {
+                    Ok(n) => self
+                        .metrics
+                        .outbox_depth
+                        .set(i64::try_from(n).unwrap_or(i64::MAX)),
+                    Err(e) => store_failed(&e, "count the outbox"),
+                }
                 next_pump = now.boot_ms.saturating_add(PUMP_EVERY_MS);
             }
             if now.boot_ms >= next_sweep {
@@ -163,6 +179,7 @@ impl<S: Store> Housekeeper<S> {
                     );
                     self.leading = true;
                 }
+                self.metrics.heartbeat_leader.set(1);
                 state
             }
             Ok(None) => {
@@ -170,6 +187,7 @@ impl<S: Store> Housekeeper<S> {
                     tracing::info!("heartbeat lease held by another instance");
                     self.leading = false;
                 }
+                self.metrics.heartbeat_leader.set(0);
                 return;
             }
             Err(e) => {
@@ -183,6 +201,10 @@ impl<S: Store> Housekeeper<S> {
         {
             Ok(payload) => {
                 tracing::debug!(seq = state.seq, epoch = state.epoch, "heartbeat");
+                self.metrics.heartbeats.inc();
+                self.metrics
+                    .heartbeat_seq
+                    .set(i64::try_from(state.seq).unwrap_or(i64::MAX));
                 publisher.publish(Outgoing {
                     topic: HEARTBEAT.to_owned(),
                     payload,

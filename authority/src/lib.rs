@@ -13,7 +13,8 @@
 //! - [`store`]: the state, one atomic transaction per decision.
 //! - [`engine`]: the worker answering devices; [`housekeeping`]: heartbeat,
 //!   outbox, sweep; [`daemon`]: link, dispatch, threads, systemd.
-//! - [`issuer`]: everything the authority signs.
+//! - [`issuer`]: everything the authority signs; [`metrics`]: what
+//!   `/metrics` shows.
 //! - [`config`], [`policy`]: the two files; [`cli`]: the command line,
 //!   with the `policy` commands in [`policy_cli`]; [`backup`]: backup and
 //!   restore of the store.
@@ -27,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod housekeeping;
 pub mod issuer;
+pub mod metrics;
 pub mod model;
 pub mod now;
 pub mod outbox;

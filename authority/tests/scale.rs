@@ -188,8 +188,9 @@ async fn two_instances_share_the_load_without_double_issuing_a_nonce() {
 async fn one_instance_publishes_the_heartbeat_and_another_takes_over() {
     let mut fleet = Fleet::new();
     let mut monitor = fleet.client("mctc-monitor", &[HEARTBEAT]).await;
-    let first = fleet.start();
-    let second = fleet.start();
+    let observed = fleet.write_config("observed.toml", "[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    let first = fleet.start_with(&observed);
+    let second = fleet.start_with(&observed);
 
     // Over ~4 s: about one heartbeat a second, not two, strictly increasing.
     let mut seqs = Vec::new();
@@ -213,6 +214,20 @@ async fn one_instance_publishes_the_heartbeat_and_another_takes_over() {
     };
     assert!(fleet.log(leader).contains(taken));
     assert!(!fleet.log(follower).contains(taken), "only one leader");
+
+    // /metrics and the retained service status say the same.
+    let mut status = fleet
+        .client("mctc-monitor", &[mctc_service::status::ALL_STATUS_TOPICS])
+        .await;
+    assert_eq!(leader_gauge(&fleet, leader), 1, "{}", fleet.log(leader));
+    assert_eq!(leader_gauge(&fleet, follower), 0);
+    let says = statuses_until(&mut status, |s| {
+        said(s, &fleet, leader) == Some((true, true))
+            && said(s, &fleet, follower) == Some((true, false))
+    })
+    .await;
+    assert!(says.is_some(), "statuses never named the leader");
+
     fleet.kill(leader);
     let last = *seqs.last().unwrap();
     monitor.clear(HEARTBEAT);
@@ -231,4 +246,54 @@ async fn one_instance_publishes_the_heartbeat_and_another_takes_over() {
     eprintln!("heartbeat failover after {gap:?}");
     assert!(gap < Duration::from_millis(3000), "{gap:?}");
     assert!(fleet.log(follower).contains(taken));
+    // The new leader says so; the dead one's Last Will says it is gone.
+    let says = statuses_until(&mut status, |s| {
+        said(s, &fleet, leader) == Some((false, false))
+            && said(s, &fleet, follower) == Some((true, true))
+    })
+    .await;
+    assert!(says.is_some(), "statuses never followed the failover");
+    assert_eq!(leader_gauge(&fleet, follower), 1);
+}
+
+/// `mctc_authority_heartbeat_leader` of instance `index`, scraped.
+fn leader_gauge(fleet: &Fleet, index: usize) -> i64 {
+    let log = fleet.log(index);
+    let addr = mctc_tests::scrape::addr_from_log(&log).expect("metrics address");
+    let answer = mctc_tests::scrape::get_metrics(addr).expect("a scrape");
+    assert_eq!(answer.status, 200);
+    mctc_tests::scrape::value(&answer.body, "mctc_authority_heartbeat_leader", "") as i64
+}
+
+/// The latest status of each topic, as (online, leader).
+type Statuses = std::collections::HashMap<String, (bool, bool)>;
+
+/// (online, leader) of instance `index` in `statuses`.
+fn said(statuses: &Statuses, fleet: &Fleet, index: usize) -> Option<(bool, bool)> {
+    let log = fleet.log(index);
+    let instance = log
+        .split("client_id=\"mctc-authority-")
+        .nth(1)?
+        .split('"')
+        .next()?;
+    statuses
+        .get(&format!("mctc/v1/service/authority/{instance}/status"))
+        .copied()
+}
+
+/// Reads status messages until `done` holds for the latest of each topic
+/// (or 30 s pass).
+async fn statuses_until(client: &mut Client, done: impl Fn(&Statuses) -> bool) -> Option<Statuses> {
+    let mut latest = Statuses::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if done(&latest) {
+            return Some(latest);
+        }
+        if let Some((topic, payload, _)) = client.next(Duration::from_millis(200)).await {
+            let json: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+            latest.insert(topic, (json["state"] == "online", json["leader"] == true));
+        }
+    }
+    done(&latest).then_some(latest)
 }

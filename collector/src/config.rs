@@ -2,9 +2,11 @@
 //! and in the commented example `configs/collector.toml`. Unknown keys are
 //! errors (a typo must not silently fall back to a default).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use mctc_service::BrokerConfig;
+use mctc_service::config::MetricsConfig;
 use serde::Deserialize;
 
 use crate::admission::AdmissionConfig;
@@ -27,7 +29,14 @@ pub struct Config {
     /// `[ingest]`: tuning, all optional.
     #[serde(default)]
     pub ingest: IngestSettings,
+    /// `[metrics]`: serve `/metrics` (loopback only); absent, not served.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
 }
+
+/// `/metrics` of a collector whose `[metrics]` table names no address.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
 
 /// `[authority]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -221,7 +230,17 @@ impl Config {
                 return Err(bad("[ingest] client_id must be 1-64 bytes".into()));
             }
         }
+        config.metrics_listen().map_err(|e| bad(e.to_string()))?;
         Ok(config)
+    }
+
+    /// Where `/metrics` is served, if `[metrics]` is present.
+    pub fn metrics_listen(
+        &self,
+    ) -> Result<Option<SocketAddr>, mctc_service::metrics::MetricsError> {
+        self.metrics
+            .map(|m| m.listen_or(DEFAULT_METRICS_LISTEN))
+            .transpose()
     }
 
     /// Reads and parses `path`.
@@ -273,6 +292,10 @@ mod tests {
         assert_eq!(config.broker.url, "mqtts://broker.fleet.example:8883");
         // The example states every [ingest] key with its default value.
         assert_eq!(config.ingest, IngestSettings::default());
+        assert_eq!(
+            config.metrics_listen().unwrap(),
+            Some(DEFAULT_METRICS_LISTEN)
+        );
         let text = std::fs::read_to_string(path).unwrap();
         for key in [
             "client_id",
@@ -307,6 +330,22 @@ mod tests {
     fn defaults_fill_the_ingest_section() {
         let config = Config::parse(&minimal(), Path::new("t")).unwrap();
         assert_eq!(config.ingest, IngestSettings::default());
+        assert_eq!(config.metrics_listen().unwrap(), None);
+    }
+
+    #[test]
+    fn metrics_listen_defaults_to_loopback_and_refuses_anything_else() {
+        let parse = |extra: &str| Config::parse(&format!("{}{extra}\n", minimal()), Path::new("t"));
+        assert_eq!(
+            parse("[metrics]").unwrap().metrics_listen().unwrap(),
+            Some(DEFAULT_METRICS_LISTEN)
+        );
+        for addr in ["0.0.0.0:9465", "10.0.0.1:9465", "[::]:9465"] {
+            let err = parse(&format!("[metrics]\nlisten = \"{addr}\""))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("loopback"), "{addr}: {err}");
+        }
     }
 
     #[test]

@@ -30,6 +30,7 @@
 //!   sender's fault ([`IngestCounters`]).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
 use mctc_attest::verifier::AkPublic;
 use mctc_shim::limits::MAX_BATCH_LEN;
@@ -42,6 +43,7 @@ use mctc_shim::{AuthorityKey, DeviceId, Message, RingCrypto};
 use crate::alert::{self, ALERT_TOPIC, Coalescer, Due, Sighting};
 use crate::chain::{Fault, check_next};
 use crate::checkpoint::clock_regression;
+use crate::metrics::CollectorMetrics;
 use crate::receipt::{ReceiptFields, ReceiptSigner};
 use crate::registry::{RegistryEntry, verify_registry};
 use crate::store::{
@@ -329,6 +331,7 @@ pub struct Ingest<S: Store> {
     /// arrival order; bounded by [`RETRY_QUEUE`].
     retry: VecDeque<Retry>,
     counters: IngestCounters,
+    metrics: Arc<CollectorMetrics>,
 }
 
 /// The last anomaly ack sent to a device.
@@ -372,8 +375,16 @@ impl<S: Store> Ingest<S> {
             anomaly_acked: HashMap::new(),
             retry: VecDeque::new(),
             counters: IngestCounters::default(),
+            metrics: Arc::new(CollectorMetrics::new()),
             config,
         }
+    }
+
+    /// Counts accepted lineage, anomalies and lag into `metrics` (the
+    /// daemon's `/metrics`).
+    pub fn with_metrics(mut self, metrics: Arc<CollectorMetrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// What went wrong so far, by owner.
@@ -860,6 +871,9 @@ impl<S: Store> Ingest<S> {
         now_ms: u64,
         out: &mut Vec<Publish>,
     ) {
+        for new in &changes.anomalies {
+            self.metrics.anomalies.inc(new.kind.name());
+        }
         for (new, recorded) in changes.anomalies.iter().zip(recorded) {
             let sighting = match recorded {
                 Recorded::New(row) => Sighting {
@@ -1028,6 +1042,16 @@ impl<S: Store> Ingest<S> {
             pass.changes.head = Some(pass.head.clone());
         }
         let recorded = self.store.apply(device, &pass.changes, now_ms)?;
+        if let Some(newest) = pass.changes.records.last() {
+            self.metrics.batches_accepted.inc();
+            self.metrics
+                .records_accepted
+                .add(pass.changes.records.len() as u64);
+            let lag = newest.wall_ms.map_or(-1, |wall| {
+                i64::try_from(now_ms.saturating_sub(wall)).unwrap_or(i64::MAX)
+            });
+            self.metrics.record_age_ms.set(lag);
+        }
         self.publish_alerts(device, &pass.changes, &recorded, now_ms, out);
         // One line per batch, whether it extended the chain or was held
         // back until an earlier batch (maybe at another instance) lands.

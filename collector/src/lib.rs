@@ -10,6 +10,7 @@
 //!   per interval).
 //! - [`ingest`]: the sans-IO ingest core (messages in, receipts and alerts
 //!   out; `export` of a device's bundle from the store).
+//! - [`metrics`]: what `/metrics` shows.
 //! - [`receipt`]: the collector's own receipt key and what it signs.
 //! - [`store`]: the [`store::Store`] trait and its SQLite implementation.
 //! - [`verify`]: offline verification of a lineage bundle (read with the
@@ -27,6 +28,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod metrics;
 pub mod receipt;
 pub mod registry;
 pub mod service;

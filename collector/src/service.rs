@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use mctc_service::link::{Link, LinkEvent, LinkOptions, QoS};
+use mctc_service::metrics::{CancellationToken, MetricsServer};
+use mctc_service::status::{Instance, Role, State};
 use mctc_service::{clock, keys};
 use mctc_shim::topics::DeviceTopic;
 use mctc_shim::{AuthorityKey, DeviceId, RingCrypto};
@@ -32,6 +34,7 @@ use crate::admission::{Admission, DropReport, Verdict};
 use crate::config::{Backend, Config};
 use crate::error::{Error, WorkerError};
 use crate::ingest::{Ingest, IngestCounters, Publish};
+use crate::metrics::CollectorMetrics;
 use crate::receipt::ReceiptSigner;
 use crate::store::sqlite::SqliteStore;
 
@@ -44,6 +47,8 @@ enum Input {
     Message {
         topic: String,
         payload: Vec<u8>,
+        /// CLOCK_BOOTTIME ms when the edge received it (ingest lag).
+        arrived_ms: u64,
     },
     /// A lineage payload dropped at the edge for its size.
     Oversize {
@@ -116,13 +121,42 @@ pub fn open_ingest(config: &Config, instance: String) -> Result<Ingest<SqliteSto
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     let mut admission = Admission::new(config.ingest.admission_config());
     let instance = client_id(&config);
-    let ingest = open_ingest(&config, instance.clone())?;
+    let metrics = Arc::new(CollectorMetrics::new());
+    let ingest = open_ingest(&config, instance.clone())?.with_metrics(Arc::clone(&metrics));
     let receipt_key = keys::fingerprint(&ingest.receipt_key());
+    let status = Instance {
+        role: Role::Collector,
+        instance: status_instance(&instance),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        started: mctc_service::status::unix_now(),
+    };
+    let serving = CancellationToken::new();
+    let metrics_task = match config
+        .metrics_listen()
+        .map_err(mctc_service::ServiceError::from)?
+    {
+        None => None,
+        Some(addr) => {
+            let server = MetricsServer::bind(addr)
+                .await
+                .map_err(mctc_service::ServiceError::from)?;
+            let bound = server.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "metrics served on /metrics");
+            let exposed: Arc<dyn mctc_service::metrics::Metrics> = Arc::clone(&metrics) as _;
+            Some(tokio::spawn(server.serve(exposed, serving.clone())))
+        }
+    };
 
     let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (output_tx, mut output_rx) = mpsc::unbounded_channel::<Publish>();
     let stop = Arc::new(AtomicBool::new(false));
-    let worker = spawn_worker(ingest, input_rx, output_tx, stop.clone())?;
+    let worker = spawn_worker(
+        ingest,
+        input_rx,
+        output_tx,
+        stop.clone(),
+        Arc::clone(&metrics),
+    )?;
 
     let lineage = DeviceTopic::Lineage
         .shared_filter(&config.ingest.share_group)
@@ -130,7 +164,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             path: "[ingest] share_group".into(),
             reason: "does not make a valid shared subscription".into(),
         })?;
-    let mut options = LinkOptions::new(instance.clone())
+    let mut options = status
+        .with_last_will(LinkOptions::new(instance.clone()))
         .subscribe(lineage.as_str(), QoS::AtLeastOnce)
         // Not shared: every instance needs every registry record, and
         // brokers do not deliver retained messages to shared subscriptions.
@@ -167,11 +202,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 Some(LinkEvent::Message { topic, payload, .. }) => {
                     let (verdict, report) =
                         admission.admit(&topic, payload.len(), clock::boottime_ms());
+                    metrics.observe_drops(&admission.totals());
                     if let Some(report) = report {
                         log_drops(&report);
                     }
                     let input = match verdict {
-                        Verdict::Admit => Input::Message { topic, payload },
+                        Verdict::Admit => Input::Message {
+                            topic,
+                            payload,
+                            arrived_ms: clock::boottime_ms(),
+                        },
                         Verdict::Oversize { device, len } => Input::Oversize { device, len },
                         Verdict::Drop => continue,
                     };
@@ -179,7 +219,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                         break Err(WorkerError::Stopped.into());
                     }
                 }
-                Some(LinkEvent::Connected { .. }) => {}
+                // Every session: the Last Will may have replaced it.
+                Some(LinkEvent::Connected { .. }) => publish_status(&link, &status, State::Online),
                 // Logged once the broker granted the subscriptions, not at
                 // CONNACK: readers take this line as "lineage is heard".
                 Some(LinkEvent::Subscribed { session }) => {
@@ -195,6 +236,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 for report in admission.tick(clock::boottime_ms()) {
                     log_drops(&report);
                 }
+                metrics.observe_drops(&admission.totals());
                 // A full queue already means the worker is busy; skip.
                 let _ = input_tx.try_send(Input::Tick);
             }
@@ -218,6 +260,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     while let Ok(publish) = output_rx.try_recv() {
         send(&link, publish);
     }
+    serving.cancel();
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
+    // A clean DISCONNECT discards the will: say `offline` ourselves.
+    publish_status(&link, &status, State::Offline);
     link.shutdown(Duration::from_secs(2)).await;
     match joined {
         Ok(Ok(counters)) => {
@@ -270,11 +318,45 @@ fn send(link: &Link, publish: Publish) {
     }
 }
 
+/// The status topic's instance level: the client id when it is one (the
+/// default `mctc-collector-<hex>` is), else the client id with every other
+/// character replaced by `_`, cut to 32.
+fn status_instance(client_id: &str) -> String {
+    if mctc_service::status::valid_instance(client_id) {
+        return client_id.to_owned();
+    }
+    client_id
+        .chars()
+        .take(32)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Publishes the instance's retained status (QoS 1). Best effort: the next
+/// session publishes again.
+fn publish_status(link: &Link, status: &Instance, state: State) {
+    if let Err(error) = link.client().try_publish(
+        status.topic(),
+        QoS::AtLeastOnce,
+        true,
+        status.status(state, None),
+    ) {
+        tracing::warn!(%error, "service status not published");
+    }
+}
+
 fn spawn_worker(
     mut ingest: Ingest<SqliteStore>,
     mut input: mpsc::Receiver<Input>,
     output: mpsc::UnboundedSender<Publish>,
     stop: Arc<AtomicBool>,
+    metrics: Arc<CollectorMetrics>,
 ) -> Result<std::thread::JoinHandle<IngestCounters>, Error> {
     std::thread::Builder::new()
         .name("mctc-ingest".into())
@@ -286,8 +368,17 @@ fn spawn_worker(
                     break;
                 }
                 let publications = match next {
-                    Input::Message { topic, payload } => {
-                        ingest.handle(&topic, &payload, clock::wall_ms())
+                    Input::Message {
+                        topic,
+                        payload,
+                        arrived_ms,
+                    } => {
+                        let out = ingest.handle(&topic, &payload, clock::wall_ms());
+                        let lag = clock::boottime_ms().saturating_sub(arrived_ms);
+                        metrics
+                            .ingest_lag_ms
+                            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+                        out
                     }
                     Input::Oversize { device, len } => {
                         ingest.oversized(&device, len, clock::wall_ms())
@@ -298,6 +389,7 @@ fn spawn_worker(
                         Vec::new()
                     }
                 };
+                metrics.observe_counters(&ingest.counters());
                 for publish in publications {
                     if output.send(publish).is_err() {
                         return ingest.counters();

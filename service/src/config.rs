@@ -23,6 +23,33 @@ pub struct BrokerConfig {
     pub keep_alive_secs: u16,
 }
 
+/// `[metrics]` in the authority's and the collector's configuration: the
+/// table turns `/metrics` on; `listen` defaults to the binary's loopback
+/// port, and only a loopback address is accepted.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port`, e.g. `127.0.0.1:9464`.
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+impl MetricsConfig {
+    /// The address to serve on: `listen`, else `default`; refused unless
+    /// it is loopback.
+    pub fn listen_or(
+        self,
+        default: std::net::SocketAddr,
+    ) -> Result<std::net::SocketAddr, crate::metrics::MetricsError> {
+        let addr = self.listen.unwrap_or(default);
+        if addr.ip().is_loopback() {
+            Ok(addr)
+        } else {
+            Err(crate::metrics::MetricsError::NotLoopback { addr })
+        }
+    }
+}
+
 fn default_keep_alive() -> u16 {
     15
 }

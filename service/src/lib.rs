@@ -13,7 +13,9 @@
 //! - [`clock`]: CLOCK_BOOTTIME milliseconds (deadlines keep running across a
 //!   suspend, unlike `Instant`).
 //! - [`keys`]: the authority's Ed25519 keys as PEM (PKCS#8, SPKI) and fingerprints.
-//! - [`logging`]: one tracing setup for every binary.
+//! - [`logging`]: one tracing setup for every binary (journald-native under systemd).
+//! - [`metrics`]: OpenMetrics on `GET /metrics`, loopback only.
+//! - [`status`]: a fleet service instance's retained status and Last Will.
 //! - `sqlite` (feature `sqlite`): what a database failure means (transient
 //!   or our fault) and one way to open a store file.
 #![forbid(unsafe_code)]
@@ -26,10 +28,12 @@ pub mod files;
 pub mod keys;
 pub mod link;
 pub mod logging;
+pub mod metrics;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
 pub mod sqlite_backup;
+pub mod status;
 pub mod tls;
 
 pub use config::BrokerConfig;
@@ -56,6 +60,9 @@ pub enum ServiceError {
     /// The TLS configuration was rejected.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The metrics endpoint could not be started.
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
     /// The broker URL is not `mqtts://host:port`.
     #[error("broker url `{url}`: {reason}")]
     BrokerUrl { url: String, reason: String },

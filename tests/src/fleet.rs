@@ -165,6 +165,8 @@ challenge_ttl_ms = 20000
 [limits]
 request_burst = 50
 requests_per_minute = 6000
+[metrics]
+listen = "127.0.0.1:0"
 "#,
             key = path_str(&keys.join("authority.key")),
             db = path_str(&dir.path().join("authority.db")),
@@ -192,6 +194,8 @@ path = "{db}"
 gap_grace_ms = 2000
 [receipts]
 key = "{receipt_key}"
+[metrics]
+listen = "127.0.0.1:0"
 "#,
             url = broker.url(),
             ca = path_str(&collector.ca),
@@ -336,6 +340,17 @@ key = "{receipt_key}"
 
     pub fn collector_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("collector.log")).unwrap_or_default()
+    }
+
+    /// Where the running authority serves `/metrics` (an ephemeral
+    /// loopback port, read from its log).
+    pub fn authority_metrics(&self) -> std::net::SocketAddr {
+        crate::scrape::addr_from_log(&self.authority_log()).expect("authority metrics address")
+    }
+
+    /// Where the running collector serves `/metrics`.
+    pub fn collector_metrics(&self) -> std::net::SocketAddr {
+        crate::scrape::addr_from_log(&self.collector_log()).expect("collector metrics address")
     }
 
     /// A device with its own swtpm and configuration, registered in

@@ -14,6 +14,8 @@
 //! - `authority`, `collector` (feature `fixtures`): the fixtures of those
 //!   crates' integration tests (the real binaries, devices on swtpm, signed
 //!   registry records and lineage, bundles).
+//! - [`scrape`]: raw HTTP to the services' `/metrics` and the exposition
+//!   parsed.
 //! - [`mqtt`]: the one MQTT test client, blocking ([`mqtt::MqttClient`]) or
 //!   async ([`mqtt::Client`]), ready only once its subscriptions are granted.
 //!
@@ -39,6 +41,7 @@ pub mod mqtt;
 mod pki;
 mod ports;
 mod process;
+pub mod scrape;
 mod swtpm;
 mod tpm_wire;
 

@@ -421,6 +421,9 @@ pub trait Store: Send {
     /// Deletes published outbox rows.
     fn ack_outbox(&mut self, ids: &[i64]) -> Result<(), StoreError>;
 
+    /// Rows waiting in the outbox, claimed or not (for `/metrics`).
+    fn outbox_depth(&mut self) -> Result<u64, StoreError>;
+
     /// Queues again the latest control of every device that has one (same
     /// seq: a device that already has it ignores it as a replay). An outbox
     /// row is deleted once its message is handed to the MQTT client, which

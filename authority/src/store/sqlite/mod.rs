@@ -180,6 +180,10 @@ impl Store for SqliteStore {
         fleet::fleet(&mut self.conn)
     }
 
+    fn outbox_depth(&mut self) -> Result<u64, StoreError> {
+        outbox::depth(&self.conn)
+    }
+
     fn claim_outbox(
         &mut self,
         limit: usize,

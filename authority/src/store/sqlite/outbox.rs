@@ -50,6 +50,11 @@ pub(super) fn queue_control(
     Ok(seq)
 }
 
+/// Rows in the outbox.
+pub(super) fn depth(conn: &Connection) -> Result<u64, StoreError> {
+    Ok(conn.query_row("SELECT COUNT(*) FROM outbox", [], |r| r.get(0))?)
+}
+
 pub(super) fn queue_broker(
     tx: &Transaction<'_>,
     device: &str,
