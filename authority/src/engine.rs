@@ -1064,8 +1064,12 @@ mod tests {
         let mut rig = rig();
         enroll(&mut rig);
         let out = Recorder::default();
-        rig.engine
-            .handle(DeviceTopic::NonceRequest, &id(), &nonce_request(&id()), &out);
+        rig.engine.handle(
+            DeviceTopic::NonceRequest,
+            &id(),
+            &nonce_request(&id()),
+            &out,
+        );
         let answers = out.take();
         assert_eq!(answers.len(), 1, "one nonce");
         let nonce = messages::Nonce::decode(&answers[0].payload).unwrap();
@@ -1080,8 +1084,12 @@ mod tests {
         let mut policy = (*rig.engine.settings.policy).clone();
         policy.classes.remove("locker");
         rig.engine.settings.policy = Arc::new(policy);
-        rig.engine
-            .handle(DeviceTopic::NonceRequest, &id(), &nonce_request(&id()), &out);
+        rig.engine.handle(
+            DeviceTopic::NonceRequest,
+            &id(),
+            &nonce_request(&id()),
+            &out,
+        );
         assert!(out.take().is_empty(), "no nonce without the class");
         assert_eq!(rig.engine.counters().failures, 1);
         assert_eq!(rig.engine.counters().sender_faults, 0);

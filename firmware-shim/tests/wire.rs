@@ -793,9 +793,17 @@ fn nonce_pcr_selection_is_required_and_bounded() {
                 problem: Problem::OutOfRange,
             },
         };
-        assert_eq!(bad.encode(&mut buf).err(), Some(expected), "{alg:#x} {mask:#x}");
+        assert_eq!(
+            bad.encode(&mut buf).err(),
+            Some(expected),
+            "{alg:#x} {mask:#x}"
+        );
         let bytes = cbor::encode_unchecked(&bad);
-        assert_eq!(Nonce::decode(&bytes).err(), Some(expected), "{alg:#x} {mask:#x}");
+        assert_eq!(
+            Nonce::decode(&bytes).err(),
+            Some(expected),
+            "{alg:#x} {mask:#x}"
+        );
     }
 
     // An old authority's nonce: keys 0-3 only.
