@@ -95,6 +95,12 @@ pub enum Command {
     /// Lineage tools.
     #[command(subcommand)]
     Lineage(LineageCommand),
+    /// Check the configuration, files, modes, owners and certificates
+    /// offline (fast; systemd ExecStartPre=). Exit 0 if nothing failed.
+    CheckConfig(ConfigArg),
+    /// check-config, then the TPM, the enrolled AK and the broker
+    /// (TLS handshake and CONNACK). Exit 0 if nothing failed.
+    Doctor(ConfigArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -310,6 +316,20 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
             Ok(Outcome {
                 stdout,
                 code: if permit { 0 } else { 1 },
+            })
+        }
+        Command::CheckConfig(config) => {
+            let (report, _) = crate::checkup::check_config(&config.config);
+            Ok(Outcome {
+                stdout: report.render(),
+                code: report.exit_code(),
+            })
+        }
+        Command::Doctor(config) => {
+            let report = runtime()?.block_on(crate::checkup::doctor(&config.config));
+            Ok(Outcome {
+                stdout: report.render(),
+                code: report.exit_code(),
             })
         }
         Command::Lineage(LineageCommand::Export {

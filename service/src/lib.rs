@@ -14,11 +14,15 @@
 //!   suspend, unlike `Instant`).
 //! - [`keys`]: the authority's Ed25519 keys as PEM (PKCS#8, SPKI) and fingerprints.
 //! - [`logging`]: one tracing setup for every binary.
+//! - [`checkup`]: the report of `check-config`/`doctor` and the checks every
+//!   binary shares (broker CA, client certificate CN/expiry/chain, key match,
+//!   secret file modes, the broker handshake).
 //! - `sqlite` (feature `sqlite`): what a database failure means (transient
 //!   or our fault) and one way to open a store file.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod checkup;
 pub mod clock;
 pub mod config;
 pub mod dynsec;
