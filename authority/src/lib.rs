@@ -17,6 +17,7 @@
 //! - [`config`], [`policy`]: the two files; [`cli`]: the command line.
 #![forbid(unsafe_code)]
 
+pub mod checkup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

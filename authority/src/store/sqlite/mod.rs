@@ -37,7 +37,7 @@ use super::{
 use crate::model::{Decision, LearnedDigest, NonceCheck};
 use crate::now::{Deadline, Now};
 
-pub use schema::SCHEMA_VERSION;
+pub use schema::{SCHEMA, SCHEMA_VERSION};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {

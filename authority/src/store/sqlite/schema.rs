@@ -112,6 +112,6 @@ INSERT INTO outbox (kind, device, wall_ms) SELECT 3, id, added_ms FROM devices;
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The schema as the shared opener takes it.
-pub(super) const SCHEMA: Schema = Schema {
+pub const SCHEMA: Schema = Schema {
     migrations: MIGRATIONS,
 };
