@@ -170,6 +170,15 @@ fn root_does_not_leave_key_blobs_the_service_cannot_read() {
         );
     }
 
+    // The doctor as root touches nothing there either (no lock file, no
+    // TPM state): it says to run it as the service user.
+    let out = common::run("mctc-agent", &["doctor", "--config", config]);
+    assert!(
+        out.stdout.contains("sudo -u mctc mctc-agent doctor"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_dir(&state).unwrap().count(), 0, "{out:?}");
+
     let out = agent_as(SERVICE_UID, SERVICE_UID, &["identity", "--config", config]);
     assert_eq!(out.code, 0, "{out:?}");
     for entry in std::fs::read_dir(&state).unwrap() {
