@@ -118,8 +118,10 @@ fn state_dir(report: &mut Report, config: &Validated) {
         report.ok(format!("state directory {shown} private (mode 700)"));
     }
     match StateDir::open(dir).and_then(|s| Ok((s.enrollment()?, s.is_revoked()?))) {
-        Ok((_, true)) => report.fail(
-            "device is revoked (persisted)",
+        // A warning, not a failure: a revoked agent still starts (closed
+        // for good) so that the fleet sees its status.
+        Ok((_, true)) => report.warn(
+            "device is revoked (persisted): the gate stays closed",
             "only re-provisioning clears it: mctc-agent enroll --reprovision after the fleet manager restores the device",
         ),
         Ok((Some(e), false)) => report.ok(format!("enrolled (AK name {}…)", short(&e.ak_name))),
