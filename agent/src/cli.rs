@@ -28,15 +28,19 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct ConfigArg {
     /// The agent configuration file (TOML; see configs/agent.toml).
-    #[arg(long, value_name = "FILE", default_value = "/etc/mctc/agent.toml")]
+    #[arg(long, value_name = "FILE", default_value = config::DEFAULT_CONFIG)]
     pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
 pub struct SocketArgs {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// The gate socket (default: `gate.socket` from the configuration).
+    /// The agent configuration file, read only to find `gate.socket`.
+    /// Without `--config` and `--socket`: /etc/mctc/agent.toml if this user
+    /// may read it, otherwise the default socket /run/mctc/gate.sock (so a
+    /// member of `mctc-gate` needs no access to the 0640 configuration).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The gate socket; the configuration is then not read at all.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Print the answer as JSON.
@@ -91,6 +95,12 @@ pub enum Command {
     /// Lineage tools.
     #[command(subcommand)]
     Lineage(LineageCommand),
+    /// Check the configuration, files, modes, owners and certificates
+    /// offline (fast; systemd ExecStartPre=). Exit 0 if nothing failed.
+    CheckConfig(ConfigArg),
+    /// check-config, then the TPM, the enrolled AK and the broker
+    /// (TLS handshake and CONNACK). Exit 0 if nothing failed.
+    Doctor(ConfigArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,11 +141,59 @@ fn runtime() -> Result<tokio::runtime::Runtime, AgentError> {
         .map_err(|e| AgentError::Startup(format!("tokio runtime: {e}")))
 }
 
+/// Where `status` and `authorize` connect. The gate socket is the only
+/// thing they need, so the configuration (0640, root:mctc) is read only
+/// when it has to be: never with `--socket`, and without `--config` only if
+/// the default file can be read at all (a `mctc-gate` member cannot).
 fn socket_path(args: &SocketArgs) -> Result<PathBuf, AgentError> {
-    match &args.socket {
-        Some(path) => Ok(path.clone()),
-        None => Ok(load(&args.config)?.raw.gate.socket),
+    if let Some(path) = &args.socket {
+        return Ok(path.clone());
     }
+    if let Some(config) = &args.config {
+        return Ok(config::load(config)?.raw.gate.socket);
+    }
+    let default = PathBuf::from(config::DEFAULT_CONFIG);
+    match std::fs::File::open(&default) {
+        Ok(_) => Ok(config::load(&default)?.raw.gate.socket),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound
+            ) =>
+        {
+            Ok(PathBuf::from(config::DEFAULT_SOCKET))
+        }
+        Err(e) => Err(AgentError::Io {
+            what: "read",
+            path: default,
+            source: e,
+        }),
+    }
+}
+
+/// Refuses to run as root against a state directory another user owns
+/// (DESIGN: `mctc-agent identity` as root once left a root-owned 0600 AK
+/// blob the `mctc` service could not read). A missing directory is fine:
+/// whoever creates it owns it. Dropping privileges instead would need
+/// setuid in a multi-threaded process (the TPM worker, tokio), which
+/// cannot be done safely without `unsafe`; a clear refusal can.
+pub fn refuse_root_on_foreign_state(
+    config: &Validated,
+    command: &'static str,
+) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = config.state_dir();
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if rustix::process::geteuid().is_root() && meta.uid() != 0 {
+        return Err(AgentError::WrongUser {
+            state_dir: dir.to_path_buf(),
+            owner: meta.uid(),
+            command,
+        });
+    }
+    Ok(())
 }
 
 /// Runs a parsed command.
@@ -143,6 +201,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
     match cli.command {
         Command::Run(config) => {
             let config = load(&config)?;
+            refuse_root_on_foreign_state(&config, "run")?;
             runtime()?.block_on(daemon::run(config, daemon::signals()))?;
             Ok(Outcome {
                 stdout: String::new(),
@@ -155,6 +214,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
             timeout,
         } => {
             let config = load(&config)?;
+            refuse_root_on_foreign_state(&config, "enroll")?;
             let clock = crate::clock::BootClock {
                 wall_trusted: config.raw.attestation.wall_clock_trusted,
             };
@@ -176,6 +236,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
         }
         Command::Identity { config, json } => {
             let config = load(&config)?;
+            refuse_root_on_foreign_state(&config, "identity")?;
             let report = runtime()?.block_on(enroll::identity(&config))?;
             let stdout = if json {
                 serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"
@@ -255,6 +316,20 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
             Ok(Outcome {
                 stdout,
                 code: if permit { 0 } else { 1 },
+            })
+        }
+        Command::CheckConfig(config) => {
+            let (report, _) = crate::checkup::check_config(&config.config);
+            Ok(Outcome {
+                stdout: report.render(),
+                code: report.exit_code(),
+            })
+        }
+        Command::Doctor(config) => {
+            let report = runtime()?.block_on(crate::checkup::doctor(&config.config));
+            Ok(Outcome {
+                stdout: report.render(),
+                code: report.exit_code(),
             })
         }
         Command::Lineage(LineageCommand::Export {

@@ -181,8 +181,14 @@ pub struct GateSection {
     pub fresh_request_timeout_ms: u64,
 }
 
+/// The configuration file the commands read by default.
+pub const DEFAULT_CONFIG: &str = "/etc/mctc/agent.toml";
+/// `gate.socket` when the configuration does not set it (and where
+/// `status`/`authorize` connect when they may not read the configuration).
+pub const DEFAULT_SOCKET: &str = "/run/mctc/gate.sock";
+
 fn default_socket() -> PathBuf {
-    PathBuf::from("/run/mctc/gate.sock")
+    PathBuf::from(DEFAULT_SOCKET)
 }
 fn default_max_connections() -> usize {
     64

@@ -121,10 +121,7 @@ pub async fn run(
         tracing::warn!("the TPM's AK is not the enrolled one: run `mctc-agent enroll` again");
     }
     let boot = CurrentBoot::new(tpm.boot_counters().await?);
-    let platform = TpmPlatform {
-        tpm: tpm.clone(),
-        selection: config.attest_pcrs,
-    };
+    let platform = TpmPlatform { tpm: tpm.clone() };
     let measured = MeasuredFiles::start(
         config.raw.measured.pcr,
         &config.raw.measured.files,

@@ -224,7 +224,11 @@ mod tests {
     struct Unplugged(Arc<AtomicBool>, bool);
 
     impl Platform for Unplugged {
-        async fn quote(&self, _qualifying_data: [u8; 32]) -> Result<Quote, PlatformError> {
+        async fn quote(
+            &self,
+            _qualifying_data: [u8; 32],
+            _selection: PcrSelection,
+        ) -> Result<Quote, PlatformError> {
             unreachable!("the drift check does not quote")
         }
 

@@ -63,6 +63,17 @@ pub enum AgentError {
     /// The daemon could not set itself up (runtime, threads, signals).
     #[error("{0}")]
     Startup(String),
+    /// Run as root against a state directory the service user owns: the
+    /// files it would create (the TPM-wrapped AK blob, 0600) would be
+    /// root's, and the daemon could not read them.
+    #[error(
+        "state directory {state_dir} belongs to uid {owner}, not root: files created as root would be unreadable to the service; run it as that user (e.g. `sudo -u mctc mctc-agent {command} …`)"
+    )]
+    WrongUser {
+        state_dir: PathBuf,
+        owner: u32,
+        command: &'static str,
+    },
 }
 
 impl From<ExportError> for AgentError {

@@ -12,11 +12,13 @@
 //! - [`lineage`]: the durable log, its writer thread (group commit,
 //!   checkpoints), forwarding to the collector, bundle export.
 //! - [`enroll`]: enrollment and identity.
+//! - [`checkup`]: `check-config` and `doctor`.
 //! - [`state`]: what persists between runs (never an open gate).
 //! - [`platform`], [`outbox`], [`clock`]: the seams to the TPM, the broker
 //!   and time (traits, so tests can drive time).
 #![forbid(unsafe_code)]
 
+pub mod checkup;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -125,11 +125,12 @@ pub struct Observation {
 }
 
 pub trait Platform: Clone + Send + Sync + 'static {
-    /// `TPM2_Quote` by the AK over the attestation PCRs with
-    /// `qualifying_data`.
+    /// `TPM2_Quote` by the AK over `selection` (the PCRs the authority
+    /// asked for) with `qualifying_data`.
     fn quote(
         &self,
         qualifying_data: [u8; 32],
+        selection: PcrSelection,
     ) -> impl Future<Output = Result<Quote, PlatformError>> + Send;
 
     /// Reads `selection` and the boot counters.
@@ -150,8 +151,6 @@ pub trait Platform: Clone + Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct TpmPlatform {
     pub tpm: Tpm,
-    /// The attestation PCRs.
-    pub selection: mctc_attest::PcrSelection,
 }
 
 /// The attest crate's selection for a shim selection (SHA-256 bank).
@@ -178,10 +177,12 @@ impl Platform for TpmPlatform {
     fn quote(
         &self,
         qualifying_data: [u8; 32],
+        selection: PcrSelection,
     ) -> impl Future<Output = Result<Quote, PlatformError>> + Send {
         let tpm = self.tpm.clone();
-        let selection = self.selection;
         async move {
+            let selection =
+                attest_selection(selection).map_err(PlatformError::tpm(PlatformOp::Quote))?;
             let evidence = tpm
                 .quote(qualifying_data.to_vec(), selection)
                 .await

@@ -82,6 +82,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check the configuration, key, policy, database and certificates
+    /// offline (fast; systemd ExecStartPre=). Exit 0 if nothing failed.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// check-config, then the broker (TLS handshake and CONNACK) and
+    /// whether the policy covers each class's PCR selection.
+    Doctor {
+        /// Configuration file.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Inspect the policy; learn, forget and stage accepted values.
     Policy {
         /// Configuration file.
@@ -205,6 +219,25 @@ pub fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Backup { config, out, json } => backup(&config, &out, json),
         Command::Restore { config, from, json } => restore(&config, &from, json),
+        Command::CheckConfig { config } => report(crate::checkup::check_config(&config).0),
+        Command::Doctor { config } => {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::Environment(format!("cannot start the async runtime: {e}")))?;
+            report(runtime.block_on(crate::checkup::doctor(&config)))
+        }
+    }
+}
+
+/// Prints a check report; a failed check is exit 1 (`ExecStartPre=` then
+/// keeps the service from starting).
+fn report(report: mctc_service::checkup::Report) -> Result<(), Error> {
+    print!("{}", report.render());
+    if report.passed() {
+        Ok(())
+    } else {
+        Err(Error::Refused("a check failed".into()))
     }
 }
 

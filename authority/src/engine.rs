@@ -19,7 +19,7 @@ use mctc_shim::messages::{
     NonceRequest, enroll_proof,
 };
 use mctc_shim::topics::DeviceTopic;
-use mctc_shim::tpm::BootCounters;
+use mctc_shim::tpm::{BootCounters, PcrSelection};
 use mctc_shim::wire::{Bstr, Bytes, Version};
 use mctc_shim::{DeviceId, Message, RingCrypto};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -489,8 +489,8 @@ impl<S: Store, C: Clock> Engine<S, C> {
             limits.max_outstanding_nonces,
             now,
         )?;
-        match grant {
-            NonceGrant::Issued => {}
+        let class = match grant {
+            NonceGrant::Issued { class } => class,
             NonceGrant::Unknown => return Err(Dropped::sender("device is not registered")),
             NonceGrant::NotEnrolled => return Err(Dropped::sender("device has not enrolled")),
             NonceGrant::NotActive(status) => {
@@ -499,16 +499,29 @@ impl<S: Store, C: Clock> Engine<S, C> {
                     status_name(status)
                 )));
             }
-        }
+        };
+        // The device quotes what its class's policy judges, whatever its own
+        // configuration lists; `evaluate` refuses any other selection. A
+        // class the policy lost (or an invalid selection) gets no nonce: the
+        // evidence could only be refused.
+        let selection = self
+            .settings
+            .policy
+            .class(&class)
+            .map(|c| PcrSelection::sha256(c.mask()))
+            .filter(|s| s.validate().is_ok())
+            .ok_or(Dropped::Ours(Failure::Policy(class)))?;
         let message = Nonce {
             v: Version::default(),
             nonce: Bytes(nonce),
             purpose: request.purpose,
             expires_in_ms: u32::try_from(limits.nonce_ttl_ms).unwrap_or(u32::MAX),
+            pcr_alg: selection.alg,
+            pcr_mask: selection.mask,
         };
         let mut buf = [0u8; MAX_SMALL_MESSAGE_LEN];
         let bytes = message.encode(&mut buf)?;
-        tracing::debug!(%device, purpose = ?request.purpose, "nonce issued");
+        tracing::debug!(%device, purpose = ?request.purpose, pcr_mask = selection.mask, "nonce issued");
         Ok(vec![Outgoing {
             topic: DeviceTopic::Nonce.topic(device).to_string(),
             payload: bytes.to_vec(),
@@ -1105,6 +1118,46 @@ mod tests {
         SignedRefusal::open(&answers[0].payload, &rig.keys, &RingCrypto)
             .unwrap()
             .reason
+    }
+
+    /// The nonce names the PCRs of the device's class (from the policy),
+    /// not anything the device chose; a class the policy no longer has
+    /// gets no nonce at all (the evidence could only be refused), counted
+    /// as our failure, not the device's.
+    #[test]
+    fn the_nonce_carries_the_class_pcr_selection() {
+        let mut rig = rig();
+        enroll(&mut rig);
+        let out = Recorder::default();
+        rig.engine.handle(
+            DeviceTopic::NonceRequest,
+            &id(),
+            &nonce_request(&id()),
+            &out,
+        );
+        let answers = out.take();
+        assert_eq!(answers.len(), 1, "one nonce");
+        let nonce = messages::Nonce::decode(&answers[0].payload).unwrap();
+        let locker = rig.engine.settings.policy.class("locker").unwrap();
+        assert_eq!(nonce.pcr_alg, mctc_shim::tpm::TPM_ALG_SHA256);
+        assert_eq!(nonce.pcr_mask, locker.mask());
+        assert_eq!(
+            nonce.pcr_selection().indices().collect::<Vec<_>>(),
+            locker.pcrs
+        );
+
+        let mut policy = (*rig.engine.settings.policy).clone();
+        policy.classes.remove("locker");
+        rig.engine.settings.policy = Arc::new(policy);
+        rig.engine.handle(
+            DeviceTopic::NonceRequest,
+            &id(),
+            &nonce_request(&id()),
+            &out,
+        );
+        assert!(out.take().is_empty(), "no nonce without the class");
+        assert_eq!(rig.engine.counters().failures, 1);
+        assert_eq!(rig.engine.counters().sender_faults, 0);
     }
 
     /// Deadlines follow the engine's clock, not the host's: a nonce answered

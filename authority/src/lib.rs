@@ -21,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod backup;
+pub mod checkup;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -25,6 +25,7 @@ pub mod admission;
 pub mod alert;
 pub mod chain;
 pub mod checkpoint;
+pub mod checkup;
 pub mod config;
 pub mod error;
 pub mod ingest;

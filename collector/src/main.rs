@@ -77,6 +77,19 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         from: PathBuf,
     },
+    /// Check the configuration, keys, database and certificates offline
+    /// (fast; systemd ExecStartPre=). Exit 0 if nothing failed, else 1.
+    CheckConfig {
+        /// The configuration file (TOML).
+        #[arg(long, value_name = "FILE", default_value = "/etc/mctc/collector.toml")]
+        config: PathBuf,
+    },
+    /// check-config, then the broker (TLS handshake and CONNACK).
+    Doctor {
+        /// The configuration file (TOML).
+        #[arg(long, value_name = "FILE", default_value = "/etc/mctc/collector.toml")]
+        config: PathBuf,
+    },
     /// Verify an exported lineage bundle offline (no database, no network).
     /// Exit 0 only if every record chains and every quote verifies, and,
     /// with --collector-key, the bundle reaches its receipt's seq and hash.
@@ -121,6 +134,18 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(&config),
         Command::Keygen { out } => keygen(&out),
+        Command::CheckConfig { config } => {
+            report(&mctc_collector::checkup::check_config(&config).0)
+        }
+        Command::Doctor { config } => {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => report(&runtime.block_on(mctc_collector::checkup::doctor(&config))),
+                Err(e) => fail(&Error::Runtime(e)),
+            }
+        }
         Command::Export {
             device,
             config,
@@ -200,6 +225,12 @@ fn restore(config: &Path, from: &Path) -> ExitCode {
         }
         Err(e) => fail_backup(e),
     }
+}
+
+/// Prints a check report: exit 0 if nothing failed, 1 otherwise.
+fn report(report: &mctc_service::checkup::Report) -> ExitCode {
+    print!("{}", report.render());
+    ExitCode::from(report.exit_code())
 }
 
 fn fail(error: &Error) -> ExitCode {

@@ -181,7 +181,14 @@ wire_message!(NonceRequest, MessageKind::NonceRequest);
 wire_map! {
     /// Authority → agent on `dev/{dev}/nonce`. Unsigned: a forged nonce
     /// only makes the device's evidence fail at the authority, which checks
-    /// the nonce against those it issued.
+    /// the nonce against those it issued, and the PCR selection against
+    /// the device's class.
+    ///
+    /// The authority names the PCRs to quote (its policy for the device's
+    /// class), so a device's configuration cannot drift from the policy.
+    /// Keys `4` and `5` are required: a nonce from an authority that does
+    /// not send them does not decode (an old peer fails closed), and an old
+    /// device refuses the unknown keys.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     pub struct Nonce {
         /// Key `0`: wire version (1).
@@ -192,9 +199,31 @@ wire_map! {
         2 => purpose: NoncePurpose,
         /// Key `3`: how long the authority accepts evidence for it.
         3 => expires_in_ms: u32,
+        /// Key `4`: PCR bank to quote: `TPM_ALG_SHA256` (0x000B).
+        4 => pcr_alg: u16,
+        /// Key `5`: PCRs to quote, bit `i` = PCR `i` (bits 0–23, at least
+        /// one).
+        5 => pcr_mask: u32,
     }
+    check = check_nonce;
 }
 wire_message!(Nonce, MessageKind::Nonce);
+
+impl Nonce {
+    /// The PCR selection the authority asks the quote to cover.
+    pub const fn pcr_selection(&self) -> PcrSelection {
+        PcrSelection {
+            alg: self.pcr_alg,
+            mask: self.pcr_mask,
+        }
+    }
+}
+
+/// An empty selection, one outside PCRs 0–23 or another bank is refused:
+/// the device would quote nothing the policy can judge.
+fn check_nonce(n: &Nonce) -> Result<(), Invalid> {
+    n.pcr_selection().validate()
+}
 
 wire_map! {
     /// Agent → authority on `dev/{dev}/evidence`: a TPM quote over the

@@ -119,6 +119,8 @@ fn every_unsigned_message_round_trips_exactly() {
                 nonce: Bytes(NONCE),
                 purpose,
                 expires_in_ms: 30_000,
+                pcr_alg: 0x000b,
+                pcr_mask: 0x00_4081,
             },
             &mut buf,
         );
@@ -754,4 +756,76 @@ fn the_largest_message_of_every_kind_fits_its_limit() {
         assert!(*len <= kind.max_len(), "{kind}: {len} > {}", kind.max_len());
         println!("largest {kind}: {len} bytes (limit {})", kind.max_len());
     }
+}
+
+/// The authority names the PCRs a device quotes; a selection that is empty,
+/// reaches past PCR 23 or names another bank is refused on both sides, and
+/// a nonce from an authority that does not send one (an old peer) does not
+/// decode: the device never quotes a selection nobody chose.
+#[test]
+fn nonce_pcr_selection_is_required_and_bounded() {
+    let mut buf = vec![0u8; BIG];
+    let good = Nonce {
+        v: Version::CURRENT,
+        nonce: Bytes(NONCE),
+        purpose: NoncePurpose::Renew,
+        expires_in_ms: 30_000,
+        pcr_alg: TPM_ALG_SHA256,
+        pcr_mask: 1 << 23,
+    };
+    assert_eq!(good.pcr_selection().indices().collect::<Vec<_>>(), [23]);
+    round_trip(&good, &mut buf);
+    for (alg, mask, field) in [
+        (TPM_ALG_SHA256, 0, "pcr_mask"),
+        (TPM_ALG_SHA256, 1 << 24, "pcr_mask"),
+        (TPM_ALG_SHA256, 0x8000_0001, "pcr_mask"),
+        (0x0004, 1, "pcr_alg"),
+    ] {
+        let bad = Nonce {
+            pcr_alg: alg,
+            pcr_mask: mask,
+            ..good
+        };
+        let expected = Error::Invalid {
+            kind: MessageKind::Nonce,
+            invalid: Invalid {
+                field,
+                problem: Problem::OutOfRange,
+            },
+        };
+        assert_eq!(
+            bad.encode(&mut buf).err(),
+            Some(expected),
+            "{alg:#x} {mask:#x}"
+        );
+        let bytes = cbor::encode_unchecked(&bad);
+        assert_eq!(
+            Nonce::decode(&bytes).err(),
+            Some(expected),
+            "{alg:#x} {mask:#x}"
+        );
+    }
+
+    // An old authority's nonce: keys 0-3 only.
+    let mut old = Vec::new();
+    cbor::head(5, 4, &mut old);
+    cbor::head(0, 0, &mut old);
+    cbor::head(0, 1, &mut old);
+    cbor::head(0, 1, &mut old);
+    cbor::bstr(&NONCE, &mut old);
+    cbor::head(0, 2, &mut old);
+    cbor::head(0, 1, &mut old);
+    cbor::head(0, 3, &mut old);
+    cbor::head(0, 30_000, &mut old);
+    assert!(Nonce::decode(&old).is_err());
+    // The same keys plus the selection decode: only the selection was
+    // missing.
+    let mut new = Vec::new();
+    cbor::head(5, 6, &mut new);
+    new.extend_from_slice(&old[1..]);
+    cbor::head(0, 4, &mut new);
+    cbor::head(0, u64::from(TPM_ALG_SHA256), &mut new);
+    cbor::head(0, 5, &mut new);
+    cbor::head(0, 1 << 23, &mut new);
+    assert_eq!(Nonce::decode(&new), Ok(good));
 }

@@ -203,6 +203,8 @@ fn messages(ak: &FixedAk) -> Vec<Seed> {
         nonce: Bytes(NONCE),
         purpose: NoncePurpose::FreshOp,
         expires_in_ms: 30_000,
+        pcr_alg: 0x000b,
+        pcr_mask: 0x00_4081,
     };
     let ack = LineageAck {
         v: Version::CURRENT,

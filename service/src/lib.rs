@@ -16,11 +16,15 @@
 //! - [`logging`]: one tracing setup for every binary (journald-native under systemd).
 //! - [`metrics`]: OpenMetrics on `GET /metrics`, loopback only.
 //! - [`status`]: a fleet service instance's retained status and Last Will.
+//! - [`checkup`]: the report of `check-config`/`doctor` and the checks every
+//!   binary shares (broker CA, client certificate CN/expiry/chain, key match,
+//!   secret file modes, the broker handshake).
 //! - `sqlite` (feature `sqlite`): what a database failure means (transient
 //!   or our fault) and one way to open a store file.
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod checkup;
 pub mod clock;
 pub mod config;
 pub mod dynsec;

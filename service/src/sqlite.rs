@@ -248,6 +248,46 @@ impl fmt::Display for Fault {
     }
 }
 
+/// `check-config`: the store at `path` opens (read-only: nothing is
+/// created or migrated by a check), is private, and is at `schema`'s
+/// version or one this binary migrates on start.
+pub fn check_database(report: &mut crate::checkup::Report, path: &Path, schema: &Schema) {
+    let expected = i64::try_from(schema.migrations.len()).unwrap_or(i64::MAX);
+    let shown = path.display();
+    if !path.exists() {
+        report.warn(
+            format!("database {shown} does not exist yet"),
+            "it is created (0600) on the first start; check that its directory is writable by the service user",
+        );
+        return;
+    }
+    crate::checkup::secret_file(report, "database", path);
+    let version = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|conn| {
+            conn.busy_timeout(BUSY_TIMEOUT)?;
+            conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0))
+        });
+    match version {
+        Ok(found) if found == expected => {
+            report.ok(format!("database {shown} opens at schema version {found}"));
+        }
+        Ok(found) if found < expected => report.warn(
+            format!("database {shown} is at schema version {found}, this binary's is {expected}"),
+            "it is migrated on the next start (take a backup first)",
+        ),
+        Ok(found) => report.fail(
+            format!(
+                "database {shown} is at schema version {found}, newer than this binary's {expected}"
+            ),
+            "run the newer binary, or restore a backup made for this version",
+        ),
+        Err(e) => report.fail(
+            format!("database {shown} does not open: {e}"),
+            "check the file (is it an SQLite database? readable by the service user?)",
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -91,6 +91,22 @@ impl Pki {
         self.issue(common_name, params)
     }
 
+    /// A client certificate for `common_name` that expired yesterday (for
+    /// `check-config`'s expiry check).
+    pub fn expired_client(&self, common_name: &str) -> Result<CertFiles, HarnessError> {
+        let mut params =
+            CertificateParams::new(Vec::<String>::new()).map_err(rcgen_err("client params"))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = std::time::SystemTime::now();
+        let day = std::time::Duration::from_secs(86_400);
+        params.not_before = (now - 30 * day).into();
+        params.not_after = (now - day).into();
+        self.issue(common_name, params)
+    }
+
     fn issue(&self, name: &str, params: CertificateParams) -> Result<CertFiles, HarnessError> {
         let key = KeyPair::generate().map_err(rcgen_err("generate key"))?;
         let cert = params

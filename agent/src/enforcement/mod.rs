@@ -423,7 +423,11 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                         queue.extend(self.core.publish_failed(self.at(), round));
                     }
                 }
-                Action::Quote { round, nonce } => self.quote(round, nonce),
+                Action::Quote {
+                    round,
+                    nonce,
+                    selection,
+                } => self.quote(round, nonce, selection),
                 Action::Answer {
                     ticket,
                     permit,
@@ -457,18 +461,19 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
     }
 
     /// Quotes off the loop; the result comes back as [`Input::QuoteDone`].
-    fn quote(&self, round: u64, nonce: [u8; 32]) {
+    fn quote(&self, round: u64, nonce: [u8; 32], selection: mctc_shim::tpm::PcrSelection) {
         let platform = self.platform.clone();
         let inbox = self.inbox.clone();
         tokio::spawn(async move {
             // A hung TPM must not hold the round forever: no answer in
             // time is a transient error like a busy TPM.
-            let result = tokio::time::timeout(session::QUOTE_TIMEOUT, platform.quote(nonce))
-                .await
-                .unwrap_or(Err(PlatformError::Timeout {
-                    op: PlatformOp::Quote,
-                    within: session::QUOTE_TIMEOUT,
-                }));
+            let result =
+                tokio::time::timeout(session::QUOTE_TIMEOUT, platform.quote(nonce, selection))
+                    .await
+                    .unwrap_or(Err(PlatformError::Timeout {
+                        op: PlatformOp::Quote,
+                        within: session::QUOTE_TIMEOUT,
+                    }));
             let _ = inbox.send(Input::QuoteDone { round, result }).await;
         });
     }

@@ -95,7 +95,10 @@ pub struct Settings {
     pub status_interval_ms: u64,
     pub fresh_timeout_ms: u64,
     pub max_fresh_age_ms: u64,
-    /// The PCRs quoted as evidence (what the platform's quote covers).
+    /// The PCRs the operator expects to be quoted (`attestation.pcrs`).
+    /// The authority names the selection with each nonce and its choice
+    /// wins; a difference is logged (once per change) so the
+    /// configuration can be fixed.
     pub pcrs: mctc_shim::tpm::PcrSelection,
     pub version: &'static str,
     /// systemd watchdog period (`WATCHDOG_USEC`), if enabled.
@@ -136,8 +139,13 @@ pub enum Action {
         payload: Vec<u8>,
         round: Which,
     },
-    /// Quote `nonce`; the result comes back with [`Core::on_quote`].
-    Quote { round: u64, nonce: [u8; 32] },
+    /// Quote `nonce` over `selection` (the authority's); the result comes
+    /// back with [`Core::on_quote`].
+    Quote {
+        round: u64,
+        nonce: [u8; 32],
+        selection: mctc_shim::tpm::PcrSelection,
+    },
     /// Record the decision (the client's answer waits for it to be
     /// durable) and hand the client `ticket` its pending answer.
     Answer {
@@ -197,6 +205,8 @@ pub struct Core {
     last_heartbeat_hb_ms: Option<u32>,
     tpm_ok: bool,
     persist_error: Option<String>,
+    /// The PCR selection the authority last asked for.
+    authority_selection: Option<mctc_shim::tpm::PcrSelection>,
     /// Lineage can be written (the writer's last health).
     lineage_ok: bool,
     /// The lineage store failed (IO) since it was last healthy.
@@ -250,6 +260,7 @@ impl Core {
             last_heartbeat_hb_ms: None,
             tpm_ok: true,
             persist_error: None,
+            authority_selection: None,
             lineage_ok,
             lineage_failed: false,
             at: At {

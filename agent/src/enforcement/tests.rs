@@ -59,14 +59,18 @@ struct EchoTpm {
 }
 
 impl Platform for EchoTpm {
-    async fn quote(&self, qualifying_data: [u8; 32]) -> Result<Quote, PlatformError> {
+    async fn quote(
+        &self,
+        qualifying_data: [u8; 32],
+        selection: mctc_shim::tpm::PcrSelection,
+    ) -> Result<Quote, PlatformError> {
         if let Some(e) = self.failures.lock().unwrap().pop_front() {
             return Err(e);
         }
         Ok(Quote {
             attest: qualifying_data.to_vec(),
             signature: vec![1],
-            pcr_values: vec![[0; 32]],
+            pcr_values: vec![[0; 32]; selection.count()],
             boot: BootCounters::default(),
         })
     }
@@ -256,6 +260,8 @@ impl Harness {
             nonce: Bytes(nonce),
             purpose,
             expires_in_ms: 10_000,
+            pcr_alg: mctc_shim::tpm::TPM_ALG_SHA256,
+            pcr_mask: 1,
         }
         .encode(&mut buf)
         .unwrap()

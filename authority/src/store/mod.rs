@@ -123,10 +123,10 @@ pub enum EnrollCommit {
 }
 
 /// What a nonce request got.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NonceGrant {
-    /// Stored; send it.
-    Issued,
+    /// Stored; send it with the PCR selection of the device's `class`.
+    Issued { class: String },
     /// Not registered.
     Unknown,
     /// Registered but not enrolled.

@@ -28,7 +28,7 @@ use crate::registry::RegistryEntry;
 /// The schema, one migration per version (`PRAGMA user_version`), run by
 /// the shared opener (`mctc_service::sqlite`). `IF NOT EXISTS` keeps them
 /// safe on databases made before the migrations were numbered.
-const SCHEMA: Schema = Schema {
+pub const SCHEMA: Schema = Schema {
     migrations: &[V1, V2],
 };
 

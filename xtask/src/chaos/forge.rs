@@ -205,6 +205,10 @@ fn answer_nonce_request(
         nonce: Bytes(random()),
         purpose: request.purpose,
         expires_in_ms: 10_000,
+        // The fleet's class selection (the impostor signs whatever the
+        // device quotes).
+        pcr_alg: mctc_shim::tpm::TPM_ALG_SHA256,
+        pcr_mask: (1 << 0) | (1 << 7) | (1 << mctc_tests::fleet::MEASURED_PCR),
     };
     let mut buf = [0u8; 256];
     let bytes = nonce.encode(&mut buf).map_err(|e| format!("nonce: {e}"))?;

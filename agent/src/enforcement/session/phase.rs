@@ -5,6 +5,7 @@ use mctc_shim::DeviceId;
 use mctc_shim::gate::Generation;
 use mctc_shim::messages::NoncePurpose;
 use mctc_shim::topics::DeviceTopic;
+use mctc_shim::tpm::PcrSelection;
 use ring::rand::SecureRandom;
 
 /// How long a quote may take before it counts as a transient failure (a
@@ -29,13 +30,22 @@ impl Which {
     }
 }
 
+/// A nonce to quote and the PCRs the authority asked to quote with it
+/// (the nonce message's selection, or for a renewal by `next_nonce` the
+/// installed artifact's, which the authority took from the same policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Challenge {
+    pub(super) nonce: [u8; 32],
+    pub(super) selection: PcrSelection,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     /// Not attesting; start at `start_at` (with a known nonce, or by asking
     /// for one). `start_at: None` = parked until something schedules it.
     Idle {
         start_at: Option<u64>,
-        nonce: Option<[u8; 32]>,
+        nonce: Option<Challenge>,
     },
     AwaitNonce {
         deadline: u64,
@@ -45,7 +55,7 @@ pub(super) enum Phase {
     /// expiry since ([`mctc_shim::gate`], "Generations").
     Quoting {
         round: u64,
-        nonce: [u8; 32],
+        challenge: Challenge,
         quoted_in: Generation,
     },
     AwaitAnswer {
@@ -125,7 +135,7 @@ impl Sessions {
     }
 
     /// Starts the renewal session at `now` (with `nonce`, or asking).
-    pub(super) fn schedule_renewal(&mut self, now: u64, nonce: Option<[u8; 32]>) {
+    pub(super) fn schedule_renewal(&mut self, now: u64, nonce: Option<Challenge>) {
         self.renewal = Phase::Idle {
             start_at: Some(now),
             nonce,

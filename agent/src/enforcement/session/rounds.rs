@@ -25,10 +25,11 @@ use mctc_shim::gate::{self, CloseReason, GateState, Generation};
 use mctc_shim::limits::{MAX_EVIDENCE_LEN, MAX_SMALL_MESSAGE_LEN};
 use mctc_shim::lineage::{AttestVerdict, DenyCode};
 use mctc_shim::messages::{Evidence, Nonce, NoncePurpose, NonceRequest, RefusalCode};
+use mctc_shim::tpm::PcrSelection;
 use mctc_shim::wire::{Bstr, Bytes, List, Message, Version};
 use mctc_shim::{Error, VerifiedArtifact, VerifyContext, verify_artifact};
 
-use super::phase::{PARKED, Phase, jittered};
+use super::phase::{Challenge, PARKED, Phase, jittered};
 use super::{Action, Core, LastAttestation, Which, decision_deny, names};
 use crate::drift::Baseline;
 use crate::lineage::entry::Entry;
@@ -143,7 +144,7 @@ impl Core {
         }
     }
 
-    fn start_round(&mut self, which: Which, now: u64, nonce: Option<[u8; 32]>) {
+    fn start_round(&mut self, which: Which, now: u64, nonce: Option<Challenge>) {
         if !self.can_attest() {
             // Parked; connection, restore or lineage recovery reschedule.
             self.sessions.set(
@@ -190,7 +191,7 @@ impl Core {
         }
     }
 
-    fn start_quote(&mut self, which: Which, nonce: [u8; 32]) {
+    fn start_quote(&mut self, which: Which, challenge: Challenge) {
         self.sessions.rounds += 1;
         let round = self.sessions.rounds;
         let quoted_in = self.gate.generation();
@@ -198,11 +199,15 @@ impl Core {
             which,
             Phase::Quoting {
                 round,
-                nonce,
+                challenge,
                 quoted_in,
             },
         );
-        self.out.push(Action::Quote { round, nonce });
+        self.out.push(Action::Quote {
+            round,
+            nonce: challenge.nonce,
+            selection: challenge.selection,
+        });
     }
 
     pub(super) fn on_nonce(&mut self, payload: &[u8]) {
@@ -218,10 +223,51 @@ impl Core {
             NoncePurpose::FreshOp => Which::Fresh,
         };
         if matches!(self.sessions.phase(which), Phase::AwaitNonce { .. }) {
-            self.start_quote(which, nonce.nonce.0);
+            // Decoding refused an empty or out-of-range selection; the
+            // authority's selection wins over `attestation.pcrs`, which
+            // only says what the operator expected.
+            let selection = nonce.pcr_selection();
+            self.note_selection(selection);
+            self.start_quote(
+                which,
+                Challenge {
+                    nonce: nonce.nonce.0,
+                    selection,
+                },
+            );
         } else {
             tracing::debug!("unrequested nonce dropped");
         }
+    }
+
+    /// Remembers the authority's PCR selection and says so when it differs
+    /// from `attestation.pcrs` (once per change, not every round).
+    fn note_selection(&mut self, selection: PcrSelection) {
+        if self.authority_selection == Some(selection) {
+            return;
+        }
+        self.authority_selection = Some(selection);
+        let list = |s: PcrSelection| {
+            s.indices()
+                .map(|i| i.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        if selection == self.settings.pcrs {
+            tracing::info!(device = %self.device, pcrs = %list(selection), "quoting the PCRs the authority asks for");
+        } else {
+            tracing::warn!(
+                device = %self.device,
+                pcrs = %list(selection),
+                configured = %list(self.settings.pcrs),
+                "the authority's PCR selection differs from attestation.pcrs; quoting the authority's (fix the configuration)"
+            );
+        }
+    }
+
+    /// The PCR selection the authority last asked for, if any nonce came.
+    pub fn authority_selection(&self) -> Option<PcrSelection> {
+        self.authority_selection
     }
 
     /// Acts on a failed quote by its class: a transient error retries the
@@ -229,7 +275,7 @@ impl Core {
     /// that cannot be used re-attests with a new nonce; a fatal one closes
     /// the gate at once, loudly (what the TPM would attest is unknown), and
     /// the next round waits the longest backoff.
-    fn quote_failed(&mut self, which: Which, nonce: [u8; 32], e: &PlatformError, now: u64) {
+    fn quote_failed(&mut self, which: Which, nonce: Challenge, e: &PlatformError, now: u64) {
         let class = e.class();
         let class_name = crate::platform::class_name(class);
         match class {
@@ -270,17 +316,20 @@ impl Core {
             return;
         };
         let Phase::Quoting {
-            nonce, quoted_in, ..
+            challenge,
+            quoted_in,
+            ..
         } = self.sessions.phase(which)
         else {
             return;
         };
+        let nonce = challenge.nonce;
         let now = self.now();
         let quote = match result {
             Ok(quote) => quote,
             Err(e) => {
                 self.note_attestation(which, AttestVerdict::Rejected, None);
-                self.quote_failed(which, nonce, &e, now);
+                self.quote_failed(which, challenge, &e, now);
                 return;
             }
         };
@@ -298,8 +347,8 @@ impl Core {
             nonce: Bytes(nonce),
             attest: Bstr(&quote.attest),
             signature: Bstr(&quote.signature),
-            pcr_alg: self.settings.pcrs.alg,
-            pcr_mask: self.settings.pcrs.mask,
+            pcr_alg: challenge.selection.alg,
+            pcr_mask: challenge.selection.mask,
             pcr_values: values,
         };
         let mut buf = [0u8; MAX_EVIDENCE_LEN];
@@ -452,7 +501,10 @@ impl Core {
                 let renew_at = received.saturating_add(jittered(&self.sessions.rng, half, 0.1));
                 self.sessions.renewal = Phase::Idle {
                     start_at: Some(renew_at),
-                    nonce: Some(next_nonce),
+                    nonce: Some(Challenge {
+                        nonce: next_nonce,
+                        selection: baseline.selection,
+                    }),
                 };
             }
             Err(e) => {

@@ -4,6 +4,7 @@
 
 use mctc_shim::gate::{CloseReason, GateEvent, GateState};
 use mctc_shim::messages::{Heartbeat, Nonce, NonceRequest};
+use mctc_shim::tpm::PcrSelection;
 use mctc_shim::wire::{Bytes, List, Message, Version};
 use mctc_shim::{AuthorityKey, DeviceId, RingCrypto, RingSigner, Signed, Signer};
 
@@ -61,12 +62,19 @@ impl Authority {
     }
 
     fn nonce(&self, nonce: [u8; 32], purpose: NoncePurpose) -> Vec<u8> {
+        self.nonce_over(nonce, purpose, 1)
+    }
+
+    /// A nonce asking for the PCRs in `mask`.
+    fn nonce_over(&self, nonce: [u8; 32], purpose: NoncePurpose, mask: u32) -> Vec<u8> {
         let mut buf = [0u8; 256];
         Nonce {
             v: Version::CURRENT,
             nonce: Bytes(nonce),
             purpose,
             expires_in_ms: 10_000,
+            pcr_alg: mctc_shim::tpm::TPM_ALG_SHA256,
+            pcr_mask: mask,
         }
         .encode(&mut buf)
         .unwrap()
@@ -130,10 +138,21 @@ fn publishes(actions: &[Action]) -> Vec<(String, Which)> {
 }
 
 fn quotes(actions: &[Action]) -> Vec<(u64, [u8; 32])> {
+    selections(actions)
+        .into_iter()
+        .map(|(round, nonce, _)| (round, nonce))
+        .collect()
+}
+
+fn selections(actions: &[Action]) -> Vec<(u64, [u8; 32], PcrSelection)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Quote { round, nonce } => Some((*round, *nonce)),
+            Action::Quote {
+                round,
+                nonce,
+                selection,
+            } => Some((*round, *nonce, *selection)),
             _ => None,
         })
         .collect()
@@ -452,4 +471,90 @@ fn a_fresh_round_whose_quote_was_busy_retries_its_nonce_and_permits_on_its_artif
         })
         .collect();
     assert_eq!(answers, [(3, true)], "{actions:?}");
+}
+
+/// The authority's selection wins over `attestation.pcrs`: the quote and
+/// the evidence cover exactly the PCRs the nonce names (here 3 and 14
+/// while the configuration says 0), and a renewal by `next_nonce` quotes
+/// the installed artifact's selection (the authority chose it from the
+/// same policy).
+#[test]
+fn the_device_quotes_the_selection_the_authority_names() {
+    let authority = Authority::new();
+    let mut core = authority.core();
+    core.on_connected(at(T0), 1);
+    let actions = core.tick(at(T0), &never_gone);
+    assert_eq!(
+        publishes(&actions),
+        [("nonce/req".to_owned(), Which::Renewal)]
+    );
+    let asked = (1 << 3) | (1 << 14);
+    let nonce = authority.nonce_over([1; 32], NoncePurpose::Renew, asked);
+    let actions = core.on_message(at(T0 + 10), Inbound::Nonce, &nonce, T0 + 10);
+    let [(round, quoted, selection)] = selections(&actions)[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(selection, PcrSelection::sha256(asked));
+    assert_ne!(selection, settings().pcrs, "the test needs a disagreement");
+    assert_eq!(core.authority_selection(), Some(selection));
+    let quote = Quote {
+        pcr_values: vec![[3; 32], [14; 32]],
+        ..quote_of(quoted)
+    };
+    let actions = core.on_quote(at(T0 + 20), round, Ok(quote));
+    let evidence = actions
+        .iter()
+        .find_map(|a| match a {
+            Action::Publish { topic, payload, .. } if topic.ends_with("/evidence") => {
+                Some(payload.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{actions:?}"));
+    let evidence = mctc_shim::messages::Evidence::decode(&evidence).unwrap();
+    assert_eq!(evidence.pcr_selection(), PcrSelection::sha256(asked));
+    assert_eq!(evidence.pcr_values.len(), 2);
+
+    // The artifact (its selection: PCR 0) opens the gate; the renewal by
+    // its next_nonce quotes that selection.
+    let artifact = authority.artifact(quoted, [2; 32], 10_000);
+    core.on_message(at(T0 + 30), Inbound::Artifact, &artifact, T0 + 30);
+    assert!(matches!(core.gate().state(), GateState::Open(_)));
+    // Renewal at half life, ±10 %.
+    let actions = core.tick(at(T0 + 30 + 5_600), &never_gone);
+    let renewal = selections(&actions);
+    assert!(
+        renewal
+            .iter()
+            .any(|(_, n, s)| *n == [2; 32] && *s == PcrSelection::sha256(1)),
+        "{actions:?}"
+    );
+}
+
+/// A nonce naming no PCR (or one past 23) is dropped: nothing is quoted,
+/// and the round ends without an answer like any lost nonce.
+#[test]
+fn a_nonce_with_an_empty_or_out_of_range_selection_is_not_quoted() {
+    let authority = Authority::new();
+    for bad in [0u8, 0x1a] {
+        let mut core = authority.core();
+        core.on_connected(at(T0), 1);
+        core.tick(at(T0), &never_gone);
+        // Canonical CBOR ends with key 5 and the mask (1 = 0x01): make it
+        // 0 (no PCR), or a 4-byte head 0x1a with 1 << 24 after it.
+        let mut nonce = authority.nonce_over([1; 32], NoncePurpose::Renew, 1);
+        assert_eq!(nonce[nonce.len() - 2..], [0x05, 0x01]);
+        nonce.pop();
+        nonce.push(bad);
+        if bad == 0x1a {
+            nonce.extend_from_slice(&(1u32 << 24).to_be_bytes());
+        }
+        assert!(Nonce::decode(&nonce).is_err());
+        let actions = core.on_message(at(T0 + 10), Inbound::Nonce, &nonce, T0 + 10);
+        assert!(selections(&actions).is_empty(), "{actions:?}");
+        assert_eq!(core.authority_selection(), None);
+        // The round still waits, and then fails like an unanswered one.
+        let actions = core.tick(at(T0 + 10 + 2_000), &never_gone);
+        assert!(selections(&actions).is_empty(), "{actions:?}");
+    }
 }

@@ -77,14 +77,14 @@ pub(super) fn issue_nonce(
     now: &Now,
 ) -> Result<NonceGrant, StoreError> {
     let tx = immediate(conn)?;
-    let row: Option<(u8, bool)> = tx
-        .prepare_cached("SELECT status, ak_public IS NOT NULL FROM devices WHERE id = ?1")?
-        .query_row([device.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))
+    let row: Option<(u8, bool, String)> = tx
+        .prepare_cached("SELECT status, ak_public IS NOT NULL, class FROM devices WHERE id = ?1")?
+        .query_row([device.as_str()], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
     let grant = match row {
         None => NonceGrant::Unknown,
-        Some((_, false)) => NonceGrant::NotEnrolled,
-        Some((status, true)) => match DeviceStatus::from_code(status) {
+        Some((_, false, _)) => NonceGrant::NotEnrolled,
+        Some((status, true, class)) => match DeviceStatus::from_code(status) {
             Some(DeviceStatus::Active) => {
                 insert_nonce(
                     &tx,
@@ -95,7 +95,7 @@ pub(super) fn issue_nonce(
                     max_outstanding,
                     now,
                 )?;
-                NonceGrant::Issued
+                NonceGrant::Issued { class }
             }
             Some(other) => NonceGrant::NotActive(other),
             None => return Err(StoreError::Corrupt(format!("device {device}: status"))),

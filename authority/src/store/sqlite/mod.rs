@@ -42,7 +42,7 @@ use super::{
 use crate::model::{ClassBaseline, Decision, Forget, LearnMode, NonceCheck, Stage};
 use crate::now::{Deadline, Now};
 
-pub use schema::SCHEMA_VERSION;
+pub use schema::{SCHEMA, SCHEMA_VERSION};
 
 /// The schema, for the shared backup and restore (`mctc_service::sqlite_backup`).
 pub const STORE_SCHEMA: mctc_service::sqlite::Schema = schema::SCHEMA;

@@ -131,6 +131,6 @@ CREATE UNIQUE INDEX stages_one_active ON stages (class) WHERE state = 'active';
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// The schema as the shared opener takes it.
-pub(super) const SCHEMA: Schema = Schema {
+pub const SCHEMA: Schema = Schema {
     migrations: MIGRATIONS,
 };
