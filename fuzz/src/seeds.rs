@@ -515,12 +515,13 @@ mod tests {
         }
 
         let report =
-            mctc_collector::verify::verify_bundle(find(&seeds, "bundle", "genuine"), &keys);
+            mctc_collector::verify::verify_bundle(find(&seeds, "bundle", "genuine"), &keys, &[]);
         assert!(report.ok, "{report:?}");
 
         let mut ingest = Ingest::new(
             SqliteStore::in_memory().unwrap(),
             keys.clone(),
+            mctc_collector::receipt::ReceiptSigner::from_seed(&[0x5a; 32]).unwrap(),
             IngestConfig::default(),
             "seed-check".to_owned(),
         );
