@@ -219,6 +219,7 @@ fn messages(ak: &FixedAk) -> Vec<Seed> {
         reason: RefusalCode::PolicyMismatch,
         contained: false,
         iat: fixtures::IAT,
+        pcrs: None,
     };
     let result = EnrollResult {
         v: Version::CURRENT,
