@@ -231,6 +231,7 @@ pub async fn run(
             pcrs: config.pcrs,
             version: VERSION,
             watchdog,
+            enrolled: enrollment.is_some(),
         },
         Parts {
             device: device.clone(),
@@ -372,7 +373,11 @@ async fn route(mut link: Link, mut router: Router, mut stop: oneshot::Receiver<(
             LinkEvent::Disconnected { reason } => {
                 tracing::warn!(%reason, "broker connection lost");
                 let _ = router.forward.send(ForwarderInput::Disconnected).await;
-                router.inbox.send(Input::Disconnected).await.is_ok()
+                router
+                    .inbox
+                    .send(Input::Disconnected { error: reason })
+                    .await
+                    .is_ok()
             }
             LinkEvent::SubscribeRefused { topic } => {
                 tracing::error!(%topic, "subscription refused by the broker (ACL?)");

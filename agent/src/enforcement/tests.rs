@@ -126,6 +126,7 @@ fn settings() -> Settings {
         pcrs: mctc_shim::tpm::PcrSelection::sha256(1),
         version: "test",
         watchdog: None,
+        enrolled: true,
     }
 }
 
@@ -295,6 +296,7 @@ impl Harness {
             reason,
             contained,
             iat: 1,
+            pcrs: None,
         }
         .sign(&self.signer, &RingCrypto, &mut buf)
         .unwrap()
