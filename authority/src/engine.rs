@@ -559,6 +559,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
                         crate::model::Refusal::Internal,
                         false,
                         now,
+                        &[],
                     );
                 }
             };
@@ -599,6 +600,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
                 refusal,
                 detail,
                 contain,
+                pcrs,
                 ..
             } => {
                 let contained = attested.status == DeviceStatus::Contained;
@@ -607,7 +609,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
                     self.queued = true;
                     tracing::warn!(%device, class, reason = contain.as_deref().unwrap_or(""), "device contained automatically");
                 }
-                self.refusal(device, nonce, *refusal, contained, now)
+                self.refusal(device, nonce, *refusal, contained, now, pcrs)
             }
         }
     }
@@ -619,6 +621,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
         refusal: crate::model::Refusal,
         contained: bool,
         now: &Now,
+        pcrs: &[mctc_shim::messages::PcrFinding],
     ) -> Result<Vec<Outgoing>, Dropped> {
         let payload = self.settings.issuer.refusal(
             device,
@@ -626,6 +629,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
             refusal.code(),
             contained,
             now.wall_secs(),
+            pcrs,
         )?;
         Ok(vec![Outgoing {
             topic: DeviceTopic::Artifact.topic(device).to_string(),

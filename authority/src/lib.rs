@@ -14,7 +14,8 @@
 //! - [`engine`]: the worker answering devices; [`housekeeping`]: heartbeat,
 //!   outbox, sweep; [`daemon`]: link, dispatch, threads, systemd.
 //! - [`issuer`]: everything the authority signs.
-//! - [`config`], [`policy`]: the two files; [`cli`]: the command line.
+//! - [`config`], [`policy`]: the two files; [`cli`]: the command line;
+//!   [`explain`]: the fleet manager's hint for a device (`devices show`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
@@ -22,6 +23,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod housekeeping;
 pub mod issuer;
 pub mod model;

@@ -106,6 +106,14 @@ CREATE TABLE leases (
     r#"
 INSERT INTO outbox (kind, device, wall_ms) SELECT 3, id, added_ms FROM devices;
 "#,
+    // Version 3: what the last refusal was about, for `devices show`: the
+    // check in words, the PCRs the device was told (JSON array of
+    // `mctc_shim::api::PcrStatus`), and since when refusals run.
+    r#"
+ALTER TABLE devices ADD COLUMN refusal_detail TEXT;
+ALTER TABLE devices ADD COLUMN refusal_pcrs TEXT;
+ALTER TABLE devices ADD COLUMN refused_since_ms INTEGER;
+"#,
 ];
 
 /// The schema version this binary writes.
