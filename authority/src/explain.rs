@@ -90,7 +90,11 @@ pub fn hint(d: &DeviceRecord) -> Option<String> {
 }
 
 fn or_none(list: String) -> String {
-    if list.is_empty() { "none".to_owned() } else { list }
+    if list.is_empty() {
+        "none".to_owned()
+    } else {
+        list
+    }
 }
 
 #[cfg(test)]
@@ -161,14 +165,21 @@ mod tests {
         );
         let selection = refused(Refusal::BadEvidence, 14, PcrProblem::NotInPolicy);
         let text = hint(&selection).unwrap();
-        assert!(text.contains("extra: 14") && text.contains("[attestation] pcrs"), "{text}");
+        assert!(
+            text.contains("extra: 14") && text.contains("[attestation] pcrs"),
+            "{text}"
+        );
         let drifted = DeviceRecord {
             status: DeviceStatus::Contained,
             reason: Some("pcr drift: PCR 14".into()),
             ..refused(Refusal::PolicyMismatch, 14, PcrProblem::Differs)
         };
         let text = hint(&drifted).unwrap();
-        assert!(text.contains("PCR 14 differs from class locker") && text.contains("devices restore locker-7"), "{text}");
+        assert!(
+            text.contains("PCR 14 differs from class locker")
+                && text.contains("devices restore locker-7"),
+            "{text}"
+        );
         let revoked = DeviceRecord {
             status: DeviceStatus::Revoked,
             ..device()

@@ -179,7 +179,9 @@ impl Issuer {
     ) -> Result<Vec<u8>, mctc_shim::Error> {
         // More findings than a refusal carries cannot come from a verdict
         // (one per PCR of the bank); cut rather than fail the answer.
-        let pcrs = pcrs.get(..pcrs.len().min(MAX_REFUSAL_PCRS)).unwrap_or_default();
+        let pcrs = pcrs
+            .get(..pcrs.len().min(MAX_REFUSAL_PCRS))
+            .unwrap_or_default();
         sign(
             &Refusal {
                 v: Version::default(),
@@ -188,9 +190,7 @@ impl Issuer {
                 reason,
                 contained,
                 iat,
-                pcrs: (!pcrs.is_empty())
-                    .then(|| List::from_slice(pcrs))
-                    .flatten(),
+                pcrs: (!pcrs.is_empty()).then(|| List::from_slice(pcrs)).flatten(),
             },
             &self.signer,
         )

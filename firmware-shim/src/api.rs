@@ -30,9 +30,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::Currency;
 use crate::gate::{ContainedBy, GateState, RevokedBy};
-use crate::limits::{MAX_EXPLANATION_LEN, MAX_OP_LEN, MAX_REF_LEN};
 #[cfg(doc)]
 use crate::limits::MAX_REFUSAL_PCRS;
+use crate::limits::{MAX_EXPLANATION_LEN, MAX_OP_LEN, MAX_REF_LEN};
 use crate::lineage::{AttestVerdict, DenyCode};
 use crate::messages::{NoncePurpose, PcrFinding, PcrProblem, RefusalCode};
 use crate::wire::token_problem;

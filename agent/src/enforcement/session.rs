@@ -51,8 +51,8 @@ use crate::lineage::writer::Health;
 use crate::platform::{PlatformError, Quote};
 use crate::state::RevokedMarker;
 
-use phase::Sessions;
 pub use explain::Why;
+use phase::Sessions;
 pub use phase::{QUOTE_TIMEOUT, Which};
 
 /// Which device topic a message came from.

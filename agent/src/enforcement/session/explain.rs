@@ -134,12 +134,18 @@ fn rejection_hint(check: &str) -> &'static str {
         "signing-key" | "signature" => {
             "the agent's `[authority] public_keys` must hold the authority's current public key"
         }
-        "device" => "the authority answered for another device id: check `device_id` and the registration",
+        "device" => {
+            "the authority answered for another device id: check `device_id` and the registration"
+        }
         "expired" | "not-yet-valid" => {
             "check the device's clock (or `[attestation] wall_clock_trusted`); the agent re-attests"
         }
-        "boot" | "stale-evidence" | "nonce" => "transient: the TPM or gate changed since the quote; the agent re-attests",
-        _ => "the authority's answer does not parse here: are the agent and authority versions compatible?",
+        "boot" | "stale-evidence" | "nonce" => {
+            "transient: the TPM or gate changed since the quote; the agent re-attests"
+        }
+        _ => {
+            "the authority's answer does not parse here: are the agent and authority versions compatible?"
+        }
     }
 }
 
@@ -157,7 +163,9 @@ fn refusal_hint(code: RefusalCode, device: &str, pcrs: &[PcrStatus]) -> String {
                     mctc_shim::messages::PcrProblem::NotInPolicy => "is quoted but not in",
                 }
             ),
-            None => format!("the PCR values do not match the class policy: ask the fleet manager: {show}"),
+            None => format!(
+                "the PCR values do not match the class policy: ask the fleet manager: {show}"
+            ),
         },
         RefusalCode::BadEvidence => match pcrs.first() {
             Some(_) => format!(
@@ -165,13 +173,19 @@ fn refusal_hint(code: RefusalCode, device: &str, pcrs: &[PcrStatus]) -> String {
             ),
             None => format!("the quote does not verify: ask the fleet manager: {show}"),
         },
-        RefusalCode::StaleNonce => "transient: the nonce expired; the agent asks for a new one".to_owned(),
+        RefusalCode::StaleNonce => {
+            "transient: the nonce expired; the agent asks for a new one".to_owned()
+        }
         RefusalCode::NotEnrolled => "run `mctc-agent enroll`".to_owned(),
         RefusalCode::Revoked | RefusalCode::Contained => format!("ask the fleet manager: {show}"),
         RefusalCode::BootAnomaly => {
-            format!("the TPM's counters or clock went back (restored TPM state?): ask the fleet manager: {show}")
+            format!(
+                "the TPM's counters or clock went back (restored TPM state?): ask the fleet manager: {show}"
+            )
         }
-        RefusalCode::Internal => "the authority failed; the agent retries (see the authority's log)".to_owned(),
+        RefusalCode::Internal => {
+            "the authority failed; the agent retries (see the authority's log)".to_owned()
+        }
     }
 }
 
@@ -237,7 +251,9 @@ impl Notes {
                     ),
                 };
             }
-            GateState::Closed(reason) => self.closed(&mut why, *reason, device, last, connected, tpm_ok),
+            GateState::Closed(reason) => {
+                self.closed(&mut why, *reason, device, last, connected, tpm_ok)
+            }
         }
         Some(why)
     }
@@ -253,7 +269,9 @@ impl Notes {
     ) {
         if !self.enrolled {
             why.cause = Cause::NotEnrolled;
-            why.hint = "run `mctc-agent enroll` (the gate stays closed until the device is enrolled)".to_owned();
+            why.hint =
+                "run `mctc-agent enroll` (the gate stays closed until the device is enrolled)"
+                    .to_owned();
             return;
         }
         match reason {
@@ -275,7 +293,8 @@ impl Notes {
             }
             CloseReason::RevocationGap => {
                 why.cause = Cause::RevocationGap;
-                why.hint = "a heartbeat says revocations were missed; the agent re-attests".to_owned();
+                why.hint =
+                    "a heartbeat says revocations were missed; the agent re-attests".to_owned();
             }
             CloseReason::ClockRegression => {
                 why.cause = Cause::ClockRegression;
@@ -298,7 +317,8 @@ impl Notes {
         if code == RefusalCode::NotEnrolled {
             why.cause = Cause::NotEnrolled;
             why.check = Some(code.name().to_owned());
-            why.hint = "the authority does not know this TPM's key: run `mctc-agent enroll`".to_owned();
+            why.hint =
+                "the authority does not know this TPM's key: run `mctc-agent enroll`".to_owned();
             return;
         }
         why.cause = Cause::RefusedEvidence;
@@ -335,14 +355,19 @@ impl Notes {
         }
         let last_at = last.map_or(0, |l| l.at_ms);
         match (&self.rejection, last.map(|l| l.verdict)) {
-            (Some(r), verdict) if r.at_ms >= last_at || verdict == Some(AttestVerdict::NoAnswer) => {
+            (Some(r), verdict)
+                if r.at_ms >= last_at || verdict == Some(AttestVerdict::NoAnswer) =>
+            {
                 why.cause = Cause::ArtifactRejected;
                 why.check = Some(r.check.to_owned());
                 why.error = Some(r.error.clone());
                 why.hint = rejection_hint(r.check).to_owned();
             }
             (_, Some(AttestVerdict::Refused)) => {
-                let code = self.refusal.as_ref().map_or(RefusalCode::Internal, |n| n.code);
+                let code = self
+                    .refusal
+                    .as_ref()
+                    .map_or(RefusalCode::Internal, |n| n.code);
                 self.refused(why, code, device);
             }
             (_, Some(AttestVerdict::NoAnswer)) => {
@@ -351,11 +376,13 @@ impl Notes {
             }
             _ if reason == CloseReason::ArtifactExpired => {
                 why.cause = Cause::ArtifactExpired;
-                why.hint = "the artifact ran out before a renewal arrived; the agent re-attests".to_owned();
+                why.hint = "the artifact ran out before a renewal arrived; the agent re-attests"
+                    .to_owned();
             }
             _ => {
                 why.cause = Cause::AwaitingAttestation;
-                why.hint = "attesting: the gate opens when the authority's artifact arrives".to_owned();
+                why.hint =
+                    "attesting: the gate opens when the authority's artifact arrives".to_owned();
             }
         }
     }

@@ -30,10 +30,10 @@ use mctc_shim::{Error, VerifiedArtifact, VerifyContext, verify_artifact};
 
 use super::phase::{PARKED, Phase, jittered};
 use super::{Action, Core, LastAttestation, Which, decision_deny, explain, names};
-use mctc_shim::api::PcrStatus;
 use crate::drift::Baseline;
 use crate::lineage::entry::Entry;
 use crate::platform::{PlatformError, Quote, TpmClass};
+use mctc_shim::api::PcrStatus;
 
 impl Core {
     fn can_attest(&self) -> bool {

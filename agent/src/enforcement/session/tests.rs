@@ -476,7 +476,10 @@ fn core_with(authority: &Authority, settings: Settings) -> Core {
     Core::new(
         settings,
         authority.device.clone(),
-        vec![AuthorityKey::new(&RingCrypto, authority.signer.public_key())],
+        vec![AuthorityKey::new(
+            &RingCrypto,
+            authority.signer.public_key(),
+        )],
         false,
         None,
         true,
@@ -603,7 +606,13 @@ fn a_refusal_naming_pcr_14_is_explained_with_the_pcr_and_a_hint() {
         expected: Some(Bytes([0xab; 8])),
         got: Some(Bytes([0xcd; 8])),
     };
-    let refusal = signed_refusal(&authority, nonce, RefusalCode::PolicyMismatch, true, &[finding]);
+    let refusal = signed_refusal(
+        &authority,
+        nonce,
+        RefusalCode::PolicyMismatch,
+        true,
+        &[finding],
+    );
     core.on_message(at(T0 + 30), Inbound::Artifact, &refusal, T0 + 30);
     assert!(matches!(core.gate().state(), GateState::Contained(_)));
     let why = core.why().unwrap();
@@ -614,7 +623,11 @@ fn a_refusal_naming_pcr_14_is_explained_with_the_pcr_and_a_hint() {
     assert_eq!(why.pcrs[0].expected.as_deref(), Some("abababababababab"));
     assert_eq!(why.pcrs[0].got.as_deref(), Some("cdcdcdcdcdcdcdcd"));
     assert!(why.hint.contains("PCR 14"), "{}", why.hint);
-    assert!(why.hint.contains("mctc-authority devices show d1"), "{}", why.hint);
+    assert!(
+        why.hint.contains("mctc-authority devices show d1"),
+        "{}",
+        why.hint
+    );
     assert_eq!(why.since_ms, T0 + 30);
     assert!(denies(&mut core, T0 + 31));
 }
