@@ -22,7 +22,7 @@
 
 use mctc_attest::verifier::{AkPublic, QuoteError, QuoteExpectation, verify_quote};
 use mctc_attest::{ClockInfo, PcrSelection, PcrValues};
-use mctc_shim::limits::{MAX_REFUSAL_PCRS, PCR_PREFIX_LEN};
+use mctc_shim::limits::PCR_PREFIX_LEN;
 use mctc_shim::messages::{DeviceStatus, DigestPrefix, Evidence, PcrFinding, PcrProblem};
 use mctc_shim::wire::Bytes;
 
@@ -263,7 +263,6 @@ fn selection_findings(class: &ClassPolicy, evidence: &Evidence<'_>) -> Vec<PcrFi
         }
     }
     findings.sort_by_key(|f| f.pcr);
-    findings.truncate(MAX_REFUSAL_PCRS);
     findings
 }
 

@@ -48,8 +48,10 @@ pub const MAX_ATTEST_LEN: usize = 1024;
 pub const MAX_TPM_SIGNATURE_LEN: usize = 512;
 /// A TPM 2.0 PC-client platform has 24 PCRs per bank.
 pub const MAX_PCRS: usize = 24;
-/// Most PCRs a refusal names (every PCR of a bank).
-pub const MAX_REFUSAL_PCRS: usize = MAX_PCRS;
+/// Most PCRs a refusal names. Eight keep a refusal small in firmware RAM
+/// (each finding is about 20 bytes inline); a class rarely selects more,
+/// and the authority's `devices show` keeps every PCR it found.
+pub const MAX_REFUSAL_PCRS: usize = 8;
 /// Bytes of each digest a refusal's PCR finding shows (8: a person tells
 /// values apart; the baseline itself stays with the authority).
 pub const PCR_PREFIX_LEN: usize = 8;

@@ -287,8 +287,8 @@ wire_map! {
         /// Key `5`: issue time, Unix seconds.
         5 => iat: u64,
         /// Key `6` (optional): the PCRs that made the authority refuse, at
-        /// most [`MAX_REFUSAL_PCRS`], each with the digest prefixes it
-        /// compared. Absent when the refusal is not about PCR values. A
+        /// most [`MAX_REFUSAL_PCRS`] (the first ones, by index), each with
+        /// the digest prefixes it compared. Absent when the refusal is not about PCR values. A
         /// decoder that predates the key rejects the whole refusal as
         /// malformed (unknown key): the old agent hears no answer and its
         /// gate stays closed.

@@ -643,8 +643,12 @@ fn the_largest_message_of_every_kind_fits_its_limit() {
     let mut rf = refusal(RefusalCode::Internal, true);
     rf.sub = dev.clone();
     rf.iat = u64::MAX;
-    // Every PCR of the bank named, with both prefixes.
-    let findings: Vec<PcrFinding> = (0..mctc_shim::limits::MAX_REFUSAL_PCRS)
+    // As many PCRs as a refusal names, the highest indices, both prefixes.
+    let (most, bank) = (
+        mctc_shim::limits::MAX_REFUSAL_PCRS,
+        mctc_shim::limits::MAX_PCRS,
+    );
+    let findings: Vec<PcrFinding> = (bank - most..bank)
         .map(|pcr| PcrFinding {
             pcr: u8::try_from(pcr).unwrap(),
             problem: PcrProblem::NotInPolicy,
