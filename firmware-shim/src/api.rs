@@ -628,6 +628,8 @@ pub enum Cause {
     NoAnswer,
     /// The broker cannot be reached or refused the session (`error`).
     BrokerUnreachable,
+    /// The device's client certificate has expired (`error`: since when).
+    CertificateExpired,
     /// The artifact's validity ended and no renewal arrived.
     ArtifactExpired,
     /// No valid fleet heartbeat within the window.
@@ -663,6 +665,7 @@ impl Cause {
         Cause::ArtifactRejected,
         Cause::NoAnswer,
         Cause::BrokerUnreachable,
+        Cause::CertificateExpired,
         Cause::ArtifactExpired,
         Cause::HeartbeatLapsed,
         Cause::Drift,
@@ -684,6 +687,7 @@ impl Cause {
             Cause::ArtifactRejected => "artifact-rejected",
             Cause::NoAnswer => "no-answer",
             Cause::BrokerUnreachable => "broker-unreachable",
+            Cause::CertificateExpired => "certificate-expired",
             Cause::ArtifactExpired => "artifact-expired",
             Cause::HeartbeatLapsed => "heartbeat-lapsed",
             Cause::Drift => "drift",

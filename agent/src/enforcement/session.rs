@@ -104,6 +104,9 @@ pub struct Settings {
     pub watchdog: Option<std::time::Duration>,
     /// Whether the device enrolled (explains a gate that cannot open).
     pub enrolled: bool,
+    /// The device certificate's notAfter, Unix ms, if it could be read
+    /// (explains a broker that refuses the session).
+    pub cert_not_after_ms: Option<u64>,
 }
 
 /// The time (and the TPM boot) an input is handled at, read by the
@@ -244,6 +247,7 @@ impl Core {
         );
         let notes = explain::Notes {
             enrolled: settings.enrolled,
+            cert_not_after_ms: settings.cert_not_after_ms,
             ..explain::Notes::default()
         };
         Core {
@@ -312,6 +316,7 @@ impl Core {
             self.last_attestation.as_ref(),
             self.connected,
             self.tpm_ok,
+            self.at.wall_display_ms,
         )
     }
 

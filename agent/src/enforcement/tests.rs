@@ -127,6 +127,7 @@ fn settings() -> Settings {
         version: "test",
         watchdog: None,
         enrolled: true,
+        cert_not_after_ms: None,
     }
 }
 

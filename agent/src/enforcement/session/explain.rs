@@ -78,7 +78,17 @@ pub struct Notes {
     pub drift: Option<(DriftKind, String)>,
     /// The broker's last error, while disconnected.
     pub broker_error: Option<String>,
+    /// The device certificate's notAfter, Unix ms.
+    pub cert_not_after_ms: Option<u64>,
     pub tpm_error: Option<String>,
+}
+
+/// The broker link as the explanation needs it.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    connected: bool,
+    /// Unix ms now (display clock): is the certificate expired?
+    wall_ms: u64,
 }
 
 /// The state as the status names it (what "since" counts from).
@@ -191,7 +201,8 @@ fn refusal_hint(code: RefusalCode, device: &str, pcrs: &[PcrStatus]) -> String {
 
 impl Notes {
     /// Why `state` is not open (`None` when it is). `last`: the last
-    /// round's outcome; `connected`, `tpm_ok`: the link and the TPM now.
+    /// round's outcome; `connected`, `tpm_ok`: the link and the TPM now;
+    /// `wall_ms`: Unix ms now (the certificate's expiry).
     pub fn why(
         &self,
         state: &GateState,
@@ -199,6 +210,7 @@ impl Notes {
         last: Option<&LastAttestation>,
         connected: bool,
         tpm_ok: bool,
+        wall_ms: u64,
     ) -> Option<Why> {
         let (since_ms, since_wall_ms) = self.since.map_or((0, 0), |(_, b, w)| (b, w));
         let show = format!("`mctc-authority devices show {device}`");
@@ -252,7 +264,8 @@ impl Notes {
                 };
             }
             GateState::Closed(reason) => {
-                self.closed(&mut why, *reason, device, last, connected, tpm_ok)
+                let link = Link { connected, wall_ms };
+                self.closed(&mut why, *reason, device, last, link, tpm_ok);
             }
         }
         Some(why)
@@ -264,7 +277,7 @@ impl Notes {
         reason: CloseReason,
         device: &str,
         last: Option<&LastAttestation>,
-        connected: bool,
+        link: Link,
         tpm_ok: bool,
     ) {
         if !self.enrolled {
@@ -282,10 +295,10 @@ impl Notes {
                 why.error = self.drift.as_ref().map(|(_, detail)| detail.clone());
                 why.hint = "the platform changed since it was attested; the agent re-attests, and the authority decides".to_owned();
             }
+            CloseReason::HeartbeatLapsed if !link.connected => self.broker(why, link.wall_ms),
             CloseReason::HeartbeatLapsed => {
                 why.cause = Cause::HeartbeatLapsed;
-                why.error = (!connected).then(|| self.broker_error.clone()).flatten();
-                why.hint = "no valid fleet heartbeat in time: is the authority running and the broker reachable?".to_owned();
+                why.hint = "no valid fleet heartbeat in time: is the authority running?".to_owned();
             }
             CloseReason::LineageUnavailable => {
                 why.cause = Cause::LineageUnavailable;
@@ -308,9 +321,30 @@ impl Notes {
             | CloseReason::Restored
             | CloseReason::ArtifactExpired
             | CloseReason::AttestationFailed => {
-                self.no_artifact(why, reason, device, last, connected, tpm_ok);
+                self.no_artifact(why, reason, device, last, link, tpm_ok);
             }
         }
+    }
+
+    /// The broker is away: an expired device certificate, or the link's
+    /// last error.
+    fn broker(&self, why: &mut Why, wall_ms: u64) {
+        why.error.clone_from(&self.broker_error);
+        if let Some(not_after) = self.cert_not_after_ms.filter(|&t| t <= wall_ms) {
+            why.cause = Cause::CertificateExpired;
+            why.check = Some("certificate".to_owned());
+            why.error = Some(format!(
+                "the device certificate expired at {} (Unix s){}",
+                not_after / 1000,
+                self.broker_error
+                    .as_deref()
+                    .map_or_else(String::new, |e| format!("; broker: {e}"))
+            ));
+            why.hint = "renew this device's certificate (`[broker] cert`, CN = device id) and restart the agent".to_owned();
+            return;
+        }
+        why.cause = Cause::BrokerUnreachable;
+        why.hint = "cannot reach the broker: check `[broker] url`, the CA and this device's certificate (CN = device id, not expired)".to_owned();
     }
 
     fn refused(&self, why: &mut Why, code: RefusalCode, device: &str) {
@@ -338,7 +372,7 @@ impl Notes {
         reason: CloseReason,
         device: &str,
         last: Option<&LastAttestation>,
-        connected: bool,
+        link: Link,
         tpm_ok: bool,
     ) {
         if !tpm_ok {
@@ -347,10 +381,8 @@ impl Notes {
             why.hint = "the TPM does not answer: check `[tpm] tcti` and the TPM device; the gate reopens after it does".to_owned();
             return;
         }
-        if !connected {
-            why.cause = Cause::BrokerUnreachable;
-            why.error.clone_from(&self.broker_error);
-            why.hint = "cannot reach the broker: check `[broker] url`, the CA and this device's certificate (CN = device id, not expired)".to_owned();
+        if !link.connected {
+            self.broker(why, link.wall_ms);
             return;
         }
         let last_at = last.map_or(0, |l| l.at_ms);

@@ -34,6 +34,7 @@ fn settings() -> Settings {
         version: "test",
         watchdog: None,
         enrolled: true,
+        cert_not_after_ms: None,
     }
 }
 
@@ -654,4 +655,43 @@ fn a_refusal_without_containment_is_refused_evidence_and_a_lost_broker_is_named(
     assert_eq!(why.cause, mctc_shim::api::Cause::BrokerUnreachable);
     assert_eq!(why.error.as_deref(), Some("TLS: certificate expired"));
     assert!(denies(&mut core, T0 + 30 + 10_001));
+}
+
+#[test]
+fn an_expired_device_certificate_is_named_when_the_broker_is_away() {
+    let authority = Authority::new();
+    // at() reads 1_700_000_000_000 on the wall clock; the certificate ran
+    // out a second before.
+    let mut core = core_with(
+        &authority,
+        Settings {
+            cert_not_after_ms: Some(1_699_999_999_000),
+            ..settings()
+        },
+    );
+    core.start(at(T0));
+    core.on_disconnected("TLS alert: certificate expired");
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::CertificateExpired);
+    assert_eq!(why.check.as_deref(), Some("certificate"));
+    assert!(
+        why.error.as_deref().unwrap().contains("1699999999"),
+        "{:?}",
+        why.error
+    );
+    assert!(why.hint.contains("certificate"), "{}", why.hint);
+    assert!(denies(&mut core, T0 + 1));
+    // A valid certificate: the broker's own error is what is shown.
+    let mut core = core_with(
+        &authority,
+        Settings {
+            cert_not_after_ms: Some(1_800_000_000_000),
+            ..settings()
+        },
+    );
+    core.start(at(T0));
+    core.on_disconnected("connection refused");
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::BrokerUnreachable);
+    assert_eq!(why.error.as_deref(), Some("connection refused"));
 }
