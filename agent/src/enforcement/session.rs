@@ -313,7 +313,10 @@ impl Core {
         self.notes.why(
             self.gate.state(),
             self.device.as_str(),
-            self.last_attestation.as_ref(),
+            self.last_attestation.map(|l| explain::Last {
+                verdict: l.verdict,
+                at_ms: l.at_ms,
+            }),
             self.connected,
             self.tpm_ok,
             self.at.wall_display_ms,

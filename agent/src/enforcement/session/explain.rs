@@ -16,8 +16,6 @@ use mctc_shim::gate::{CloseReason, ContainedBy, GateError, GateState, RevokedBy}
 use mctc_shim::lineage::{AttestVerdict, DriftKind};
 use mctc_shim::messages::RefusalCode;
 
-use super::LastAttestation;
-
 /// The status's explanation, without the part that grows with time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Why {
@@ -81,6 +79,13 @@ pub struct Notes {
     /// The device certificate's notAfter, Unix ms.
     pub cert_not_after_ms: Option<u64>,
     pub tpm_error: Option<String>,
+}
+
+/// The last attestation round's outcome and when it ended (boot ms).
+#[derive(Debug, Clone, Copy)]
+pub struct Last {
+    pub verdict: AttestVerdict,
+    pub at_ms: u64,
 }
 
 /// The broker link as the explanation needs it.
@@ -207,7 +212,7 @@ impl Notes {
         &self,
         state: &GateState,
         device: &str,
-        last: Option<&LastAttestation>,
+        last: Option<Last>,
         connected: bool,
         tpm_ok: bool,
         wall_ms: u64,
@@ -276,7 +281,7 @@ impl Notes {
         why: &mut Why,
         reason: CloseReason,
         device: &str,
-        last: Option<&LastAttestation>,
+        last: Option<Last>,
         link: Link,
         tpm_ok: bool,
     ) {
@@ -371,7 +376,7 @@ impl Notes {
         why: &mut Why,
         reason: CloseReason,
         device: &str,
-        last: Option<&LastAttestation>,
+        last: Option<Last>,
         link: Link,
         tpm_ok: bool,
     ) {
