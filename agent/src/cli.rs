@@ -372,13 +372,13 @@ fn render_status(status: &Status) -> String {
     }
     if let Some(why) = &status.why {
         out.push_str(&format!(
-            "why         {}{} for {} s (since {} ms Unix)\n",
+            "why         {}{} for {} s (since Unix {})\n",
             why.cause,
             why.check
                 .as_deref()
                 .map_or_else(String::new, |c| format!(" ({c})")),
             why.for_ms / 1000,
-            why.since_wall_ms
+            why.since_wall_ms / 1000
         ));
         if let Some(error) = &why.error {
             out.push_str(&format!("error       {error}\n"));
