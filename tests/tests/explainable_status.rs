@@ -5,10 +5,11 @@
 //! `mctc-authority devices show` says the same from the authority's side.
 //! Each case proves the deny as well as the explanation.
 //!
-//! One fleet, three devices: one whose PCR 14 differs from its class's
+//! One fleet, four devices: one whose PCR 14 differs from its class's
 //! baseline (refused, contained), one whose agent expects another issuer
 //! than the authority signs as (every artifact rejected on the device),
-//! one that never enrolled.
+//! one that quotes a PCR its class does not ask for (refused as bad
+//! evidence), one that never enrolled.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -168,6 +169,36 @@ fn a_closed_gate_says_why_on_the_device_over_mqtt_and_at_the_authority() {
         heard.is_some(),
         "published: {:?}",
         published(&observer, "issuer-1")
+    );
+
+    // --- the agent quotes a PCR its class does not ask for ---
+    let mut extra = fleet.device("select-1", "locker");
+    let config = std::fs::read_to_string(&extra.config).unwrap();
+    let rewritten = config.replace(
+        &format!("pcrs = [0, 7, {MEASURED_PCR}]"),
+        &format!("pcrs = [0, 7, {MEASURED_PCR}, 15]"),
+    );
+    assert_ne!(config, rewritten, "the harness config names the PCRs");
+    std::fs::write(&extra.config, rewritten).unwrap();
+    extra.enroll();
+    extra.start();
+    let status = wait_cause(&extra, "refused-evidence");
+    assert_eq!(status["why"]["check"], "bad-evidence", "{status}");
+    assert_eq!(status["why"]["pcrs"][0]["pcr"], 15, "{status}");
+    assert_eq!(status["why"]["pcrs"][0]["problem"], "not-in-policy");
+    assert!(
+        status["why"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("[attestation] pcrs"),
+        "{status}"
+    );
+    assert_denies(&extra);
+    let (show, _) = devices_show(&fleet, "select-1");
+    assert_eq!(show["last_refusal"], "bad-evidence", "{show}");
+    assert!(
+        show["hint"].as_str().unwrap().contains("extra: 15"),
+        "{show}"
     );
 
     // --- never enrolled ---
