@@ -445,6 +445,24 @@ fn render_status(status: &Status) -> String {
     if let Some(detail) = &status.detail {
         out.push_str(&format!("detail      {detail}\n"));
     }
+    if let Some(why) = &status.why {
+        out.push_str(&format!(
+            "why         {}{} for {} s (since Unix {})\n",
+            why.cause,
+            why.check
+                .as_deref()
+                .map_or_else(String::new, |c| format!(" ({c})")),
+            why.for_ms / 1000,
+            why.since_wall_ms / 1000
+        ));
+        if let Some(error) = &why.error {
+            out.push_str(&format!("error       {error}\n"));
+        }
+        for pcr in &why.pcrs {
+            out.push_str(&format!("pcr         {pcr}\n"));
+        }
+        out.push_str(&format!("hint        {}\n", why.hint));
+    }
     if let Some(artifact) = &status.artifact {
         out.push_str(&format!(
             "artifact    {} expires in {} ms\n",

@@ -228,6 +228,8 @@ pub async fn run(
             pcrs: config.pcrs,
             version: VERSION,
             watchdog,
+            enrolled: enrollment.is_some(),
+            cert_not_after_ms: cert_not_after_ms(&config.raw.broker.cert),
         },
         Parts {
             device: device.clone(),
@@ -369,7 +371,11 @@ async fn route(mut link: Link, mut router: Router, mut stop: oneshot::Receiver<(
             LinkEvent::Disconnected { reason } => {
                 tracing::warn!(%reason, "broker connection lost");
                 let _ = router.forward.send(ForwarderInput::Disconnected).await;
-                router.inbox.send(Input::Disconnected).await.is_ok()
+                router
+                    .inbox
+                    .send(Input::Disconnected { error: reason })
+                    .await
+                    .is_ok()
             }
             LinkEvent::SubscribeRefused { topic } => {
                 tracing::error!(%topic, "subscription refused by the broker (ACL?)");
@@ -452,4 +458,14 @@ pub async fn signals() -> String {
         _ = term.recv() => "sigterm".into(),
         _ = int.recv() => "sigint".into(),
     }
+}
+
+/// The notAfter of the first certificate in the PEM file at `path`, Unix
+/// ms; `None` if it cannot be read (the link reports that itself).
+fn cert_not_after_ms(path: &std::path::Path) -> Option<u64> {
+    let pem = std::fs::read(path).ok()?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let secs = u64::try_from(cert.validity().not_after.timestamp()).ok()?;
+    Some(secs.saturating_mul(1000))
 }

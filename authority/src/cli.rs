@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use mctc_shim::DeviceId;
+use mctc_shim::api::PcrStatus;
 use mctc_shim::limits::MAX_REASON_LEN;
 use serde_json::{Map, Value, json};
 
@@ -460,7 +461,7 @@ fn devices(config: &Path, command: DevicesCommand) -> Result<(), Error> {
             let all = cx.db(all)?;
             if json {
                 print_json(&Value::Array(
-                    all.iter().map(|d| device_json(d, false)).collect(),
+                    all.iter().map(|d| device_json(d, false, 0)).collect(),
                 ));
             } else {
                 println!(
@@ -485,18 +486,11 @@ fn devices(config: &Path, command: DevicesCommand) -> Result<(), Error> {
             let id = device_id(&id)?;
             let mut cx = Context::open(config)?;
             let d = cx.device(&id)?;
-            let value = device_json(&d, true);
+            let value = device_json(&d, true, cx.now.wall_ms);
             if json {
                 print_json(&value);
-            } else if let Value::Object(map) = value {
-                for (key, value) in map {
-                    let text = match value {
-                        Value::String(s) => s,
-                        Value::Null => "-".to_owned(),
-                        other => other.to_string(),
-                    };
-                    println!("{key:<18} {text}");
-                }
+            } else {
+                print_device(&value);
             }
             Ok(())
         }
@@ -575,7 +569,7 @@ fn pcr_map(mask: u32, values: &[[u8; 32]]) -> Value {
     Value::Object(map)
 }
 
-fn device_json(d: &DeviceRecord, detailed: bool) -> Value {
+fn device_json(d: &DeviceRecord, detailed: bool, now_ms: u64) -> Value {
     let mut v = json!({
         "id": d.id.as_str(),
         "class": d.class,
@@ -614,8 +608,52 @@ fn device_json(d: &DeviceRecord, detailed: bool) -> Value {
             ),
         );
         map.insert("verified_at".into(), secs(d.verified_ms));
+        map.insert(
+            "refusal".into(),
+            d.refusal_detail.as_ref().map_or(Value::Null, |r| {
+                json!({
+                    "detail": r.words,
+                    "pcrs": r.pcrs,
+                    "since": r.since_ms / 1000,
+                    "for_secs": now_ms.saturating_sub(r.since_ms) / 1000,
+                })
+            }),
+        );
+        map.insert("hint".into(), json!(crate::explain::hint(d)));
     }
     v
+}
+
+/// `devices show` for people: one `key value` line each, the refusal's
+/// PCRs one line each.
+fn print_device(value: &Value) {
+    let Value::Object(map) = value else { return };
+    let line = |key: &str, value: &Value| {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".to_owned(),
+            other => other.to_string(),
+        };
+        println!("{key:<18} {text}");
+    };
+    for (key, value) in map {
+        match (key.as_str(), value) {
+            ("refusal", Value::Object(refusal)) => {
+                for (k, v) in refusal {
+                    if k == "pcrs" {
+                        let pcrs: Vec<PcrStatus> =
+                            serde_json::from_value(v.clone()).unwrap_or_default();
+                        for pcr in pcrs {
+                            println!("{:<18} {pcr}", "refusal_pcr");
+                        }
+                    } else {
+                        line(&format!("refusal_{k}"), v);
+                    }
+                }
+            }
+            _ => line(key, value),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -586,6 +586,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
                         crate::model::Refusal::Internal,
                         false,
                         now,
+                        &[],
                     );
                 }
             };
@@ -627,6 +628,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
                 refusal,
                 detail,
                 contain,
+                pcrs,
                 ..
             } => {
                 let contained = attested.status == DeviceStatus::Contained;
@@ -646,7 +648,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
                         "staged rollout stopped: its share is judged by the class's own values again"
                     );
                 }
-                self.refusal(device, nonce, *refusal, contained, now)
+                self.refusal(device, nonce, *refusal, contained, now, pcrs)
             }
         }
     }
@@ -658,6 +660,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
         refusal: crate::model::Refusal,
         contained: bool,
         now: &Now,
+        pcrs: &[mctc_shim::messages::PcrFinding],
     ) -> Result<Vec<Outgoing>, Dropped> {
         let payload = self.settings.issuer.refusal(
             device,
@@ -665,6 +668,7 @@ impl<S: Store, C: Clock> Engine<S, C> {
             refusal.code(),
             contained,
             now.wall_secs(),
+            pcrs,
         )?;
         Ok(vec![Outgoing {
             topic: DeviceTopic::Artifact.topic(device).to_string(),

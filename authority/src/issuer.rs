@@ -7,10 +7,10 @@ use std::path::Path;
 
 use mctc_shim::artifact::{Claims, ScopeEntry};
 use mctc_shim::cose::Signed;
-use mctc_shim::limits::MAX_SIGNED_LEN;
+use mctc_shim::limits::{MAX_REFUSAL_PCRS, MAX_SIGNED_LEN};
 use mctc_shim::messages::{
-    Control, ControlAction, DeviceStatus, EnrollResult, EnrollStatus, Heartbeat, Refusal,
-    RefusalCode, RegistryRecord,
+    Control, ControlAction, DeviceStatus, EnrollResult, EnrollStatus, Heartbeat, PcrFinding,
+    Refusal, RefusalCode, RegistryRecord,
 };
 use mctc_shim::tpm::{BootCounters, TPM_ALG_SHA256};
 use mctc_shim::wire::{Bstr, Bytes, List, Text, Token, Version};
@@ -175,7 +175,13 @@ impl Issuer {
         reason: RefusalCode,
         contained: bool,
         iat: u64,
+        pcrs: &[PcrFinding],
     ) -> Result<Vec<u8>, mctc_shim::Error> {
+        // More findings than a refusal carries cannot come from a verdict
+        // (one per PCR of the bank); cut rather than fail the answer.
+        let pcrs = pcrs
+            .get(..pcrs.len().min(MAX_REFUSAL_PCRS))
+            .unwrap_or_default();
         sign(
             &Refusal {
                 v: Version::default(),
@@ -184,6 +190,7 @@ impl Issuer {
                 reason,
                 contained,
                 iat,
+                pcrs: (!pcrs.is_empty()).then(|| List::from_slice(pcrs)).flatten(),
             },
             &self.signer,
         )

@@ -17,7 +17,8 @@
 //!   `/metrics` shows.
 //! - [`config`], [`policy`]: the two files; [`cli`]: the command line,
 //!   with the `policy` commands in [`policy_cli`]; [`backup`]: backup and
-//!   restore of the store.
+//!   restore of the store; [`explain`]: the fleet manager's hint for a
+//!   device (`devices show`).
 #![forbid(unsafe_code)]
 
 pub mod backup;
@@ -27,6 +28,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod housekeeping;
 pub mod issuer;
 pub mod metrics;

@@ -9,7 +9,8 @@ use std::fmt;
 
 use mctc_attest::ClockInfo;
 use mctc_shim::DeviceId;
-use mctc_shim::messages::{DeviceStatus, NoncePurpose, RefusalCode};
+use mctc_shim::api::PcrStatus;
+use mctc_shim::messages::{DeviceStatus, NoncePurpose, PcrFinding, RefusalCode};
 
 /// Parses a 64-digit hex SHA-256.
 pub fn parse_sha256(text: &str) -> Option<[u8; 32]> {
@@ -206,8 +207,23 @@ pub struct DeviceRecord {
     pub verdict: Option<Verdict>,
     /// The refusal, if refused.
     pub refusal: Option<Refusal>,
+    /// What the refusal was about, if refused (absent in rows written
+    /// before it was stored).
+    pub refusal_detail: Option<RefusalDetail>,
     /// Artifacts issued so far.
     pub artifacts_issued: u64,
+}
+
+/// What a refusal was about, as stored for `devices show`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalDetail {
+    /// The check that failed, in words (no nonces, no keys).
+    pub words: String,
+    /// The PCRs the refusal named (what the device was told).
+    pub pcrs: Vec<PcrStatus>,
+    /// Since when the device's evidence has been refused (Unix ms): the
+    /// first refusal after an affirmation.
+    pub since_ms: u64,
 }
 
 /// Why evidence was not affirmed: the wire's [`RefusalCode`] plus
@@ -344,6 +360,9 @@ pub enum Decision {
         facts: Option<VerifiedFacts>,
         /// Contain the device, with this reason (≤ 64 bytes).
         contain: Option<String>,
+        /// The PCRs the refusal is about (told to the device, at most
+        /// `MAX_REFUSAL_PCRS`).
+        pcrs: Vec<PcrFinding>,
     },
 }
 
@@ -354,6 +373,7 @@ impl Decision {
             detail: detail.into(),
             facts: None,
             contain: None,
+            pcrs: Vec::new(),
         }
     }
 }

@@ -646,6 +646,7 @@ fresh_attestation = true
             attempt_ms: Some(1_000_000),
             verdict: Some(Verdict::Affirmed),
             refusal: None,
+            refusal_detail: None,
             artifacts_issued: 1,
         }
     }

@@ -26,7 +26,9 @@
 
 use mctc_attest::verifier::{AkPublic, QuoteError, QuoteExpectation, verify_quote};
 use mctc_attest::{ClockInfo, PcrSelection, PcrValues};
-use mctc_shim::messages::{DeviceStatus, Evidence};
+use mctc_shim::limits::PCR_PREFIX_LEN;
+use mctc_shim::messages::{DeviceStatus, DigestPrefix, Evidence, PcrFinding, PcrProblem};
+use mctc_shim::wire::Bytes;
 
 use crate::model::{ClassBaseline, DeviceRecord};
 use crate::policy::ClassPolicy;
@@ -121,11 +123,27 @@ pub fn evaluate(
         Err(e) => {
             let refusal = quote_refusal(&e);
             let contain = (refusal == Refusal::BootAnomaly).then(|| "tpm rollback".to_owned());
+            let pcrs = if matches!(e, QuoteError::SelectionMismatch { .. }) {
+                selection_findings(class, evidence)
+            } else {
+                Vec::new()
+            };
+            let detail = if pcrs.is_empty() {
+                e.to_string()
+            } else {
+                format!(
+                    "{e}: the device quotes PCR {}, class {} asks for PCR {}",
+                    pcr_list(&reported),
+                    class.name,
+                    pcr_list(&class.pcrs)
+                )
+            };
             return Decision::Refuse {
                 refusal,
-                detail: e.to_string(),
+                detail,
                 facts: None,
                 contain,
+                pcrs,
             };
         }
     };
@@ -149,9 +167,28 @@ pub fn evaluate(
         digest: *verified.pcr_digest(),
     };
     let id = device.id.as_str();
-    let judgement = class.judge(&facts.pairs(), &baseline.for_device(id));
+    let learned = baseline.for_device(id);
+    let pairs = facts.pairs();
+    let judgement = class.judge(&pairs, &learned);
     if !judgement.drift.is_empty() {
         let list = pcr_list(&judgement.drift);
+        let pcrs = judgement
+            .drift
+            .iter()
+            .map(|&pcr| {
+                let got = pairs.iter().find(|(p, _)| *p == pcr).map(|(_, v)| v);
+                PcrFinding {
+                    pcr,
+                    problem: if got.is_some() {
+                        PcrProblem::Differs
+                    } else {
+                        PcrProblem::NotQuoted
+                    },
+                    expected: class.allowed(pcr, &learned).next().map(prefix),
+                    got: got.map(prefix),
+                }
+            })
+            .collect();
         let (detail, reason) = match baseline.staged(id) {
             None => (
                 format!("PCR drift from the class baseline: PCR {list}"),
@@ -170,10 +207,25 @@ pub fn evaluate(
             detail,
             facts: Some(facts),
             contain: Some(truncate(reason)),
+            pcrs,
         };
     }
     if !judgement.missing.is_empty() {
+        let pcrs = judgement
+            .missing
+            .iter()
+            .map(|&pcr| PcrFinding {
+                pcr,
+                problem: PcrProblem::NoReference,
+                expected: None,
+                got: pairs
+                    .iter()
+                    .find(|(p, _)| *p == pcr)
+                    .map(|(_, v)| prefix(v)),
+            })
+            .collect();
         return Decision::Refuse {
+            pcrs,
             refusal: Refusal::NoBaseline,
             detail: format!(
                 "no baseline for PCR {} of class {}",
@@ -203,6 +255,41 @@ fn quote_refusal(e: &QuoteError) -> Refusal {
         | QuoteError::SelectionMismatch { .. }
         | QuoteError::PcrDigestMismatch => Refusal::BadEvidence,
     }
+}
+
+/// The PCRs where the evidence's selection and the class's differ.
+fn selection_findings(class: &ClassPolicy, evidence: &Evidence<'_>) -> Vec<PcrFinding> {
+    let class_mask = class.mask();
+    let mut findings = Vec::new();
+    let quoted = indices(evidence.pcr_mask).zip(evidence.pcr_values.iter());
+    for (pcr, value) in quoted {
+        if class_mask & (1 << pcr) == 0 {
+            findings.push(PcrFinding {
+                pcr,
+                problem: PcrProblem::NotInPolicy,
+                expected: None,
+                got: Some(prefix(&value.0)),
+            });
+        }
+    }
+    for &pcr in &class.pcrs {
+        if evidence.pcr_mask & (1 << pcr) == 0 {
+            findings.push(PcrFinding {
+                pcr,
+                problem: PcrProblem::NotQuoted,
+                expected: None,
+                got: None,
+            });
+        }
+    }
+    findings.sort_by_key(|f| f.pcr);
+    findings
+}
+
+/// The leading bytes of a digest that a refusal shows.
+fn prefix(digest: &[u8; 32]) -> DigestPrefix {
+    // A digest is 32 bytes, longer than the prefix: the fallback never runs.
+    Bytes(*digest.first_chunk().unwrap_or(&[0; PCR_PREFIX_LEN]))
 }
 
 fn pcr_list(pcrs: &[u8]) -> String {
@@ -247,6 +334,7 @@ mod tests {
             attempt_ms: None,
             verdict: None,
             refusal: None,
+            refusal_detail: None,
             artifacts_issued: 0,
         }
     }
@@ -350,6 +438,34 @@ mod tests {
         assert_eq!(Refusal::from_name("nope"), None);
         assert_eq!(truncate("x".repeat(80)).len(), 64);
         assert_eq!(indices(0b1000_0101).collect::<Vec<_>>(), vec![0, 2, 7]);
+    }
+
+    #[test]
+    fn a_selection_mismatch_names_each_pcr_either_side_lacks() {
+        // The device quotes PCRs 0 and 14; the class asks for 0 and 7.
+        let mut e = evidence();
+        e.pcr_mask = 1 | 1 << 14;
+        e.pcr_values = List::from_slice(&[Bytes([0; 32]), Bytes([0xee; 32])]).unwrap();
+        let mut c = class();
+        c.pcrs = vec![0, 7];
+        let findings = selection_findings(&c, &e);
+        assert_eq!(
+            findings,
+            vec![
+                PcrFinding {
+                    pcr: 7,
+                    problem: PcrProblem::NotQuoted,
+                    expected: None,
+                    got: None
+                },
+                PcrFinding {
+                    pcr: 14,
+                    problem: PcrProblem::NotInPolicy,
+                    expected: None,
+                    got: Some(Bytes([0xee; 8]))
+                },
+            ]
+        );
     }
 
     #[test]

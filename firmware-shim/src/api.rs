@@ -30,9 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::Currency;
 use crate::gate::{ContainedBy, GateState, RevokedBy};
-use crate::limits::{MAX_OP_LEN, MAX_REF_LEN};
+#[cfg(doc)]
+use crate::limits::MAX_REFUSAL_PCRS;
+use crate::limits::{MAX_EXPLANATION_LEN, MAX_OP_LEN, MAX_REF_LEN};
 use crate::lineage::{AttestVerdict, DenyCode};
-use crate::messages::{NoncePurpose, RefusalCode};
+use crate::messages::{NoncePurpose, PcrFinding, PcrProblem, RefusalCode};
 use crate::wire::token_problem;
 
 /// The version of this schema (`v` in every answer and status).
@@ -525,6 +527,186 @@ pub struct Status {
     pub version: String,
     /// The agent's wall clock, Unix ms.
     pub wall_ms: u64,
+    /// Why the gate is not open, explained (absent while open, and in what
+    /// agents wrote before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<Explanation>,
+}
+
+/// Why a gate is not open: the cause, since when, the underlying error
+/// and what an operator does about it. Bounded: `error` at most
+/// [`MAX_EXPLANATION_LEN`] bytes, `pcrs` at most [`MAX_REFUSAL_PCRS`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Explanation {
+    /// The cause.
+    pub cause: Cause,
+    /// Which check failed, by its stable name, where one did: an
+    /// artifact's (`signature`, `issuer`, `device`, `boot`, `expired`, …),
+    /// the authority's refusal code, the drift kind, the revocation's
+    /// source.
+    pub check: Option<String>,
+    /// The underlying error in one line (the broker's, the TPM's, the
+    /// operator's reason), if there is one.
+    pub error: Option<String>,
+    /// How long the gate has been in this state (CLOCK_BOOTTIME).
+    pub for_ms: u64,
+    /// One line saying what to do.
+    pub hint: String,
+    /// The PCRs the authority named when it refused the evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pcrs: Vec<PcrStatus>,
+    /// Since when, Unix ms (the agent's wall clock).
+    pub since_wall_ms: u64,
+}
+
+impl Explanation {
+    /// `text` cut to [`MAX_EXPLANATION_LEN`] bytes at a character boundary.
+    pub fn bounded(text: &str) -> String {
+        let mut end = text.len().min(MAX_EXPLANATION_LEN);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.get(..end).unwrap_or_default().to_owned()
+    }
+}
+
+/// One PCR the authority named, as the status shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcrStatus {
+    /// Hex prefix of a value the class allows, if it has one.
+    pub expected: Option<String>,
+    /// Hex prefix of the quoted value, if quoted.
+    pub got: Option<String>,
+    /// The PCR index.
+    pub pcr: u8,
+    /// How it disagrees.
+    #[serde(with = "by_name")]
+    pub problem: PcrProblem,
+}
+
+impl From<&PcrFinding> for PcrStatus {
+    fn from(f: &PcrFinding) -> Self {
+        fn hex(bytes: &[u8]) -> String {
+            bytes.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        PcrStatus {
+            expected: f.expected.as_ref().map(|d| hex(&d.0)),
+            got: f.got.as_ref().map(|d| hex(&d.0)),
+            pcr: f.pcr,
+            problem: f.problem,
+        }
+    }
+}
+
+impl fmt::Display for PcrStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PCR {} {}", self.pcr, self.problem.name())?;
+        match (&self.expected, &self.got) {
+            (Some(e), Some(g)) => write!(f, " (expected {e}…, got {g}…)"),
+            (Some(e), None) => write!(f, " (expected {e}…)"),
+            (None, Some(g)) => write!(f, " (got {g}…)"),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+/// Why a gate is not open, by a stable kebab-case name (the same
+/// convention as every other code the status prints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Cause {
+    /// The agent started and has no artifact yet.
+    AwaitingAttestation,
+    /// The device has not enrolled its TPM with the authority.
+    NotEnrolled,
+    /// The authority refused the evidence (`check`: its code; `pcrs`).
+    RefusedEvidence,
+    /// An artifact from the authority failed a check on the device
+    /// (`check`: which).
+    ArtifactRejected,
+    /// The authority did not answer in time.
+    NoAnswer,
+    /// The broker cannot be reached or refused the session (`error`).
+    BrokerUnreachable,
+    /// The device's client certificate has expired (`error`: since when).
+    CertificateExpired,
+    /// The artifact's validity ended and no renewal arrived.
+    ArtifactExpired,
+    /// No valid fleet heartbeat within the window.
+    HeartbeatLapsed,
+    /// The platform changed (`check`: the drift kind; `error`: what).
+    Drift,
+    /// The TPM fails or does not answer.
+    TpmUnavailable,
+    /// Lineage cannot be written.
+    LineageUnavailable,
+    /// A heartbeat shows the device may have missed a revocation.
+    RevocationGap,
+    /// The clock went backwards.
+    ClockRegression,
+    /// The authority holds the device contained.
+    Contained,
+    /// The device is revoked.
+    Revoked,
+    /// The agent is stopping.
+    Shutdown,
+    /// A cause a newer agent names that this reader does not know (so a
+    /// new cause never makes an older reader drop the whole status).
+    #[serde(other)]
+    Other,
+}
+
+impl Cause {
+    /// Every cause.
+    pub const ALL: &'static [Cause] = &[
+        Cause::AwaitingAttestation,
+        Cause::NotEnrolled,
+        Cause::RefusedEvidence,
+        Cause::ArtifactRejected,
+        Cause::NoAnswer,
+        Cause::BrokerUnreachable,
+        Cause::CertificateExpired,
+        Cause::ArtifactExpired,
+        Cause::HeartbeatLapsed,
+        Cause::Drift,
+        Cause::TpmUnavailable,
+        Cause::LineageUnavailable,
+        Cause::RevocationGap,
+        Cause::ClockRegression,
+        Cause::Contained,
+        Cause::Revoked,
+        Cause::Shutdown,
+    ];
+
+    /// The name in the JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cause::AwaitingAttestation => "awaiting-attestation",
+            Cause::NotEnrolled => "not-enrolled",
+            Cause::RefusedEvidence => "refused-evidence",
+            Cause::ArtifactRejected => "artifact-rejected",
+            Cause::NoAnswer => "no-answer",
+            Cause::BrokerUnreachable => "broker-unreachable",
+            Cause::CertificateExpired => "certificate-expired",
+            Cause::ArtifactExpired => "artifact-expired",
+            Cause::HeartbeatLapsed => "heartbeat-lapsed",
+            Cause::Drift => "drift",
+            Cause::TpmUnavailable => "tpm-unavailable",
+            Cause::LineageUnavailable => "lineage-unavailable",
+            Cause::RevocationGap => "revocation-gap",
+            Cause::ClockRegression => "clock-regression",
+            Cause::Contained => "contained",
+            Cause::Revoked => "revoked",
+            Cause::Shutdown => "shutdown",
+            Cause::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// The installed artifact.

@@ -48,6 +48,15 @@ pub const MAX_ATTEST_LEN: usize = 1024;
 pub const MAX_TPM_SIGNATURE_LEN: usize = 512;
 /// A TPM 2.0 PC-client platform has 24 PCRs per bank.
 pub const MAX_PCRS: usize = 24;
+/// Most PCRs a refusal names. Eight keep a refusal small in firmware RAM
+/// (each finding is about 20 bytes inline); a class rarely selects more,
+/// and the authority's `devices show` keeps every PCR it found.
+pub const MAX_REFUSAL_PCRS: usize = 8;
+/// Bytes of each digest a refusal's PCR finding shows (8: a person tells
+/// values apart; the baseline itself stays with the authority).
+pub const PCR_PREFIX_LEN: usize = 8;
+/// Longest explanation text in the device status (`why.error`), in bytes.
+pub const MAX_EXPLANATION_LEN: usize = 160;
 /// Longest activated credential secret (`TPM2B_DIGEST`: at most 64 bytes).
 pub const MAX_CREDENTIAL_SECRET_LEN: usize = 64;
 

@@ -15,7 +15,7 @@ use crate::limits::{
     MAX_AK_NAME_LEN, MAX_AK_PUBLIC_LEN, MAX_ATTEST_LEN, MAX_BATCH_RECORDS, MAX_CLASS_LEN,
     MAX_CREDENTIAL_BLOB_LEN, MAX_CREDENTIAL_SECRET_LEN, MAX_EK_CERT_LEN, MAX_EK_PUBLIC_LEN,
     MAX_ENCRYPTED_SECRET_LEN, MAX_HB_MS, MAX_PCRS, MAX_REASON_LEN, MAX_RECORD_LEN,
-    MAX_REVOKED_PER_HEARTBEAT, MAX_TPM_SIGNATURE_LEN, MIN_HB_MS,
+    MAX_REFUSAL_PCRS, MAX_REVOKED_PER_HEARTBEAT, MAX_TPM_SIGNATURE_LEN, MIN_HB_MS, PCR_PREFIX_LEN,
 };
 use crate::tpm::PcrSelection;
 use crate::wire::{
@@ -315,9 +315,61 @@ wire_map! {
         4 => contained: bool,
         /// Key `5`: issue time, Unix seconds.
         5 => iat: u64,
+        /// Key `6` (optional): the PCRs that made the authority refuse, at
+        /// most [`MAX_REFUSAL_PCRS`] (the first ones, by index), each with
+        /// the digest prefixes it compared. Absent when the refusal is not about PCR values. A
+        /// decoder that predates the key rejects the whole refusal as
+        /// malformed (unknown key): the old agent hears no answer and its
+        /// gate stays closed.
+        6 => pcrs: Option<List<PcrFinding, MAX_REFUSAL_PCRS>>,
     }
 }
 wire_message!(Refusal, MessageKind::Refusal);
+
+wire_code! {
+    /// How one PCR of refused evidence disagrees with the device's class.
+    pub enum PcrProblem: u8 {
+        /// Quoted, but not a value the class allows (drift).
+        Differs = 1 => "differs",
+        /// The class has no reference value for it yet (`policy learn`).
+        NoReference = 2 => "no-reference",
+        /// The class asks for it, the evidence does not quote it.
+        NotQuoted = 3 => "not-quoted",
+        /// Quoted, but the class does not ask for it.
+        NotInPolicy = 4 => "not-in-policy",
+    }
+}
+
+/// The leading bytes of a digest a [`PcrFinding`] carries: enough for a
+/// person to tell values apart, never the whole baseline.
+pub type DigestPrefix = Bytes<PCR_PREFIX_LEN>;
+
+wire_map! {
+    /// One PCR named in a [`Refusal`].
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct PcrFinding {
+        /// Key `0`: the PCR index (0–23).
+        0 => pcr: u8,
+        /// Key `1`: how it disagrees.
+        1 => problem: PcrProblem,
+        /// Key `2`: a reference value's prefix (the first the class allows),
+        /// when the class has one.
+        2 => expected: Option<DigestPrefix>,
+        /// Key `3`: the quoted value's prefix, when the evidence quoted it.
+        3 => got: Option<DigestPrefix>,
+    }
+    check = check_pcr_finding;
+}
+
+fn check_pcr_finding(f: &PcrFinding) -> Result<(), Invalid> {
+    if usize::from(f.pcr) >= MAX_PCRS {
+        return Err(Invalid {
+            field: "pcr",
+            problem: Problem::OutOfRange,
+        });
+    }
+    Ok(())
+}
 impl Signed<'_> for Refusal {}
 
 wire_map! {

@@ -3,10 +3,12 @@
 //! answers and status read tolerantly and write the documented bytes.
 
 use mctc_shim::api::{
-    API_VERSION, AuthorizeAnswer, CheckpointAnswer, Decision, DenyReason, GateStatus,
-    LineageHealth, OfflineStatus, Reply, Request, RequestError, Status, StatusMessage, TpmHealth,
+    API_VERSION, AuthorizeAnswer, Cause, CheckpointAnswer, Decision, DenyReason, Explanation,
+    GateStatus, LineageHealth, OfflineStatus, Reply, Request, RequestError, Status, StatusMessage,
+    TpmHealth,
 };
 use mctc_shim::lineage::DenyCode;
+use mctc_shim::messages::PcrProblem;
 use serde_json::json;
 
 fn parse(line: &str) -> Result<Request, serde_json::Error> {
@@ -297,4 +299,38 @@ fn gate_states_summarise_as_the_status_documents() {
             (status, reason, detail)
         );
     }
+}
+
+#[test]
+fn a_closed_status_explains_itself_and_older_or_newer_readers_cope() {
+    let mut value = serde_json::to_value(status()).unwrap();
+    value["state"] = json!("contained");
+    value["why"] = json!({
+        "cause": "refused-evidence", "check": "policy-mismatch", "error": null,
+        "for_ms": 12, "hint": "ask the fleet manager: `mctc-authority devices show d1`",
+        "pcrs": [{"expected": "0011223344556677", "got": "8899aabbccddeeff", "pcr": 14, "problem": "differs"}],
+        "since_wall_ms": 13
+    });
+    let parsed: Status = serde_json::from_value(value.clone()).unwrap();
+    let why = parsed.why.as_ref().unwrap();
+    assert_eq!(why.cause, Cause::RefusedEvidence);
+    assert_eq!(why.pcrs[0].problem, PcrProblem::Differs);
+    assert_eq!(
+        why.pcrs[0].to_string(),
+        "PCR 14 differs (expected 0011223344556677…, got 8899aabbccddeeff…)"
+    );
+    // Written back byte for byte, keys in order.
+    assert_eq!(serde_json::to_value(&parsed).unwrap(), value);
+    for cause in Cause::ALL {
+        assert_eq!(serde_json::to_value(cause).unwrap(), cause.name());
+    }
+    // A cause from a newer agent is read as `other`, not as a broken status.
+    value["why"]["cause"] = json!("quantum-flux");
+    let newer: Status = serde_json::from_value(value).unwrap();
+    assert_eq!(newer.why.unwrap().cause, Cause::Other);
+    // An open status has no `why` key at all (what older readers saw).
+    assert!(!serde_json::to_string(&status()).unwrap().contains("why"));
+    let long = "é".repeat(200);
+    let cut = Explanation::bounded(&long);
+    assert!(cut.len() <= mctc_shim::limits::MAX_EXPLANATION_LEN && long.starts_with(&cut));
 }

@@ -10,7 +10,7 @@ use mctc_shim::lineage::{
     AttestVerdict, CloseCode, DenyCode, DriftKind, RecordKind, Source, VerdictCode,
 };
 use mctc_shim::messages::{
-    AckAnomaly, ControlAction, DeviceStatus, EnrollStatus, NoncePurpose, RefusalCode,
+    AckAnomaly, ControlAction, DeviceStatus, EnrollStatus, NoncePurpose, PcrProblem, RefusalCode,
 };
 use mctc_shim::wire::CodeName;
 
@@ -58,6 +58,7 @@ fn every_code_has_one_unique_kebab_case_name() {
     check::<EnrollStatus>("EnrollStatus");
     check::<NoncePurpose>("NoncePurpose");
     check::<RefusalCode>("RefusalCode");
+    check::<PcrProblem>("PcrProblem");
     check::<ControlAction>("ControlAction");
     check::<DeviceStatus>("DeviceStatus");
     check::<AckAnomaly>("AckAnomaly");

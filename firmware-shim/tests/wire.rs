@@ -188,6 +188,25 @@ fn every_signed_message_round_trips_exactly() {
     ] {
         signed_round_trip(&refusal(code, true), &mut out);
     }
+    let mut named = refusal(RefusalCode::PolicyMismatch, true);
+    named.pcrs = Some(
+        List::from_slice(&[
+            PcrFinding {
+                pcr: 14,
+                problem: PcrProblem::Differs,
+                expected: Some(Bytes([0xab; 8])),
+                got: Some(Bytes([0xcd; 8])),
+            },
+            PcrFinding {
+                pcr: 15,
+                problem: PcrProblem::NotQuoted,
+                expected: None,
+                got: None,
+            },
+        ])
+        .unwrap(),
+    );
+    signed_round_trip(&named, &mut out);
     signed_round_trip(&registry(&[1; 90], &[2; 34], "locker"), &mut out);
     for status in [
         EnrollStatus::Ok,
@@ -626,6 +645,20 @@ fn the_largest_message_of_every_kind_fits_its_limit() {
     let mut rf = refusal(RefusalCode::Internal, true);
     rf.sub = dev.clone();
     rf.iat = u64::MAX;
+    // As many PCRs as a refusal names, the highest indices, both prefixes.
+    let (most, bank) = (
+        mctc_shim::limits::MAX_REFUSAL_PCRS,
+        mctc_shim::limits::MAX_PCRS,
+    );
+    let findings: Vec<PcrFinding> = (bank - most..bank)
+        .map(|pcr| PcrFinding {
+            pcr: u8::try_from(pcr).unwrap(),
+            problem: PcrProblem::NotInPolicy,
+            expected: Some(Bytes([0xff; 8])),
+            got: Some(Bytes([0xff; 8])),
+        })
+        .collect();
+    rf.pcrs = Some(List::from_slice(&findings).unwrap());
     sizes.push((MessageKind::Refusal, signed_round_trip(&rf, &mut buf)));
 
     // A receipt with the reserved log fields at their limits: it still fits,
@@ -828,4 +861,46 @@ fn nonce_pcr_selection_is_required_and_bounded() {
     cbor::head(0, 5, &mut new);
     cbor::head(0, 1 << 23, &mut new);
     assert_eq!(Nonce::decode(&new), Ok(good));
+}
+
+/// A refusal's PCR findings are bounded and checked: an index beyond the
+/// bank is invalid, not a panic; a decoder that does not know a key (what
+/// an agent older than key 6 does with every refusal naming PCRs) rejects
+/// the whole message, so the old agent hears no answer and stays closed.
+#[test]
+fn refusal_pcr_findings_are_checked_and_unknown_keys_fail_closed() {
+    let mut buf = vec![0u8; 4096];
+    let mut rf = refusal(RefusalCode::PolicyMismatch, false);
+    rf.pcrs = Some(
+        List::from_slice(&[PcrFinding {
+            pcr: 24,
+            problem: PcrProblem::Differs,
+            expected: None,
+            got: None,
+        }])
+        .unwrap(),
+    );
+    assert!(matches!(
+        rf.encode(&mut buf),
+        Err(Error::Invalid {
+            invalid: Invalid {
+                field: "pcr",
+                problem: Problem::OutOfRange
+            },
+            ..
+        })
+    ));
+    // Key 7 is to this decoder what key 6 is to an older one.
+    let plain = refusal(RefusalCode::PolicyMismatch, false);
+    let bytes = plain.encode(&mut buf).unwrap().to_vec();
+    let mut extended = bytes.clone();
+    // Map header 0xa6 (six entries) becomes 0xa7, plus `7: 0`.
+    assert_eq!(extended[0], 0xa6);
+    extended[0] = 0xa7;
+    extended.extend_from_slice(&[0x07, 0x00]);
+    assert!(matches!(
+        Refusal::decode(&extended),
+        Err(Error::Malformed { .. })
+    ));
+    assert_eq!(Refusal::decode(&bytes).unwrap(), plain);
 }

@@ -221,6 +221,18 @@ fn messages(ak: &FixedAk) -> Vec<Seed> {
         reason: RefusalCode::PolicyMismatch,
         contained: false,
         iat: fixtures::IAT,
+        pcrs: None,
+    };
+    // The same refusal naming a PCR (key 6), so the corpus reaches the
+    // findings and their checks.
+    let refusal_pcrs = Refusal {
+        pcrs: List::from_slice(&[mctc_shim::messages::PcrFinding {
+            pcr: 14,
+            problem: mctc_shim::messages::PcrProblem::Differs,
+            expected: Some(Bytes([0xab; 8])),
+            got: Some(Bytes([0xcd; 8])),
+        }]),
+        ..refusal.clone()
     };
     let result = EnrollResult {
         v: Version::CURRENT,
@@ -252,6 +264,16 @@ fn messages(ak: &FixedAk) -> Vec<Seed> {
         seed("messages", "record-checkpoint", &[&[7], &records[2]]),
         seed("messages", "refusal", &[&[8], &fixtures::sign(&refusal)]),
         seed("messages", "refusal-payload", &[&[9], &encode(&refusal)]),
+        seed(
+            "messages",
+            "refusal-pcrs",
+            &[&[8], &fixtures::sign(&refusal_pcrs)],
+        ),
+        seed(
+            "messages",
+            "refusal-pcrs-payload",
+            &[&[9], &encode(&refusal_pcrs)],
+        ),
         seed(
             "messages",
             "enroll-result",

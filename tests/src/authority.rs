@@ -274,13 +274,14 @@ pub use crate::mqtt::Client;
 #[derive(Debug)]
 pub enum Answer {
     Artifact(Vec<u8>),
-    Refusal(Refusal),
+    /// Boxed: a refusal carries its bounded PCR findings inline.
+    Refusal(Box<Refusal>),
 }
 
 impl Answer {
     pub fn refusal(self) -> Refusal {
         match self {
-            Answer::Refusal(r) => r,
+            Answer::Refusal(r) => *r,
             Answer::Artifact(_) => panic!("expected a refusal, got an artifact"),
         }
     }
@@ -519,7 +520,7 @@ impl Device {
             Err(ShimError::Envelope(EnvelopeError::WrongContentType { .. })) => {
                 let refusal = Refusal::open(bytes, &self.keys, &RingCrypto).unwrap();
                 assert_eq!(refusal.sub, self.id);
-                Answer::Refusal(refusal)
+                Answer::Refusal(Box::new(refusal))
             }
             Err(e) => panic!("neither artifact nor refusal: {e}"),
         }

@@ -72,7 +72,10 @@ pub enum Input {
     Connected {
         session: u64,
     },
-    Disconnected,
+    /// The broker session ended, with the link's reason.
+    Disconnected {
+        error: String,
+    },
     Authorize {
         request: AuthorizeRequest,
         reply: oneshot::Sender<Pending>,
@@ -376,8 +379,8 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
                 received_ms,
             } => self.core.on_message(at, kind, &payload, received_ms),
             Input::Connected { session } => self.core.on_connected(at, session),
-            Input::Disconnected => {
-                self.core.on_disconnected();
+            Input::Disconnected { error } => {
+                self.core.on_disconnected(&error);
                 Vec::new()
             }
             Input::Authorize { request, reply } => {
@@ -546,6 +549,7 @@ impl<P: Platform, O: Outbox> Enforcer<P, O> {
             at_ms: a.at_ms,
         });
         StatusCore {
+            why: self.core.why(),
             device: self.core.device().as_str().to_owned(),
             state,
             reason,

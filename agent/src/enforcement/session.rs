@@ -28,6 +28,7 @@
 //! (`rounds.rs`). The gate itself is the shim's ([`Gate`]), which applies
 //! its deadlines on every input.
 
+mod explain;
 mod phase;
 mod rounds;
 
@@ -50,6 +51,7 @@ use crate::lineage::writer::Health;
 use crate::platform::{PlatformError, Quote};
 use crate::state::RevokedMarker;
 
+pub use explain::Why;
 use phase::Sessions;
 pub use phase::{QUOTE_TIMEOUT, Which};
 
@@ -103,6 +105,11 @@ pub struct Settings {
     pub version: &'static str,
     /// systemd watchdog period (`WATCHDOG_USEC`), if enabled.
     pub watchdog: Option<std::time::Duration>,
+    /// Whether the device enrolled (explains a gate that cannot open).
+    pub enrolled: bool,
+    /// The device certificate's notAfter, Unix ms, if it could be read
+    /// (explains a broker that refuses the session).
+    pub cert_not_after_ms: Option<u64>,
 }
 
 /// The time (and the TPM boot) an input is handled at, read by the
@@ -211,6 +218,8 @@ pub struct Core {
     lineage_ok: bool,
     /// The lineage store failed (IO) since it was last healthy.
     lineage_failed: bool,
+    /// What explains a gate that is not open.
+    notes: explain::Notes,
     /// The input being handled.
     at: At,
     out: Vec<Action>,
@@ -246,7 +255,13 @@ impl Core {
                 control_seq,
             },
         );
+        let notes = explain::Notes {
+            enrolled: settings.enrolled,
+            cert_not_after_ms: settings.cert_not_after_ms,
+            ..explain::Notes::default()
+        };
         Core {
+            notes,
             sessions: Sessions::new(&device, settings.retry_min_ms, settings.retry_max_ms),
             settings,
             device,
@@ -304,6 +319,21 @@ impl Core {
         self.last_attestation
     }
 
+    /// Why the gate is not open (`None` while it is).
+    pub fn why(&self) -> Option<Why> {
+        self.notes.why(
+            self.gate.state(),
+            self.device.as_str(),
+            self.last_attestation.map(|l| explain::Last {
+                verdict: l.verdict,
+                at_ms: l.at_ms,
+            }),
+            self.connected,
+            self.tpm_ok,
+            self.at.wall_display_ms,
+        )
+    }
+
     /// The last failure to persist state, if any.
     pub fn persist_error(&self) -> Option<&str> {
         self.persist_error.as_deref()
@@ -339,6 +369,7 @@ impl Core {
     /// The executor starts: the renewal runs as soon as it can.
     pub fn start(&mut self, at: At) -> Vec<Action> {
         self.begin(at);
+        self.note_state();
         if matches!(self.gate.state(), GateState::Revoked(_)) {
             tracing::warn!(device = %self.device, "device is revoked (persisted); the gate stays closed until re-provisioning");
         }
@@ -385,6 +416,7 @@ impl Core {
     pub fn on_connected(&mut self, at: At, session: u64) -> Vec<Action> {
         self.begin(at);
         self.connected = true;
+        self.notes.broker_error = None;
         self.session = session;
         self.sessions.on_connected(at.now_ms);
         self.restart_fresh_round();
@@ -392,8 +424,11 @@ impl Core {
         self.end()
     }
 
-    pub fn on_disconnected(&mut self) {
+    /// The broker session ended (`error`: the link's reason, shown in
+    /// the status while disconnected).
+    pub fn on_disconnected(&mut self, error: &str) {
         self.connected = false;
+        self.notes.broker_error = Some(mctc_shim::api::Explanation::bounded(error));
     }
 
     /// A publish of `round` was refused by the outbox: the round failed.
@@ -571,7 +606,23 @@ impl Core {
             }
         }
         if !events.is_empty() {
+            self.note_state();
             self.out.push(Action::Status);
+        }
+    }
+
+    /// Remembers when the gate entered its state (the status's "since"),
+    /// and forgets, once it opens, what explained it closed.
+    fn note_state(&mut self) {
+        let class = explain::Class::of(self.gate.state());
+        if self.notes.since.is_some_and(|(c, _, _)| c == class) {
+            return;
+        }
+        self.notes.since = Some((class, self.at.now_ms, self.at.wall_display_ms));
+        if class == explain::Class::Open {
+            self.notes.rejection = None;
+            self.notes.refusal = None;
+            self.notes.drift = None;
         }
     }
 
@@ -658,6 +709,7 @@ impl Core {
                     return;
                 }
                 tracing::error!(device = %self.device, what = names::drift(kind), %detail, "drift detected");
+                self.notes.drift = Some((kind, mctc_shim::api::Explanation::bounded(&detail)));
                 self.out.push(Action::Record(Entry::drift(kind, &detail)));
                 let events = self.gate.drift(kind, now);
                 self.apply(events.as_slice());
@@ -669,6 +721,7 @@ impl Core {
                 // the class: a TPM busy for longer than a drift read cannot
                 // vouch for the gate either.
                 let class = crate::platform::class_name(class);
+                self.notes.tpm_error = Some(mctc_shim::api::Explanation::bounded(&detail));
                 if std::mem::replace(&mut self.tpm_ok, false) {
                     tracing::error!(%detail, class, "TPM unavailable: closing the gate");
                 } else {

@@ -28,6 +28,8 @@ pub struct StatusCore {
     pub tpm: TpmHealth,
     pub lineage: LineageCore,
     pub version: &'static str,
+    /// Why the gate is not open (`None` while it is).
+    pub why: Option<super::session::Why>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +122,7 @@ pub fn render(core: &StatusCore, now_ms: u64, wall_ms: u64) -> Status {
         v: API_VERSION,
         version: core.version.to_owned(),
         wall_ms,
+        why: core.why.as_ref().map(|w| w.render(now_ms)),
     }
 }
 
@@ -173,6 +176,7 @@ mod tests {
                 syncs: 3,
             },
             version: "0.1.0",
+            why: None,
         }
     }
 

@@ -130,6 +130,8 @@ fn settings() -> Settings {
         pcrs: mctc_shim::tpm::PcrSelection::sha256(1),
         version: "test",
         watchdog: None,
+        enrolled: true,
+        cert_not_after_ms: None,
     }
 }
 
@@ -301,6 +303,7 @@ impl Harness {
             reason,
             contained,
             iat: 1,
+            pcrs: None,
         }
         .sign(&self.signer, &RingCrypto, &mut buf)
         .unwrap()

@@ -158,5 +158,6 @@ pub fn refusal(reason: RefusalCode, contained: bool) -> Refusal {
         reason,
         contained,
         iat: IAT,
+        pcrs: None,
     }
 }

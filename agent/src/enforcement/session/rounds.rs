@@ -30,10 +30,11 @@ use mctc_shim::wire::{Bstr, Bytes, List, Message, Version};
 use mctc_shim::{Error, VerifiedArtifact, VerifyContext, verify_artifact};
 
 use super::phase::{Challenge, PARKED, Phase, jittered};
-use super::{Action, Core, LastAttestation, Which, decision_deny, names};
+use super::{Action, Core, LastAttestation, Which, decision_deny, explain, names};
 use crate::drift::Baseline;
 use crate::lineage::entry::Entry;
 use crate::platform::{PlatformError, Quote, TpmClass};
+use mctc_shim::api::PcrStatus;
 
 impl Core {
     fn can_attest(&self) -> bool {
@@ -437,6 +438,7 @@ impl Core {
                         Err(Error::Artifact(ArtifactError::NonceMismatch)) => {}
                         Err(e) => {
                             tracing::warn!(error = %e, "artifact-topic message rejected");
+                            self.note_rejection(&e);
                             return;
                         }
                     }
@@ -446,6 +448,7 @@ impl Core {
                     // failing before the nonce check) but not for this boot,
                     // issuer or time: reattest.
                     tracing::warn!(error = %e, "artifact rejected on the device");
+                    self.note_rejection(&e);
                     self.record_attested(which, &nonce, AttestVerdict::Rejected, None, None);
                     let now = self.now();
                     self.round_failed(which, now);
@@ -453,6 +456,7 @@ impl Core {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "artifact-topic message rejected");
+                    self.note_rejection(&e);
                     return;
                 }
             }
@@ -509,6 +513,7 @@ impl Core {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "artifact not installed");
+                self.note_rejection(&e);
                 self.record_attested(
                     Which::Renewal,
                     &nonce,
@@ -547,9 +552,29 @@ impl Core {
         self.start_fresh_round();
     }
 
+    /// An answer from the authority failed a check here: the status says
+    /// which until the gate opens.
+    fn note_rejection(&mut self, error: &Error) {
+        let check = explain::check_name(error);
+        self.notes.rejection = Some(explain::Rejection {
+            check,
+            error: mctc_shim::api::Explanation::bounded(&error.to_string()),
+            at_ms: self.now(),
+        });
+    }
+
     fn refusal(&mut self, which: Which, nonce: &[u8; 32], refusal: &gate::VerifiedRefusal) {
         let now = self.now();
         let message = refusal.message();
+        self.notes.refusal = Some(explain::RefusalNote {
+            code: message.reason,
+            pcrs: message
+                .pcrs
+                .as_ref()
+                .map(|list| list.as_slice().iter().map(PcrStatus::from).collect())
+                .unwrap_or_default(),
+            at_ms: now,
+        });
         tracing::warn!(
             device = %self.device,
             reason = names::refusal(message.reason),

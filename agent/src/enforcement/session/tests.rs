@@ -34,6 +34,8 @@ fn settings() -> Settings {
         pcrs: mctc_shim::tpm::PcrSelection::sha256(1),
         version: "test",
         watchdog: None,
+        enrolled: true,
+        cert_not_after_ms: None,
     }
 }
 
@@ -557,4 +559,244 @@ fn a_nonce_with_an_empty_or_out_of_range_selection_is_not_quoted() {
         let actions = core.tick(at(T0 + 10 + 2_000), &never_gone);
         assert!(selections(&actions).is_empty(), "{actions:?}");
     }
+}
+
+// --- why a gate is not open (the status's `why`) ---
+
+/// Connects a core built from `settings` and runs a renewal round up to
+/// the published evidence; returns the nonce the authority must answer.
+fn evidence_out(authority: &Authority, core: &mut Core) -> [u8; 32] {
+    core.start(at(T0));
+    core.on_connected(at(T0), 1);
+    core.tick(at(T0), &never_gone);
+    let nonce = authority.nonce([1; 32], NoncePurpose::Renew);
+    let actions = core.on_message(at(T0 + 10), Inbound::Nonce, &nonce, T0 + 10);
+    let [(round, quoted)] = quotes(&actions)[..] else {
+        panic!("{actions:?}")
+    };
+    core.on_quote(at(T0 + 20), round, Ok(quote_of(quoted)));
+    quoted
+}
+
+fn core_with(authority: &Authority, settings: Settings) -> Core {
+    Core::new(
+        settings,
+        authority.device.clone(),
+        vec![AuthorityKey::new(
+            &RingCrypto,
+            authority.signer.public_key(),
+        )],
+        false,
+        None,
+        true,
+    )
+}
+
+fn signed_refusal(
+    authority: &Authority,
+    nonce: [u8; 32],
+    reason: RefusalCode,
+    contained: bool,
+    pcrs: &[mctc_shim::messages::PcrFinding],
+) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    mctc_shim::messages::Refusal {
+        v: Version::CURRENT,
+        sub: authority.device.clone(),
+        nonce: Bytes(nonce),
+        reason,
+        contained,
+        iat: 1,
+        pcrs: (!pcrs.is_empty()).then(|| List::from_slice(pcrs).unwrap()),
+    }
+    .sign(&authority.signer, &RingCrypto, &mut buf)
+    .unwrap()
+    .to_vec()
+}
+
+fn unlock() -> AuthorizeRequest {
+    AuthorizeRequest {
+        op: "unlock".into(),
+        amount: None,
+        currency: None,
+        reference: None,
+    }
+}
+
+/// The gate denies `unlock` now (the deny behind every explanation).
+fn denies(core: &mut Core, now: u64) -> bool {
+    let actions = core.authorize(at(now), 99, unlock());
+    matches!(
+        actions.as_slice(),
+        [Action::Answer {
+            permit: false,
+            reason: Some(_),
+            ..
+        }]
+    )
+}
+
+#[test]
+fn an_open_gate_needs_no_explanation_and_reopening_forgets_the_old_one() {
+    let authority = Authority::new();
+    let mut core = opened(&authority, 10_000);
+    assert_eq!(core.why(), None);
+    // Expiry while the authority is silent: explained as such, since the
+    // deadline.
+    let deadline = T0 + 30 + 10_000;
+    core.tick(at(deadline), &never_gone);
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::ArtifactExpired);
+    assert_eq!(why.since_ms, deadline);
+    assert_eq!(why.render(deadline + 2_500).for_ms, 2_500);
+    assert!(denies(&mut core, deadline + 1));
+}
+
+#[test]
+fn a_never_enrolled_device_is_explained_as_not_enrolled_with_the_enroll_hint() {
+    let authority = Authority::new();
+    let mut core = core_with(
+        &authority,
+        Settings {
+            enrolled: false,
+            ..settings()
+        },
+    );
+    core.start(at(T0));
+    core.on_connected(at(T0), 1);
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::NotEnrolled);
+    assert!(why.hint.contains("mctc-agent enroll"), "{}", why.hint);
+    assert_eq!((why.since_ms, why.since_wall_ms), (T0, 1_700_000_000_000));
+    assert!(denies(&mut core, T0 + 1));
+    // Whatever else goes wrong, not being enrolled is what to fix first.
+    core.on_disconnected("connection refused");
+    assert_eq!(
+        core.why().unwrap().cause,
+        mctc_shim::api::Cause::NotEnrolled
+    );
+}
+
+#[test]
+fn an_artifact_from_another_issuer_is_explained_by_the_issuer_check() {
+    // The agent expects `mctc-authority`; the authority signs as
+    // `fleet-authority` (the mismatched example configs).
+    let authority = Authority::new();
+    let mut core = core_with(
+        &authority,
+        Settings {
+            issuer: "mctc-authority".into(),
+            ..settings()
+        },
+    );
+    let nonce = evidence_out(&authority, &mut core);
+    let artifact = authority.artifact(nonce, [2; 32], 10_000);
+    core.on_message(at(T0 + 30), Inbound::Artifact, &artifact, T0 + 30);
+    assert!(matches!(core.gate().state(), GateState::Closed(_)));
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::ArtifactRejected);
+    assert_eq!(why.check.as_deref(), Some("issuer"));
+    assert!(why.hint.contains("issuer"), "{}", why.hint);
+    assert!(why.error.is_some());
+    assert!(denies(&mut core, T0 + 31));
+}
+
+#[test]
+fn a_refusal_naming_pcr_14_is_explained_with_the_pcr_and_a_hint() {
+    let authority = Authority::new();
+    let mut core = authority.core();
+    let nonce = evidence_out(&authority, &mut core);
+    let finding = mctc_shim::messages::PcrFinding {
+        pcr: 14,
+        problem: mctc_shim::messages::PcrProblem::Differs,
+        expected: Some(Bytes([0xab; 8])),
+        got: Some(Bytes([0xcd; 8])),
+    };
+    let refusal = signed_refusal(
+        &authority,
+        nonce,
+        RefusalCode::PolicyMismatch,
+        true,
+        &[finding],
+    );
+    core.on_message(at(T0 + 30), Inbound::Artifact, &refusal, T0 + 30);
+    assert!(matches!(core.gate().state(), GateState::Contained(_)));
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::Contained);
+    assert_eq!(why.check.as_deref(), Some("policy-mismatch"));
+    assert_eq!(why.pcrs.len(), 1);
+    assert_eq!(why.pcrs[0].pcr, 14);
+    assert_eq!(why.pcrs[0].expected.as_deref(), Some("abababababababab"));
+    assert_eq!(why.pcrs[0].got.as_deref(), Some("cdcdcdcdcdcdcdcd"));
+    assert!(why.hint.contains("PCR 14"), "{}", why.hint);
+    assert!(
+        why.hint.contains("mctc-authority devices show d1"),
+        "{}",
+        why.hint
+    );
+    assert_eq!(why.since_ms, T0 + 30);
+    assert!(denies(&mut core, T0 + 31));
+}
+
+#[test]
+fn a_refusal_without_containment_is_refused_evidence_and_a_lost_broker_is_named() {
+    let authority = Authority::new();
+    let mut core = authority.core();
+    let nonce = evidence_out(&authority, &mut core);
+    let refusal = signed_refusal(&authority, nonce, RefusalCode::BadEvidence, false, &[]);
+    core.on_message(at(T0 + 30), Inbound::Artifact, &refusal, T0 + 30);
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::RefusedEvidence);
+    assert_eq!(why.check.as_deref(), Some("bad-evidence"));
+    assert!(denies(&mut core, T0 + 31));
+
+    // Closed for want of an artifact while the broker is away: the broker
+    // is what stands in the way, with its error.
+    let authority = Authority::new();
+    let mut core = opened(&authority, 10_000);
+    core.on_disconnected("TLS: certificate expired");
+    core.tick(at(T0 + 30 + 10_000), &never_gone);
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::BrokerUnreachable);
+    assert_eq!(why.error.as_deref(), Some("TLS: certificate expired"));
+    assert!(denies(&mut core, T0 + 30 + 10_001));
+}
+
+#[test]
+fn an_expired_device_certificate_is_named_when_the_broker_is_away() {
+    let authority = Authority::new();
+    // at() reads 1_700_000_000_000 on the wall clock; the certificate ran
+    // out a second before.
+    let mut core = core_with(
+        &authority,
+        Settings {
+            cert_not_after_ms: Some(1_699_999_999_000),
+            ..settings()
+        },
+    );
+    core.start(at(T0));
+    core.on_disconnected("TLS alert: certificate expired");
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::CertificateExpired);
+    assert_eq!(why.check.as_deref(), Some("certificate"));
+    assert!(
+        why.error.as_deref().unwrap().contains("1699999999"),
+        "{:?}",
+        why.error
+    );
+    assert!(why.hint.contains("certificate"), "{}", why.hint);
+    assert!(denies(&mut core, T0 + 1));
+    // A valid certificate: the broker's own error is what is shown.
+    let mut core = core_with(
+        &authority,
+        Settings {
+            cert_not_after_ms: Some(1_800_000_000_000),
+            ..settings()
+        },
+    );
+    core.start(at(T0));
+    core.on_disconnected("connection refused");
+    let why = core.why().unwrap();
+    assert_eq!(why.cause, mctc_shim::api::Cause::BrokerUnreachable);
+    assert_eq!(why.error.as_deref(), Some("connection refused"));
 }

@@ -3,6 +3,7 @@
 //! challenges.
 
 use mctc_shim::DeviceId;
+use mctc_shim::api::PcrStatus;
 use mctc_shim::messages::{ControlAction, DeviceStatus, NoncePurpose};
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
@@ -164,6 +165,7 @@ pub(super) fn attest(
             store_facts(&tx, id, facts, now)?;
             tx.execute(
                 "UPDATE devices SET attempt_ms = ?2, verdict = 'affirmed', refusal = NULL, \
+                 refusal_detail = NULL, refusal_pcrs = NULL, refused_since_ms = NULL, \
                  artifacts_issued = artifacts_issued + 1 WHERE id = ?1",
                 params![id, now.wall_ms],
             )?;
@@ -181,14 +183,22 @@ pub(super) fn attest(
             refusal,
             facts,
             contain,
-            ..
+            detail,
+            pcrs,
         } => {
             if let Some(facts) = facts {
                 store_facts(&tx, id, facts, now)?;
             }
+            let pcrs: Vec<PcrStatus> = pcrs.iter().map(PcrStatus::from).collect();
+            // Plain structs of strings and numbers always encode.
+            let pcrs = serde_json::to_string(&pcrs).unwrap_or_else(|_| "[]".to_owned());
             tx.execute(
-                "UPDATE devices SET attempt_ms = ?2, verdict = 'refused', refusal = ?3 WHERE id = ?1",
-                params![id, now.wall_ms, refusal.name()],
+                "UPDATE devices SET attempt_ms = ?2, verdict = 'refused', refusal = ?3, \
+                 refusal_detail = ?4, refusal_pcrs = ?5, \
+                 refused_since_ms = CASE WHEN verdict = 'refused' \
+                     THEN coalesce(refused_since_ms, ?2) ELSE ?2 END \
+                 WHERE id = ?1",
+                params![id, now.wall_ms, refusal.name(), detail, pcrs],
             )?;
             if let Some(reason) = contain
                 && record.status == DeviceStatus::Active

@@ -7,13 +7,13 @@ use mctc_shim::DeviceId;
 use mctc_shim::messages::DeviceStatus;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use crate::model::{LearnedDigest, Refusal};
+use crate::model::{LearnedDigest, Refusal, RefusalDetail};
 use crate::store::{DeviceRecord, Enrolled, FleetState, PcrSnapshot, StoreError, Verdict};
 
 pub(super) const DEVICE_COLUMNS: &str = "id, class, status, reason, pinned_ek_sha256, ek_public, ek_sha256, \
     ak_public, ak_name, added_ms, enrolled_ms, control_seq, registry_version, clock, reset_count, \
     restart_count, clock_safe, pcr_mask, pcr_values, verified_ms, attempt_ms, verdict, refusal, \
-    artifacts_issued";
+    artifacts_issued, refusal_detail, refusal_pcrs, refused_since_ms";
 
 /// A devices row as stored, before its values are checked.
 pub(super) struct RawDevice {
@@ -41,6 +41,9 @@ pub(super) struct RawDevice {
     verdict: Option<String>,
     refusal: Option<String>,
     artifacts_issued: u64,
+    refusal_detail: Option<String>,
+    refusal_pcrs: Option<String>,
+    refused_since_ms: Option<u64>,
 }
 
 impl RawDevice {
@@ -70,6 +73,9 @@ impl RawDevice {
             verdict: r.get(21)?,
             refusal: r.get(22)?,
             artifacts_issued: r.get(23)?,
+            refusal_detail: r.get(24)?,
+            refusal_pcrs: r.get(25)?,
+            refused_since_ms: r.get(26)?,
         })
     }
 
@@ -143,7 +149,22 @@ impl RawDevice {
             .as_deref()
             .map(|name| Refusal::from_name(name).ok_or_else(|| corrupt("refusal")))
             .transpose()?;
+        // Rows refused before version 3 have no detail: shown as none.
+        let refusal_detail = match (self.refusal_detail, self.refused_since_ms) {
+            (Some(words), Some(since_ms)) => Some(RefusalDetail {
+                words,
+                pcrs: match self.refusal_pcrs.as_deref() {
+                    None => Vec::new(),
+                    Some(text) => {
+                        serde_json::from_str(text).map_err(|_| corrupt("refusal PCRs"))?
+                    }
+                },
+                since_ms,
+            }),
+            _ => None,
+        };
         Ok(DeviceRecord {
+            refusal_detail,
             id,
             class: self.class,
             status,

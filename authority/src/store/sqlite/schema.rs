@@ -125,6 +125,14 @@ CREATE TABLE stages (
 ) STRICT;
 CREATE UNIQUE INDEX stages_one_active ON stages (class) WHERE state = 'active';
 "#,
+    // Version 4: what the last refusal was about, for `devices show`: the
+    // check in words, the PCRs the device was told (JSON array of
+    // `mctc_shim::api::PcrStatus`), and since when refusals run.
+    r#"
+ALTER TABLE devices ADD COLUMN refusal_detail TEXT;
+ALTER TABLE devices ADD COLUMN refusal_pcrs TEXT;
+ALTER TABLE devices ADD COLUMN refused_since_ms INTEGER;
+"#,
 ];
 
 /// The schema version this binary writes.

@@ -79,6 +79,7 @@ fn refuse() -> Decision {
         detail: String::new(),
         facts: None,
         contain: None,
+        pcrs: Vec::new(),
     }
 }
 
@@ -697,6 +698,12 @@ fn drift_contains_in_the_same_transaction_and_affirmations_store_facts() {
                 detail: "drift".into(),
                 facts: Some(facts.clone()),
                 contain: Some("pcr drift: PCR 2".into()),
+                pcrs: vec![mctc_shim::messages::PcrFinding {
+                    pcr: 2,
+                    problem: mctc_shim::messages::PcrProblem::Differs,
+                    expected: Some(mctc_shim::wire::Bytes([0xaa; 8])),
+                    got: Some(mctc_shim::wire::Bytes([0xbb; 8])),
+                }],
             }
         })
         .unwrap();
@@ -705,6 +712,14 @@ fn drift_contains_in_the_same_transaction_and_affirmations_store_facts() {
     assert_eq!(record.status, DeviceStatus::Contained);
     assert_eq!(record.reason.as_deref(), Some("pcr drift: PCR 2"));
     assert_eq!(record.refusal, Some(Refusal::PolicyMismatch));
+    // What the refusal was about is kept for `devices show`.
+    let detail = record.refusal_detail.as_ref().unwrap();
+    assert_eq!(detail.words, "drift");
+    assert_eq!(detail.since_ms, now.wall_ms);
+    assert_eq!(detail.pcrs.len(), 1);
+    assert_eq!(detail.pcrs[0].pcr, 2);
+    assert_eq!(detail.pcrs[0].expected.as_deref(), Some("aaaaaaaaaaaaaaaa"));
+    assert_eq!(detail.pcrs[0].got.as_deref(), Some("bbbbbbbbbbbbbbbb"));
     assert_eq!(record.control_seq, 1);
     let items = store.claim_outbox(10, 1, &now).unwrap();
     assert!(items.iter().any(|i| matches!(
@@ -920,6 +935,7 @@ fn a_stage_stops_itself_after_k_refusals_of_verified_evidence_in_its_share() {
         detail: "drift".into(),
         facts: Some(staged_facts()),
         contain: Some("pcr drift (stage 1): PCR 0".into()),
+        pcrs: Vec::new(),
     };
     // A refusal before the quote verified says nothing about the values.
     let (staged, a) = decide_staged(&mut store, "d1", 1, refuse(), &now);

@@ -73,6 +73,7 @@ fn record(id: &DeviceId, tpm: &SoftTpm) -> DeviceRecord {
         attempt_ms: None,
         verdict: None,
         refusal: None,
+        refusal_detail: None,
         artifacts_issued: 0,
     }
 }
