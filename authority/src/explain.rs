@@ -68,8 +68,9 @@ pub fn hint(d: &DeviceRecord) -> Option<String> {
             d.class
         ),
         Refusal::BadEvidence if !pcrs.is_empty() => format!(
-            "the device quotes other PCRs than class {} asks for (missing: {}; extra: {}): set the agent's \
-             `[attestation] pcrs` to the class's `pcrs`",
+            "the device quoted other PCRs than class {} asks for (missing: {}; extra: {}): every nonce names \
+             the class's selection, so this is a renewal over an older artifact's selection after the class's \
+             `pcrs` changed (the device asks again with a new nonce), or an agent older than that rule",
             d.class,
             or_none(list(PcrProblem::NotQuoted)),
             or_none(list(PcrProblem::NotInPolicy)),

@@ -8,8 +8,8 @@
 //! One fleet, four devices: one whose PCR 14 differs from its class's
 //! baseline (refused, contained), one whose agent expects another issuer
 //! than the authority signs as (every artifact rejected on the device),
-//! one that quotes a PCR its class does not ask for (refused as bad
-//! evidence), one that never enrolled.
+//! one in a class that quotes a PCR nobody gave a reference value (refused,
+//! no baseline), one that never enrolled.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -23,15 +23,22 @@ use mctc_tests::mqtt::MqttClient;
 use mctc_tests::wait_until;
 use serde_json::Value;
 
+/// The PCR class `uncovered` quotes and gives no reference value.
+const UNCOVERED_PCR: u8 = 16;
+
 /// The test policy plus class `drifted`: the fleet's PCRs, but a reference
-/// for PCR 14 no test device has.
+/// for PCR 14 no test device has; and class `uncovered`, which also quotes
+/// PCR 16 without a reference for it.
 fn policy() -> String {
     let zero = hex::encode([0u8; 32]);
     let other = hex::encode([0x42u8; 32]);
     format!(
         "{}[classes.drifted]\npcrs = [0, 7, {MEASURED_PCR}]\nartifact_ttl_ms = 60000\nheartbeat_ms = 3000\n\
          [classes.drifted.reference]\n0 = [\"{zero}\"]\n7 = [\"{zero}\"]\n{MEASURED_PCR} = [\"{other}\"]\n\
-         [[classes.drifted.scope]]\nop = \"unlock\"\nfresh_attestation = false\n",
+         [[classes.drifted.scope]]\nop = \"unlock\"\nfresh_attestation = false\n\
+         [classes.uncovered]\npcrs = [0, 7, {UNCOVERED_PCR}]\nartifact_ttl_ms = 60000\nheartbeat_ms = 3000\n\
+         [classes.uncovered.reference]\n0 = [\"{zero}\"]\n7 = [\"{zero}\"]\n\
+         [[classes.uncovered.scope]]\nop = \"unlock\"\nfresh_attestation = false\n",
         fleet::test_policy()
     )
 }
@@ -171,33 +178,25 @@ fn a_closed_gate_says_why_on_the_device_over_mqtt_and_at_the_authority() {
         published(&observer, "issuer-1")
     );
 
-    // --- the agent quotes a PCR its class does not ask for ---
-    let mut extra = fleet.device("select-1", "locker");
-    let config = std::fs::read_to_string(&extra.config).unwrap();
-    let rewritten = config.replace(
-        &format!("pcrs = [0, 7, {MEASURED_PCR}]"),
-        &format!("pcrs = [0, 7, {MEASURED_PCR}, 15]"),
-    );
-    assert_ne!(config, rewritten, "the harness config names the PCRs");
-    std::fs::write(&extra.config, rewritten).unwrap();
-    extra.enroll();
-    extra.start();
-    let status = wait_cause(&extra, "refused-evidence");
-    assert_eq!(status["why"]["check"], "bad-evidence", "{status}");
-    assert_eq!(status["why"]["pcrs"][0]["pcr"], 15, "{status}");
-    assert_eq!(status["why"]["pcrs"][0]["problem"], "not-in-policy");
+    // --- the class quotes a PCR nobody gave a reference value ---
+    // The authority names the class's selection in the nonce, so the
+    // device quotes PCR 16 although its own configuration does not list it.
+    let mut uncovered = fleet.device("uncovered-1", "uncovered");
+    uncovered.enroll();
+    uncovered.start();
+    let status = wait_cause(&uncovered, "refused-evidence");
+    // On the wire a missing baseline is a policy mismatch that does not
+    // contain; the PCR finding says which kind.
+    assert_eq!(status["why"]["check"], "policy-mismatch", "{status}");
+    assert_eq!(status["why"]["pcrs"][0]["pcr"], UNCOVERED_PCR, "{status}");
+    assert_eq!(status["why"]["pcrs"][0]["problem"], "no-reference");
+    assert_denies(&uncovered);
+    let (show, _) = devices_show(&fleet, "uncovered-1");
+    assert_eq!(show["last_refusal"], "no-baseline", "{show}");
+    let hint = show["hint"].as_str().unwrap();
     assert!(
-        status["why"]["hint"]
-            .as_str()
-            .unwrap()
-            .contains("[attestation] pcrs"),
-        "{status}"
-    );
-    assert_denies(&extra);
-    let (show, _) = devices_show(&fleet, "select-1");
-    assert_eq!(show["last_refusal"], "bad-evidence", "{show}");
-    assert!(
-        show["hint"].as_str().unwrap().contains("extra: 15"),
+        hint.contains(&format!("lacks PCR {UNCOVERED_PCR}"))
+            && hint.contains("policy learn uncovered-1"),
         "{show}"
     );
 

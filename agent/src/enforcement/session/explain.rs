@@ -184,7 +184,7 @@ fn refusal_hint(code: RefusalCode, device: &str, pcrs: &[PcrStatus]) -> String {
         },
         RefusalCode::BadEvidence => match pcrs.first() {
             Some(_) => format!(
-                "the agent's `[attestation] pcrs` must equal the class's PCR selection: ask the fleet manager: {show}"
+                "the quote covered other PCRs than the class asks for (its selection changed since the last artifact?): the agent asks again with a new nonce; if it persists ask the fleet manager: {show}"
             ),
             None => format!("the quote does not verify: ask the fleet manager: {show}"),
         },
