@@ -19,10 +19,12 @@ use mctc_collector::{Error, service};
 use mctc_shim::bundle::{BundleParts, MAX_BUNDLE_LEN, encode_bundle};
 use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, RingCrypto};
 
+// pub(crate): mctc-packaging includes this file to render the man pages and
+// shell completions from this definition.
 /// mctc lineage collector.
 #[derive(Debug, Parser)]
 #[command(name = "mctc-collector", version, about)]
-struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
 }
