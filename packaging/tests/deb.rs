@@ -411,3 +411,82 @@ fn the_arm64_agent_package_holds_an_aarch64_binary() {
     let host = run(Command::new("file").arg("-b").arg(TOOL));
     assert!(!host.contains("ARM aarch64") || arch() == "arm64", "{host}");
 }
+
+fn dpkg_in(root: &Path, args: &[&str]) -> String {
+    // Maintainer scripts run on this machine with DPKG_ROOT set (they and
+    // debhelper's snippets honour it): the root needs no shell of its own.
+    run(Command::new("dpkg")
+        .arg(format!("--root={}", root.display()))
+        .args([
+            "--force-script-chrootless",
+            "--force-depends",
+            "--log=/dev/null",
+        ])
+        .args(args)
+        .env("DPKG_ROOT", root))
+}
+
+fn gid_in(root: &Path, group: &str) -> u32 {
+    let groups = std::fs::read_to_string(root.join("etc/group")).unwrap();
+    groups
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split(':');
+            (fields.next() == Some(group)).then(|| fields.nth(1).unwrap().parse().unwrap())
+        })
+        .unwrap_or_else(|| panic!("no group {group} in {groups}"))
+}
+
+/// Installing into an isolated root (not this machine): users, directories
+/// and the seeded configuration appear; the service is not enabled; a
+/// reinstall keeps the operator's edit; purge removes the configuration and
+/// keeps the state.
+#[test]
+fn an_isolated_root_install_seeds_the_config_once_and_purge_keeps_state() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !run(Command::new("id").arg("-u")).trim().eq("0") {
+        eprintln!("SKIPPED: dpkg --root with owners needs root (CI runs as root)");
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let r = root.path();
+    for dir in ["var/lib/dpkg/info", "var/lib/dpkg/updates", "etc"] {
+        std::fs::create_dir_all(r.join(dir)).unwrap();
+    }
+    std::fs::write(r.join("var/lib/dpkg/status"), "").unwrap();
+    let agent = deb("mctc-agent").to_str().unwrap();
+    dpkg_in(r, &["--install", agent]);
+
+    let config = r.join("etc/mctc/agent.toml");
+    let meta = std::fs::metadata(&config).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o640);
+    assert_eq!((meta.uid(), meta.gid()), (0, gid_in(r, "mctc")));
+    assert_eq!(
+        std::fs::read(&config).unwrap(),
+        std::fs::read(r.join("usr/share/mctc-agent/agent.toml")).unwrap()
+    );
+    let state = std::fs::metadata(r.join("var/lib/mctc")).unwrap();
+    assert_eq!(state.permissions().mode() & 0o7777, 0o700);
+    assert_eq!(state.gid(), gid_in(r, "mctc"));
+    assert_eq!(
+        std::fs::metadata(r.join("run/mctc")).unwrap().gid(),
+        gid_in(r, "mctc-gate")
+    );
+    assert!(r.join("usr/lib/systemd/system/mctc-agent.service").exists());
+    assert!(
+        !r.join("etc/systemd/system/multi-user.target.wants/mctc-agent.service")
+            .exists(),
+        "enabled on install, before provisioning"
+    );
+
+    // The operator's edit survives a reinstall (upgrade path: $2 is set).
+    let mut edited = std::fs::read_to_string(&config).unwrap();
+    edited.push_str("\n# edited by the operator\n");
+    std::fs::write(&config, &edited).unwrap();
+    dpkg_in(r, &["--install", agent]);
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), edited);
+
+    dpkg_in(r, &["--purge", "mctc-agent"]);
+    assert!(!config.exists(), "purge keeps the seeded configuration");
+    assert!(r.join("var/lib/mctc").is_dir(), "purge removed the state");
+}
