@@ -315,7 +315,7 @@ fn depends_is_what_dpkg_shlibdeps_says_about_the_packaged_binary() {
 
 #[test]
 fn lintian_reports_no_error() {
-    mctc_tests_require("lintian");
+    require("lintian");
     let mut command = Command::new("lintian");
     command.args(["--fail-on", "error", "--tag-display-limit", "0"]);
     command.args(debs());
@@ -330,7 +330,7 @@ fn lintian_reports_no_error() {
     );
 }
 
-fn mctc_tests_require(program: &str) {
+fn require(program: &str) {
     let found = Command::new("which")
         .arg(program)
         .output()
