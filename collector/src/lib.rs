@@ -26,6 +26,7 @@ pub mod alert;
 pub mod chain;
 pub mod checkpoint;
 pub mod checkup;
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod ingest;

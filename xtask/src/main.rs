@@ -44,8 +44,8 @@ enum Task {
     Chaos(chaos::Args),
     /// Build every fuzz target and run each for a while
     Fuzz(fuzz::Args),
-    /// Build the .deb packages into target/dist/
-    Dist,
+    /// Build the .deb packages into target/dist/ (debhelper, lintian)
+    Dist(dist::Args),
     /// Fail if the modules of a workspace crate import each other in a cycle
     Cycles(cycles::Args),
 }
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         Task::Test(args) => test::test(&args),
         Task::Fuzz(args) => fuzz::fuzz(&args),
         Task::Demo(args) => demo::demo(&args),
-        Task::Dist => dist::dist(),
+        Task::Dist(args) => dist::dist(&args),
         Task::Bench(args) => bench::bench(&args),
         Task::Chaos(args) => chaos::chaos(&args),
         Task::Cycles(args) => cycles::cycles(&args),
@@ -105,6 +105,9 @@ mod tests {
             "fuzz",
             "fuzz --seconds 600",
             "dist",
+            "dist --debug",
+            "dist --target aarch64",
+            "dist --target aarch64 --debug",
             "cycles",
             "cycles --list",
         ] {
@@ -121,6 +124,8 @@ mod tests {
             "nope",
             "test --quick",
             "dist extra",
+            "dist --target riscv64",
+            "dist --target",
             "demo --out /tmp/x",
             "bench --json",
             "bench --only limits,nope",

@@ -16,6 +16,25 @@ pub const SYSTEM_PACKAGES: &[&str] = &[
     "libsqlite3-dev",
     // systemd-analyze rates the shipped units (tests/tests/packaging.rs).
     "systemd",
+    // The .debs are built by debhelper and checked by lintian
+    // (packaging/tests/deb.rs, `cargo xtask dist`).
+    "debhelper",
+    "lintian",
+];
+
+/// What `cargo xtask dist` needs (also in [`SYSTEM_PACKAGES`]: the
+/// packaging tests build the .debs too).
+pub const DIST_PACKAGES: &[&str] = &["debhelper", "lintian"];
+
+/// What `cargo xtask dist --target aarch64` needs beyond
+/// [`DIST_PACKAGES`]: Debian's cross compiler (the linker, and C for ring)
+/// and the arm64 TSS (dpkg multiarch; xtask adds the architecture). Not in
+/// `.ci/run`: CI does not cross-build.
+pub const CROSS_ARM64_PACKAGES: &[&str] = &[
+    "gcc-aarch64-linux-gnu",
+    "libc6-dev-arm64-cross",
+    "binutils-aarch64-linux-gnu",
+    "libtss2-dev:arm64",
 ];
 
 /// What `cargo xtask chaos` needs beyond [`SYSTEM_PACKAGES`]: `sqlite3`
@@ -56,6 +75,12 @@ mod tests {
             .collect();
         for package in chaos_packages() {
             assert!(listed.contains(&package), "{package} not in .ci/run");
+        }
+        for package in DIST_PACKAGES {
+            assert!(
+                SYSTEM_PACKAGES.contains(package),
+                "{package} not in SYSTEM_PACKAGES"
+            );
         }
     }
 }

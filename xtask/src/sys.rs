@@ -15,18 +15,22 @@ pub fn root() -> PathBuf {
 /// Runs `program args…` in the workspace root, streaming its output; an error
 /// names the step that failed.
 pub fn run(step: &str, program: &str, args: &[&str]) -> Result<(), String> {
-    run_with(step, program, args, &[])
+    run_env(step, program, args, &[])
 }
 
-/// [`run`] with extra environment variables for the command.
-fn run_with(step: &str, program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
+/// [`run`] with extra environment variables (a cross build's linker and
+/// pkg-config settings).
+pub fn run_env(
+    step: &str,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Result<(), String> {
     println!("==> {step}: {program} {}", args.join(" "));
     let started = Instant::now();
     let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .current_dir(root());
+    command.args(args).current_dir(root());
+    command.envs(env.iter().copied());
     // `cargo run` (the `cargo xtask` alias) describes xtask to it in these
     // variables; ring's build script watches some of them, so an inner
     // cargo that inherited them would rebuild ring and everything above it
@@ -68,7 +72,7 @@ const TOOL_PROFILE: &[(&str, &str)] = &[
 /// `cargo install --locked TOOL --version VERSION`, built quickly (see
 /// [`TOOL_PROFILE`]).
 pub fn cargo_install(tool: &str, version: &str) -> Result<(), String> {
-    run_with(
+    run_env(
         &format!("install {tool}"),
         "cargo",
         &["install", tool, "--locked", "--version", version],
