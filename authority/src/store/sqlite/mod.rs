@@ -18,6 +18,7 @@ mod enrollment;
 mod evidence;
 mod fleet;
 mod outbox;
+mod read;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use super::{
 use crate::model::{Decision, LearnedDigest, NonceCheck};
 use crate::now::{Deadline, Now};
 
+pub use read::{DeviceQuery, StatusCounts};
 pub use schema::SCHEMA_VERSION;
 
 impl From<rusqlite::Error> for StoreError {
@@ -62,6 +64,28 @@ impl SqliteStore {
         let conn = mctc_service::sqlite::open(path, &schema::SCHEMA)?;
         Ok(SqliteStore { conn })
     }
+
+    /// Opens an existing database for reading only (the console): nothing
+    /// is created, migrated or written; a busy database fails after
+    /// `mctc_service::sqlite::READ_BUSY_TIMEOUT`. Any [`Store`] method that
+    /// writes fails on it with [`super::Fault::ReadOnly`].
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = mctc_service::sqlite::open_read_only(path, &schema::SCHEMA)?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// One page of devices in id order after `query.after` (keyset
+    /// paging: the cost does not grow with the page number), filtered by
+    /// standing and id prefix.
+    pub fn devices_page(&mut self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>, StoreError> {
+        read::devices_page(&self.conn, query)
+    }
+
+    /// How many devices have each standing (one indexed scan, no rows
+    /// decoded).
+    pub fn status_counts(&mut self) -> Result<StatusCounts, StoreError> {
+        read::status_counts(&self.conn)
+    }
 }
 
 impl From<OpenError> for StoreError {
@@ -72,9 +96,9 @@ impl From<OpenError> for StoreError {
                 fault,
                 source: Box::new(source),
             },
-            e @ (OpenError::Create { .. } | OpenError::NotWal { .. }) => {
-                StoreError::Unusable(e.to_string())
-            }
+            e @ (OpenError::Create { .. }
+            | OpenError::NotWal { .. }
+            | OpenError::NotCurrent { .. }) => StoreError::Unusable(e.to_string()),
         }
     }
 }
