@@ -108,7 +108,7 @@ mod tests {
             .map(char::from)
             .chain(['\u{0}', '\n', 'ß'])
             .collect();
-        for i in 0..all.len() {
+        for (i, _) in all.char_indices() {
             let out = escape(&all[i..]);
             assert!(!out.contains(['<', '>', '"', '\'']), "{out}");
             for (at, _) in out.match_indices('&') {
