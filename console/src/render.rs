@@ -8,20 +8,12 @@ use crate::html::{Html, url_part};
 use crate::live::DeviceLive;
 use crate::views::{DeviceView, FleetView, LineageView, RecordView};
 
-const STYLE: &str = "<style>\
-body{font-family:system-ui,sans-serif;margin:1.5rem;color:#111}\
-table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left;font-size:.9rem}\
-.gate[data-state=open]{background:#c8f7c5}.gate[data-state=closed],.gate[data-state=contained],.gate[data-state=revoked]{background:#f7c5c5}\
-.gate[data-state=offline]{background:#ddd}code{font-size:.8rem}nav a{margin-right:1rem}.err{color:#a00}\
-</style>";
-
 /// The frame around every page.
 fn page(title: &str, operator: Option<&str>, body: impl FnOnce(&mut Html)) -> String {
     let mut h = Html::new();
     h.raw("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>")
         .text(title)
-        .raw(" · mctc console</title>")
-        .raw(STYLE)
+        .raw(" · mctc console</title><link rel=\"stylesheet\" href=\"/static/console.css\">")
         .raw("<script src=\"/static/console.js\" defer></script></head><body><nav><a href=\"/\">Fleet</a>");
     if let Some(op) = operator {
         h.raw("<span>operator: <b>").text(op).raw("</b></span>");

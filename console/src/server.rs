@@ -53,6 +53,7 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 const CONSOLE_JS: &str = include_str!("../static/console.js");
+const CONSOLE_CSS: &str = include_str!("../static/console.css");
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -86,6 +87,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/devices/{id}/lineage", get(lineage_json))
         .route("/events", get(events))
         .route("/static/console.js", get(console_js))
+        .route("/static/console.css", get(console_css))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(not_found)
         .layer(middleware::from_fn(guard))
@@ -337,6 +339,14 @@ async fn console_js() -> Response {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
         CONSOLE_JS,
+    )
+        .into_response()
+}
+
+async fn console_css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        CONSOLE_CSS,
     )
         .into_response()
 }

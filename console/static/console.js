@@ -5,6 +5,9 @@
   "use strict";
   if (!window.EventSource) return;
   var source = new EventSource("/events");
+  // Lets a test (and a curious operator) see that live updates are on.
+  source.onopen = function () { document.documentElement.setAttribute("data-live", "on"); };
+  source.onerror = function () { document.documentElement.setAttribute("data-live", "off"); };
   function rowsFor(id) {
     var out = [];
     document.querySelectorAll("[data-device]").forEach(function (el) {
