@@ -8,6 +8,12 @@
 //! operator certificate (headless Chromium cannot pick a client
 //! certificate by itself), so the console's own client-certificate check
 //! is what admits it.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
 
 use std::net::TcpStream as StdTcpStream;
 use std::path::{Path, PathBuf};

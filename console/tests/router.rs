@@ -2,6 +2,12 @@
 //! JSON twin over real SQLite stores written by the authority's and the
 //! collector's own store code, plus the 4xx/503 paths. Operator requests
 //! carry the `Peer` extension the TLS listener sets.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "integration test: a failure stops the test loudly"
+)]
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
