@@ -16,6 +16,9 @@ pub const SYSTEM_PACKAGES: &[&str] = &[
     "libsqlite3-dev",
     // systemd-analyze rates the shipped units (tests/tests/packaging.rs).
     "systemd",
+    // The console's end-to-end test drives headless Chromium
+    // (console/tests/browser.rs).
+    "chromium",
 ];
 
 /// What `cargo xtask chaos` needs beyond [`SYSTEM_PACKAGES`]: `sqlite3`
