@@ -90,3 +90,78 @@ pub(super) fn status_counts(conn: &Connection) -> Result<StatusCounts, StoreErro
     }
     Ok(counts)
 }
+
+#[cfg(test)]
+mod tests {
+    use mctc_shim::DeviceId;
+
+    use super::{DeviceQuery, StatusCounts};
+    use crate::now::Now;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{NewDevice, StatusChange, Store};
+
+    fn ids(devices: &[crate::store::DeviceRecord]) -> Vec<&str> {
+        devices.iter().map(|d| d.id.as_str()).collect()
+    }
+
+    #[test]
+    fn pages_by_keyset_filter_and_count_and_never_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.db");
+        let now = Now::read().unwrap();
+        {
+            let mut store = SqliteStore::open(&path).unwrap();
+            for id in ["a-1", "a-2", "b-1", "b-2", "b-3"] {
+                let device = NewDevice {
+                    id: DeviceId::new(id).unwrap(),
+                    class: "c".into(),
+                    pinned_ek_sha256: None,
+                };
+                store.add_device(&device, &now).unwrap();
+            }
+            let b2 = DeviceId::new("b-2").unwrap();
+            store
+                .change_status(&b2, StatusChange::Contain, "x", &now)
+                .unwrap();
+        }
+        let mut reader = SqliteStore::open_read_only(&path).unwrap();
+        let page = |after: Option<&str>, prefix: Option<&str>, status, limit| DeviceQuery {
+            after: after.map(str::to_owned),
+            id_prefix: prefix.map(str::to_owned),
+            status,
+            limit,
+        };
+        let first = reader.devices_page(&page(None, None, None, 2)).unwrap();
+        assert_eq!(ids(&first), ["a-1", "a-2"]);
+        let second = reader
+            .devices_page(&page(Some("a-2"), None, None, 2))
+            .unwrap();
+        assert_eq!(ids(&second), ["b-1", "b-2"]);
+        let b = reader
+            .devices_page(&page(None, Some("b-"), None, 10))
+            .unwrap();
+        assert_eq!(ids(&b), ["b-1", "b-2", "b-3"]);
+        let contained = mctc_shim::messages::DeviceStatus::Contained;
+        let c = reader
+            .devices_page(&page(None, None, Some(contained), 10))
+            .unwrap();
+        assert_eq!(ids(&c), ["b-2"]);
+        assert_eq!(
+            reader.status_counts().unwrap(),
+            StatusCounts {
+                active: 4,
+                contained: 1,
+                revoked: 0
+            }
+        );
+        // The read-only store refuses every write.
+        let d = DeviceId::new("a-1").unwrap();
+        let err = reader
+            .change_status(&d, StatusChange::Contain, "x", &now)
+            .unwrap_err();
+        assert_eq!(err.kind(), "read_only", "{err}");
+        // And never creates a file.
+        assert!(SqliteStore::open_read_only(&dir.path().join("none.db")).is_err());
+        assert!(!dir.path().join("none.db").exists());
+    }
+}
