@@ -67,6 +67,17 @@ pub enum OpenError {
         /// What this binary writes.
         supported: i64,
     },
+    /// A read-only reader found an older schema than it reads (the
+    /// daemon that owns the file migrates it when it next starts).
+    #[error(
+        "schema version {found} is older than this reader's {expected}; start the owning daemon once to migrate it"
+    )]
+    NotCurrent {
+        /// Found in the file.
+        found: i64,
+        /// What this binary reads.
+        expected: i64,
+    },
     /// SQLite failed.
     #[error("{fault}: {source}")]
     Sqlite {
@@ -93,7 +104,9 @@ impl OpenError {
         match self {
             OpenError::Sqlite { fault, .. } => Some(*fault),
             OpenError::Create { .. } => Some(Fault::Io),
-            OpenError::NotWal { .. } | OpenError::TooNew { .. } => None,
+            OpenError::NotWal { .. } | OpenError::TooNew { .. } | OpenError::NotCurrent { .. } => {
+                None
+            }
         }
     }
 }
@@ -173,6 +186,39 @@ pub fn migrate(conn: &mut Connection, schema: &Schema) -> Result<(), OpenError> 
     }
     tx.commit()?;
     Ok(())
+}
+
+/// How long a read-only reader waits for a writer's lock before the read
+/// fails as busy: a page that cannot be read says so at once (HTTP 503)
+/// rather than holding a request for [`BUSY_TIMEOUT`].
+pub const READ_BUSY_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// Opens an existing store at `path` for reading only (the console): no
+/// file is created, nothing is migrated or written, and a database whose
+/// schema is not exactly `schema`'s is refused (newer: [`OpenError::TooNew`];
+/// older: the owning daemon has not migrated it yet, reported as
+/// [`OpenError::NotCurrent`]).
+pub fn open_read_only(path: &Path, schema: &Schema) -> Result<Connection, OpenError> {
+    use rusqlite::OpenFlags;
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(READ_BUSY_TIMEOUT)?;
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if found > schema.version() {
+        return Err(OpenError::TooNew {
+            found,
+            supported: schema.version(),
+        });
+    }
+    if found < schema.version() {
+        return Err(OpenError::NotCurrent {
+            found,
+            expected: schema.version(),
+        });
+    }
+    Ok(conn)
 }
 
 /// What kind of failure a database error is.

@@ -56,7 +56,7 @@ fn every_shipped_unit_rates_at_most_the_bound() {
             units += 1;
         }
     }
-    assert_eq!(units, 3, "agent, authority and collector units");
+    assert_eq!(units, 4, "agent, authority, collector and console units");
 }
 
 #[test]

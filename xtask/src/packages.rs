@@ -20,6 +20,9 @@ pub const SYSTEM_PACKAGES: &[&str] = &[
     // (packaging/tests/deb.rs, `cargo xtask dist`).
     "debhelper",
     "lintian",
+    // The console's end-to-end test drives headless Chromium
+    // (console/tests/browser.rs).
+    "chromium",
 ];
 
 /// What `cargo xtask dist` needs (also in [`SYSTEM_PACKAGES`]: the

@@ -163,6 +163,16 @@ impl SqliteStore {
         Ok(Self::with(mctc_service::sqlite::open(path, &SCHEMA)?))
     }
 
+    /// Opens an existing database for reading only (the console): nothing
+    /// is created, migrated or written; a busy database fails after
+    /// `mctc_service::sqlite::READ_BUSY_TIMEOUT`, and [`Store::apply`] or
+    /// [`Store::put_registry`] fail on it as read-only.
+    pub fn open_read_only(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self::with(mctc_service::sqlite::open_read_only(
+            path, &SCHEMA,
+        )?))
+    }
+
     /// A private in-memory database (unit tests).
     pub fn in_memory() -> Result<Self, StoreError> {
         Ok(Self::with(mctc_service::sqlite::open_in_memory(&SCHEMA)?))

@@ -22,6 +22,7 @@ mod evidence;
 mod fleet;
 mod outbox;
 pub mod restore;
+mod read;
 mod rows;
 mod schema;
 #[cfg(test)]
@@ -42,6 +43,7 @@ use super::{
 use crate::model::{ClassBaseline, Decision, Forget, LearnMode, NonceCheck, Stage};
 use crate::now::{Deadline, Now};
 
+pub use read::{DeviceQuery, StatusCounts};
 pub use schema::{SCHEMA, SCHEMA_VERSION};
 
 /// The schema, for the shared backup and restore (`mctc_service::sqlite_backup`).
@@ -70,6 +72,28 @@ impl SqliteStore {
         let conn = mctc_service::sqlite::open(path, &schema::SCHEMA)?;
         Ok(SqliteStore { conn })
     }
+
+    /// Opens an existing database for reading only (the console): nothing
+    /// is created, migrated or written; a busy database fails after
+    /// `mctc_service::sqlite::READ_BUSY_TIMEOUT`. Any [`Store`] method that
+    /// writes fails on it with [`super::Fault::ReadOnly`].
+    pub fn open_read_only(path: &Path) -> Result<SqliteStore, StoreError> {
+        let conn = mctc_service::sqlite::open_read_only(path, &schema::SCHEMA)?;
+        Ok(SqliteStore { conn })
+    }
+
+    /// One page of devices in id order after `query.after` (keyset
+    /// paging: the cost does not grow with the page number), filtered by
+    /// standing and id prefix.
+    pub fn devices_page(&mut self, query: &DeviceQuery) -> Result<Vec<DeviceRecord>, StoreError> {
+        read::devices_page(&self.conn, query)
+    }
+
+    /// How many devices have each standing (one indexed scan, no rows
+    /// decoded).
+    pub fn status_counts(&mut self) -> Result<StatusCounts, StoreError> {
+        read::status_counts(&self.conn)
+    }
 }
 
 impl From<OpenError> for StoreError {
@@ -80,9 +104,9 @@ impl From<OpenError> for StoreError {
                 fault,
                 source: Box::new(source),
             },
-            e @ (OpenError::Create { .. } | OpenError::NotWal { .. }) => {
-                StoreError::Unusable(e.to_string())
-            }
+            e @ (OpenError::Create { .. }
+            | OpenError::NotWal { .. }
+            | OpenError::NotCurrent { .. }) => StoreError::Unusable(e.to_string()),
         }
     }
 }
