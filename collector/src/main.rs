@@ -20,7 +20,6 @@ use mctc_collector::{Error, service};
 use mctc_shim::bundle::{BundleParts, MAX_BUNDLE_LEN, encode_bundle};
 use mctc_shim::{AuthorityKey, CollectorKey, DeviceId, RingCrypto};
 
-
 const USAGE: u8 = 2;
 const FAILED: u8 = 1;
 

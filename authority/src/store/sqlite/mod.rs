@@ -21,8 +21,8 @@ mod enrollment;
 mod evidence;
 mod fleet;
 mod outbox;
-pub mod restore;
 mod read;
+pub mod restore;
 mod rows;
 mod schema;
 #[cfg(test)]
