@@ -164,7 +164,7 @@ async fn tpm(report: &mut Report, config: &Validated) {
     }
     // Root must not create the lock file (or anything the TPM layer keeps)
     // in the service user's directory: the daemon could not open it.
-    if crate::cli::refuse_root_on_foreign_state(config, "doctor").is_err() {
+    if crate::state::refuse_root_on_foreign_state(config.state_dir(), "doctor").is_err() {
         report.warn(
             "TPM and attestation key not checked: run as root, the state directory is the service user's",
             "run the doctor as the service user: sudo -u mctc mctc-agent doctor",

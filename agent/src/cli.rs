@@ -171,37 +171,12 @@ fn socket_path(args: &SocketArgs) -> Result<PathBuf, AgentError> {
     }
 }
 
-/// Refuses to run as root against a state directory another user owns
-/// (DESIGN: `mctc-agent identity` as root once left a root-owned 0600 AK
-/// blob the `mctc` service could not read). A missing directory is fine:
-/// whoever creates it owns it. Dropping privileges instead would need
-/// setuid in a multi-threaded process (the TPM worker, tokio), which
-/// cannot be done safely without `unsafe`; a clear refusal can.
-pub fn refuse_root_on_foreign_state(
-    config: &Validated,
-    command: &'static str,
-) -> Result<(), AgentError> {
-    use std::os::unix::fs::MetadataExt;
-    let dir = config.state_dir();
-    let Ok(meta) = std::fs::metadata(dir) else {
-        return Ok(());
-    };
-    if rustix::process::geteuid().is_root() && meta.uid() != 0 {
-        return Err(AgentError::WrongUser {
-            state_dir: dir.to_path_buf(),
-            owner: meta.uid(),
-            command,
-        });
-    }
-    Ok(())
-}
-
 /// Runs a parsed command.
 pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
     match cli.command {
         Command::Run(config) => {
             let config = load(&config)?;
-            refuse_root_on_foreign_state(&config, "run")?;
+            crate::state::refuse_root_on_foreign_state(config.state_dir(), "run")?;
             runtime()?.block_on(daemon::run(config, daemon::signals()))?;
             Ok(Outcome {
                 stdout: String::new(),
@@ -214,7 +189,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
             timeout,
         } => {
             let config = load(&config)?;
-            refuse_root_on_foreign_state(&config, "enroll")?;
+            crate::state::refuse_root_on_foreign_state(config.state_dir(), "enroll")?;
             let clock = crate::clock::BootClock {
                 wall_trusted: config.raw.attestation.wall_clock_trusted,
             };
@@ -236,7 +211,7 @@ pub fn execute(cli: Cli) -> Result<Outcome, AgentError> {
         }
         Command::Identity { config, json } => {
             let config = load(&config)?;
-            refuse_root_on_foreign_state(&config, "identity")?;
+            crate::state::refuse_root_on_foreign_state(config.state_dir(), "identity")?;
             let report = runtime()?.block_on(enroll::identity(&config))?;
             let stdout = if json {
                 serde_json::to_string_pretty(&report).unwrap_or_default() + "\n"

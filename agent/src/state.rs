@@ -23,6 +23,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AgentError;
 
+/// Refuses to run as root against a state directory another user owns
+/// (DESIGN: `mctc-agent identity` as root once left a root-owned 0600 AK
+/// blob the `mctc` service could not read). A missing directory is fine:
+/// whoever creates it owns it. Dropping privileges instead would need
+/// setuid in a multi-threaded process (the TPM worker, tokio), which
+/// cannot be done safely without `unsafe`; a clear refusal can.
+pub fn refuse_root_on_foreign_state(dir: &Path, command: &'static str) -> Result<(), AgentError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if rustix::process::geteuid().is_root() && meta.uid() != 0 {
+        return Err(AgentError::WrongUser {
+            state_dir: dir.to_path_buf(),
+            owner: meta.uid(),
+            command,
+        });
+    }
+    Ok(())
+}
+
 /// The agent's state directory.
 #[derive(Debug, Clone)]
 pub struct StateDir {

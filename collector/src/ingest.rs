@@ -44,6 +44,7 @@ use crate::alert::{self, ALERT_TOPIC, Coalescer, Due, Sighting};
 use crate::chain::{Fault, check_next};
 use crate::checkpoint::clock_regression;
 use crate::metrics::CollectorMetrics;
+pub use crate::metrics::IngestCounters;
 use crate::receipt::{ReceiptFields, ReceiptSigner};
 use crate::registry::{RegistryEntry, verify_registry};
 use crate::store::{
@@ -64,26 +65,6 @@ const RETRY_QUEUE: usize = 64;
 /// Tries of one message (the first included) before it is given up: each
 /// failed try already waited the busy timeout.
 const RETRY_ATTEMPTS: u32 = 3;
-
-/// What went wrong while ingesting, by owner ([`Ingest::counters`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IngestCounters {
-    /// Messages refused for what the sender got wrong: a lineage batch
-    /// stopped by an anomaly (or dropped: undecodable or oversized from an
-    /// unknown device), a registry record that does not verify.
-    pub sender_faults: u64,
-    /// Tries that failed for a transient failure of ours (a busy database,
-    /// a head other writers kept moving); the message is retried.
-    pub transient_failures: u64,
-    /// Messages not handled for a failure of ours that does not go away by
-    /// itself (corrupt, full, IO, read-only database; a broken invariant).
-    pub failures: u64,
-    /// Messages handled by a retry after a transient failure.
-    pub retried: u64,
-    /// Messages given up after [`RETRY_ATTEMPTS`] transient failures or for
-    /// want of room in the retry queue (unacked: the device resends).
-    pub abandoned: u64,
-}
 
 /// A message kept for a retry after a transient store failure.
 #[derive(Debug)]

@@ -6,7 +6,26 @@
 use mctc_service::metrics::{Counter, CounterFamily, Encoder, Gauge, Metrics, encode_build_info};
 
 use crate::admission::Dropped;
-use crate::ingest::IngestCounters;
+
+/// What went wrong while ingesting, by owner (`Ingest::counters`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IngestCounters {
+    /// Messages refused for what the sender got wrong: a lineage batch
+    /// stopped by an anomaly (or dropped: undecodable or oversized from an
+    /// unknown device), a registry record that does not verify.
+    pub sender_faults: u64,
+    /// Tries that failed for a transient failure of ours (a busy database,
+    /// a head other writers kept moving); the message is retried.
+    pub transient_failures: u64,
+    /// Messages not handled for a failure of ours that does not go away by
+    /// itself (corrupt, full, IO, read-only database; a broken invariant).
+    pub failures: u64,
+    /// Messages handled by a retry after a transient failure.
+    pub retried: u64,
+    /// Messages given up after its tries (3) transient failures or for
+    /// want of room in the retry queue (unacked: the device resends).
+    pub abandoned: u64,
+}
 
 /// The collector's metrics; one per process, shared by its threads.
 #[derive(Debug, Default)]

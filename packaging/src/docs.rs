@@ -7,7 +7,7 @@ use std::path::Path;
 use clap::{Command, CommandFactory};
 use clap_complete::Shell;
 
-use crate::Error;
+use crate::error::Error;
 
 /// A binary, its command line and what its top-level page adds to it.
 struct Binary {
