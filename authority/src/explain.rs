@@ -167,7 +167,7 @@ mod tests {
         let selection = refused(Refusal::BadEvidence, 14, PcrProblem::NotInPolicy);
         let text = hint(&selection).unwrap();
         assert!(
-            text.contains("extra: 14") && text.contains("[attestation] pcrs"),
+            text.contains("extra: 14") && text.contains("every nonce names"),
             "{text}"
         );
         let drifted = DeviceRecord {

@@ -53,7 +53,12 @@ fn all_steps(steps: &mut Steps) -> Result<(), String> {
     // before running any test, so no separate build (with other features,
     // hence a second compile) is needed.
     steps.time("tests", || {
-        run("tests", "cargo", &["test", "--workspace", "--locked"])
+        run(
+            "tests",
+            "cargo",
+            // Every failing test binary is reported, not only the first.
+            &["test", "--workspace", "--locked", "--no-fail-fast"],
+        )
     })?;
     // The README's main command, non-interactively, on those binaries.
     steps.time("demo --check", || {
