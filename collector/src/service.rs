@@ -130,23 +130,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         version: env!("CARGO_PKG_VERSION").to_owned(),
         started: mctc_service::status::unix_now(),
     };
-    let serving = CancellationToken::new();
-    let metrics_task = match config
-        .metrics_listen()
-        .map_err(mctc_service::ServiceError::from)?
-    {
-        None => None,
-        Some(addr) => {
-            let server = MetricsServer::bind(addr)
-                .await
-                .map_err(mctc_service::ServiceError::from)?;
-            let bound = server.local_addr().unwrap_or(addr);
-            tracing::info!(addr = %bound, "metrics served on /metrics");
-            let exposed: Arc<dyn mctc_service::metrics::Metrics> = Arc::clone(&metrics) as _;
-            Some(tokio::spawn(server.serve(exposed, serving.clone())))
-        }
-    };
-
     let (input_tx, input_rx) = mpsc::channel::<Input>(INPUT_QUEUE);
     let (output_tx, mut output_rx) = mpsc::unbounded_channel::<Publish>();
     let stop = Arc::new(AtomicBool::new(false));
@@ -173,6 +156,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     options.max_packet_bytes = config.ingest.max_packet_bytes;
     options.request_capacity = REQUEST_QUEUE;
     let mut link = Link::start(&config.broker, options)?;
+    // Served only once everything above validated (the broker URL and TLS
+    // files are checked by `Link::start`): a bad configuration is one line
+    // and nothing listening.
+    let serving = CancellationToken::new();
+    let metrics_task = match config
+        .metrics_listen()
+        .map_err(mctc_service::ServiceError::from)?
+    {
+        None => None,
+        Some(addr) => {
+            let server = MetricsServer::bind(addr)
+                .await
+                .map_err(mctc_service::ServiceError::from)?;
+            let bound = server.local_addr().unwrap_or(addr);
+            tracing::info!(addr = %bound, "metrics served on /metrics");
+            let exposed: Arc<dyn mctc_service::metrics::Metrics> = Arc::clone(&metrics) as _;
+            Some(tokio::spawn(server.serve(exposed, serving.clone())))
+        }
+    };
+
     tracing::info!(
         instance,
         store = %config.store.path.display(),
