@@ -102,16 +102,10 @@ fn or_none(list: String) -> String {
 mod tests {
     use super::*;
     use crate::model::{Enrolled, RefusalDetail};
-    use mctc_shim::DeviceId;
     use mctc_shim::api::PcrStatus;
 
     fn device() -> DeviceRecord {
         DeviceRecord {
-            id: DeviceId::new("locker-7").unwrap(),
-            class: "locker".into(),
-            status: DeviceStatus::Active,
-            reason: None,
-            pinned_ek_sha256: None,
             enrolled: Some(Enrolled {
                 ek_public: vec![],
                 ek_sha256: [0; 32],
@@ -119,17 +113,7 @@ mod tests {
                 ak_name: vec![],
                 at_ms: 0,
             }),
-            added_ms: 0,
-            control_seq: 0,
-            registry_version: 0,
-            last_clock: None,
-            last_pcrs: None,
-            verified_ms: None,
-            attempt_ms: None,
-            verdict: None,
-            refusal: None,
-            refusal_detail: None,
-            artifacts_issued: 0,
+            ..DeviceRecord::fresh("locker-7", "locker")
         }
     }
 

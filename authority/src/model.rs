@@ -214,6 +214,33 @@ pub struct DeviceRecord {
     pub artifacts_issued: u64,
 }
 
+#[cfg(test)]
+impl DeviceRecord {
+    /// A registered, active device that has never enrolled or attested:
+    /// what the unit tests start from (`..DeviceRecord::fresh(id, class)`).
+    pub(crate) fn fresh(id: &str, class: &str) -> DeviceRecord {
+        DeviceRecord {
+            id: DeviceId::new(id).expect("a valid test device id"),
+            class: class.into(),
+            status: DeviceStatus::Active,
+            reason: None,
+            pinned_ek_sha256: None,
+            enrolled: None,
+            added_ms: 0,
+            control_seq: 0,
+            registry_version: 0,
+            last_clock: None,
+            last_pcrs: None,
+            verified_ms: None,
+            attempt_ms: None,
+            verdict: None,
+            refusal: None,
+            refusal_detail: None,
+            artifacts_issued: 0,
+        }
+    }
+}
+
 /// What a refusal was about, as stored for `devices show`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RefusalDetail {

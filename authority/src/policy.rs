@@ -628,16 +628,7 @@ fresh_attestation = true
     /// values are zeros at PCR 0 and `pcr7` at PCR 7.
     fn device(name: &str, status: DeviceStatus, pcr7: u8) -> DeviceRecord {
         DeviceRecord {
-            id: mctc_shim::DeviceId::new(name).unwrap(),
-            class: "locker".into(),
             status,
-            reason: None,
-            pinned_ek_sha256: None,
-            enrolled: None,
-            added_ms: 0,
-            control_seq: 0,
-            registry_version: 0,
-            last_clock: None,
             last_pcrs: Some(crate::model::PcrSnapshot {
                 mask: 0b1000_0001,
                 values: vec![[0; 32], [pcr7; 32]],
@@ -645,9 +636,8 @@ fresh_attestation = true
             verified_ms: Some(1_000_000),
             attempt_ms: Some(1_000_000),
             verdict: Some(Verdict::Affirmed),
-            refusal: None,
-            refusal_detail: None,
             artifacts_issued: 1,
+            ..DeviceRecord::fresh(name, "locker")
         }
     }
 

@@ -313,11 +313,7 @@ mod tests {
 
     fn device(status: DeviceStatus, enrolled: bool) -> DeviceRecord {
         DeviceRecord {
-            id: DeviceId::new("d1").unwrap(),
-            class: "c".into(),
             status,
-            reason: None,
-            pinned_ek_sha256: None,
             enrolled: enrolled.then(|| Enrolled {
                 ek_public: vec![],
                 ek_sha256: [0; 32],
@@ -325,17 +321,7 @@ mod tests {
                 ak_name: vec![],
                 at_ms: 0,
             }),
-            added_ms: 0,
-            control_seq: 0,
-            registry_version: 0,
-            last_clock: None,
-            last_pcrs: None,
-            verified_ms: None,
-            attempt_ms: None,
-            verdict: None,
-            refusal: None,
-            refusal_detail: None,
-            artifacts_issued: 0,
+            ..DeviceRecord::fresh("d1", "c")
         }
     }
 
