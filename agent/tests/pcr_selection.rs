@@ -15,7 +15,7 @@ mod common;
 use common::{Fleet, MEASURED_PCR, PATIENCE};
 use mctc_shim::lineage::AttestVerdict;
 use mctc_shim::messages::RefusalCode;
-use mctc_tests::fleet::{class, test_policy};
+use mctc_tests::fleet::{test_policy, uncovered_class};
 use mctc_tests::wait_until;
 
 /// Rewrites the device's `attestation.pcrs`.
@@ -47,17 +47,7 @@ fn the_device_quotes_the_class_selection_not_its_configuration() {
 #[test]
 fn a_class_selection_the_policy_does_not_cover_is_refused() {
     // Class `uncovered` quotes PCR 16 too, which has no reference value.
-    let uncovered = class(
-        "uncovered",
-        60_000,
-        3_000,
-        &["op = \"unlock\"\nfresh_attestation = false"],
-    )
-    .replacen(
-        &format!("pcrs = [0, 7, {MEASURED_PCR}]"),
-        &format!("pcrs = [0, 7, {MEASURED_PCR}, 16]"),
-        1,
-    );
+    let uncovered = uncovered_class("uncovered", 16);
     let mut fleet = Fleet::with_policy(&(test_policy() + &uncovered));
     fleet.start_authority();
     let mut device = fleet.device("uncovered-1", "uncovered");

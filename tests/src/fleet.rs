@@ -98,6 +98,23 @@ pub fn class(name: &str, ttl_ms: u64, hb_ms: u64, scopes: &[&str]) -> String {
     out
 }
 
+/// Class `name` (60 s artifacts, 3 s heartbeat window, `unlock`) that also
+/// quotes `pcr`, which has no reference value: every device of it is refused
+/// for want of a baseline for that PCR.
+pub fn uncovered_class(name: &str, pcr: u8) -> String {
+    class(
+        name,
+        60_000,
+        3_000,
+        &["op = \"unlock\"\nfresh_attestation = false"],
+    )
+    .replacen(
+        &format!("pcrs = [0, 7, {MEASURED_PCR}]"),
+        &format!("pcrs = [0, 7, {MEASURED_PCR}, {pcr}]"),
+        1,
+    )
+}
+
 /// The test policy: class `locker` (60 s artifacts, 3 s heartbeat window)
 /// and class `short` (2 s artifacts), both with `unlock`, `capture` (≤ 500.00
 /// EUR) and `refund` (≤ 100.00, fresh attestation per operation).

@@ -35,11 +35,9 @@ fn policy() -> String {
     format!(
         "{}[classes.drifted]\npcrs = [0, 7, {MEASURED_PCR}]\nartifact_ttl_ms = 60000\nheartbeat_ms = 3000\n\
          [classes.drifted.reference]\n0 = [\"{zero}\"]\n7 = [\"{zero}\"]\n{MEASURED_PCR} = [\"{other}\"]\n\
-         [[classes.drifted.scope]]\nop = \"unlock\"\nfresh_attestation = false\n\
-         [classes.uncovered]\npcrs = [0, 7, {UNCOVERED_PCR}]\nartifact_ttl_ms = 60000\nheartbeat_ms = 3000\n\
-         [classes.uncovered.reference]\n0 = [\"{zero}\"]\n7 = [\"{zero}\"]\n\
-         [[classes.uncovered.scope]]\nop = \"unlock\"\nfresh_attestation = false\n",
-        fleet::test_policy()
+         [[classes.drifted.scope]]\nop = \"unlock\"\nfresh_attestation = false\n{}",
+        fleet::test_policy(),
+        fleet::uncovered_class("uncovered", UNCOVERED_PCR)
     )
 }
 

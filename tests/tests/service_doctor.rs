@@ -13,7 +13,7 @@
 
 use std::os::unix::fs::PermissionsExt;
 
-use mctc_tests::fleet::{Fleet, MEASURED_PCR, Output, class, run, test_policy};
+use mctc_tests::fleet::{Fleet, MEASURED_PCR, Output, run, test_policy, uncovered_class};
 
 fn check(binary: &str, command: &str, config: &str) -> Output {
     run(binary, &[command, "--config", config])
@@ -35,17 +35,7 @@ fn replace_in(path: &str, from: &str, to: &str) {
 #[test]
 fn the_authority_checks_its_files_and_that_the_policy_covers_each_class() {
     // Class `uncovered` quotes PCR 16, which has no allowed value.
-    let uncovered = class(
-        "uncovered",
-        60_000,
-        3_000,
-        &["op = \"unlock\"\nfresh_attestation = false"],
-    )
-    .replacen(
-        &format!("pcrs = [0, 7, {MEASURED_PCR}]"),
-        &format!("pcrs = [0, 7, {MEASURED_PCR}, 16]"),
-        1,
-    );
+    let uncovered = uncovered_class("uncovered", 16);
     let mut fleet = Fleet::with_policy(&(test_policy() + &uncovered));
     let config = fleet.config();
     // Before the first start: no database yet is a warning, not a failure.
